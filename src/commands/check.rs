@@ -1,0 +1,107 @@
+//! `check [--next N]`: validate the config and preview what each schedule will send, and when.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use chrono::Utc;
+
+use super::{EXIT_OK, Globals};
+use crate::config::{Config, Schedule, Secrets};
+use crate::wecom::message::Content;
+
+/// Runs `check`. With `dry_run`, secrets need not be readable (as for `run --dry-run`).
+pub fn run(globals: &Globals, next: usize, dry_run: bool) -> ExitCode {
+    let secrets = if dry_run {
+        Secrets::Optional
+    } else {
+        Secrets::Required
+    };
+    let config = match globals.load(secrets) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    print!("{}", report(&config, next));
+    ExitCode::from(EXIT_OK)
+}
+
+/// The text `check` prints for a valid config.
+pub fn report(config: &Config, next: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: OK (digest {}, {} app(s), {} schedule(s), default zone {})",
+        config.path.display(),
+        config.digest,
+        config.apps.len(),
+        config.schedules.len(),
+        config.timezone.name()
+    );
+    for warning in &config.warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
+    let now = Utc::now();
+    for schedule in &config.schedules {
+        out.push('\n');
+        describe(&mut out, config, schedule, now, next);
+    }
+    out
+}
+
+fn describe(
+    out: &mut String,
+    config: &Config,
+    schedule: &Schedule,
+    now: chrono::DateTime<Utc>,
+    next: usize,
+) {
+    let app = config.app(&schedule.app);
+    let _ = writeln!(
+        out,
+        "{}{}\n  cron \"{}\" in {}, app {} (agent {}), to {}, {}",
+        schedule.name,
+        if schedule.enabled {
+            ""
+        } else {
+            " (disabled: not armed by run)"
+        },
+        schedule.cron.as_str(),
+        schedule.zone.name(),
+        schedule.app,
+        app.map_or(0, |a| a.agent_id),
+        schedule.to.summary(),
+        schedule.message_kind(),
+    );
+    let slots = schedule.cron.upcoming(now, schedule.zone, next);
+    if slots.is_empty() {
+        let _ = writeln!(out, "  never fires again");
+    }
+    for slot in &slots {
+        let local = slot.with_timezone(&schedule.zone);
+        let _ = writeln!(out, "  next: {}", local.format("%Y-%m-%d %a %H:%M:%S %:z"));
+    }
+    if let Some(first) = slots.first() {
+        let _ = writeln!(
+            out,
+            "  renders as: {}",
+            preview(&schedule.content_at(*first))
+        );
+    }
+}
+
+fn preview(content: &Content) -> String {
+    let one_line = |text: &str| text.replace('\n', "⏎");
+    match content {
+        Content::Text { content } => format!("\"{}\"", one_line(content)),
+        Content::TextCard { title, url, .. } => format!("card \"{}\" → {}", one_line(title), url),
+    }
+}
+
+impl Schedule {
+    /// "text" or "textcard".
+    pub fn message_kind(&self) -> &'static str {
+        match self.message {
+            crate::config::MessageTemplate::Text { .. } => "text",
+            crate::config::MessageTemplate::TextCard { .. } => "textcard",
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! `run [--dry-run]`: the daemon in the foreground, as systemd (`Type=notify`) starts it.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use super::{EXIT_FAILED, EXIT_OK, Globals};
+use crate::config::Secrets;
+use crate::daemon::{self, Options};
+use crate::dispatch::Dispatcher;
+use crate::retry::RetryPolicy;
+use crate::wecom::Client;
+use crate::wecom::token::TokenCache;
+
+pub async fn run(globals: &Globals, dry_run: bool) -> ExitCode {
+    let secrets = if dry_run {
+        Secrets::Optional
+    } else {
+        Secrets::Required
+    };
+    let config = match globals.load(secrets) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let db = globals.database(Some(&config));
+    let store = match globals.open_store(&db) {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    tracing::info!(database = %db.display(), "database open");
+    let control = match daemon::signals::install() {
+        Ok(control) => control,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let client = match Client::new() {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("error: cannot set up the HTTP client: {e:#}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let tokens = TokenCache::new(store.clone(), client.clone());
+    let dispatcher = Arc::new(Dispatcher::new(
+        store,
+        client,
+        tokens,
+        RetryPolicy::default(),
+        dry_run,
+    ));
+    let options = Options {
+        dry_run,
+        ..Options::default()
+    };
+    match daemon::run(config, dispatcher, options, control).await {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}

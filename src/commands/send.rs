@@ -1,0 +1,84 @@
+//! `send SCHEDULE [--dry-run]`: fire one schedule now, as a `manual` row.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chrono::{SubsecRound, Utc};
+
+use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, Globals};
+use crate::config::Secrets;
+use crate::dispatch::{Dispatcher, Fired};
+use crate::retry::RetryPolicy;
+use crate::store::history::{Status, Trigger};
+use crate::wecom::Client;
+use crate::wecom::token::TokenCache;
+
+/// Runs `send`; exits 0 only when WeCom accepted the message (or for a dry run).
+pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
+    let secrets = if dry_run {
+        Secrets::Optional
+    } else {
+        Secrets::Required
+    };
+    let config = match globals.load(secrets) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let Some(schedule) = config.schedule(name).cloned() else {
+        let names: Vec<_> = config.schedules.iter().map(|s| s.name.as_str()).collect();
+        eprintln!(
+            "error: no schedule named \"{name}\" in {} (schedules: {})",
+            config.path.display(),
+            names.join(", ")
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let Some(app) = config.app(&schedule.app).cloned() else {
+        eprintln!(
+            "error: schedule \"{name}\" names app \"{}\", which is not defined",
+            schedule.app
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let store = match globals.open_store(&globals.database(Some(&config))) {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    let client = match Client::new() {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("error: cannot set up the HTTP client: {e:#}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let tokens = TokenCache::new(store.clone(), client.clone());
+    let dispatcher = Arc::new(Dispatcher::new(
+        store,
+        client,
+        tokens,
+        RetryPolicy::default(),
+        dry_run,
+    ));
+    let now = Utc::now().trunc_subsecs(0);
+    match dispatcher.fire(&schedule, &app, now, Trigger::Manual).await {
+        Ok(Fired::Done(outcome)) => {
+            if dry_run {
+                println!("{}", outcome.payload);
+            }
+            println!("{}", outcome.summary());
+            match outcome.finish.status {
+                Status::Sent | Status::Partial | Status::DryRun => ExitCode::from(EXIT_OK),
+                _ => ExitCode::from(EXIT_FAILED),
+            }
+        }
+        Ok(Fired::Taken) => {
+            // Manual rows are not unique per slot, so this cannot happen; say so if it does.
+            eprintln!("error: the send was not recorded");
+            ExitCode::from(EXIT_FAILED)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The schedules file: `load(path)` → `parse(text)` → validated [`Config`].
+//!
+//! Validation collects every problem in the file (each naming the schedule or app, the field and
+//! the fix) before it reports, so an operator fixes a broken file in one round.
+
+mod raw;
+pub mod secret;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use sha2::{Digest, Sha256};
+
+use crate::cron::CronSpec;
+use crate::template::{SlotContext, Template};
+use crate::wecom::message::{Content, Envelope, Recipients, render_body};
+pub use secret::{Secret, SecretSource};
+
+/// The default WeCom API address.
+pub const DEFAULT_API_BASE: &str = "https://qyapi.weixin.qq.com";
+/// The default `duplicate_check_interval`, WeCom's own default.
+pub const DEFAULT_DUPLICATE_CHECK_INTERVAL: u32 = 1800;
+
+/// A validated config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// SHA-256 of the file's bytes (hex, 16 digits): which config was in force, for `events`.
+    pub digest: String,
+    /// `database:`, made absolute against the config file's folder.
+    pub database: Option<PathBuf>,
+    /// The default zone of schedules.
+    pub timezone: Tz,
+    pub apps: BTreeMap<String, Arc<App>>,
+    pub schedules: Vec<Arc<Schedule>>,
+    /// Things that are valid but probably not what the operator wants.
+    pub warnings: Vec<Problem>,
+}
+
+/// One WeCom application: its own secret, hence its own access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct App {
+    pub name: String,
+    pub corp_id: String,
+    pub agent_id: i64,
+    pub secret_source: SecretSource,
+    /// `None` only when secrets were not required (`--dry-run`) and could not be read.
+    pub secret: Option<Secret>,
+    /// Without a trailing slash.
+    pub api_base: String,
+}
+
+/// One schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub name: String,
+    pub cron: CronSpec,
+    pub zone: Tz,
+    pub app: String,
+    pub to: Recipients,
+    pub message: MessageTemplate,
+    pub safe: bool,
+    pub enable_id_trans: bool,
+    pub duplicate_check_interval: u32,
+    pub enabled: bool,
+}
+
+/// The `text:` or `textcard:` of a schedule, with its template variables unrendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageTemplate {
+    Text {
+        content: Template,
+    },
+    TextCard {
+        title: Template,
+        description: Template,
+        url: Template,
+        btntxt: Option<String>,
+    },
+}
+
+impl MessageTemplate {
+    /// True when no part depends on the slot, so every send has the same body.
+    pub fn is_static(&self) -> bool {
+        match self {
+            MessageTemplate::Text { content } => content.is_static(),
+            MessageTemplate::TextCard {
+                title,
+                description,
+                url,
+                ..
+            } => title.is_static() && description.is_static() && url.is_static(),
+        }
+    }
+}
+
+impl Schedule {
+    /// The content for `slot`, with its template variables rendered in the schedule's zone.
+    pub fn content_at(&self, slot: DateTime<Utc>) -> Content {
+        let context = SlotContext {
+            schedule: &self.name,
+            slot: slot.with_timezone(&self.zone),
+        };
+        match &self.message {
+            MessageTemplate::Text { content } => Content::Text {
+                content: content.render(&context),
+            },
+            MessageTemplate::TextCard {
+                title,
+                description,
+                url,
+                btntxt,
+            } => Content::TextCard {
+                title: title.render(&context),
+                description: description.render(&context),
+                url: url.render(&context),
+                btntxt: btntxt.clone(),
+            },
+        }
+    }
+
+    /// The exact JSON body that is POSTed for `slot` (without the token, which is in the URL).
+    pub fn body_at(&self, agent_id: i64, slot: DateTime<Utc>) -> (Content, String) {
+        let content = self.content_at(slot);
+        let envelope = Envelope {
+            agent_id,
+            to: &self.to,
+            safe: self.safe,
+            enable_id_trans: self.enable_id_trans,
+            duplicate_check_interval: self.duplicate_check_interval,
+        };
+        let body = render_body(&envelope, &content);
+        (content, body)
+    }
+}
+
+impl Config {
+    pub fn schedule(&self, name: &str) -> Option<&Arc<Schedule>> {
+        self.schedules.iter().find(|s| s.name == name)
+    }
+
+    pub fn app(&self, name: &str) -> Option<&Arc<App>> {
+        self.apps.get(name)
+    }
+}
+
+/// How strict loading is about secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// Every app's secret must be readable now (a real run).
+    Required,
+    /// An unreadable secret is a warning (`--dry-run` never calls WeCom).
+    Optional,
+}
+
+/// What a problem is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    File,
+    App(String),
+    Schedule(String),
+}
+
+/// One thing wrong (or suspicious) in the config, with where and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub subject: Subject,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.subject {
+            Subject::File => write!(f, "{}: {}", self.field, self.message),
+            Subject::App(name) => {
+                write!(f, "app \"{name}\", field {}: {}", self.field, self.message)
+            }
+            Subject::Schedule(name) => {
+                write!(
+                    f,
+                    "schedule \"{name}\", field {}: {}",
+                    self.field, self.message
+                )
+            }
+        }
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} in {}:\n{}", count(.problems.len()), .path.display(), bullet(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+        warnings: Vec<Problem>,
+    },
+}
+
+fn count(n: usize) -> String {
+    if n == 1 {
+        "1 problem".to_string()
+    } else {
+        format!("{n} problems")
+    }
+}
+
+fn bullet(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path, secrets: Secrets) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path, secrets)
+}
+
+/// Validates config text; `path` names the file in messages and anchors relative paths.
+pub fn parse(text: &str, path: &Path, secrets: Secrets) -> Result<Config, ConfigError> {
+    let digest = digest(text.as_bytes());
+    let base = path.parent().unwrap_or(Path::new("."));
+    let (config, problems, warnings) = validate::validate(text, base, secrets, Utc::now());
+    match config {
+        Some(mut config) if problems.is_empty() => {
+            config.path = path.to_path_buf();
+            config.digest = digest;
+            config.warnings = warnings;
+            Ok(config)
+        }
+        _ => Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+            warnings,
+        }),
+    }
+}
+
+fn digest(bytes: &[u8]) -> String {
+    let hash = Sha256::digest(bytes);
+    hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The default config path: `$WECOM_NOTIFY_CONFIG`, else `/etc/wecom-notify/schedules.yaml`.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/wecom-notify/schedules.yaml";
+
+/// Where the database lives: `--db`, else the config's `database`, else
+/// `$STATE_DIRECTORY/wecom-notify.db` under systemd, else `./wecom-notify.db`.
+pub fn database_path(flag: Option<&Path>, config_database: Option<&Path>) -> PathBuf {
+    if let Some(path) = flag {
+        return path.to_path_buf();
+    }
+    if let Some(path) = config_database {
+        return path.to_path_buf();
+    }
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+        // systemd may pass several directories separated by ':'; the first is ours.
+        let dir = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if !dir.is_empty() {
+            return Path::new(&dir).join("wecom-notify.db");
+        }
+    }
+    PathBuf::from("wecom-notify.db")
+}

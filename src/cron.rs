@@ -1,0 +1,427 @@
+//! Cron expressions, time zones and slot arithmetic: which instants a schedule names.
+//!
+//! A *slot* is an instant (UTC, whole seconds) named by a schedule's cron expression read in the
+//! schedule's zone. `check --next`, the daemon's timers and the missed-slot scan all ask this
+//! module, so a preview can never disagree with what fires.
+//!
+//! Parsing uses croner with crontab conventions: 5 fields, or 6 with seconds first; day-of-week
+//! 0 and 7 are Sunday; day-of-month and day-of-week are OR-ed when both are restricted.
+//!
+//! Daylight-saving time is handled on the UTC timeline rather than by croner's own iterator
+//! (which, across a fall-back, yields instants out of order):
+//! - interval jobs (a `*` or `/` in the second, minute or hour field) fire at every instant whose
+//!   local reading matches: twice in a repeated hour, never in a skipped one;
+//! - fixed-time jobs (explicit seconds, minutes and hours) fire once per matching day: at the first
+//!   reading of a repeated time, and at the end of the gap when their time is skipped (Vixie cron
+//!   does the same).
+
+use chrono::{DateTime, Duration, NaiveDateTime, Offset, TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::errors::CronError;
+use croner::parser::{CronParser, Seconds, Year};
+
+/// Field names in the order of a 6-field expression, for error messages.
+const FIELD_NAMES: [&str; 6] = [
+    "second",
+    "minute",
+    "hour",
+    "day-of-month",
+    "month",
+    "day-of-week",
+];
+
+/// Width of the window in which a zone's offset is assumed to change at most once. Real zones
+/// change it at most twice a year, months apart.
+const TRANSITION_STEP: Duration = Duration::hours(6);
+
+/// A parsed cron expression.
+#[derive(Debug, Clone)]
+pub struct CronSpec {
+    expr: String,
+    cron: Cron,
+    fixed_time: bool,
+}
+
+impl PartialEq for CronSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.expr == other.expr
+    }
+}
+
+impl CronSpec {
+    /// Parses `expr` (5 or 6 fields), returning an error that names the offending field.
+    pub fn parse(expr: &str) -> Result<CronSpec, String> {
+        let trimmed = expr.trim();
+        let fields: Vec<&str> = trimmed.split_whitespace().collect();
+        if !(trimmed.starts_with('@') || fields.len() == 5 || fields.len() == 6) {
+            return Err(format!(
+                "\"{expr}\" has {} fields; write 5 (minute hour day-of-month month day-of-week) \
+                 or 6 (second first), e.g. \"30 9 * * 1-5\"",
+                fields.len()
+            ));
+        }
+        let cron = parser()
+            .parse(trimmed)
+            .map_err(|e| explain(trimmed, &fields, e))?;
+        let fixed_time = [
+            &cron.pattern.seconds,
+            &cron.pattern.minutes,
+            &cron.pattern.hours,
+        ]
+        .iter()
+        .all(|c| !c.from_wildcard && c.step <= 1);
+        let spec = CronSpec {
+            expr: trimmed.to_string(),
+            cron,
+            fixed_time,
+        };
+        // An expression such as "0 0 30 2 *" parses but names no instant at all.
+        let probe = Utc::now();
+        if spec.naive_next(probe.naive_utc(), false).is_none() {
+            return Err(format!(
+                "\"{expr}\" never matches any date (e.g. the 30th of February)"
+            ));
+        }
+        Ok(spec)
+    }
+
+    /// The expression as written (trimmed).
+    pub fn as_str(&self) -> &str {
+        &self.expr
+    }
+
+    /// True when seconds, minutes and hours are explicit values (see the module docs).
+    pub fn is_fixed_time(&self) -> bool {
+        self.fixed_time
+    }
+
+    /// The first slot strictly after `after`, read in `zone`.
+    pub fn next_after(&self, after: DateTime<Utc>, zone: Tz) -> Option<DateTime<Utc>> {
+        self.next_slot(after, false, zone)
+    }
+
+    /// The first slot at or after `from`, read in `zone`.
+    pub fn next_from(&self, from: DateTime<Utc>, zone: Tz) -> Option<DateTime<Utc>> {
+        self.next_slot(from, true, zone)
+    }
+
+    /// The next `n` slots strictly after `after`.
+    pub fn upcoming(&self, after: DateTime<Utc>, zone: Tz, n: usize) -> Vec<DateTime<Utc>> {
+        let mut slots = Vec::with_capacity(n);
+        let mut cursor = after;
+        while slots.len() < n {
+            match self.next_after(cursor, zone) {
+                Some(slot) => {
+                    slots.push(slot);
+                    cursor = slot;
+                }
+                None => break,
+            }
+        }
+        slots
+    }
+
+    /// The smallest gap between consecutive slots among the next `sample` ones.
+    pub fn min_gap(&self, after: DateTime<Utc>, zone: Tz, sample: usize) -> Option<Duration> {
+        let slots = self.upcoming(after, zone, sample);
+        slots.windows(2).map(|w| w[1] - w[0]).min()
+    }
+
+    fn next_slot(&self, start: DateTime<Utc>, inclusive: bool, zone: Tz) -> Option<DateTime<Utc>> {
+        let mut from = whole_second(start, inclusive);
+        let mut inclusive = inclusive;
+        // Each turn searches one stretch of constant UTC offset; a handful of turns crosses any
+        // real transition, the bound only guards against a broken zone table.
+        for _ in 0..64 {
+            let offset = offset_at(zone, from);
+            let naive = self.naive_next(from.naive_utc() + offset, inclusive)?;
+            let candidate = (naive - offset).and_utc();
+            match first_transition(zone, from, candidate) {
+                None => {
+                    if self.fixed_time && is_second_reading(zone, naive, candidate) {
+                        from = candidate;
+                        inclusive = false;
+                        continue;
+                    }
+                    return Some(candidate);
+                }
+                Some(transition) => {
+                    let before = offset_at(zone, transition - Duration::seconds(1));
+                    let after = offset_at(zone, transition);
+                    if self.fixed_time && after > before {
+                        // Spring forward: local times in [T+before, T+after) do not exist. A
+                        // fixed-time job whose time is among them fires when the gap ends.
+                        let gap_start = transition.naive_utc() + before;
+                        let gap_end = transition.naive_utc() + after;
+                        if let Some(skipped) = self.naive_next(gap_start, true)
+                            && skipped < gap_end
+                        {
+                            return Some(transition);
+                        }
+                    }
+                    from = transition;
+                    inclusive = true;
+                }
+            }
+        }
+        None
+    }
+
+    /// Next matching wall-clock reading, ignoring zones (croner on UTC has no transitions).
+    fn naive_next(&self, from: NaiveDateTime, inclusive: bool) -> Option<NaiveDateTime> {
+        self.cron
+            .find_next_occurrence(&from.and_utc(), inclusive)
+            .ok()
+            .map(|at| at.naive_utc())
+    }
+}
+
+fn parser() -> CronParser {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .dom_and_dow(false)
+        .alternative_weekdays(false)
+        .build()
+}
+
+/// Names the field that croner rejected by parsing each field alone against wildcards.
+fn explain(expr: &str, fields: &[&str], error: CronError) -> String {
+    let offset = if fields.len() == 5 { 1 } else { 0 };
+    for (i, field) in fields.iter().enumerate() {
+        let mut probe = vec!["*"; fields.len()];
+        probe[i] = field;
+        if let Err(e) = parser().parse(&probe.join(" ")) {
+            return format!(
+                "\"{expr}\": the {} field \"{field}\" is not valid ({}); see `man 5 crontab`",
+                FIELD_NAMES[i + offset],
+                plain(&e)
+            );
+        }
+    }
+    format!(
+        "\"{expr}\" is not a valid cron expression ({})",
+        plain(&error)
+    )
+}
+
+fn plain(error: &CronError) -> String {
+    match error {
+        CronError::ComponentError(msg)
+        | CronError::InvalidPattern(msg)
+        | CronError::IllegalCharacters(msg) => msg.trim_end_matches('.').to_string(),
+        other => other.to_string().trim_end_matches('.').to_string(),
+    }
+}
+
+fn whole_second(at: DateTime<Utc>, inclusive: bool) -> DateTime<Utc> {
+    let floor = at - Duration::nanoseconds(i64::from(at.timestamp_subsec_nanos()));
+    if inclusive && floor < at {
+        // "At or after 09:29:59.5" must not return 09:29:59.
+        floor + Duration::seconds(1)
+    } else {
+        floor
+    }
+}
+
+fn offset_at(zone: Tz, at: DateTime<Utc>) -> Duration {
+    let seconds = zone
+        .offset_from_utc_datetime(&at.naive_utc())
+        .fix()
+        .local_minus_utc();
+    Duration::seconds(i64::from(seconds))
+}
+
+/// The first instant in `(from, until]` whose UTC offset differs from the offset at `from`.
+fn first_transition(zone: Tz, from: DateTime<Utc>, until: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let start = offset_at(zone, from);
+    let mut low = from;
+    while low < until {
+        let high = (low + TRANSITION_STEP).min(until);
+        if offset_at(zone, high) != start {
+            return Some(bisect(zone, low, high, start));
+        }
+        low = high;
+    }
+    None
+}
+
+/// Narrows `(low, high]` to the first second whose offset differs from `start`.
+fn bisect(
+    zone: Tz,
+    mut low: DateTime<Utc>,
+    mut high: DateTime<Utc>,
+    start: Duration,
+) -> DateTime<Utc> {
+    while high - low > Duration::seconds(1) {
+        let mid = low + (high - low) / 2;
+        let mid = whole_second(mid, false);
+        if offset_at(zone, mid) == start {
+            low = mid;
+        } else {
+            high = mid;
+        }
+    }
+    high
+}
+
+/// True when `at` is the later of two instants that read `naive` (the repeated hour).
+fn is_second_reading(zone: Tz, naive: NaiveDateTime, at: DateTime<Utc>) -> bool {
+    match zone.from_local_datetime(&naive) {
+        chrono::LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc) < at,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        crate::time::from_db(text).unwrap()
+    }
+
+    fn slots(expr: &str, zone: Tz, after: &str, n: usize) -> Vec<String> {
+        CronSpec::parse(expr)
+            .unwrap()
+            .upcoming(utc(after), zone, n)
+            .into_iter()
+            .map(crate::time::to_db)
+            .collect()
+    }
+
+    #[test]
+    fn five_and_six_fields_parse_with_crontab_weekdays() {
+        let tz: Tz = "Asia/Shanghai".parse().unwrap();
+        // 2026-11-28 is a Saturday; 09:30 +08 is 01:30Z.
+        assert_eq!(
+            slots("30 9 * * 1-5", tz, "2026-11-28T00:00:00Z", 3),
+            [
+                "2026-11-30T01:30:00Z",
+                "2026-12-01T01:30:00Z",
+                "2026-12-02T01:30:00Z"
+            ]
+        );
+        // 0 and 7 are both Sunday.
+        assert_eq!(
+            slots("0 9 * * 0", tz, "2026-11-28T00:00:00Z", 1),
+            ["2026-11-29T01:00:00Z"]
+        );
+        assert_eq!(
+            slots("0 9 * * 7", tz, "2026-11-28T00:00:00Z", 1),
+            ["2026-11-29T01:00:00Z"]
+        );
+        assert_eq!(
+            slots("*/20 * * * * *", Tz::UTC, "2026-11-28T00:00:00Z", 3),
+            [
+                "2026-11-28T00:00:20Z",
+                "2026-11-28T00:00:40Z",
+                "2026-11-28T00:01:00Z"
+            ]
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let err = CronSpec::parse("61 9 * * *").unwrap_err();
+        assert!(err.contains("minute field \"61\""), "{err}");
+        let err = CronSpec::parse("0 9 * * Mon-Fry").unwrap_err();
+        assert!(err.contains("day-of-week"), "{err}");
+        let err = CronSpec::parse("0 9 * *").unwrap_err();
+        assert!(err.contains("has 4 fields"), "{err}");
+        let err = CronSpec::parse("0 0 30 2 *").unwrap_err();
+        assert!(err.contains("never matches"), "{err}");
+    }
+
+    #[test]
+    fn spring_forward_in_new_york() {
+        let ny: Tz = "America/New_York".parse().unwrap();
+        // 2026-03-08 02:00 EST -> 03:00 EDT (07:00Z). A fixed 02:30 job fires when the gap ends.
+        assert_eq!(
+            slots("30 2 * * *", ny, "2026-03-07T12:00:00Z", 3),
+            [
+                "2026-03-08T07:00:00Z",
+                "2026-03-09T06:30:00Z",
+                "2026-03-10T06:30:00Z"
+            ]
+        );
+        // An interval job skips the readings that do not exist.
+        assert_eq!(
+            slots("*/30 * * * *", ny, "2026-03-08T06:00:00Z", 4),
+            [
+                "2026-03-08T06:30:00Z", // 01:30 EST
+                "2026-03-08T07:00:00Z", // 03:00 EDT
+                "2026-03-08T07:30:00Z",
+                "2026-03-08T08:00:00Z"
+            ]
+        );
+        // A 09:30 job keeps its local time across the change: 14:30Z before, 13:30Z after.
+        assert_eq!(
+            slots("30 9 * * *", ny, "2026-03-07T00:00:00Z", 2),
+            ["2026-03-07T14:30:00Z", "2026-03-08T13:30:00Z"]
+        );
+    }
+
+    #[test]
+    fn fall_back_in_new_york() {
+        let ny: Tz = "America/New_York".parse().unwrap();
+        // 2026-11-01 02:00 EDT -> 01:00 EST (06:00Z): 01:00-01:59 happens twice.
+        assert_eq!(
+            slots("*/30 * * * *", ny, "2026-11-01T04:45:00Z", 5),
+            [
+                "2026-11-01T05:00:00Z", // 01:00 EDT
+                "2026-11-01T05:30:00Z", // 01:30 EDT
+                "2026-11-01T06:00:00Z", // 01:00 EST
+                "2026-11-01T06:30:00Z", // 01:30 EST
+                "2026-11-01T07:00:00Z"  // 02:00 EST
+            ]
+        );
+        // A fixed-time job fires once, at the first reading, even when asked from the second.
+        assert_eq!(
+            slots("30 1 * * *", ny, "2026-10-31T12:00:00Z", 2),
+            ["2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z"]
+        );
+        assert_eq!(
+            slots("30 1 * * *", ny, "2026-11-01T06:10:00Z", 1),
+            ["2026-11-02T06:30:00Z"]
+        );
+    }
+
+    #[test]
+    fn berlin_transitions() {
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        // 2026-03-29 02:00 CET -> 03:00 CEST (01:00Z); 2026-10-25 03:00 CEST -> 02:00 CET (01:00Z).
+        assert_eq!(
+            slots("0 9 * * *", berlin, "2026-03-28T00:00:00Z", 2),
+            ["2026-03-28T08:00:00Z", "2026-03-29T07:00:00Z"]
+        );
+        assert_eq!(
+            slots("15 2 * * *", berlin, "2026-03-28T12:00:00Z", 2),
+            ["2026-03-29T01:00:00Z", "2026-03-30T00:15:00Z"]
+        );
+        assert_eq!(
+            slots("0 * * * *", berlin, "2026-10-24T23:30:00Z", 4),
+            [
+                "2026-10-25T00:00:00Z", // 02:00 CEST
+                "2026-10-25T01:00:00Z", // 02:00 CET
+                "2026-10-25T02:00:00Z", // 03:00 CET
+                "2026-10-25T03:00:00Z"
+            ]
+        );
+    }
+
+    #[test]
+    fn inclusive_start_rounds_up_to_the_next_whole_second() {
+        let spec = CronSpec::parse("* * * * * *").unwrap();
+        let at = utc("2026-11-28T00:00:00Z") + Duration::milliseconds(500);
+        assert_eq!(
+            spec.next_from(at, Tz::UTC),
+            Some(utc("2026-11-28T00:00:01Z"))
+        );
+        assert_eq!(
+            spec.next_after(at, Tz::UTC),
+            Some(utc("2026-11-28T00:00:01Z"))
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! The long-running daemon: arm every schedule, reload on request, stop cleanly.
+//!
+//! Signals are read at the edge ([`signals`]) and arrive here as two channels, so the daemon
+//! runs the same inside a test as under systemd.
+
+pub mod notify;
+pub mod reload;
+pub mod signals;
+mod timer;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_cron_scheduler::JobScheduler;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{self, Config, Schedule, Secrets};
+use crate::dispatch::Dispatcher;
+use crate::store::events::EventKind;
+use notify::Notifier;
+use reload::{Diff, changed_credentials};
+use timer::{Firing, Timer};
+
+/// How long shutdown waits for sends in flight before recording them as `interrupted`.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How far back a re-armed schedule looks for a slot: a slot its old timer was about to fire
+/// when the reload cancelled it is fired by the new one (the database refuses a second send).
+const REARM_OVERLAP: chrono::Duration = chrono::Duration::seconds(2);
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Render and record, but never call WeCom.
+    pub dry_run: bool,
+    /// See [`DEFAULT_STOP_TIMEOUT`].
+    pub stop_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dry_run: false,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+        }
+    }
+}
+
+/// Requests from outside: each message on `reloads` is a SIGHUP; the first on `stops` starts a
+/// graceful stop and a second one cuts the wait short.
+pub struct Control {
+    pub reloads: mpsc::UnboundedReceiver<()>,
+    pub stops: mpsc::UnboundedReceiver<()>,
+}
+
+struct Daemon {
+    config: Config,
+    firing: Arc<Firing>,
+    timers: BTreeMap<String, Timer>,
+    notifier: Notifier,
+    options: Options,
+}
+
+/// Runs until a stop is requested. Returns an error only when the daemon cannot start.
+pub async fn run(
+    config: Config,
+    dispatcher: Arc<Dispatcher>,
+    options: Options,
+    mut control: Control,
+) -> anyhow::Result<()> {
+    let store = dispatcher.store().clone();
+    let scheduler = JobScheduler::new().await?;
+    scheduler.start().await?;
+    let firing = Arc::new(Firing {
+        scheduler,
+        apps: RwLock::new(config.apps.clone()),
+        dispatcher,
+        inflight: TaskTracker::new(),
+    });
+    let notifier = Notifier;
+    store
+        .record_event(
+            EventKind::Started,
+            &config.digest,
+            &format!(
+                "version {}{}",
+                env!("CARGO_PKG_VERSION"),
+                if options.dry_run { ", dry run" } else { "" }
+            ),
+        )
+        .await?;
+    let mut daemon = Daemon {
+        config,
+        firing,
+        timers: BTreeMap::new(),
+        notifier,
+        options,
+    };
+    let now = Utc::now();
+    for schedule in daemon.config.schedules.clone() {
+        if schedule.enabled {
+            daemon.arm(schedule, now);
+        }
+    }
+    let status = daemon.status_line();
+    tracing::info!(config = %daemon.config.path.display(), digest = %daemon.config.digest, dry_run = daemon.options.dry_run, "{status}");
+    daemon.notifier.ready(&status);
+
+    let mut watchdog = daemon
+        .notifier
+        .watchdog_interval()
+        .map(tokio::time::interval);
+    loop {
+        tokio::select! {
+            Some(()) = control.reloads.recv() => daemon.reload().await,
+            _ = control.stops.recv() => break,
+            _ = tick(&mut watchdog) => daemon.notifier.watchdog(),
+        }
+    }
+    daemon.shutdown(&mut control.stops).await;
+    Ok(())
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl Daemon {
+    fn arm(&mut self, schedule: Arc<Schedule>, resume_from: chrono::DateTime<Utc>) {
+        let timer = Timer::arm(schedule.clone(), self.firing.clone(), resume_from);
+        self.timers.insert(schedule.name.clone(), timer);
+    }
+
+    /// "3 schedules armed, next: standup at 2026-11-30 09:30 +08:00".
+    fn status_line(&self) -> String {
+        let now = Utc::now();
+        let next = self
+            .timers
+            .values()
+            .filter_map(|t| {
+                t.schedule
+                    .cron
+                    .next_after(now, t.schedule.zone)
+                    .map(|at| (at, &t.schedule))
+            })
+            .min_by_key(|(at, _)| *at);
+        let mut line = format!("{} schedules armed", self.timers.len());
+        if self.options.dry_run {
+            line.push_str(" (dry run)");
+        }
+        if let Some((at, schedule)) = next {
+            let local = at.with_timezone(&schedule.zone);
+            line.push_str(&format!(
+                ", next: {} at {}",
+                schedule.name,
+                local.format("%Y-%m-%d %H:%M:%S %:z")
+            ));
+        }
+        line
+    }
+
+    async fn reload(&mut self) {
+        self.notifier.reloading();
+        let path = self.config.path.clone();
+        let secrets = if self.options.dry_run {
+            Secrets::Optional
+        } else {
+            Secrets::Required
+        };
+        let loaded = tokio::task::spawn_blocking(move || config::load(&path, secrets)).await;
+        let store = self.firing.dispatcher.store().clone();
+        match loaded {
+            Ok(Ok(new)) => {
+                let summary = self.apply(new).await;
+                tracing::info!(digest = %self.config.digest, "reloaded: {summary}");
+                for warning in &self.config.warnings {
+                    tracing::warn!("{warning}");
+                }
+                if let Err(e) = store
+                    .record_event(EventKind::Reloaded, &self.config.digest, &summary)
+                    .await
+                {
+                    tracing::error!("could not record the reload: {e:#}");
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::error!("reload rejected, the previous config stays in force: {error}");
+                if let Err(e) = store
+                    .record_event(
+                        EventKind::ReloadFailed,
+                        &self.config.digest,
+                        &error.to_string(),
+                    )
+                    .await
+                {
+                    tracing::error!("could not record the failed reload: {e:#}");
+                }
+            }
+            Err(e) => tracing::error!("reload failed: {e}"),
+        }
+        self.notifier.ready(&self.status_line());
+    }
+
+    /// Switches to `new`: removed and changed schedules are disarmed, added and changed ones
+    /// armed, unchanged ones keep their timers. Sends in flight are not touched.
+    async fn apply(&mut self, new: Config) -> String {
+        let armed: BTreeMap<String, Arc<Schedule>> = self
+            .timers
+            .iter()
+            .map(|(name, timer)| (name.clone(), timer.schedule.clone()))
+            .collect();
+        let diff = Diff::between(&armed, &new);
+        for app in changed_credentials(&self.config.apps, &new.apps) {
+            tracing::info!(app = %app.name, "credentials changed; dropping the cached token");
+            if let Err(e) = self.firing.dispatcher.tokens().forget(app).await {
+                tracing::warn!("could not drop the cached token: {e:#}");
+            }
+        }
+        *self.firing.apps.write().unwrap_or_else(|p| p.into_inner()) = new.apps.clone();
+        for name in diff.removed.iter().chain(&diff.changed) {
+            self.timers.remove(name);
+        }
+        let resume_from = Utc::now() - REARM_OVERLAP;
+        for name in diff.added.iter().chain(&diff.changed) {
+            if let Some(schedule) = new.schedule(name).cloned() {
+                self.arm(schedule, resume_from);
+            }
+        }
+        self.config = new;
+        diff.summary()
+    }
+
+    async fn shutdown(mut self, stops: &mut mpsc::UnboundedReceiver<()>) {
+        let inflight = self.firing.inflight.len();
+        tracing::info!(
+            inflight,
+            "stopping: no new fires; waiting for sends in flight"
+        );
+        self.notifier
+            .stopping(&format!("stopping, {inflight} send(s) in flight"));
+        self.timers.clear();
+        let mut scheduler = self.firing.scheduler.clone();
+        if let Err(e) = scheduler.shutdown().await {
+            tracing::debug!(error = ?e, "scheduler shutdown");
+        }
+        self.firing.inflight.close();
+        let detail = tokio::select! {
+            _ = self.firing.inflight.wait() => "clean".to_string(),
+            _ = tokio::time::sleep(self.options.stop_timeout) => {
+                let n = self.firing.dispatcher.interrupt_inflight().await;
+                tracing::warn!(interrupted = n, "sends still in flight after {}s; recorded as interrupted", self.options.stop_timeout.as_secs());
+                format!("timed out after {}s, {n} send(s) interrupted", self.options.stop_timeout.as_secs())
+            }
+            _ = stops.recv() => {
+                let n = self.firing.dispatcher.interrupt_inflight().await;
+                tracing::warn!(interrupted = n, "second stop request; not waiting for sends in flight");
+                format!("second stop request, {n} send(s) interrupted")
+            }
+        };
+        let store = self.firing.dispatcher.store().clone();
+        if let Err(e) = store
+            .record_event(EventKind::Stopped, &self.config.digest, &detail)
+            .await
+        {
+            tracing::error!("could not record the stop: {e:#}");
+        }
+        tracing::info!("stopped ({detail})");
+    }
+}

@@ -1,0 +1,112 @@
+//! The reload diff: which schedules a new config adds, removes, changes or leaves alone, and
+//! which apps changed credentials.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::{App, Config, Schedule};
+
+/// What a reload does to the armed schedules.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+impl Diff {
+    /// Compares the armed schedules with the enabled schedules of `new`. A schedule switched to
+    /// `enabled: false` counts as removed; switched back on, as added.
+    pub fn between(armed: &BTreeMap<String, Arc<Schedule>>, new: &Config) -> Diff {
+        let mut diff = Diff::default();
+        let enabled: BTreeMap<&str, &Arc<Schedule>> = new
+            .schedules
+            .iter()
+            .filter(|s| s.enabled)
+            .map(|s| (s.name.as_str(), s))
+            .collect();
+        for (name, schedule) in &enabled {
+            match armed.get(*name) {
+                None => diff.added.push(name.to_string()),
+                Some(old) if old.as_ref() == schedule.as_ref() => {
+                    diff.unchanged.push(name.to_string())
+                }
+                Some(_) => diff.changed.push(name.to_string()),
+            }
+        }
+        diff.removed = armed
+            .keys()
+            .filter(|name| !enabled.contains_key(name.as_str()))
+            .cloned()
+            .collect();
+        diff
+    }
+
+    /// "added a; removed b; changed c; 4 unchanged", for logs and the `events` table.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        for (what, names) in [
+            ("added", &self.added),
+            ("removed", &self.removed),
+            ("changed", &self.changed),
+        ] {
+            if !names.is_empty() {
+                parts.push(format!("{what} {}", names.join(", ")));
+            }
+        }
+        parts.push(format!("{} unchanged", self.unchanged.len()));
+        parts.join("; ")
+    }
+}
+
+/// Apps whose identity stayed but whose secret or address changed: their cached token must go.
+pub fn changed_credentials<'a>(
+    old: &'a BTreeMap<String, Arc<App>>,
+    new: &BTreeMap<String, Arc<App>>,
+) -> Vec<&'a Arc<App>> {
+    old.values()
+        .filter(|old| {
+            new.values().any(|app| {
+                app.corp_id == old.corp_id
+                    && app.agent_id == old.agent_id
+                    && (app.secret != old.secret || app.api_base != old.api_base)
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Secrets, parse};
+    use std::path::Path;
+
+    fn config(schedules: &str) -> Config {
+        let text = format!(
+            "timezone: UTC\napps:\n  ops: {{ corp_id: ww1, agent_id: 1, secret: s }}\nschedules:\n{schedules}"
+        );
+        parse(&text, Path::new("/tmp/x.yaml"), Secrets::Required).unwrap()
+    }
+
+    #[test]
+    fn diff_by_name() {
+        let old = config(
+            "  - { name: a, cron: '0 9 * * *', to: { users: [u] }, text: { content: a } }\n  - { name: b, cron: '0 9 * * *', to: { users: [u] }, text: { content: b } }\n  - { name: c, cron: '0 9 * * *', to: { users: [u] }, text: { content: c } }\n",
+        );
+        let armed = old
+            .schedules
+            .iter()
+            .map(|s| (s.name.clone(), s.clone()))
+            .collect();
+        let new = config(
+            "  - { name: a, cron: '0 9 * * *', to: { users: [u] }, text: { content: a } }\n  - { name: c, cron: '0 10 * * *', to: { users: [u] }, text: { content: c } }\n  - { name: d, cron: '0 9 * * *', to: { users: [u] }, text: { content: d } }\n  - { name: e, cron: '0 9 * * *', to: { users: [u] }, text: { content: e }, enabled: false }\n",
+        );
+        let diff = Diff::between(&armed, &new);
+        assert_eq!(diff.added, ["d"]);
+        assert_eq!(diff.removed, ["b"]);
+        assert_eq!(diff.changed, ["c"]);
+        assert_eq!(diff.unchanged, ["a"]);
+        assert_eq!(diff.summary(), "added d; removed b; changed c; 1 unchanged");
+    }
+}

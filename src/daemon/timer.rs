@@ -1,0 +1,161 @@
+//! One timer per armed schedule: it computes each slot, waits for it, and hands the fire to a
+//! tracked task so that a slow send never delays the next slot or another schedule.
+//!
+//! Waiting is two-stage. tokio-cron-scheduler is the coarse alarm: a one-shot job about two
+//! seconds before the slot. It compares against the wall clock every 500 ms, so a long wait
+//! survives suspend and clock corrections, where a monotonic sleep of hours would drift. The
+//! last stretch is a precise sleep to the exact slot. This sidesteps the crate's traps: its
+//! 500 ms poll no longer shows in the fire time, zone offsets are computed per slot (so
+//! daylight-saving changes are right), the slot is known exactly (it is the one armed), and its
+//! 6-field-only parser is never used.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{App, Schedule};
+use crate::dispatch::{Dispatcher, Fired};
+use crate::store::history::Trigger;
+
+/// How long before a slot the wall-clock alarm goes off. It must exceed the scheduler's 500 ms
+/// poll plus its whole-second rounding of the alarm time.
+const ALARM_LEAD: chrono::Duration = chrono::Duration::seconds(2);
+
+/// What every timer shares with the daemon.
+pub struct Firing {
+    pub scheduler: JobScheduler,
+    /// The apps of the config in force, looked up at fire time so that an app whose credentials
+    /// change on reload is used at once by schedules that did not change.
+    pub apps: RwLock<BTreeMap<String, Arc<App>>>,
+    pub dispatcher: Arc<Dispatcher>,
+    /// Fires in flight; shutdown waits for them.
+    pub inflight: TaskTracker,
+}
+
+/// An armed schedule. Dropping it disarms it (a fire already started is not interrupted).
+pub struct Timer {
+    pub schedule: Arc<Schedule>,
+    cancel: CancellationToken,
+}
+
+impl Timer {
+    /// Arms `schedule` from its first slot at or after `resume_from`.
+    pub fn arm(schedule: Arc<Schedule>, firing: Arc<Firing>, resume_from: DateTime<Utc>) -> Timer {
+        let cancel = CancellationToken::new();
+        tokio::spawn(run(schedule.clone(), firing, resume_from, cancel.clone()));
+        Timer { schedule, cancel }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn run(
+    schedule: Arc<Schedule>,
+    firing: Arc<Firing>,
+    resume_from: DateTime<Utc>,
+    cancel: CancellationToken,
+) {
+    let mut next = schedule.cron.next_from(resume_from, schedule.zone);
+    while let Some(slot) = next {
+        if !wait_for(&firing.scheduler, slot, &cancel).await {
+            return;
+        }
+        let lag_ms = (Utc::now() - slot).num_milliseconds();
+        tracing::debug!(schedule = %schedule.name, slot = %crate::time::to_db(slot), lag_ms, "firing");
+        firing
+            .inflight
+            .spawn(fire(firing.clone(), schedule.clone(), slot));
+        next = schedule.cron.next_after(slot, schedule.zone);
+    }
+    tracing::info!(schedule = %schedule.name, "the cron expression names no further slot; timer ends");
+}
+
+async fn fire(firing: Arc<Firing>, schedule: Arc<Schedule>, slot: DateTime<Utc>) {
+    let app = firing
+        .apps
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&schedule.app)
+        .cloned();
+    let Some(app) = app else {
+        tracing::error!(schedule = %schedule.name, app = %schedule.app, "the schedule's app is not configured; slot not sent");
+        return;
+    };
+    match firing
+        .dispatcher
+        .fire(&schedule, &app, slot, Trigger::Cron)
+        .await
+    {
+        Ok(Fired::Done(_)) | Ok(Fired::Taken) => {}
+        Err(e) => {
+            tracing::error!(schedule = %schedule.name, slot = %crate::time::to_db(slot), "could not record the send: {e:#}")
+        }
+    }
+}
+
+/// Waits until the wall clock reaches `slot`; false when cancelled first.
+async fn wait_for(
+    scheduler: &JobScheduler,
+    slot: DateTime<Utc>,
+    cancel: &CancellationToken,
+) -> bool {
+    if let Ok(until_alarm) = (slot - ALARM_LEAD - Utc::now()).to_std()
+        && !until_alarm.is_zero()
+        && !alarm(scheduler, until_alarm, cancel).await
+    {
+        return false;
+    }
+    // Re-read the wall clock after each sleep: monotonic and wall time drift apart slowly.
+    while let Ok(remaining) = (slot - Utc::now()).to_std() {
+        if remaining.is_zero() {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(remaining) => {}
+            _ = cancel.cancelled() => return false,
+        }
+    }
+    true
+}
+
+/// One tokio-cron-scheduler one-shot job, `after` from now; false when cancelled first.
+async fn alarm(scheduler: &JobScheduler, after: Duration, cancel: &CancellationToken) -> bool {
+    let rang = Arc::new(Notify::new());
+    let ring = rang.clone();
+    let job = Job::new_one_shot_at_instant_async(std::time::Instant::now() + after, move |_, _| {
+        let ring = ring.clone();
+        Box::pin(async move { ring.notify_one() })
+    });
+    let added = match job {
+        Ok(job) => scheduler.add(job).await,
+        Err(e) => Err(e),
+    };
+    let id = match added {
+        Ok(id) => id,
+        Err(e) => {
+            // Never lose a slot to the alarm clock: fall back to a plain sleep.
+            tracing::warn!(error = ?e, "tokio-cron-scheduler refused a job; sleeping instead");
+            tokio::select! {
+                _ = tokio::time::sleep(after) => return true,
+                _ = cancel.cancelled() => return false,
+            }
+        }
+    };
+    tokio::select! {
+        _ = rang.notified() => true,
+        _ = cancel.cancelled() => {
+            let _ = scheduler.remove(&id).await;
+            false
+        }
+    }
+}

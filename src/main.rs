@@ -1,0 +1,85 @@
+//! The `wecom-notify` command line: parse the arguments, set up logging, dispatch to
+//! [`wecom_notify::commands`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wecom_notify::commands::{self, Globals};
+use wecom_notify::config::DEFAULT_CONFIG_PATH;
+use wecom_notify::logging::{self, LogFormat};
+
+/// Send WeCom (企业微信) application messages on cron schedules, with an auditable history.
+#[derive(Debug, Parser)]
+#[command(name = "wecom-notify", version, about)]
+struct Cli {
+    /// The schedules file.
+    #[arg(long, global = true, env = "WECOM_NOTIFY_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// The SQLite database [default: the config's `database`, else $STATE_DIRECTORY/wecom-notify.db, else ./wecom-notify.db].
+    #[arg(long, global = true)]
+    db: Option<PathBuf>,
+    /// Log format on stderr (filter with RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (systemd Type=notify).
+    Run {
+        /// Render and record every send, but never call WeCom (no credentials needed).
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Validate the config; list every schedule with its next fire times.
+    Check {
+        /// How many upcoming fire times to list per schedule.
+        #[arg(long, default_value_t = 3)]
+        next: usize,
+        /// Do not require the apps' secrets to be readable (as for `run --dry-run`).
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Fire one schedule now (trigger = manual); exits 0 only if WeCom accepted it.
+    Send {
+        /// The schedule's name.
+        schedule: String,
+        /// Print and record the exact body, but do not call WeCom.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let globals = Globals {
+        config: cli.config,
+        db: cli.db,
+    };
+    if let Command::Check { next, dry_run } = cli.command {
+        return commands::check::run(&globals, next, dry_run);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(commands::EXIT_FAILED);
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run { dry_run } => commands::run::run(&globals, dry_run).await,
+            Command::Send { schedule, dry_run } => {
+                commands::send::run(&globals, &schedule, dry_run).await
+            }
+            Command::Check { .. } => unreachable!("handled above"),
+        }
+    })
+}

@@ -1,0 +1,53 @@
+//! The `events` table: started, reloaded, reload_failed, stopped.
+
+use rusqlite::params;
+
+use super::Store;
+
+/// A row of `events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Started,
+    Reloaded,
+    ReloadFailed,
+    Stopped,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Started => "started",
+            EventKind::Reloaded => "reloaded",
+            EventKind::ReloadFailed => "reload_failed",
+            EventKind::Stopped => "stopped",
+        }
+    }
+}
+
+impl Store {
+    /// Records an event with the digest of the config in force and a free-text detail.
+    pub async fn record_event(
+        &self,
+        kind: EventKind,
+        digest: &str,
+        detail: &str,
+    ) -> anyhow::Result<()> {
+        let digest = digest.to_string();
+        let detail = detail.to_string();
+        self.call(move |conn| {
+            conn.execute(
+                "INSERT INTO events (at, kind, config_digest, pid, version, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    crate::time::now_db(),
+                    kind.as_str(),
+                    digest,
+                    std::process::id(),
+                    env!("CARGO_PKG_VERSION"),
+                    detail
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+}

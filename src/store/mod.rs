@@ -1,0 +1,122 @@
+//! SQLite: opening the database (mode 0600, WAL, migrations) and running queries off the async
+//! threads. One connection behind a mutex is plenty for a write-light daemon.
+
+pub mod events;
+pub mod history;
+pub mod tokens;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use rusqlite::Connection;
+use rusqlite_migration::{M, Migrations};
+
+/// How long a statement waits for another connection's write lock (another process's token
+/// refresh holds it for at most one gettoken call).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The schema, one entry per folder under `migrations/`.
+const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../../migrations/01-initial/up.sql"))];
+
+/// The database, shared by every task of the process.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating with mode 0600 if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> anyhow::Result<Store> {
+        if !path.exists() {
+            // The file holds live access tokens: nobody else may read it. SQLite gives the
+            // -wal and -shm files the same mode as the database file.
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create database {}", path.display()))?;
+        } else if let Ok(meta) = path.metadata()
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the database holds access tokens but other users may read it; chmod 600 it");
+        }
+        let mut conn = connect(path)?;
+        Migrations::from_slice(MIGRATIONS)
+            .to_latest(&mut conn)
+            .with_context(|| format!("cannot migrate database {}", path.display()))?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the shared connection in a blocking thread.
+    pub async fn call<R, F>(&self, f: F) -> anyhow::Result<R>
+    where
+        F: FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| anyhow!("database connection lock poisoned"))?;
+            f(&mut guard).map_err(anyhow::Error::from)
+        })
+        .await
+        .map_err(|e| anyhow!("database task failed: {e}"))?
+    }
+
+    /// Opens a second connection to the same file, for work that must hold a transaction across
+    /// an await (the cross-process token refresh) without blocking the shared connection.
+    pub fn connect_separately(&self) -> anyhow::Result<Connection> {
+        connect(&self.path)
+    }
+}
+
+fn connect(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path)
+        .with_context(|| format!("cannot open database {}", path.display()))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_is_created_private_and_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(path.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+        let conn = store.conn.lock().unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('sends', 'access_tokens', 'events')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 3);
+    }
+}

@@ -1,0 +1,157 @@
+//! The `access_tokens` table, and the cross-process single flight of a token refresh.
+//!
+//! A refresh runs inside `BEGIN IMMEDIATE` on a connection of its own: the first process takes
+//! SQLite's write lock, re-checks the row, calls gettoken and commits; every other process waits
+//! in SQLite's busy handler (no polling loop of ours), then re-checks and finds the new token.
+
+use std::future::Future;
+
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::Store;
+use crate::wecom::client::{AccessToken, FreshToken};
+
+/// A token as stored.
+#[derive(Debug, Clone)]
+pub struct StoredToken {
+    pub token: AccessToken,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl StoredToken {
+    /// Usable until `margin` before it expires.
+    pub fn is_fresh(&self, margin: Duration, now: DateTime<Utc>) -> bool {
+        self.expires_at - margin > now
+    }
+}
+
+fn read(conn: &Connection, corp_id: &str, agent_id: i64) -> rusqlite::Result<Option<StoredToken>> {
+    conn.query_row(
+        "SELECT access_token, expires_at FROM access_tokens WHERE corp_id = ?1 AND agent_id = ?2",
+        params![corp_id, agent_id],
+        |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+    )
+    .optional()
+    .map(|found| {
+        found.and_then(|(token, expires_at)| {
+            Some(StoredToken {
+                token: AccessToken::new(token),
+                expires_at: crate::time::from_db(&expires_at)?,
+            })
+        })
+    })
+}
+
+impl Store {
+    /// The stored token of an app, if any.
+    pub async fn load_token(
+        &self,
+        corp_id: &str,
+        agent_id: i64,
+    ) -> anyhow::Result<Option<StoredToken>> {
+        let corp_id = corp_id.to_string();
+        self.call(move |conn| read(conn, &corp_id, agent_id)).await
+    }
+
+    /// Deletes the stored token, but only if it is still `failed` (another process may already
+    /// have replaced it with a good one).
+    pub async fn drop_token(
+        &self,
+        corp_id: &str,
+        agent_id: i64,
+        failed: &AccessToken,
+    ) -> anyhow::Result<()> {
+        let corp_id = corp_id.to_string();
+        let failed = failed.expose().to_string();
+        self.call(move |conn| {
+            conn.execute(
+                "DELETE FROM access_tokens WHERE corp_id = ?1 AND agent_id = ?2 AND access_token = ?3",
+                params![corp_id, agent_id, failed],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Deletes the stored token whatever it is (the app's credentials changed).
+    pub async fn forget_token(&self, corp_id: &str, agent_id: i64) -> anyhow::Result<()> {
+        let corp_id = corp_id.to_string();
+        self.call(move |conn| {
+            conn.execute(
+                "DELETE FROM access_tokens WHERE corp_id = ?1 AND agent_id = ?2",
+                params![corp_id, agent_id],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Returns a fresh stored token, or runs `fetch` while holding the database's write lock
+    /// and stores its result. `fetch` runs at most once across every process sharing the file.
+    pub async fn refresh_token<F, Fut, E>(
+        &self,
+        corp_id: &str,
+        agent_id: i64,
+        margin: Duration,
+        fetch: F,
+    ) -> anyhow::Result<Result<StoredToken, E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<FreshToken, E>>,
+    {
+        let conn = self.connect_separately()?;
+        let key = (corp_id.to_string(), agent_id);
+        let (conn, existing) = blocking(move || {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let existing = read(&conn, &key.0, key.1);
+            Ok((conn, existing?))
+        })
+        .await?;
+        if let Some(token) = existing.filter(|t| t.is_fresh(margin, Utc::now())) {
+            blocking(move || conn.execute_batch("COMMIT")).await?;
+            return Ok(Ok(token));
+        }
+        let fetched = fetch().await;
+        let fresh = match fetched {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                blocking(move || conn.execute_batch("ROLLBACK")).await?;
+                return Ok(Err(e));
+            }
+        };
+        let now = Utc::now();
+        let stored = StoredToken {
+            token: fresh.token,
+            expires_at: now + Duration::seconds(fresh.expires_in),
+        };
+        let row = (
+            corp_id.to_string(),
+            agent_id,
+            stored.token.expose().to_string(),
+            stored.expires_at,
+        );
+        blocking(move || {
+            conn.execute(
+                "INSERT INTO access_tokens (corp_id, agent_id, access_token, fetched_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (corp_id, agent_id) DO UPDATE SET access_token = excluded.access_token,
+                     fetched_at = excluded.fetched_at, expires_at = excluded.expires_at",
+                params![row.0, row.1, row.2, crate::time::to_db(now), crate::time::to_db(row.3)],
+            )?;
+            conn.execute_batch("COMMIT")
+        })
+        .await?;
+        Ok(Ok(stored))
+    }
+}
+
+async fn blocking<R, F>(f: F) -> anyhow::Result<R>
+where
+    F: FnOnce() -> rusqlite::Result<R> + Send + 'static,
+    R: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow::anyhow!("database task failed: {e}"))?
+        .map_err(anyhow::Error::from)
+}

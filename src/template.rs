@@ -1,0 +1,198 @@
+//! Message templates: `{{ date }}`-style variables rendered at the slot, in the schedule's zone.
+//!
+//! Recurring announcements carry a date ("2026年11月30日 周报提醒"). The variables are rendered
+//! from the *slot* (the instant the cron named), never from the moment the code runs, so a late
+//! catch-up or a retry renders exactly what the on-time send would have.
+//!
+//! | variable | example |
+//! |---|---|
+//! | `{{ date }}` | 2026-11-30 |
+//! | `{{ date_cn }}` | 2026年11月30日 |
+//! | `{{ time }}` | 09:30 |
+//! | `{{ weekday }}` | Monday |
+//! | `{{ weekday_cn }}` | 星期一 |
+//! | `{{ schedule }}` | standup |
+//! | `{{ slot:FORMAT }}` | the slot through a strftime FORMAT, e.g. `{{ slot:%Y年第%V周 }}` |
+
+use chrono::format::{Item, StrftimeItems};
+use chrono::{DateTime, Datelike, Weekday};
+use chrono_tz::Tz;
+
+/// The values a template is rendered with.
+pub struct SlotContext<'a> {
+    pub schedule: &'a str,
+    pub slot: DateTime<Tz>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Literal(String),
+    Date,
+    DateCn,
+    Time,
+    Weekday,
+    WeekdayCn,
+    Schedule,
+    Strftime(String),
+}
+
+/// A parsed template. Parsing checks every variable and format, so rendering cannot fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    source: String,
+    pieces: Vec<Piece>,
+}
+
+impl Template {
+    /// Parses `source`; the error names the bad variable and lists the valid ones.
+    pub fn parse(source: &str) -> Result<Template, String> {
+        let mut pieces = Vec::new();
+        let mut rest = source;
+        while let Some(open) = rest.find("{{") {
+            if open > 0 {
+                pieces.push(Piece::Literal(rest[..open].to_string()));
+            }
+            let after = &rest[open + 2..];
+            let close = after.find("}}").ok_or_else(|| {
+                format!(
+                    "\"{{{{\" at byte {} is never closed with \"}}}}\"",
+                    source.len() - rest.len() + open
+                )
+            })?;
+            pieces.push(variable(after[..close].trim())?);
+            rest = &after[close + 2..];
+        }
+        if !rest.is_empty() {
+            pieces.push(Piece::Literal(rest.to_string()));
+        }
+        Ok(Template {
+            source: source.to_string(),
+            pieces,
+        })
+    }
+
+    /// The text as written in the config.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// True when the template has no variable that depends on the slot.
+    pub fn is_static(&self) -> bool {
+        self.pieces
+            .iter()
+            .all(|piece| matches!(piece, Piece::Literal(_) | Piece::Schedule))
+    }
+
+    pub fn render(&self, context: &SlotContext<'_>) -> String {
+        let slot = &context.slot;
+        let mut out = String::with_capacity(self.source.len() + 16);
+        for piece in &self.pieces {
+            match piece {
+                Piece::Literal(text) => out.push_str(text),
+                Piece::Date => out.push_str(&slot.format("%Y-%m-%d").to_string()),
+                Piece::DateCn => out.push_str(&slot.format("%Y年%m月%d日").to_string()),
+                Piece::Time => out.push_str(&slot.format("%H:%M").to_string()),
+                Piece::Weekday => out.push_str(&slot.format("%A").to_string()),
+                Piece::WeekdayCn => out.push_str(weekday_cn(slot.weekday())),
+                Piece::Schedule => out.push_str(context.schedule),
+                Piece::Strftime(format) => out.push_str(&slot.format(format).to_string()),
+            }
+        }
+        out
+    }
+}
+
+fn variable(name: &str) -> Result<Piece, String> {
+    if let Some(format) = name.strip_prefix("slot:") {
+        let format = format.trim();
+        // chrono panics when it displays an invalid format, so reject it here, at load time.
+        if format.is_empty() || StrftimeItems::new(format).any(|item| matches!(item, Item::Error)) {
+            return Err(format!(
+                "\"{{{{ slot:{format} }}}}\" is not a valid strftime format (see https://docs.rs/chrono/latest/chrono/format/strftime/)"
+            ));
+        }
+        return Ok(Piece::Strftime(format.to_string()));
+    }
+    Ok(match name {
+        "date" => Piece::Date,
+        "date_cn" => Piece::DateCn,
+        "time" => Piece::Time,
+        "weekday" => Piece::Weekday,
+        "weekday_cn" => Piece::WeekdayCn,
+        "schedule" => Piece::Schedule,
+        other => {
+            return Err(format!(
+                "unknown template variable \"{{{{ {other} }}}}\"; use one of date, date_cn, time, weekday, weekday_cn, schedule, slot:FORMAT"
+            ));
+        }
+    })
+}
+
+fn weekday_cn(day: Weekday) -> &'static str {
+    match day {
+        Weekday::Mon => "星期一",
+        Weekday::Tue => "星期二",
+        Weekday::Wed => "星期三",
+        Weekday::Thu => "星期四",
+        Weekday::Fri => "星期五",
+        Weekday::Sat => "星期六",
+        Weekday::Sun => "星期日",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn render(source: &str, zone: Tz) -> String {
+        let slot = Utc
+            .with_ymd_and_hms(2026, 11, 30, 1, 30, 0)
+            .unwrap()
+            .with_timezone(&zone);
+        Template::parse(source).unwrap().render(&SlotContext {
+            schedule: "weekly",
+            slot,
+        })
+    }
+
+    #[test]
+    fn renders_at_the_slot_in_the_schedule_zone() {
+        let shanghai: Tz = "Asia/Shanghai".parse().unwrap();
+        assert_eq!(
+            render(
+                "{{ date_cn }} {{weekday_cn}} {{ time }} {{ schedule }} 周报",
+                shanghai
+            ),
+            "2026年11月30日 星期一 09:30 weekly 周报"
+        );
+        let la: Tz = "America/Los_Angeles".parse().unwrap();
+        // 01:30Z is still Sunday evening in Los Angeles.
+        assert_eq!(
+            render("{{ date }} {{ weekday }} {{ time }}", la),
+            "2026-11-29 Sunday 17:30"
+        );
+        assert_eq!(render("{{ slot:%Y年第%V周 }}", shanghai), "2026年第49周");
+    }
+
+    #[test]
+    fn bad_variables_are_errors() {
+        assert!(
+            Template::parse("{{ dat }}")
+                .unwrap_err()
+                .contains("unknown template variable")
+        );
+        assert!(
+            Template::parse("{{ date")
+                .unwrap_err()
+                .contains("never closed")
+        );
+        assert!(
+            Template::parse("{{ slot:%Q }}")
+                .unwrap_err()
+                .contains("strftime")
+        );
+        assert!(Template::parse("plain").unwrap().is_static());
+        assert!(!Template::parse("{{ date }}").unwrap().is_static());
+    }
+}

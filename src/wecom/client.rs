@@ -1,0 +1,263 @@
+//! HTTP calls to WeCom: `gettoken`, `message/send`, `message/recall`.
+//!
+//! The access token travels in the query string, so every error that leaves this module is
+//! stripped of its URL (`reqwest::Error::without_url`) and answers are read with a size cap.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{App, Secret};
+
+/// How long connecting to WeCom may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a whole request (connect, send, answer) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// WeCom's answers are a few hundred bytes; anything beyond this is not WeCom talking.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// An access token. Like [`Secret`], it prints as a mask.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken(String);
+
+impl AccessToken {
+    pub fn new(value: impl Into<String>) -> AccessToken {
+        AccessToken(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessToken(***)")
+    }
+}
+
+/// A call that did not produce a readable WeCom answer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{detail}")]
+pub struct Transport {
+    pub detail: String,
+    /// False only when the request certainly never reached WeCom (it could not connect), so
+    /// a retry cannot deliver twice whatever the duplicate check does.
+    pub maybe_delivered: bool,
+}
+
+/// A readable WeCom answer (errcode may be non-zero).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Reply {
+    pub errcode: i64,
+    #[serde(default)]
+    pub errmsg: String,
+    #[serde(default)]
+    pub msgid: Option<String>,
+    #[serde(default)]
+    pub invaliduser: Option<String>,
+    #[serde(default)]
+    pub invalidparty: Option<String>,
+    #[serde(default)]
+    pub invalidtag: Option<String>,
+    #[serde(default)]
+    pub unlicenseduser: Option<String>,
+}
+
+impl Reply {
+    /// True when WeCom accepted the message but named recipients it could not reach.
+    pub fn has_rejected_recipients(&self) -> bool {
+        [
+            &self.invaliduser,
+            &self.invalidparty,
+            &self.invalidtag,
+            &self.unlicenseduser,
+        ]
+        .iter()
+        .any(|list| list.as_deref().is_some_and(|l| !l.is_empty()))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenAnswer {
+    errcode: i64,
+    #[serde(default)]
+    errmsg: String,
+    access_token: Option<String>,
+    expires_in: Option<i64>,
+}
+
+/// A freshly issued token and its lifetime in seconds.
+#[derive(Debug)]
+pub struct FreshToken {
+    pub token: AccessToken,
+    pub expires_in: i64,
+}
+
+/// `gettoken` answered with an errcode, or could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    #[error("gettoken: {}", crate::wecom::error::describe(*.errcode, .errmsg))]
+    WeCom { errcode: i64, errmsg: String },
+    #[error("gettoken: {0}")]
+    Transport(Transport),
+    #[error("the app's secret is not available ({0})")]
+    NoSecret(String),
+}
+
+/// The HTTP client, shared by every app (connection pooling).
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new() -> anyhow::Result<Client> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("wecom-notify/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Client { http })
+    }
+
+    /// `GET /cgi-bin/gettoken`.
+    pub async fn get_token(&self, app: &App) -> Result<FreshToken, TokenError> {
+        let secret: &Secret = app
+            .secret
+            .as_ref()
+            .ok_or_else(|| TokenError::NoSecret(app.secret_source.field().to_string()))?;
+        let request = self
+            .http
+            .get(format!("{}/cgi-bin/gettoken", app.api_base))
+            .query(&[
+                ("corpid", app.corp_id.as_str()),
+                ("corpsecret", secret.expose()),
+            ]);
+        let answer: TokenAnswer = read_json(request).await.map_err(TokenError::Transport)?;
+        match (answer.errcode, answer.access_token) {
+            (0, Some(token)) if !token.is_empty() => Ok(FreshToken {
+                token: AccessToken(token),
+                expires_in: answer.expires_in.unwrap_or(7200),
+            }),
+            (0, _) => Err(TokenError::Transport(Transport {
+                detail: "gettoken answered errcode 0 without an access_token".to_string(),
+                maybe_delivered: false,
+            })),
+            (errcode, _) => Err(TokenError::WeCom {
+                errcode,
+                errmsg: answer.errmsg,
+            }),
+        }
+    }
+
+    /// `POST /cgi-bin/message/send` with `body` exactly as given.
+    pub async fn send(
+        &self,
+        app: &App,
+        token: &AccessToken,
+        body: &str,
+    ) -> Result<Reply, Transport> {
+        self.post(app, "/cgi-bin/message/send", token, body.to_string())
+            .await
+    }
+
+    /// `POST /cgi-bin/message/recall`.
+    pub async fn recall(
+        &self,
+        app: &App,
+        token: &AccessToken,
+        msgid: &str,
+    ) -> Result<Reply, Transport> {
+        let body = serde_json::json!({ "msgid": msgid }).to_string();
+        self.post(app, "/cgi-bin/message/recall", token, body).await
+    }
+
+    async fn post(
+        &self,
+        app: &App,
+        path: &str,
+        token: &AccessToken,
+        body: String,
+    ) -> Result<Reply, Transport> {
+        let request = self
+            .http
+            .post(format!("{}{path}", app.api_base))
+            .query(&[("access_token", token.expose())])
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        read_json(request).await
+    }
+}
+
+/// Sends the request and parses a capped JSON answer that must carry an `errcode`.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+) -> Result<T, Transport> {
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| transport(e, "request failed"))?;
+    let status = response.status();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport(e, "reading the answer failed"))?
+    {
+        if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(Transport {
+                detail: format!(
+                    "HTTP {status}: the answer is larger than {MAX_ANSWER_BYTES} bytes, which is not a WeCom answer"
+                ),
+                maybe_delivered: true,
+            });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    if !status.is_success() {
+        return Err(Transport {
+            detail: format!("HTTP {status}: {}", excerpt(&bytes)),
+            maybe_delivered: true,
+        });
+    }
+    serde_json::from_slice::<T>(&bytes).map_err(|e| Transport {
+        detail: format!("unreadable answer ({e}): {}", excerpt(&bytes)),
+        maybe_delivered: true,
+    })
+}
+
+fn transport(error: reqwest::Error, what: &str) -> Transport {
+    let maybe_delivered = !error.is_connect();
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        what
+    };
+    // The URL holds the access token (or the secret, for gettoken): never let it into the text.
+    let error = error.without_url();
+    let mut detail = format!("{kind}: {error}");
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        detail.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    Transport {
+        detail,
+        maybe_delivered,
+    }
+}
+
+/// The start of an unexpected answer, for the error message (an HTML error page, say).
+fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text: String = text.chars().filter(|c| !c.is_control()).take(120).collect();
+    if text.is_empty() {
+        "(empty body)".to_string()
+    } else {
+        text
+    }
+}

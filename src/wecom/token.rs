@@ -1,0 +1,127 @@
+//! Access tokens: one per application, fetched once per lifetime and shared through SQLite.
+//!
+//! Three layers, cheapest first: the in-memory copy; the `access_tokens` row (another process
+//! may have refreshed it); and a refresh under the database's write lock. Inside one process a
+//! per-app async mutex makes concurrent sends wait for a single refresh.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{Duration, Utc};
+
+use super::client::{AccessToken, Client, TokenError};
+use crate::config::App;
+use crate::store::Store;
+use crate::store::tokens::StoredToken;
+
+/// Tokens are used until this long before they expire, so that none expires in flight.
+pub const DEFAULT_SAFETY_MARGIN: Duration = Duration::minutes(5);
+
+/// Why no token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFailure {
+    #[error(transparent)]
+    Api(#[from] TokenError),
+    #[error("database: {0:#}")]
+    Store(anyhow::Error),
+}
+
+#[derive(Default)]
+struct Slot {
+    current: Mutex<Option<StoredToken>>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+/// The token cache of every app of this process.
+pub struct TokenCache {
+    store: Store,
+    client: Client,
+    margin: Duration,
+    slots: Mutex<HashMap<(String, i64), Arc<Slot>>>,
+}
+
+impl TokenCache {
+    pub fn new(store: Store, client: Client) -> TokenCache {
+        TokenCache::with_margin(store, client, DEFAULT_SAFETY_MARGIN)
+    }
+
+    pub fn with_margin(store: Store, client: Client, margin: Duration) -> TokenCache {
+        TokenCache {
+            store,
+            client,
+            margin,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, app: &App) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .entry((app.corp_id.clone(), app.agent_id))
+            .or_default()
+            .clone()
+    }
+
+    fn fresh(&self, slot: &Slot) -> Option<AccessToken> {
+        let current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+        current
+            .as_ref()
+            .filter(|t| t.is_fresh(self.margin, Utc::now()))
+            .map(|t| t.token.clone())
+    }
+
+    /// A token for `app`: cached if still fresh, otherwise fetched by exactly one caller.
+    pub async fn get(&self, app: &App) -> Result<AccessToken, TokenFailure> {
+        let slot = self.slot(app);
+        if let Some(token) = self.fresh(&slot) {
+            return Ok(token);
+        }
+        let _refreshing = slot.refresh.lock().await;
+        if let Some(token) = self.fresh(&slot) {
+            return Ok(token);
+        }
+        let stored = self
+            .store
+            .load_token(&app.corp_id, app.agent_id)
+            .await
+            .map_err(TokenFailure::Store)?;
+        let stored = match stored.filter(|t| t.is_fresh(self.margin, Utc::now())) {
+            Some(stored) => stored,
+            None => {
+                let fetch = || async {
+                    tracing::info!(app = %app.name, "fetching a new access token");
+                    self.client.get_token(app).await
+                };
+                self.store
+                    .refresh_token(&app.corp_id, app.agent_id, self.margin, fetch)
+                    .await
+                    .map_err(TokenFailure::Store)??
+            }
+        };
+        let token = stored.token.clone();
+        *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
+        Ok(token)
+    }
+
+    /// Forgets `failed` after WeCom rejected it (40014/42001/41001), in memory and in the
+    /// database, unless it was already replaced.
+    pub async fn invalidate(&self, app: &App, failed: &AccessToken) -> anyhow::Result<()> {
+        let slot = self.slot(app);
+        {
+            let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+            if current.as_ref().is_some_and(|t| &t.token == failed) {
+                *current = None;
+            }
+        }
+        self.store
+            .drop_token(&app.corp_id, app.agent_id, failed)
+            .await
+    }
+
+    /// Drops every trace of an app's token (its credentials changed on reload).
+    pub async fn forget(&self, app: &App) -> anyhow::Result<()> {
+        let slot = self.slot(app);
+        *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.store.forget_token(&app.corp_id, app.agent_id).await
+    }
+}
