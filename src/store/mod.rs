@@ -32,25 +32,32 @@ pub struct Store {
 impl Store {
     /// Opens (creating with mode 0600 if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
-        if !path.exists() {
-            // The file holds live access tokens: nobody else may read it. SQLite gives the
-            // -wal and -shm files the same mode as the database file.
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot create database {}", path.display()))?;
-        } else if let Ok(meta) = path.metadata()
+        // The file holds live access tokens: nobody else may read it. SQLite gives the -wal
+        // and -shm files the same mode as the database file.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot open or create database {}", path.display()))?;
+        if let Ok(meta) = file.metadata()
             && meta.permissions().mode() & 0o077 != 0
         {
             tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777),
                 "the database holds access tokens but other users may read it; chmod 600 it");
         }
+        // Two processes opening a new file at once would race for the switch to WAL and for the
+        // migration, which SQLite reports as "busy" without waiting. An flock (independent of
+        // SQLite's own fcntl locks) makes the second wait until the first is done.
+        file.lock()
+            .with_context(|| format!("cannot lock database {}", path.display()))?;
         let mut conn = connect(path)?;
         Migrations::from_slice(MIGRATIONS)
             .to_latest(&mut conn)
             .with_context(|| format!("cannot migrate database {}", path.display()))?;
+        drop(file);
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
