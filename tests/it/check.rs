@@ -1,0 +1,605 @@
+//! `check`: every validation rule has a broken config in `tests/configs/invalid/` that must be
+//! rejected (exit 3) with a message naming the schedule or app and the field; valid configs are
+//! listed with their next fire times, warnings and rendered text.
+//!
+//! A corpus file is a complete config whose leading comment lines say what `check` must print on
+//! stderr:
+//! - `# expect: TEXT`: TEXT appears (every such line, at least one per file);
+//! - `# absent: TEXT`: TEXT does not appear;
+//! - `# bug: WHY`: a known validation bug. The corpus test skips such files; each one is run by an
+//!   `#[ignore]`d `bug_*` test below. When the bug is fixed, delete the `# bug:` lines and the test.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use chrono::{Datelike, NaiveDate, Weekday};
+use tempfile::TempDir;
+
+use crate::support::{Env, binary, text};
+
+/// The exit code of `check` for a missing or invalid config.
+const EXIT_CONFIG: i32 = 3;
+/// The folder of broken configs.
+const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/configs/invalid");
+/// A secret variable that the corpus references and every run removes from the environment.
+const UNSET_VAR: &str = "WECOM_NOTIFY_TEST_SURELY_UNSET";
+/// The example config shipped with the crate.
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/schedules.example.yaml");
+/// The corpus must not shrink silently (a deleted folder would otherwise pass).
+const MIN_CORPUS_FILES: usize = 25;
+
+/// The corpus files documenting a known bug, each run by its own ignored `bug_*` test.
+const KNOWN_BUG_FILES: &[&str] = &[
+    "bug-comments-only.yaml",
+    "bug-duplicate-name-of-invalid-schedule.yaml",
+    "bug-invalid-app-makes-false-schedule-errors.yaml",
+    "bug-limits-unchecked-when-schedule-has-another-problem.yaml",
+    "bug-no-apps.yaml",
+    "bug-secret-value-in-type-error.yaml",
+    "bug-strftime-format-for-parsing-only-panics.yaml",
+    "bug-unknown-key-field-path.yaml",
+    "bug-unknown-key-hides-other-problems.yaml",
+];
+
+/// The `apps:` part of configs that never reach WeCom: the inline secret only causes a warning.
+const OFFLINE_HEADER: &str = "timezone: Asia/Shanghai
+apps:
+  ops:
+    corp_id: ww0123456789abcdef
+    agent_id: 1000002
+    secret: x
+    api_base: http://127.0.0.1:9
+schedules:
+";
+
+// ---------------------------------------------------------------------------------------------
+// Running `check`
+
+/// Runs `wecom-notify --config CONFIG --db DIR/x.db check ARGS` with a controlled environment.
+async fn run_check(config: &Path, db_dir: &Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(binary())
+        .arg("--config")
+        .arg(config)
+        .arg("--db")
+        .arg(db_dir.join("x.db"))
+        .arg("check")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("RUST_BACKTRACE", "0")
+        .env_remove(UNSET_VAR)
+        .env_remove("WECOM_OPS_SECRET")
+        .env_remove("WECOM_NOTIFY_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("STATE_DIRECTORY")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .await
+        .expect("run wecom-notify check")
+}
+
+/// Writes `yaml` as DIR/NAME and checks it.
+async fn check_yaml(dir: &TempDir, name: &str, yaml: &str, args: &[&str]) -> Output {
+    let path = dir.path().join(name);
+    std::fs::write(&path, yaml).expect("write config");
+    run_check(&path, dir.path(), args).await
+}
+
+/// A config with the offline app and one schedule (`schedule` is a YAML list item).
+fn offline_config(schedule: &str) -> String {
+    format!("{OFFLINE_HEADER}{schedule}")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_exit(output: &Output, code: i32) {
+    assert_eq!(output.status.code(), Some(code), "{}", text(output));
+}
+
+#[track_caller]
+fn assert_rejected_with(output: &Output, needles: &[&str]) {
+    assert_exit(output, EXIT_CONFIG);
+    let stderr = stderr(output);
+    for needle in needles {
+        assert!(
+            stderr.contains(needle),
+            "stderr lacks {needle:?}\n{}",
+            text(output)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The corpus
+
+/// One file of the corpus and what its header comments demand.
+#[derive(Debug)]
+struct Case {
+    name: String,
+    path: PathBuf,
+    expect: Vec<String>,
+    absent: Vec<String>,
+    bug: Vec<String>,
+}
+
+impl Case {
+    fn load(path: PathBuf) -> Case {
+        let source = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let mut case = Case {
+            name: path.file_name().unwrap().to_string_lossy().into_owned(),
+            path,
+            expect: Vec::new(),
+            absent: Vec::new(),
+            bug: Vec::new(),
+        };
+        for line in source.lines().take_while(|l| l.starts_with('#')) {
+            if let Some(text) = line.strip_prefix("# expect: ") {
+                case.expect.push(text.to_string());
+            } else if let Some(text) = line.strip_prefix("# absent: ") {
+                case.absent.push(text.to_string());
+            } else if let Some(text) = line.strip_prefix("# bug: ") {
+                case.bug.push(text.to_string());
+            }
+        }
+        case
+    }
+
+    /// Runs `check` on the file; `Err` says everything that is wrong with the outcome.
+    async fn verify(&self, db_dir: &Path) -> Result<(), String> {
+        let output = run_check(&self.path, db_dir, &[]).await;
+        let stderr = stderr(&output);
+        let mut wrong = Vec::new();
+        if self.expect.is_empty() {
+            wrong.push("the file has no `# expect: ` line".to_string());
+        }
+        if output.status.code() != Some(EXIT_CONFIG) {
+            wrong.push(format!("{} instead of exit {EXIT_CONFIG}", output.status));
+        }
+        for needle in &self.expect {
+            if !stderr.contains(needle.as_str()) {
+                wrong.push(format!("missing {needle:?}"));
+            }
+        }
+        for needle in &self.absent {
+            if stderr.contains(needle.as_str()) {
+                wrong.push(format!("unexpected {needle:?}"));
+            }
+        }
+        if wrong.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "{}:\n  {}\n{}",
+            self.name,
+            wrong.join("\n  "),
+            text(&output)
+        ))
+    }
+}
+
+/// Every `*.yaml` in the corpus folder, sorted by name.
+fn corpus() -> Vec<Case> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(CORPUS)
+        .unwrap_or_else(|e| panic!("read {CORPUS}: {e}"))
+        .map(|entry| entry.expect("dir entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    paths.sort();
+    paths.into_iter().map(Case::load).collect()
+}
+
+/// Verifies every case and returns the report of each one that failed.
+async fn failures(cases: &[&Case]) -> Vec<String> {
+    let db_dir = TempDir::new().expect("temp dir");
+    let mut report = Vec::new();
+    for case in cases {
+        if let Err(failure) = case.verify(db_dir.path()).await {
+            report.push(failure);
+        }
+    }
+    report
+}
+
+/// Runs the named corpus files (the `bug_*` tests).
+async fn assert_corpus_files_pass(names: &[&str]) {
+    let cases = corpus();
+    let selected: Vec<&Case> = names
+        .iter()
+        .map(|name| {
+            cases
+                .iter()
+                .find(|case| case.name == *name)
+                .unwrap_or_else(|| panic!("{name} is not in {CORPUS}"))
+        })
+        .collect();
+    let report = failures(&selected).await;
+    assert!(report.is_empty(), "{}", report.join("\n\n"));
+}
+
+#[tokio::test]
+async fn every_invalid_config_in_the_corpus_is_rejected_with_its_message() {
+    let cases = corpus();
+    let (bugs, rules): (Vec<&Case>, Vec<&Case>) =
+        cases.iter().partition(|case| !case.bug.is_empty());
+    assert!(
+        rules.len() >= MIN_CORPUS_FILES,
+        "only {} corpus files (without `# bug:`) in {CORPUS}; expected at least {MIN_CORPUS_FILES}",
+        rules.len()
+    );
+    let bug_names: Vec<&str> = bugs.iter().map(|case| case.name.as_str()).collect();
+    assert_eq!(
+        bug_names, KNOWN_BUG_FILES,
+        "every `# bug:` file needs its own ignored bug_* test (and KNOWN_BUG_FILES entry)"
+    );
+    let report = failures(&rules).await;
+    assert!(
+        report.is_empty(),
+        "{} of {} corpus files were not rejected as their `# expect:` lines say:\n\n{}",
+        report.len(),
+        rules.len(),
+        report.join("\n\n")
+    );
+}
+
+#[tokio::test]
+async fn the_corpus_runner_fails_a_config_that_check_accepts() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("valid.yaml");
+    let yaml = offline_config(
+        "  - name: standup\n    cron: \"30 9 * * 1-5\"\n    to: {users: [ZhangSan]}\n    text: {content: 站会}\n",
+    );
+    std::fs::write(&path, format!("# expect: field cron:\n{yaml}")).unwrap();
+    let failure = Case::load(path).verify(dir.path()).await.unwrap_err();
+    assert!(
+        failure.contains("exit status: 0 instead of exit 3"),
+        "{failure}"
+    );
+    assert!(failure.contains("missing \"field cron:\""), "{failure}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rules whose configs are generated (they would be unwieldy as static files)
+
+/// A schedule item sending `content` to `users`.
+fn text_schedule(name: &str, users: &[String], content: &str) -> String {
+    format!(
+        "  - name: {name}\n    cron: \"30 9 * * 1-5\"\n    to:\n      users: [{}]\n    text:\n      content: \"{content}\"\n",
+        users.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn more_than_1000_users_are_rejected_and_1000_are_accepted() {
+    let dir = TempDir::new().unwrap();
+    let users = |n: usize| (1..=n).map(|i| format!("u{i:04}")).collect::<Vec<_>>();
+
+    let at_limit = offline_config(&text_schedule("everyone", &users(1000), "全员通知"));
+    let output = check_yaml(&dir, "1000.yaml", &at_limit, &[]).await;
+    assert_exit(&output, 0);
+    assert!(
+        stdout(&output).contains("to 1000 users"),
+        "{}",
+        text(&output)
+    );
+
+    let over = offline_config(&text_schedule("everyone", &users(1001), "全员通知"));
+    let output = check_yaml(&dir, "1001.yaml", &over, &[]).await;
+    assert_rejected_with(
+        &output,
+        &[
+            "schedule \"everyone\", field to.users:",
+            "lists 1001 ids",
+            "at most 1000",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn text_content_over_2048_bytes_once_rendered_is_rejected() {
+    // "{{ date_cn }}" is 13 bytes as written and 17 once rendered ("2026年11月30日"), so the
+    // second config is under the limit as written and over it only when rendered.
+    let dir = TempDir::new().unwrap();
+    let users = ["ZhangSan".to_string()];
+    let content = |pad: usize| format!("{}{{{{ date_cn }}}}", "x".repeat(pad));
+
+    let at_limit = offline_config(&text_schedule("long", &users, &content(2031)));
+    let output = check_yaml(&dir, "2048.yaml", &at_limit, &[]).await;
+    assert_exit(&output, 0);
+
+    let over = offline_config(&text_schedule("long", &users, &content(2032)));
+    let output = check_yaml(&dir, "2049.yaml", &over, &[]).await;
+    assert_rejected_with(
+        &output,
+        &["schedule \"long\", field text.content:", "is 2049 bytes"],
+    );
+}
+
+#[tokio::test]
+async fn textcard_url_over_2048_bytes_is_rejected() {
+    let dir = TempDir::new().unwrap();
+    let url = format!("https://example.com/{}", "a".repeat(2029));
+    assert_eq!(url.len(), 2049);
+    let yaml = offline_config(&format!(
+        "  - name: card\n    cron: \"0 16 * * Fri\"\n    to: {{parties: [\"2\"]}}\n    textcard:\n      title: 周报\n      description: 提交周报\n      url: {url}\n"
+    ));
+    let output = check_yaml(&dir, "url.yaml", &yaml, &[]).await;
+    assert_rejected_with(
+        &output,
+        &["schedule \"card\", field textcard.url:", "is 2049 bytes"],
+    );
+}
+
+#[tokio::test]
+async fn an_empty_config_file_is_rejected() {
+    let dir = TempDir::new().unwrap();
+    let output = check_yaml(&dir, "empty.yaml", "", &[]).await;
+    assert_rejected_with(&output, &["file: is empty"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Known bugs, each documented by a corpus file (see its `# bug:` lines for the reproduction)
+
+#[tokio::test]
+#[ignore = "bug: the field of an unknown key is doubled (`field txet.txet`, `to.user.user`)"]
+async fn bug_unknown_key_field_path() {
+    assert_corpus_files_pass(&["bug-unknown-key-field-path.yaml"]).await;
+}
+
+#[tokio::test]
+#[ignore = "bug: `{{ slot:%#z }}` passes validation and then panics while rendering (exit 101)"]
+async fn bug_strftime_format_for_parsing_only_panics() {
+    assert_corpus_files_pass(&["bug-strftime-format-for-parsing-only-panics.yaml"]).await;
+}
+
+#[tokio::test]
+#[ignore = "bug: an invalid only app adds a false `field app: ... with several apps ... none` per schedule"]
+async fn bug_invalid_app_makes_false_schedule_errors() {
+    assert_corpus_files_pass(&["bug-invalid-app-makes-false-schedule-errors.yaml"]).await;
+}
+
+#[tokio::test]
+#[ignore = "bug: with no apps at all the message says `with several apps each schedule names one of: none`"]
+async fn bug_no_apps_message() {
+    assert_corpus_files_pass(&["bug-no-apps.yaml"]).await;
+}
+
+#[tokio::test]
+#[ignore = "bug: an inline secret written as a YAML number is echoed in the type error"]
+async fn bug_secret_value_in_type_error() {
+    assert_corpus_files_pass(&["bug-secret-value-in-type-error.yaml"]).await;
+}
+
+#[tokio::test]
+#[ignore = "bug: a file of only comments passes check (exit 0) while an empty file is an error"]
+async fn bug_comments_only_file_passes() {
+    assert_corpus_files_pass(&["bug-comments-only.yaml"]).await;
+}
+
+#[tokio::test]
+#[ignore = "bug: message limits are not checked on a schedule that has another problem"]
+async fn bug_limits_unchecked_when_schedule_has_another_problem() {
+    assert_corpus_files_pass(&["bug-limits-unchecked-when-schedule-has-another-problem.yaml"])
+        .await;
+}
+
+#[tokio::test]
+#[ignore = "bug: an unknown key hides every other problem of its schedule"]
+async fn bug_unknown_key_hides_other_problems() {
+    assert_corpus_files_pass(&["bug-unknown-key-hides-other-problems.yaml"]).await;
+}
+
+#[tokio::test]
+#[ignore = "bug: a duplicate name is not reported when one of the two schedules has another problem"]
+async fn bug_duplicate_name_of_invalid_schedule() {
+    assert_corpus_files_pass(&["bug-duplicate-name-of-invalid-schedule.yaml"]).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report of a valid config
+
+/// The lines of `schedule`'s block in `check`'s stdout (its name line up to the blank line).
+fn section<'a>(stdout: &'a str, schedule: &str) -> Vec<&'a str> {
+    let mut lines = stdout.lines();
+    let found = lines.any(|line| line == schedule || line.starts_with(&format!("{schedule} (")));
+    assert!(found, "no section for schedule {schedule:?} in:\n{stdout}");
+    lines.take_while(|line| !line.is_empty()).collect()
+}
+
+/// One `  next: 2026-11-30 Mon 09:30:00 +08:00` line.
+#[derive(Debug, PartialEq, Eq)]
+struct Next {
+    date: NaiveDate,
+    weekday: String,
+    time: String,
+    offset: String,
+}
+
+/// The `next:` lines of `schedule`, parsed; the weekday shown must be the date's.
+fn next_times(stdout: &str, schedule: &str) -> Vec<Next> {
+    section(stdout, schedule)
+        .into_iter()
+        .filter_map(|line| line.trim_start().strip_prefix("next: "))
+        .map(|rest| {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let [date, weekday, time, offset] = fields[..] else {
+                panic!("unexpected next line {rest:?}");
+            };
+            let date = NaiveDate::parse_from_str(date, "%Y-%m-%d")
+                .unwrap_or_else(|e| panic!("bad date in {rest:?}: {e}"));
+            let weekday_of_date: Weekday = weekday.parse().expect("weekday name");
+            assert_eq!(date.weekday(), weekday_of_date, "wrong weekday in {rest:?}");
+            Next {
+                date,
+                weekday: weekday.to_string(),
+                time: time.to_string(),
+                offset: offset.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Writes the test app (secret in a file, so no warning) and `schedules`, then runs `check ARGS`.
+async fn check_schedules(env: &Env, schedules: &str, args: &[&str]) -> Output {
+    env.write_schedules(schedules);
+    let mut full = vec!["check"];
+    full.extend_from_slice(args);
+    let output = env.cli(&full).await;
+    assert_exit(&output, 0);
+    output
+}
+
+#[tokio::test]
+async fn the_example_config_passes_a_dry_run_check_and_lists_every_schedule() {
+    let env = Env::new().await;
+    env.write_config(&crate::support::read(Path::new(EXAMPLE)));
+    let output = env
+        .command(&["check", "--next", "3", "--dry-run"])
+        .env_remove("WECOM_OPS_SECRET")
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&output, 0);
+    let stdout = stdout(&output);
+    for schedule in ["standup", "weekly-report", "demo-heartbeat"] {
+        assert_eq!(next_times(&stdout, schedule).len(), 3, "{stdout}");
+    }
+    assert!(
+        stdout.contains("warning: app \"ops\", field secret_env:"),
+        "the unreadable secret is a warning in a dry run:\n{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn the_example_config_without_its_secret_fails_and_says_how_to_fix_it() {
+    let env = Env::new().await;
+    env.write_config(&crate::support::read(Path::new(EXAMPLE)));
+    let output = env
+        .command(&["check", "--next", "3"])
+        .env_remove("WECOM_OPS_SECRET")
+        .output()
+        .await
+        .unwrap();
+    assert_rejected_with(
+        &output,
+        &[
+            "app \"ops\", field secret_env:",
+            "WECOM_OPS_SECRET is not set",
+            "export it",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn next_fire_times_of_a_workday_schedule_are_weekdays_at_0930_in_shanghai() {
+    let env = Env::new().await;
+    let output = check_schedules(
+        &env,
+        "  - name: standup\n    cron: \"30 9 * * 1-5\"\n    timezone: Asia/Shanghai\n    to: {users: [ZhangSan]}\n    text: {content: 站会}\n",
+        &["--next", "5"],
+    )
+    .await;
+    let next = next_times(&stdout(&output), "standup");
+    assert_eq!(next.len(), 5, "{}", text(&output));
+    for slot in &next {
+        assert!(
+            ["Mon", "Tue", "Wed", "Thu", "Fri"].contains(&slot.weekday.as_str()),
+            "{slot:?}"
+        );
+        assert_eq!(
+            (slot.time.as_str(), slot.offset.as_str()),
+            ("09:30:00", "+08:00")
+        );
+    }
+    // Consecutive workdays: the next day, or Friday to Monday.
+    for pair in next.windows(2) {
+        let gap = (pair[1].date - pair[0].date).num_days();
+        let friday_to_monday = pair[0].weekday == "Fri" && gap == 3;
+        assert!(gap == 1 || friday_to_monday, "{pair:?} skips a workday");
+    }
+}
+
+#[tokio::test]
+async fn day_of_week_0_and_7_both_mean_sunday() {
+    let env = Env::new().await;
+    let output = check_schedules(
+        &env,
+        "  - name: sunday-0\n    cron: \"0 9 * * 0\"\n    to: {users: [ZhangSan]}\n    text: {content: \"{{ weekday }}\"}\n\
+         \x20 - name: sunday-7\n    cron: \"0 9 * * 7\"\n    to: {users: [ZhangSan]}\n    text: {content: \"{{ weekday }}\"}\n",
+        &["--next", "3"],
+    )
+    .await;
+    let stdout = stdout(&output);
+    let zero = next_times(&stdout, "sunday-0");
+    let seven = next_times(&stdout, "sunday-7");
+    assert_eq!(zero.len(), 3, "{stdout}");
+    assert_eq!(zero, seven);
+    for slot in &zero {
+        assert_eq!(
+            (slot.weekday.as_str(), slot.time.as_str()),
+            ("Sun", "09:00:00")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_static_body_repeating_within_the_duplicate_check_interval_is_warned_about() {
+    let env = Env::new().await;
+    let output = check_schedules(
+        &env,
+        "  - name: static-ping\n    cron: \"*/10 * * * *\"\n    to: {users: [ZhangSan]}\n    text: {content: ping}\n\
+         \x20 - name: timed-ping\n    cron: \"*/10 * * * *\"\n    to: {users: [ZhangSan]}\n    text: {content: \"ping {{ time }}\"}\n",
+        &[],
+    )
+    .await;
+    let stdout = stdout(&output);
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("warning:") && line.contains("duplicate_check_interval"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stdout}");
+    assert!(
+        warnings[0]
+            .starts_with("warning: schedule \"static-ping\", field duplicate_check_interval:"),
+        "{stdout}"
+    );
+    assert!(warnings[0].contains("600s"), "names the gap: {stdout}");
+}
+
+#[tokio::test]
+async fn check_shows_how_each_schedule_renders_at_its_next_slot() {
+    let env = Env::new().await;
+    let output = check_schedules(
+        &env,
+        "  - name: standup\n    cron: \"30 9 * * 1-5\"\n    to: {users: [ZhangSan]}\n    text: {content: \"{{ schedule }} {{ date }} {{ time }}\"}\n\
+         \x20 - name: weekly-report\n    cron: \"0 16 * * Fri\"\n    to: {parties: [\"2\"]}\n    textcard:\n      title: \"周报 {{ date_cn }}\"\n      description: 提交周报\n      url: https://example.com/weekly\n",
+        &[],
+    )
+    .await;
+    let stdout = stdout(&output);
+    let first = &next_times(&stdout, "standup")[0];
+    let expected = format!(
+        "  renders as: \"standup {} 09:30\"",
+        first.date.format("%Y-%m-%d")
+    );
+    assert!(
+        section(&stdout, "standup").contains(&expected.as_str()),
+        "{expected}\n{stdout}"
+    );
+
+    let first = &next_times(&stdout, "weekly-report")[0];
+    let expected = format!(
+        "  renders as: card \"周报 {}\" → https://example.com/weekly",
+        first.date.format("%Y年%m月%d日")
+    );
+    assert!(
+        section(&stdout, "weekly-report").contains(&expected.as_str()),
+        "{expected}\n{stdout}"
+    );
+}

@@ -1,0 +1,408 @@
+//! `run`: the real binary firing seconds-level schedules against the fake WeCom, reloading on
+//! SIGHUP, stopping on SIGTERM, and talking sd_notify to a socket the test binds.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::support::*;
+
+const SIGHUP: i32 = libc::SIGHUP;
+const SIGTERM: i32 = libc::SIGTERM;
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A schedule firing every 2 seconds whose body names its slot, so that WeCom's duplicate check
+/// can never hide a second send of the same slot.
+fn every_two_seconds(name: &str, text: &str) -> String {
+    format!(
+        "  - {{ name: {name}, cron: '*/2 * * * * *', to: {{ users: [u] }}, duplicate_check_interval: 1, text: {{ content: '{text} {{{{ slot:%H:%M:%S }}}}' }} }}\n"
+    )
+}
+
+fn slots(env: &Env, schedule: &str) -> Vec<DateTime<Utc>> {
+    env.column(&format!(
+        "SELECT scheduled_at FROM sends WHERE schedule = '{schedule}' ORDER BY scheduled_at"
+    ))
+    .iter()
+    .map(|s| {
+        DateTime::parse_from_rfc3339(s)
+            .expect("timestamp")
+            .with_timezone(&Utc)
+    })
+    .collect()
+}
+
+/// Message texts received by the fake, in arrival order.
+fn texts(env: &Env) -> Vec<String> {
+    env.fake
+        .messages()
+        .iter()
+        .map(|m| {
+            m.json["text"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+async fn stop(daemon: &mut Daemon) {
+    daemon.signal(SIGTERM);
+    let status = daemon.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(0), "exit code; log:\n{}", daemon.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_slot_is_fired_once_at_the_instant_the_cron_names() {
+    let env = Env::new().await;
+    env.write_schedules(&every_two_seconds("tick", "tick"));
+    let mut daemon = env.spawn_daemon(&[]);
+    eventually(WAIT, "three sent slots", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 3
+    })
+    .await;
+    stop(&mut daemon).await;
+
+    let slots = slots(&env, "tick");
+    assert!(slots.len() >= 3);
+    for pair in slots.windows(2) {
+        assert_eq!(
+            (pair[1] - pair[0]).num_seconds(),
+            2,
+            "consecutive slots, none skipped or doubled: {slots:?}"
+        );
+    }
+    assert!(
+        slots.iter().all(|s| s.timestamp() % 2 == 0),
+        "scheduled_at is the cron's instant: {slots:?}"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM sends WHERE trigger = 'cron' AND status NOT IN ('sent', 'pending')"), 0);
+    // One message per slot, and the body names that very slot.
+    let sent = env.count("SELECT count(*) FROM sends WHERE status = 'sent'") as usize;
+    assert_eq!(env.fake.send_calls(), sent);
+    let payloads = env.column("SELECT payload FROM sends WHERE status = 'sent' ORDER BY id");
+    let raws: Vec<String> = env.fake.messages().iter().map(|m| m.raw.clone()).collect();
+    assert_eq!(payloads, raws);
+    assert_eq!(
+        env.column("SELECT kind FROM events ORDER BY id"),
+        ["started", "stopped"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_on_one_database_send_each_slot_once() {
+    let env = Env::new().await;
+    env.write_schedules(&every_two_seconds("tick", "tick"));
+    let mut first = env.spawn_daemon(&[]);
+    let mut second = env.spawn_daemon(&[]);
+    eventually(WAIT, "four sent slots", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 4
+    })
+    .await;
+    stop(&mut first).await;
+    stop(&mut second).await;
+
+    let rows = env.count("SELECT count(*) FROM sends") as usize;
+    let distinct = env.count("SELECT count(DISTINCT scheduled_at) FROM sends") as usize;
+    assert_eq!(rows, distinct, "one row per slot");
+    assert_eq!(
+        env.fake.send_calls(),
+        rows,
+        "one request per slot: {:?}",
+        texts(&env)
+    );
+    let mut per_text: BTreeMap<String, usize> = BTreeMap::new();
+    for text in texts(&env) {
+        *per_text.entry(text).or_default() += 1;
+    }
+    assert!(
+        per_text.values().all(|n| *n == 1),
+        "one message per slot: {per_text:?}"
+    );
+    // Both daemons were really armed: each logged the slot it lost to the other at debug level.
+    let lost = first.logs().matches("slot already claimed").count()
+        + second.logs().matches("slot already claimed").count();
+    assert!(lost >= 1, "the second daemon offered the same slots");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_send_does_not_delay_the_next_slot() {
+    let env = Env::new().await;
+    env.write_schedules(&every_two_seconds("tick", "tick"));
+    let hold = env.fake.hold_sends();
+    let mut daemon = env.spawn_daemon(&[]);
+    // Two slots of one schedule in flight at once: the second was not held back by the first.
+    eventually(WAIT, "two sends held at once", || {
+        env.fake.sends_waiting() >= 2
+    })
+    .await;
+    hold.release();
+    eventually(WAIT, "the held sends finish", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 2
+    })
+    .await;
+    stop(&mut daemon).await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM sends WHERE status = 'pending'"),
+        0
+    );
+    let slots = slots(&env, "tick");
+    assert!(
+        slots.windows(2).all(|p| (p[1] - p[0]).num_seconds() == 2),
+        "{slots:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_removes_and_changes_schedules() {
+    let env = Env::new().await;
+    let before = [
+        every_two_seconds("keep", "keep"),
+        every_two_seconds("drop", "drop"),
+        every_two_seconds("change", "old"),
+    ]
+    .concat();
+    env.write_schedules(&before);
+    let mut daemon = env.spawn_daemon(&[]);
+    eventually(WAIT, "all three fire", || {
+        let t = texts(&env);
+        ["keep", "drop", "old"]
+            .iter()
+            .all(|p| t.iter().any(|x| x.starts_with(p)))
+    })
+    .await;
+
+    let after = [
+        every_two_seconds("keep", "keep"),
+        every_two_seconds("change", "new"),
+        every_two_seconds("add", "add"),
+    ]
+    .concat();
+    env.write_schedules(&after);
+    daemon.signal(SIGHUP);
+    eventually(WAIT, "the reload event", || {
+        env.count("SELECT count(*) FROM events WHERE kind = 'reloaded'") == 1
+    })
+    .await;
+    let reloaded_at = Utc::now();
+    // After the reload (and a slot of grace for a send already in flight), exactly the new set.
+    let grace = reloaded_at + chrono::Duration::seconds(2);
+    let late = |schedule: &str| {
+        slots(&env, schedule)
+            .into_iter()
+            .filter(|s| *s > grace)
+            .count()
+    };
+    eventually(
+        WAIT,
+        "added, changed and kept schedules fire twice after the reload",
+        || late("add") >= 2 && late("change") >= 2 && late("keep") >= 2,
+    )
+    .await;
+    stop(&mut daemon).await;
+
+    assert_eq!(late("drop"), 0, "a removed schedule stops");
+    let old_late = env
+        .fake
+        .messages()
+        .iter()
+        .filter(|m| m.at > std::time::SystemTime::from(grace) && m.raw.contains("old "))
+        .count();
+    assert_eq!(old_late, 0, "a changed schedule sends its new text");
+    let keep = slots(&env, "keep");
+    assert!(
+        keep.windows(2).all(|p| (p[1] - p[0]).num_seconds() == 2),
+        "an unchanged schedule keeps its rhythm: {keep:?}"
+    );
+    assert_eq!(
+        env.column("SELECT detail FROM events WHERE kind = 'reloaded'"),
+        ["added add; removed drop; changed change; 1 unchanged"]
+    );
+    let digests = env.column(
+        "SELECT config_digest FROM events WHERE kind IN ('started', 'reloaded') ORDER BY id",
+    );
+    assert_ne!(digests[0], digests[1], "events name the config in force");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_broken_file_keeps_the_old_config_running() {
+    let env = Env::new().await;
+    env.write_schedules(&every_two_seconds("tick", "tick"));
+    let mut daemon = env.spawn_daemon(&[]);
+    eventually(WAIT, "a first send", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 1
+    })
+    .await;
+
+    env.write_schedules("  - name: tick\n    cron: '*/2 * * * * *'\n    to: { users: [u] }\n    text: { content: x }\n    colour: blue\n");
+    daemon.signal(SIGHUP);
+    eventually(WAIT, "reload_failed", || {
+        env.count("SELECT count(*) FROM events WHERE kind = 'reload_failed'") == 1
+    })
+    .await;
+    let failed_at = env.count("SELECT count(*) FROM sends");
+    eventually(WAIT, "two more sends", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= failed_at + 2
+    })
+    .await;
+    stop(&mut daemon).await;
+
+    let detail = env
+        .column("SELECT detail FROM events WHERE kind = 'reload_failed'")
+        .join("");
+    assert!(
+        detail.contains("schedule \"tick\"") && detail.contains("colour"),
+        "the reason names schedule and field: {detail}"
+    );
+    assert!(
+        daemon.logs().contains("reload rejected"),
+        "{}",
+        daemon.logs()
+    );
+    let slots = slots(&env, "tick");
+    assert!(
+        slots.windows(2).all(|p| (p[1] - p[0]).num_seconds() == 2),
+        "firing went on untouched: {slots:?}"
+    );
+    assert!(
+        texts(&env).iter().all(|t| t.starts_with("tick")),
+        "the old text is still sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_send_in_flight_finish() {
+    let env = Env::new().await;
+    env.write_schedules(&every_two_seconds("tick", "tick"));
+    let hold = env.fake.hold_sends();
+    let mut daemon = env.spawn_daemon(&[]);
+    eventually(WAIT, "a send held by WeCom", || {
+        env.fake.sends_waiting() == 1
+    })
+    .await;
+    daemon.signal(SIGTERM);
+    daemon.wait_log("waiting for sends in flight", WAIT).await;
+    assert!(
+        daemon.child.try_wait().expect("try_wait").is_none(),
+        "exited with a send in flight"
+    );
+    hold.release();
+    let status = daemon.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(0), "{}", daemon.logs());
+    assert_eq!(
+        env.column("SELECT status FROM sends"),
+        ["sent"],
+        "the send finished and was recorded; nothing new fired"
+    );
+    assert_eq!(env.fake.messages().len(), 1);
+    assert_eq!(
+        env.column("SELECT detail FROM events WHERE kind = 'stopped'"),
+        ["clean"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sd_notify_ready_reloading_stopping_and_watchdog() {
+    let env = Env::new().await;
+    env.write_schedules(&every_two_seconds("tick", "tick"));
+    let socket_path = env.path("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    // WATCHDOG_PID must be the daemon's own pid: let the shell exec into it.
+    let command = format!(
+        "WATCHDOG_PID=$$ exec '{}' --config '{}' --db '{}' run",
+        binary(),
+        env.config_path().display(),
+        env.db_path().display()
+    );
+    let log = env.path("notify-daemon.log");
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut daemon = Daemon { child, log };
+
+    let mut received = Vec::new();
+    let next = async || {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(WAIT, socket.recv(&mut buf))
+            .await
+            .expect("a datagram in time")
+            .expect("recv");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let ready = next().await;
+    assert!(
+        ready.contains("READY=1") && ready.contains("STATUS=1 schedules armed, next: tick at"),
+        "{ready}"
+    );
+    received.push(ready);
+
+    daemon.signal(SIGHUP);
+    let saw = |needle: &str, messages: &[String]| messages.iter().any(|m| m.contains(needle));
+    let deadline = std::time::Instant::now() + WAIT;
+    while !(saw("RELOADING=1", &received)
+        && received.iter().filter(|m| m.contains("READY=1")).count() == 2)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload notifications: {received:?}"
+        );
+        received.push(next().await);
+    }
+    let reloading = received
+        .iter()
+        .find(|m| m.contains("RELOADING=1"))
+        .expect("reloading");
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .expect("MONOTONIC_USEC with RELOADING=1")
+        .parse()
+        .expect("a number");
+    assert!(usec > 0);
+    assert!(
+        saw("WATCHDOG=1", &received) || next().await.contains("WATCHDOG=1"),
+        "watchdog pings: {received:?}"
+    );
+
+    daemon.signal(SIGTERM);
+    loop {
+        let message = next().await;
+        if message.contains("STOPPING=1") {
+            break;
+        }
+    }
+    assert_eq!(daemon.wait_exit(WAIT).await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_stops_at_once_and_records_the_send_as_interrupted() {
+    let env = Env::new().await;
+    env.write_schedules(&every_two_seconds("tick", "tick"));
+    let _hold = env.fake.hold_sends();
+    let mut daemon = env.spawn_daemon(&[]);
+    eventually(WAIT, "a send held by WeCom", || {
+        env.fake.sends_waiting() == 1
+    })
+    .await;
+    daemon.signal(SIGTERM);
+    daemon.wait_log("waiting for sends in flight", WAIT).await;
+    daemon.signal(SIGTERM);
+    assert_eq!(
+        daemon.wait_exit(WAIT).await.code(),
+        Some(0),
+        "{}",
+        daemon.logs()
+    );
+    assert_eq!(env.column("SELECT status FROM sends"), ["interrupted"]);
+    assert_eq!(
+        env.column("SELECT detail FROM events WHERE kind = 'stopped'"),
+        ["second stop request, 1 send(s) interrupted"]
+    );
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real binary and the library against a strict fake WeCom on 127.0.0.1,
+//! with real SQLite files in temporary folders. One test binary keeps link times down.
+
+mod support;
+
+mod check;
+mod daemon;
+mod send;
+mod tokens;

@@ -1,0 +1,261 @@
+//! Test fixtures: a temporary folder with a config pointing at the fake WeCom, a database, the
+//! real binary as a child process, and polling with deadlines instead of sleeps.
+#![allow(dead_code)]
+
+pub mod fake_wecom;
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+#[allow(unused_imports)]
+pub use fake_wecom::{Chaos, FakeWeCom, Outcome, Received, Reply};
+use std::sync::Arc;
+use tempfile::TempDir;
+use wecom_notify::config::{self, Config, Secrets};
+use wecom_notify::dispatch::Dispatcher;
+use wecom_notify::retry::RetryPolicy;
+use wecom_notify::store::Store;
+use wecom_notify::wecom::Client;
+use wecom_notify::wecom::token::TokenCache;
+
+/// A retry policy with the production shape but millisecond delays, for in-process tests.
+pub fn fast_policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 6,
+        max_elapsed: Duration::from_secs(20),
+        base_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        rate_limit_pause: Duration::from_millis(800),
+        duplicate_margin: Duration::from_millis(0),
+    }
+}
+
+/// The test app's credentials. The secret is distinctive so that a leak is easy to grep for.
+pub const CORP: &str = "wwfakecorp000001";
+pub const SECRET: &str = "S3cr3t-do-not-leak-4f9a2c";
+pub const AGENT: i64 = 1000002;
+
+/// The binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_wecom-notify")
+}
+
+/// A temporary folder holding a config, a secret file and a database, and the fake WeCom.
+pub struct Env {
+    pub dir: TempDir,
+    pub fake: FakeWeCom,
+}
+
+impl Env {
+    /// A fake WeCom that knows the test app, and an empty folder.
+    pub async fn new() -> Env {
+        let fake = FakeWeCom::start().await;
+        fake.add_app(CORP, SECRET, AGENT);
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("ops.secret"), format!("{SECRET}\n")).expect("secret file");
+        Env { dir, fake }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path("schedules.yaml")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.path("wecom-notify.db")
+    }
+
+    /// The `apps:` section for the test app, pointing at the fake.
+    pub fn apps_yaml(&self) -> String {
+        format!(
+            "apps:\n  ops:\n    corp_id: {CORP}\n    agent_id: {AGENT}\n    secret_file: ops.secret\n    api_base: {}\n",
+            self.fake.base_url()
+        )
+    }
+
+    /// Writes a config with the test app and these `schedules:` entries (YAML list items).
+    pub fn write_schedules(&self, schedules: &str) {
+        self.write_config(&format!(
+            "timezone: Asia/Shanghai\n{}schedules:\n{schedules}",
+            self.apps_yaml()
+        ));
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    /// Runs the binary to completion with `--config` and `--db` of this folder.
+    pub async fn cli(&self, args: &[&str]) -> Output {
+        self.command(args).output().await.expect("run wecom-notify")
+    }
+
+    /// The binary with this folder's config and database, logs at debug level.
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(binary());
+        command
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--db")
+            .arg(self.db_path())
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Starts `run` in the background, its stderr going to a file.
+    pub fn spawn_daemon(&self, extra: &[&str]) -> Daemon {
+        self.spawn_daemon_with(extra, |_| {})
+    }
+
+    pub fn spawn_daemon_with(
+        &self,
+        extra: &[&str],
+        customize: impl FnOnce(&mut tokio::process::Command),
+    ) -> Daemon {
+        let log = self.path(&format!("daemon-{}.log", rand_suffix()));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        let mut command = self.command(&args);
+        command.stdout(Stdio::null()).stderr(Stdio::from(stderr));
+        customize(&mut command);
+        let child = command.spawn().expect("spawn daemon");
+        Daemon { child, log }
+    }
+
+    /// The config as the library validates it.
+    pub fn load(&self) -> Config {
+        config::load(&self.config_path(), Secrets::Required).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The library's sender on this folder's database, for in-process tests.
+    pub fn dispatcher(&self, policy: RetryPolicy) -> Arc<Dispatcher> {
+        let store = Store::open(&self.db_path()).expect("open store");
+        let client = Client::new().expect("http client");
+        let tokens = TokenCache::new(store.clone(), client.clone());
+        Arc::new(Dispatcher::new(store, client, tokens, policy, false))
+    }
+
+    /// A connection to the test database.
+    pub fn db(&self) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open(self.db_path()).expect("open db");
+        conn.busy_timeout(Duration::from_secs(10))
+            .expect("busy timeout");
+        conn
+    }
+
+    /// `SELECT count(*) ...` shorthand.
+    pub fn count(&self, sql: &str) -> i64 {
+        if !self.db_path().exists() {
+            return 0;
+        }
+        self.db().query_row(sql, [], |r| r.get(0)).unwrap_or(0)
+    }
+
+    /// First column of every row, as text.
+    pub fn column(&self, sql: &str) -> Vec<String> {
+        let conn = self.db();
+        let mut statement = conn.prepare(sql).expect("prepare");
+        statement
+            .query_map([], |r| r.get::<_, rusqlite::types::Value>(0))
+            .expect("query")
+            .map(|v| match v.expect("row") {
+                rusqlite::types::Value::Null => "NULL".to_string(),
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                rusqlite::types::Value::Real(f) => f.to_string(),
+                rusqlite::types::Value::Text(t) => t,
+                rusqlite::types::Value::Blob(_) => "<blob>".to_string(),
+            })
+            .collect()
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+/// The daemon as a child process.
+pub struct Daemon {
+    pub child: tokio::process::Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("daemon still running") as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({signal}) failed");
+    }
+
+    /// Waits for the process to exit, failing the test after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status.expect("wait"),
+            Err(_) => panic!(
+                "daemon did not exit within {timeout:?}; log:\n{}",
+                self.logs()
+            ),
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_log(&self, needle: &str, timeout: Duration) {
+        let log = self.log.clone();
+        let needle = needle.to_string();
+        eventually(timeout, &format!("log line containing {needle:?}"), || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(&needle)
+        })
+        .await;
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds, failing the test with `what` after `timeout`.
+pub async fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads a file that must exist.
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// stdout + stderr of a finished command, for assertion messages.
+pub fn text(output: &Output) -> String {
+    format!(
+        "status: {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
