@@ -61,6 +61,35 @@ impl CronSpec {
                 fields.len()
             ));
         }
+        if trimmed.starts_with('@') {
+            const NICKNAMES: [&str; 7] = [
+                "@yearly",
+                "@annually",
+                "@monthly",
+                "@weekly",
+                "@daily",
+                "@midnight",
+                "@hourly",
+            ];
+            if !NICKNAMES.iter().any(|n| n.eq_ignore_ascii_case(trimmed)) {
+                return Err(format!(
+                    "\"{expr}\" is not a known nickname; use one of {} or 5/6 fields",
+                    NICKNAMES.join(", ")
+                ));
+            }
+        }
+        // croner accepts "1," as "1"; an empty list element is almost certainly a typo.
+        if let Some((i, field)) = fields
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.split(',').any(str::is_empty))
+        {
+            let offset = if fields.len() == 5 { 1 } else { 0 };
+            return Err(format!(
+                "\"{expr}\": the {} field \"{field}\" has an empty list element",
+                FIELD_NAMES[i + offset]
+            ));
+        }
         let cron = parser()
             .parse(trimmed)
             .map_err(|e| explain(trimmed, &fields, e))?;
@@ -330,6 +359,14 @@ mod tests {
         assert!(err.contains("day-of-week"), "{err}");
         let err = CronSpec::parse("0 9 * *").unwrap_err();
         assert!(err.contains("has 4 fields"), "{err}");
+        let err = CronSpec::parse("0 9 * * 1,").unwrap_err();
+        assert!(
+            err.contains("day-of-week field \"1,\" has an empty list element"),
+            "{err}"
+        );
+        let err = CronSpec::parse("@reboot").unwrap_err();
+        assert!(err.contains("not a known nickname"), "{err}");
+        assert!(CronSpec::parse("@daily").is_ok());
         let err = CronSpec::parse("0 0 30 2 *").unwrap_err();
         assert!(err.contains("never matches"), "{err}");
     }

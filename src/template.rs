@@ -14,6 +14,8 @@
 //! | `{{ schedule }}` | standup |
 //! | `{{ slot:FORMAT }}` | the slot through a strftime FORMAT, e.g. `{{ slot:%Y年第%V周 }}` |
 
+use std::fmt::Write as _;
+
 use chrono::format::{Item, StrftimeItems};
 use chrono::{DateTime, Datelike, Weekday};
 use chrono_tz::Tz;
@@ -95,7 +97,10 @@ impl Template {
                 Piece::Weekday => out.push_str(&slot.format("%A").to_string()),
                 Piece::WeekdayCn => out.push_str(weekday_cn(slot.weekday())),
                 Piece::Schedule => out.push_str(context.schedule),
-                Piece::Strftime(format) => out.push_str(&slot.format(format).to_string()),
+                // Parsing checked the format; `write!` never panics even if it were wrong.
+                Piece::Strftime(format) => {
+                    let _ = write!(out, "{}", slot.format(format));
+                }
             }
         }
         out
@@ -106,7 +111,7 @@ fn variable(name: &str) -> Result<Piece, String> {
     if let Some(format) = name.strip_prefix("slot:") {
         let format = format.trim();
         // chrono panics when it displays an invalid format, so reject it here, at load time.
-        if format.is_empty() || StrftimeItems::new(format).any(|item| matches!(item, Item::Error)) {
+        if format.is_empty() || !formats(format) {
             return Err(format!(
                 "\"{{{{ slot:{format} }}}}\" is not a valid strftime format (see https://docs.rs/chrono/latest/chrono/format/strftime/)"
             ));
@@ -126,6 +131,17 @@ fn variable(name: &str) -> Result<Piece, String> {
             ));
         }
     })
+}
+
+/// True when `format` is a strftime pattern chrono can *display*: some items (`%#z`) parse but
+/// only work for parsing, and `to_string()` would panic on them.
+fn formats(format: &str) -> bool {
+    if StrftimeItems::new(format).any(|item| matches!(item, Item::Error)) {
+        return false;
+    }
+    let sample = chrono::DateTime::UNIX_EPOCH.with_timezone(&chrono_tz::Tz::Asia__Shanghai);
+    let mut out = String::new();
+    write!(out, "{}", sample.format(format)).is_ok()
 }
 
 fn weekday_cn(day: Weekday) -> &'static str {
@@ -192,6 +208,7 @@ mod tests {
                 .unwrap_err()
                 .contains("strftime")
         );
+        assert!(Template::parse("{{ slot:%#z }}").is_err());
         assert!(Template::parse("plain").unwrap().is_static());
         assert!(!Template::parse("{{ date }}").unwrap().is_static());
     }

@@ -3,7 +3,7 @@
 //! Validation collects every problem in the file (each naming the schedule or app, the field and
 //! the fix) before it reports, so an operator fixes a broken file in one round.
 
-mod raw;
+mod fields;
 pub mod secret;
 mod validate;
 
@@ -100,14 +100,11 @@ impl MessageTemplate {
     }
 }
 
-impl Schedule {
-    /// The content for `slot`, with its template variables rendered in the schedule's zone.
-    pub fn content_at(&self, slot: DateTime<Utc>) -> Content {
-        let context = SlotContext {
-            schedule: &self.name,
-            slot: slot.with_timezone(&self.zone),
-        };
-        match &self.message {
+impl MessageTemplate {
+    /// Renders every part at `slot` (already in the schedule's zone).
+    pub fn render(&self, schedule: &str, slot: DateTime<Tz>) -> Content {
+        let context = SlotContext { schedule, slot };
+        match self {
             MessageTemplate::Text { content } => Content::Text {
                 content: content.render(&context),
             },
@@ -123,6 +120,14 @@ impl Schedule {
                 btntxt: btntxt.clone(),
             },
         }
+    }
+}
+
+impl Schedule {
+    /// The content for `slot`, with its template variables rendered in the schedule's zone.
+    pub fn content_at(&self, slot: DateTime<Utc>) -> Content {
+        self.message
+            .render(&self.name, slot.with_timezone(&self.zone))
     }
 
     /// The exact JSON body that is POSTed for `slot` (without the token, which is in the URL).

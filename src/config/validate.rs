@@ -1,17 +1,17 @@
-//! Raw YAML → validated [`Config`], collecting every problem and warning on the way.
+//! The rules: YAML → validated [`Config`], collecting every problem and warning on the way.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use serde::de::DeserializeOwned;
+use serde_yaml::Value;
 
-use super::raw::{Id, RawApp, RawConfig, RawRecipients, RawSchedule};
+use super::fields::{Entry, Field, Report};
 use super::{
     App, Config, DEFAULT_API_BASE, DEFAULT_DUPLICATE_CHECK_INTERVAL, MessageTemplate, Problem,
-    Schedule, SecretSource, Secrets, Subject,
+    Schedule, Secret, SecretSource, Secrets, Subject,
 };
 use crate::cron::CronSpec;
 use crate::template::Template;
@@ -19,32 +19,35 @@ use crate::wecom::message::{
     DUPLICATE_CHECK_INTERVAL, MAX_PARTIES, MAX_TAGS, MAX_USERS, Recipients,
 };
 
+const TOP_KEYS: &[&str] = &["database", "timezone", "apps", "schedules"];
+const APP_KEYS: &[&str] = &[
+    "corp_id",
+    "agent_id",
+    "secret_env",
+    "secret_file",
+    "secret_credential",
+    "secret",
+    "api_base",
+];
+const SCHEDULE_KEYS: &[&str] = &[
+    "name",
+    "cron",
+    "timezone",
+    "app",
+    "to",
+    "text",
+    "textcard",
+    "safe",
+    "enable_id_trans",
+    "duplicate_check_interval",
+    "enabled",
+];
+const TO_KEYS: &[&str] = &["users", "parties", "tags"];
+const TEXT_KEYS: &[&str] = &["content"];
+const TEXTCARD_KEYS: &[&str] = &["title", "description", "url", "btntxt"];
+
 /// How many upcoming slots are rendered to check limits and duplicate suppression.
-const SLOTS_SAMPLED: usize = 200;
-
-#[derive(Default)]
-struct Report {
-    problems: Vec<Problem>,
-    warnings: Vec<Problem>,
-}
-
-impl Report {
-    fn error(&mut self, subject: &Subject, field: &str, message: impl Into<String>) {
-        self.problems.push(Problem {
-            subject: subject.clone(),
-            field: field.to_string(),
-            message: message.into(),
-        });
-    }
-
-    fn warn(&mut self, subject: &Subject, field: &str, message: impl Into<String>) {
-        self.warnings.push(Problem {
-            subject: subject.clone(),
-            field: field.to_string(),
-            message: message.into(),
-        });
-    }
-}
+const SLOTS_SAMPLED: usize = 24;
 
 pub(super) fn validate(
     text: &str,
@@ -61,100 +64,127 @@ pub(super) fn validate(
         );
         return (None, report.problems, report.warnings);
     }
-    let raw: RawConfig = match serde_yaml::from_str(text) {
-        Ok(raw) => raw,
+    let config = read(text, base, secrets, now, &mut report);
+    (config, report.problems, report.warnings)
+}
+
+fn read(
+    text: &str,
+    base: &Path,
+    secrets: Secrets,
+    now: DateTime<Utc>,
+    report: &mut Report,
+) -> Option<Config> {
+    let file = Subject::File;
+    let value: Value = match serde_yaml::from_str(text) {
+        Ok(value) => value,
+        // serde_yaml's message carries the line and column.
         Err(e) => {
-            // serde_yaml's message carries the line and column.
-            report.error(&Subject::File, "yaml", e.to_string());
-            return (None, report.problems, report.warnings);
+            report.error(&file, "yaml", e.to_string());
+            return None;
         }
     };
-
-    let timezone = match &raw.timezone {
-        Some(name) => parse_zone(name).unwrap_or_else(|message| {
-            report.error(&Subject::File, "timezone", message);
-            Tz::UTC
-        }),
-        None => local_zone(&mut report),
+    let top = Entry::open(value, TOP_KEYS, &file, "", report)?;
+    let timezone = match top.get::<String>("timezone", report) {
+        Field::Value(name) => parse_zone(&name)
+            .map_err(|m| report.error(&file, "timezone", m))
+            .unwrap_or(Tz::UTC),
+        Field::Invalid => Tz::UTC,
+        Field::Missing => local_zone(report),
     };
-    let database = raw.database.as_ref().map(|p| base.join(p));
+    let database = top
+        .get::<PathBuf>("database", report)
+        .ok()
+        .map(|p| base.join(p));
 
-    let apps = validate_apps(raw.apps, base, secrets, &mut report);
-    if raw.schedules.is_empty() {
+    let raw_apps = match top.raw("apps") {
+        None => Vec::new(),
+        Some(Value::Mapping(map)) => map
+            .iter()
+            .map(|(k, v)| (k.as_str().map(str::to_string), v.clone()))
+            .collect(),
+        Some(_) => {
+            report.error(
+                &file,
+                "apps",
+                "must map app names to their settings (see schedules.example.yaml)",
+            );
+            Vec::new()
+        }
+    };
+    let raw_schedules = match top.raw("schedules") {
+        None => Vec::new(),
+        Some(Value::Sequence(list)) => list.clone(),
+        Some(_) => {
+            report.error(
+                &file,
+                "schedules",
+                "must be a list of schedules, each starting with \"- name: ...\"",
+            );
+            Vec::new()
+        }
+    };
+    if top.raw("apps").is_none() && top.raw("schedules").is_none() {
+        report.error(
+            &file,
+            "file",
+            "defines no apps and no schedules; start from schedules.example.yaml",
+        );
+    } else if raw_apps.is_empty() && !raw_schedules.is_empty() {
+        report.error(
+            &file,
+            "apps",
+            "no app is defined; add one (corp_id, agent_id, a secret) under apps:",
+        );
+    }
+    if raw_schedules.is_empty() && top.raw("apps").is_some() {
         report.warn(
-            &Subject::File,
+            &file,
             "schedules",
             "no schedules are defined; nothing will be sent",
         );
     }
+
+    let declared: BTreeSet<String> = raw_apps
+        .iter()
+        .filter_map(|(name, _)| name.clone())
+        .collect();
+    let apps = validate_apps(raw_apps, base, secrets, report);
+    let context = Context {
+        default_zone: timezone,
+        declared: &declared,
+        apps: &apps,
+        now,
+    };
     let mut names = HashSet::new();
     let mut schedules = Vec::new();
-    for (index, value) in raw.schedules.into_iter().enumerate() {
-        let label = value
-            .get("name")
-            .and_then(|n| n.as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("#{}", index + 1));
-        let subject = Subject::Schedule(label);
-        let Some(raw) = deserialize::<RawSchedule>(value, &subject, &mut report) else {
-            continue;
-        };
-        if let Some(schedule) = validate_schedule(raw, &subject, timezone, &apps, &mut report) {
-            if !names.insert(schedule.name.clone()) {
-                report.error(
-                    &subject,
-                    "name",
-                    "is used by an earlier schedule; names must be unique (they key the history)",
-                );
-                continue;
-            }
-            check_rendering(&schedule, &apps, now, &subject, &mut report);
+    for (index, value) in raw_schedules.into_iter().enumerate() {
+        if let Some(schedule) = validate_schedule(index, value, &context, &mut names, report) {
             schedules.push(Arc::new(schedule));
         }
     }
-
-    let config = Config {
-        path: Default::default(),
+    Some(Config {
+        path: PathBuf::new(),
         digest: String::new(),
         database,
         timezone,
         apps,
         schedules,
         warnings: Vec::new(),
-    };
-    (Some(config), report.problems, report.warnings)
+    })
 }
 
-/// Deserializes one entry, reporting a type error or unknown key with its path.
-fn deserialize<T: DeserializeOwned>(
-    value: serde_yaml::Value,
-    subject: &Subject,
-    report: &mut Report,
-) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(parsed) => Some(parsed),
-        Err(e) => {
-            let path = e.path().to_string();
-            let message = e.into_inner().to_string();
-            let field = match (path.as_str(), unknown_field(&message)) {
-                (".", Some(key)) => key.to_string(),
-                (".", None) => "(entry)".to_string(),
-                (path, Some(key)) => format!("{path}.{key}"),
-                (path, None) => path.to_string(),
-            };
-            report.error(subject, &field, format!("{message}; fix the spelling or the type (a typo must not silently drop a setting)"));
-            None
-        }
-    }
-}
-
-fn unknown_field(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
-    rest.split('`').next()
+struct Context<'a> {
+    default_zone: Tz,
+    /// Every app name written in the file, valid or not: a schedule naming an invalid app is
+    /// not blamed for the app's own problems.
+    declared: &'a BTreeSet<String>,
+    apps: &'a BTreeMap<String, Arc<App>>,
+    now: DateTime<Utc>,
 }
 
 fn validate_apps(
-    raw: BTreeMap<String, serde_yaml::Value>,
+    raw: Vec<(Option<String>, Value)>,
     base: &Path,
     secrets: Secrets,
     report: &mut Report,
@@ -162,266 +192,390 @@ fn validate_apps(
     let mut apps = BTreeMap::new();
     let mut identities: HashMap<(String, i64), String> = HashMap::new();
     for (name, value) in raw {
-        let subject = Subject::App(name.clone());
-        if !valid_name(&name) {
+        let Some(name) = name else {
+            report.error(&Subject::File, "apps", "app names must be strings");
+            continue;
+        };
+        let Some(app) = validate_app(&name, value, base, secrets, report) else {
+            continue;
+        };
+        if let Some(other) = identities.insert((app.corp_id.clone(), app.agent_id), name.clone()) {
             report.error(
-                &subject,
-                "name",
-                "may use only letters, digits, '_', '.' and '-'",
+                &Subject::App(name),
+                "agent_id",
+                format!("app \"{other}\" already names corp {}, agent {}; one WeCom app needs one entry (they would share a token)", app.corp_id, app.agent_id),
             );
-        }
-        let Some(raw) = deserialize::<RawApp>(value, &subject, report) else {
-            continue;
-        };
-        let corp_id = raw.corp_id.filter(|c| !c.trim().is_empty());
-        if corp_id.is_none() {
-            report.error(&subject, "corp_id", "is missing; copy the corp ID (企业ID) from 我的企业 → 企业信息, e.g. ww0123456789abcdef");
-        }
-        match raw.agent_id {
-            None => report.error(
-                &subject,
-                "agent_id",
-                "is missing; copy the AgentId from the app's page under 应用管理, e.g. 1000002",
-            ),
-            Some(id) if id <= 0 => report.error(
-                &subject,
-                "agent_id",
-                format!("is {id}; an AgentId is a positive integer such as 1000002"),
-            ),
-            Some(_) => {}
-        }
-        let mut sources = Vec::new();
-        if let Some(name) = raw.secret_env {
-            sources.push(SecretSource::Env(name));
-        }
-        if let Some(path) = raw.secret_file {
-            sources.push(SecretSource::File(base.join(path)));
-        }
-        if let Some(name) = raw.secret_credential {
-            sources.push(SecretSource::Credential(name));
-        }
-        if let Some(value) = raw.secret {
-            sources.push(SecretSource::Inline(super::Secret::new(value)));
-        }
-        let source = match sources.len() {
-            1 => sources.pop(),
-            0 => {
-                report.error(&subject, "secret_env", "no secret is configured; set exactly one of secret_env, secret_file, secret_credential or secret");
-                None
-            }
-            _ => {
-                let keys: Vec<_> = sources.iter().map(SecretSource::field).collect();
-                report.error(
-                    &subject,
-                    keys[1],
-                    format!(
-                        "{} are all set; keep exactly one secret source",
-                        keys.join(", ")
-                    ),
-                );
-                None
-            }
-        };
-        let mut secret = None;
-        if let Some(source) = &source {
-            if let SecretSource::Inline(_) = source {
-                report.warn(&subject, "secret", "the secret is written in the config file, where anyone who can read the file can send as this app; prefer secret_file or secret_credential");
-            }
-            match source.resolve() {
-                Ok(value) => secret = Some(value),
-                Err(message) => match secrets {
-                    Secrets::Required => report.error(&subject, source.field(), message),
-                    Secrets::Optional => report.warn(
-                        &subject,
-                        source.field(),
-                        format!("{message} (ignored: a dry run does not call WeCom)"),
-                    ),
-                },
-            }
-        }
-        let api_base = raw.api_base.unwrap_or_else(|| DEFAULT_API_BASE.to_string());
-        let api_base = api_base.trim_end_matches('/').to_string();
-        match reqwest::Url::parse(&api_base) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
-            _ => report.error(
-                &subject,
-                "api_base",
-                format!(
-                    "\"{api_base}\" is not an http(s) URL; leave it out to use {DEFAULT_API_BASE}"
-                ),
-            ),
-        }
-        let (Some(corp_id), Some(agent_id), Some(secret_source)) = (corp_id, raw.agent_id, source)
-        else {
-            continue;
-        };
-        if let Some(other) = identities.insert((corp_id.clone(), agent_id), name.clone()) {
-            report.error(&subject, "agent_id", format!("app \"{other}\" already names corp {corp_id}, agent {agent_id}; one WeCom app needs one entry (they would share a token)"));
             continue;
         }
-        apps.insert(
-            name.clone(),
-            Arc::new(App {
-                name,
-                corp_id,
-                agent_id,
-                secret_source,
-                secret,
-                api_base,
-            }),
-        );
+        apps.insert(app.name.clone(), Arc::new(app));
     }
     apps
 }
 
-fn validate_schedule(
-    raw: RawSchedule,
-    subject: &Subject,
-    default_zone: Tz,
-    apps: &BTreeMap<String, Arc<App>>,
+fn validate_app(
+    name: &str,
+    value: Value,
+    base: &Path,
+    secrets: Secrets,
     report: &mut Report,
-) -> Option<Schedule> {
-    let name = match raw.name {
-        None => {
+) -> Option<App> {
+    let subject = Subject::App(name.to_string());
+    let name_ok = valid_name(name);
+    if !name_ok {
+        report.error(
+            &subject,
+            "name",
+            "may use only letters, digits, '_', '.' and '-'",
+        );
+    }
+    let entry = Entry::open(value, APP_KEYS, &subject, "", report)?;
+    let corp_id = match entry.get::<String>("corp_id", report) {
+        Field::Value(id) if !id.trim().is_empty() => Some(id),
+        Field::Invalid => None,
+        _ => {
+            entry.missing("corp_id", report, "is missing; copy the corp ID (企业ID) from 我的企业 → 企业信息, e.g. ww0123456789abcdef");
+            None
+        }
+    };
+    let agent_id = match entry.get::<i64>("agent_id", report) {
+        Field::Value(id) if id > 0 => Some(id),
+        Field::Value(id) => {
             report.error(
-                subject,
-                "name",
-                "is missing; give every schedule a unique name such as standup",
+                &subject,
+                "agent_id",
+                format!("is {id}; an AgentId is a positive integer such as 1000002"),
             );
             None
         }
-        Some(name) if !valid_name(&name) => {
+        Field::Invalid => None,
+        Field::Missing => {
+            entry.missing(
+                "agent_id",
+                report,
+                "is missing; copy the AgentId from the app's page under 应用管理, e.g. 1000002",
+            );
+            None
+        }
+    };
+    let source = secret_source(&entry, base, report)?;
+    let secret = resolve_secret(&source, &subject, secrets, report);
+    let api_base = match entry.get::<String>("api_base", report) {
+        Field::Value(url) => Some(url.trim_end_matches('/').to_string()),
+        Field::Missing => Some(DEFAULT_API_BASE.to_string()),
+        Field::Invalid => None,
+    }
+    .filter(|url| {
+        let ok = reqwest::Url::parse(url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !ok {
             report.error(
-                subject,
+                &subject,
+                "api_base",
+                format!("\"{url}\" is not an http(s) URL; leave it out to use {DEFAULT_API_BASE}"),
+            );
+        }
+        ok
+    });
+    if !name_ok {
+        return None;
+    }
+    Some(App {
+        name: name.to_string(),
+        corp_id: corp_id?,
+        agent_id: agent_id?,
+        secret_source: source,
+        secret,
+        api_base: api_base?,
+    })
+}
+
+/// Exactly one of the four secret keys.
+fn secret_source(entry: &Entry<'_>, base: &Path, report: &mut Report) -> Option<SecretSource> {
+    let mut sources = Vec::new();
+    let mut invalid = false;
+    let mut take = |field: Field<String>, make: &dyn Fn(String) -> SecretSource| match field {
+        Field::Value(v) => sources.push(make(v)),
+        Field::Invalid => invalid = true,
+        Field::Missing => {}
+    };
+    take(entry.get("secret_env", report), &SecretSource::Env);
+    take(entry.get("secret_file", report), &|p| {
+        SecretSource::File(base.join(p))
+    });
+    take(
+        entry.get("secret_credential", report),
+        &SecretSource::Credential,
+    );
+    take(entry.get("secret", report), &|s| {
+        SecretSource::Inline(Secret::new(s))
+    });
+    match sources.len() {
+        _ if invalid => None,
+        1 => sources.pop(),
+        0 => {
+            report.error(entry.subject, "secret_env", "no secret is configured; set exactly one of secret_env, secret_file, secret_credential or secret");
+            None
+        }
+        _ => {
+            let keys: Vec<_> = sources.iter().map(SecretSource::field).collect();
+            report.error(
+                entry.subject,
+                keys[1],
+                format!(
+                    "{} are all set; keep exactly one secret source",
+                    keys.join(", ")
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn resolve_secret(
+    source: &SecretSource,
+    subject: &Subject,
+    secrets: Secrets,
+    report: &mut Report,
+) -> Option<Secret> {
+    if let SecretSource::Inline(_) = source {
+        report.warn(subject, "secret", "the secret is written in the config file, where anyone who can read the file can send as this app; prefer secret_file or secret_credential");
+    }
+    match source.resolve() {
+        Ok(secret) => Some(secret),
+        Err(message) => {
+            match secrets {
+                Secrets::Required => report.error(
+                    subject,
+                    source.field(),
+                    format!("{message} (or validate with --dry-run, which needs no secret)"),
+                ),
+                Secrets::Optional => report.warn(
+                    subject,
+                    source.field(),
+                    format!("{message} (ignored: a dry run does not call WeCom)"),
+                ),
+            }
+            None
+        }
+    }
+}
+
+fn validate_schedule(
+    index: usize,
+    value: Value,
+    context: &Context<'_>,
+    names: &mut HashSet<String>,
+    report: &mut Report,
+) -> Option<Schedule> {
+    let label = value
+        .get("name")
+        .and_then(Value::as_str)
+        .map_or_else(|| format!("#{}", index + 1), str::to_string);
+    let subject = Subject::Schedule(label);
+    let entry = Entry::open(value, SCHEDULE_KEYS, &subject, "", report)?;
+    let name = match entry.get::<String>("name", report) {
+        Field::Value(name) if !valid_name(&name) => {
+            report.error(
+                &subject,
                 "name",
                 "may use only letters, digits, '_', '.' and '-'",
             );
             None
         }
-        Some(name) => Some(name),
-    };
-    let cron = match raw.cron {
-        None => {
+        Field::Value(name) if !names.insert(name.clone()) => {
             report.error(
-                subject,
+                &subject,
+                "name",
+                "is used by an earlier schedule; names must be unique (they key the history)",
+            );
+            None
+        }
+        Field::Value(name) => Some(name),
+        Field::Invalid => None,
+        Field::Missing => {
+            entry.missing(
+                "name",
+                report,
+                "is missing; give every schedule a unique name such as standup",
+            );
+            None
+        }
+    };
+    let cron = match entry.get::<String>("cron", report) {
+        Field::Value(expr) => CronSpec::parse(&expr)
+            .map_err(|m| report.error(&subject, "cron", m))
+            .ok(),
+        Field::Invalid => None,
+        Field::Missing => {
+            entry.missing(
                 "cron",
+                report,
                 "is missing; e.g. cron: \"30 9 * * 1-5\" (09:30 on workdays)",
             );
             None
         }
-        Some(expr) => CronSpec::parse(&expr)
-            .map_err(|m| report.error(subject, "cron", m))
+    };
+    let zone = match entry.get::<String>("timezone", report) {
+        Field::Value(name) => parse_zone(&name)
+            .map_err(|m| report.error(&subject, "timezone", m))
             .ok(),
+        Field::Invalid => None,
+        Field::Missing => Some(context.default_zone),
     };
-    let zone = match raw.timezone {
-        None => Some(default_zone),
-        Some(name) => parse_zone(&name)
-            .map_err(|m| report.error(subject, "timezone", m))
-            .ok(),
-    };
-    let app = match raw.app {
-        Some(app) if apps.contains_key(&app) => Some(app),
-        Some(app) => {
-            let known: Vec<_> = apps.keys().map(String::as_str).collect();
-            report.error(
-                subject,
-                "app",
-                format!(
-                    "\"{app}\" is not defined under apps (defined: {})",
-                    list_or_none(&known)
-                ),
-            );
-            None
-        }
-        None if apps.len() == 1 => apps.keys().next().cloned(),
-        None => {
-            let known: Vec<_> = apps.keys().map(String::as_str).collect();
-            report.error(
-                subject,
-                "app",
-                format!(
-                    "is missing; with several apps each schedule names one of: {}",
-                    list_or_none(&known)
-                ),
-            );
+    let app = resolve_app(&entry, context, report);
+    let to = match entry.nested("to", TO_KEYS, report) {
+        Field::Value(to) => validate_recipients(&to, report),
+        Field::Invalid => None,
+        Field::Missing => {
+            entry.missing("to", report, "is missing; say who receives it, e.g. to: { users: [ZhangSan] } or to: { users: [\"@all\"] }");
             None
         }
     };
-    let to = match raw.to {
-        None => {
-            report.error(subject, "to", "is missing; say who receives it, e.g. to: { users: [ZhangSan] } or to: { users: [\"@all\"] }");
-            None
-        }
-        Some(to) => validate_recipients(to, subject, report),
-    };
-    let message = validate_message(&raw.text, &raw.textcard, subject, report);
-    let safe = raw.safe.unwrap_or(false);
-    if safe && matches!(message, Some(MessageTemplate::TextCard { .. })) {
+    let message = validate_message(&entry, report);
+    let safe = entry.get::<bool>("safe", report);
+    if matches!(safe, Field::Value(true))
+        && matches!(message, Some(MessageTemplate::TextCard { .. }))
+    {
         report.error(
-            subject,
+            &subject,
             "safe",
             "WeCom supports confidential (safe) messages for text only; remove safe or send text",
         );
     }
-    let interval = raw
-        .duplicate_check_interval
-        .unwrap_or(i64::from(DEFAULT_DUPLICATE_CHECK_INTERVAL));
-    let duplicate_check_interval = match u32::try_from(interval) {
-        Ok(seconds) if DUPLICATE_CHECK_INTERVAL.contains(&seconds) => Some(seconds),
-        _ => {
-            report.error(
-                subject,
-                "duplicate_check_interval",
-                format!("is {interval}; WeCom accepts 1 to 14400 seconds (4 hours)"),
-            );
-            None
-        }
+    let duplicate_check_interval = match entry.get::<i64>("duplicate_check_interval", report) {
+        Field::Missing => Some(DEFAULT_DUPLICATE_CHECK_INTERVAL),
+        Field::Invalid => None,
+        Field::Value(seconds) => u32::try_from(seconds)
+            .ok()
+            .filter(|s| DUPLICATE_CHECK_INTERVAL.contains(s))
+            .or_else(|| {
+                report.error(
+                    &subject,
+                    "duplicate_check_interval",
+                    format!("is {seconds}; WeCom accepts 1 to 14400 seconds (4 hours)"),
+                );
+                None
+            }),
     };
-    Some(Schedule {
+    let enable_id_trans = entry.get::<bool>("enable_id_trans", report);
+    let enabled = entry.get::<bool>("enabled", report);
+    if let Some(message) = &message {
+        // Limits are checked even when other fields are broken, at the next slots when known.
+        let zone = zone.unwrap_or(context.default_zone);
+        let slots = cron
+            .as_ref()
+            .map(|c| c.upcoming(context.now, zone, SLOTS_SAMPLED))
+            .unwrap_or_default();
+        check_limits(
+            message,
+            name.as_deref().unwrap_or_default(),
+            zone,
+            &slots,
+            context.now,
+            &subject,
+            report,
+        );
+    }
+    let schedule = Schedule {
         name: name?,
         cron: cron?,
         zone: zone?,
         app: app?,
         to: to?,
         message: message?,
-        safe,
-        enable_id_trans: raw.enable_id_trans.unwrap_or(false),
+        safe: optional(safe, false)?,
+        enable_id_trans: optional(enable_id_trans, false)?,
         duplicate_check_interval: duplicate_check_interval?,
-        enabled: raw.enabled.unwrap_or(true),
-    })
+        enabled: optional(enabled, true)?,
+    };
+    let agent_id = context.apps.get(&schedule.app).map_or(0, |a| a.agent_id);
+    warn_duplicates(&schedule, agent_id, context.now, &subject, report);
+    Some(schedule)
 }
 
-fn validate_recipients(
-    raw: RawRecipients,
-    subject: &Subject,
-    report: &mut Report,
-) -> Option<Recipients> {
+/// A missing optional field takes its default; an invalid one (already reported) is `None`.
+fn optional<T>(field: Field<T>, default: T) -> Option<T> {
+    match field {
+        Field::Value(value) => Some(value),
+        Field::Missing => Some(default),
+        Field::Invalid => None,
+    }
+}
+
+fn resolve_app(entry: &Entry<'_>, context: &Context<'_>, report: &mut Report) -> Option<String> {
+    let declared: Vec<&str> = context.declared.iter().map(String::as_str).collect();
+    let name = match entry.get::<String>("app", report) {
+        Field::Value(name) if context.declared.contains(&name) => name,
+        Field::Value(name) => {
+            let defined = if declared.is_empty() {
+                "none".to_string()
+            } else {
+                declared.join(", ")
+            };
+            report.error(
+                entry.subject,
+                "app",
+                format!("\"{name}\" is not defined under apps (defined: {defined})"),
+            );
+            return None;
+        }
+        Field::Invalid => return None,
+        // With no app at all, the file-level problem already says so.
+        Field::Missing if declared.len() <= 1 => declared.first()?.to_string(),
+        Field::Missing => {
+            report.error(
+                entry.subject,
+                "app",
+                format!(
+                    "is missing; with several apps each schedule names one of: {}",
+                    declared.join(", ")
+                ),
+            );
+            return None;
+        }
+    };
+    // An app that is declared but invalid has its own problems reported; do not repeat them here.
+    context.apps.contains_key(&name).then_some(name)
+}
+
+fn validate_recipients(to: &Entry<'_>, report: &mut Report) -> Option<Recipients> {
+    let subject = to.subject;
+    let (users, parties, tags) = (
+        to.ids("users", report),
+        to.ids("parties", report),
+        to.ids("tags", report),
+    );
     let mut ok = true;
-    let mut ids = |field: &str, values: Vec<Id>, max: usize| -> Vec<String> {
-        let values: Vec<String> = values.into_iter().map(Id::into_string).collect();
-        if values.len() > max {
-            report.error(subject, field, format!("lists {} ids; WeCom accepts at most {max} per message (use a party or tag, or split the schedule)", values.len()));
+    for (key, ids, max) in [
+        ("users", &users, MAX_USERS),
+        ("parties", &parties, MAX_PARTIES),
+        ("tags", &tags, MAX_TAGS),
+    ] {
+        let Some(ids) = ids else {
+            ok = false;
+            continue;
+        };
+        if ids.len() > max {
+            report.error(subject, &to.name(key), format!("lists {} ids; WeCom accepts at most {max} per message (use a party or tag, or split the schedule)", ids.len()));
             ok = false;
         }
-        for value in &values {
-            if value.trim().is_empty() || value.contains('|') || value.contains(char::is_whitespace)
-            {
-                report.error(
-                    subject,
-                    field,
-                    format!("\"{value}\" is not a valid id (empty, or contains '|' or spaces)"),
-                );
-                ok = false;
-            }
+        for id in ids.iter().filter(|id| {
+            id.trim().is_empty() || id.contains('|') || id.contains(char::is_whitespace)
+        }) {
+            report.error(
+                subject,
+                &to.name(key),
+                format!("\"{id}\" is not a valid id (empty, or contains '|' or spaces)"),
+            );
+            ok = false;
         }
-        values
+    }
+    let to_all = Recipients {
+        users: users?,
+        parties: parties?,
+        tags: tags?,
     };
-    let to = Recipients {
-        users: ids("to.users", raw.users, MAX_USERS),
-        parties: ids("to.parties", raw.parties, MAX_PARTIES),
-        tags: ids("to.tags", raw.tags, MAX_TAGS),
-    };
-    if to.users.is_empty() && to.parties.is_empty() && to.tags.is_empty() {
+    if to_all.users.is_empty() && to_all.parties.is_empty() && to_all.tags.is_empty() {
         report.error(
             subject,
             "to",
@@ -429,109 +583,122 @@ fn validate_recipients(
         );
         ok = false;
     }
-    if to.users.iter().any(|u| u == "@all")
-        && (to.users.len() > 1 || !to.parties.is_empty() || !to.tags.is_empty())
+    if to_all.users.iter().any(|u| u == "@all")
+        && (to_all.users.len() > 1 || !to_all.parties.is_empty() || !to_all.tags.is_empty())
     {
         report.error(subject, "to.users", "\"@all\" already reaches everyone and WeCom ignores the other recipients; use \"@all\" alone");
         ok = false;
     }
-    ok.then_some(to)
+    ok.then_some(to_all)
 }
 
-fn validate_message(
-    text: &Option<super::raw::RawText>,
-    textcard: &Option<super::raw::RawTextCard>,
-    subject: &Subject,
-    report: &mut Report,
-) -> Option<MessageTemplate> {
-    let mut template = |field: &str, value: &Option<String>| -> Option<Template> {
-        match value.as_deref().filter(|v| !v.trim().is_empty()) {
-            None => {
-                report.error(subject, field, "is missing or empty");
+fn validate_message(entry: &Entry<'_>, report: &mut Report) -> Option<MessageTemplate> {
+    let text = entry.nested("text", TEXT_KEYS, report);
+    let card = entry.nested("textcard", TEXTCARD_KEYS, report);
+    let template = |part: &Entry<'_>, key: &str, report: &mut Report| -> Option<Template> {
+        match part.get::<String>(key, report) {
+            Field::Value(source) if !source.trim().is_empty() => Template::parse(&source)
+                .map_err(|m| report.error(part.subject, &part.name(key), m))
+                .ok(),
+            Field::Invalid => None,
+            _ => {
+                part.missing(key, report, "is missing or empty");
                 None
             }
-            Some(source) => Template::parse(source)
-                .map_err(|m| report.error(subject, field, m))
-                .ok(),
         }
     };
-    match (text, textcard) {
-        (Some(_), Some(_)) => {
+    match (text, card) {
+        (Field::Missing, Field::Missing) => {
+            entry.missing(
+                "text",
+                report,
+                "no message: add text: { content: ... } or textcard: { title, description, url }",
+            );
+            None
+        }
+        (Field::Value(_) | Field::Invalid, Field::Value(_) | Field::Invalid) => {
             report.error(
-                subject,
+                entry.subject,
                 "text",
                 "text and textcard are both set; keep exactly one",
             );
             None
         }
-        (None, None) => {
-            report.error(
-                subject,
-                "text",
-                "no message: add text: { content: ... } or textcard: { title, description, url }",
-            );
-            None
-        }
-        (Some(text), None) => {
-            let content = template("text.content", &text.content)?;
-            Some(MessageTemplate::Text { content })
-        }
-        (None, Some(card)) => {
-            let title = template("textcard.title", &card.title);
-            let description = template("textcard.description", &card.description);
-            let url = template("textcard.url", &card.url);
-            let btntxt = card.btntxt.clone().filter(|b| !b.is_empty());
+        (Field::Value(text), Field::Missing) => Some(MessageTemplate::Text {
+            content: template(&text, "content", report)?,
+        }),
+        (Field::Missing, Field::Value(card)) => {
+            let title = template(&card, "title", report);
+            let description = template(&card, "description", report);
+            let url = template(&card, "url", report);
+            let btntxt = card.get::<String>("btntxt", report);
             Some(MessageTemplate::TextCard {
                 title: title?,
                 description: description?,
                 url: url?,
-                btntxt,
+                btntxt: optional(btntxt.map_value(Some), None)?.filter(|b| !b.is_empty()),
             })
+        }
+        _ => None,
+    }
+}
+
+impl<T> Field<T> {
+    fn map_value<U>(self, f: impl FnOnce(T) -> U) -> Field<U> {
+        match self {
+            Field::Value(v) => Field::Value(f(v)),
+            Field::Invalid => Field::Invalid,
+            Field::Missing => Field::Missing,
         }
     }
 }
 
-/// Renders the next slots to check WeCom's limits on the real text, and warns when WeCom's
-/// duplicate check would swallow a repeat.
-fn check_rendering(
-    schedule: &Schedule,
-    apps: &BTreeMap<String, Arc<App>>,
+/// Renders the message at the next slots (or now) and reports every WeCom limit it breaks.
+fn check_limits(
+    message: &MessageTemplate,
+    name: &str,
+    zone: Tz,
+    slots: &[DateTime<Utc>],
     now: DateTime<Utc>,
     subject: &Subject,
     report: &mut Report,
 ) {
-    let agent_id = apps.get(&schedule.app).map_or(0, |a| a.agent_id);
-    let sample = if schedule.message.is_static() {
-        2
-    } else {
-        SLOTS_SAMPLED
-    };
-    let slots = schedule
-        .cron
-        .upcoming(now, schedule.zone, SLOTS_SAMPLED.max(sample));
-    let mut reported = HashSet::new();
-    let rendered: Vec<DateTime<Utc>> = if slots.is_empty() {
+    let sample = if slots.is_empty() {
         vec![now]
     } else {
-        slots.iter().take(sample).copied().collect()
+        slots.to_vec()
     };
-    for slot in rendered {
-        for (field, message) in schedule.content_at(slot).limit_problems() {
+    let count = if message.is_static() { 1 } else { sample.len() };
+    let mut reported = HashSet::new();
+    for slot in sample.into_iter().take(count) {
+        for (field, problem) in message
+            .render(name, slot.with_timezone(&zone))
+            .limit_problems()
+        {
             if reported.insert(field) {
-                report.error(subject, field, message);
+                report.error(subject, field, problem);
             }
         }
     }
+}
+
+/// Warns when WeCom's duplicate check would swallow a repeat of an identical body.
+fn warn_duplicates(
+    schedule: &Schedule,
+    agent_id: i64,
+    now: DateTime<Utc>,
+    subject: &Subject,
+    report: &mut Report,
+) {
     let interval = chrono::Duration::seconds(i64::from(schedule.duplicate_check_interval));
-    let bodies: Vec<(DateTime<Utc>, String)> = slots
-        .iter()
-        .map(|slot| (*slot, schedule.body_at(agent_id, *slot).1))
-        .collect();
-    if let Some(pair) = bodies
-        .windows(2)
-        .find(|w| w[1].0 - w[0].0 < interval && w[1].1 == w[0].1)
-    {
-        let gap = (pair[1].0 - pair[0].0).num_seconds();
+    let slots = schedule.cron.upcoming(now, schedule.zone, SLOTS_SAMPLED);
+    let repeat = slots.windows(2).find(|w| {
+        w[1] - w[0] < interval
+            && (schedule.message.is_static()
+                || schedule.body_at(agent_id, w[0]).1 == schedule.body_at(agent_id, w[1]).1)
+    });
+    if let Some(pair) = repeat {
+        let gap = (pair[1] - pair[0]).num_seconds();
         report.warn(subject, "duplicate_check_interval", format!(
             "the same body is sent again after {gap}s, within duplicate_check_interval ({}s): WeCom silently drops such repeats; set duplicate_check_interval below {gap} or put a variable such as {{{{ time }}}} in the text",
             schedule.duplicate_check_interval
@@ -544,14 +711,6 @@ fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
-fn list_or_none(items: &[&str]) -> String {
-    if items.is_empty() {
-        "none".to_string()
-    } else {
-        items.join(", ")
-    }
 }
 
 /// Parses an IANA zone name, suggesting the right spelling for a case mismatch.

@@ -5,9 +5,7 @@
 //! A corpus file is a complete config whose leading comment lines say what `check` must print on
 //! stderr:
 //! - `# expect: TEXT`: TEXT appears (every such line, at least one per file);
-//! - `# absent: TEXT`: TEXT does not appear;
-//! - `# bug: WHY`: a known validation bug. The corpus test skips such files; each one is run by an
-//!   `#[ignore]`d `bug_*` test below. When the bug is fixed, delete the `# bug:` lines and the test.
+//! - `# absent: TEXT`: TEXT does not appear.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -27,19 +25,6 @@ const UNSET_VAR: &str = "WECOM_NOTIFY_TEST_SURELY_UNSET";
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/schedules.example.yaml");
 /// The corpus must not shrink silently (a deleted folder would otherwise pass).
 const MIN_CORPUS_FILES: usize = 25;
-
-/// The corpus files documenting a known bug, each run by its own ignored `bug_*` test.
-const KNOWN_BUG_FILES: &[&str] = &[
-    "bug-comments-only.yaml",
-    "bug-duplicate-name-of-invalid-schedule.yaml",
-    "bug-invalid-app-makes-false-schedule-errors.yaml",
-    "bug-limits-unchecked-when-schedule-has-another-problem.yaml",
-    "bug-no-apps.yaml",
-    "bug-secret-value-in-type-error.yaml",
-    "bug-strftime-format-for-parsing-only-panics.yaml",
-    "bug-unknown-key-field-path.yaml",
-    "bug-unknown-key-hides-other-problems.yaml",
-];
 
 /// The `apps:` part of configs that never reach WeCom: the inline secret only causes a warning.
 const OFFLINE_HEADER: &str = "timezone: Asia/Shanghai
@@ -125,7 +110,6 @@ struct Case {
     path: PathBuf,
     expect: Vec<String>,
     absent: Vec<String>,
-    bug: Vec<String>,
 }
 
 impl Case {
@@ -137,15 +121,12 @@ impl Case {
             path,
             expect: Vec::new(),
             absent: Vec::new(),
-            bug: Vec::new(),
         };
         for line in source.lines().take_while(|l| l.starts_with('#')) {
             if let Some(text) = line.strip_prefix("# expect: ") {
                 case.expect.push(text.to_string());
             } else if let Some(text) = line.strip_prefix("# absent: ") {
                 case.absent.push(text.to_string());
-            } else if let Some(text) = line.strip_prefix("# bug: ") {
-                case.bug.push(text.to_string());
             }
         }
         case
@@ -207,36 +188,14 @@ async fn failures(cases: &[&Case]) -> Vec<String> {
     report
 }
 
-/// Runs the named corpus files (the `bug_*` tests).
-async fn assert_corpus_files_pass(names: &[&str]) {
-    let cases = corpus();
-    let selected: Vec<&Case> = names
-        .iter()
-        .map(|name| {
-            cases
-                .iter()
-                .find(|case| case.name == *name)
-                .unwrap_or_else(|| panic!("{name} is not in {CORPUS}"))
-        })
-        .collect();
-    let report = failures(&selected).await;
-    assert!(report.is_empty(), "{}", report.join("\n\n"));
-}
-
 #[tokio::test]
 async fn every_invalid_config_in_the_corpus_is_rejected_with_its_message() {
     let cases = corpus();
-    let (bugs, rules): (Vec<&Case>, Vec<&Case>) =
-        cases.iter().partition(|case| !case.bug.is_empty());
+    let rules: Vec<&Case> = cases.iter().collect();
     assert!(
         rules.len() >= MIN_CORPUS_FILES,
-        "only {} corpus files (without `# bug:`) in {CORPUS}; expected at least {MIN_CORPUS_FILES}",
+        "only {} corpus files in {CORPUS}; expected at least {MIN_CORPUS_FILES}",
         rules.len()
-    );
-    let bug_names: Vec<&str> = bugs.iter().map(|case| case.name.as_str()).collect();
-    assert_eq!(
-        bug_names, KNOWN_BUG_FILES,
-        "every `# bug:` file needs its own ignored bug_* test (and KNOWN_BUG_FILES entry)"
     );
     let report = failures(&rules).await;
     assert!(
@@ -341,64 +300,6 @@ async fn an_empty_config_file_is_rejected() {
     let dir = TempDir::new().unwrap();
     let output = check_yaml(&dir, "empty.yaml", "", &[]).await;
     assert_rejected_with(&output, &["file: is empty"]);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Known bugs, each documented by a corpus file (see its `# bug:` lines for the reproduction)
-
-#[tokio::test]
-#[ignore = "bug: the field of an unknown key is doubled (`field txet.txet`, `to.user.user`)"]
-async fn bug_unknown_key_field_path() {
-    assert_corpus_files_pass(&["bug-unknown-key-field-path.yaml"]).await;
-}
-
-#[tokio::test]
-#[ignore = "bug: `{{ slot:%#z }}` passes validation and then panics while rendering (exit 101)"]
-async fn bug_strftime_format_for_parsing_only_panics() {
-    assert_corpus_files_pass(&["bug-strftime-format-for-parsing-only-panics.yaml"]).await;
-}
-
-#[tokio::test]
-#[ignore = "bug: an invalid only app adds a false `field app: ... with several apps ... none` per schedule"]
-async fn bug_invalid_app_makes_false_schedule_errors() {
-    assert_corpus_files_pass(&["bug-invalid-app-makes-false-schedule-errors.yaml"]).await;
-}
-
-#[tokio::test]
-#[ignore = "bug: with no apps at all the message says `with several apps each schedule names one of: none`"]
-async fn bug_no_apps_message() {
-    assert_corpus_files_pass(&["bug-no-apps.yaml"]).await;
-}
-
-#[tokio::test]
-#[ignore = "bug: an inline secret written as a YAML number is echoed in the type error"]
-async fn bug_secret_value_in_type_error() {
-    assert_corpus_files_pass(&["bug-secret-value-in-type-error.yaml"]).await;
-}
-
-#[tokio::test]
-#[ignore = "bug: a file of only comments passes check (exit 0) while an empty file is an error"]
-async fn bug_comments_only_file_passes() {
-    assert_corpus_files_pass(&["bug-comments-only.yaml"]).await;
-}
-
-#[tokio::test]
-#[ignore = "bug: message limits are not checked on a schedule that has another problem"]
-async fn bug_limits_unchecked_when_schedule_has_another_problem() {
-    assert_corpus_files_pass(&["bug-limits-unchecked-when-schedule-has-another-problem.yaml"])
-        .await;
-}
-
-#[tokio::test]
-#[ignore = "bug: an unknown key hides every other problem of its schedule"]
-async fn bug_unknown_key_hides_other_problems() {
-    assert_corpus_files_pass(&["bug-unknown-key-hides-other-problems.yaml"]).await;
-}
-
-#[tokio::test]
-#[ignore = "bug: a duplicate name is not reported when one of the two schedules has another problem"]
-async fn bug_duplicate_name_of_invalid_schedule() {
-    assert_corpus_files_pass(&["bug-duplicate-name-of-invalid-schedule.yaml"]).await;
 }
 
 // ---------------------------------------------------------------------------------------------
