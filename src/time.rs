@@ -23,6 +23,37 @@ pub fn now_db() -> String {
     to_db(Utc::now())
 }
 
+/// Parses a duration written as numbers with units: `90s`, `10m`, `2h`, `7d`, `2w`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<chrono::Duration, String> {
+    let invalid = || format!("\"{text}\" is not a duration; write e.g. 90s, 10m, 2h, 7d or 1h30m");
+    let mut total = chrono::Duration::zero();
+    let mut digits = String::new();
+    let mut parts = 0;
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => return Err(invalid()),
+        };
+        let n: i64 = digits.parse().map_err(|_| invalid())?;
+        let seconds = n.checked_mul(unit).ok_or_else(invalid)?;
+        total = total.checked_add(&chrono::Duration::seconds(seconds)).ok_or_else(invalid)?;
+        digits.clear();
+        parts += 1;
+    }
+    if parts == 0 || !digits.is_empty() {
+        return Err(invalid());
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,5 +66,15 @@ mod tests {
         let later = at + chrono::Duration::milliseconds(1500);
         assert_eq!(to_db(later), "2026-11-30T01:30:01Z");
         assert_eq!(from_db("2026-11-30T01:30:00Z"), Some(at));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(chrono::Duration::seconds(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(chrono::Duration::seconds(5400)));
+        assert_eq!(parse_duration("400d"), Ok(chrono::Duration::days(400)));
+        for bad in ["", "10", "m", "10x", "1.5h", "-5m"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -23,7 +23,8 @@ CREATE TABLE sends (
     invaliduser     TEXT,
     invalidparty    TEXT,
     invalidtag      TEXT,
-    unlicenseduser  TEXT
+    unlicenseduser  TEXT,
+    pid             INTEGER             -- the process that claimed the row (crash recovery)
 );
 
 -- A slot is fired at most once, whatever races (a doubled tick, a reload, a second daemon).

@@ -42,13 +42,10 @@ pub async fn run(globals: &Globals, dry_run: bool) -> ExitCode {
         }
     };
     let tokens = TokenCache::new(store.clone(), client.clone());
-    let dispatcher = Arc::new(Dispatcher::new(
-        store,
-        client,
-        tokens,
-        RetryPolicy::default(),
-        dry_run,
-    ));
+    // The daemon sends even when the database refuses a write (and records it later): a
+    // schedule must not fall silent because the disk is full.
+    let dispatcher = Dispatcher::new(store, client, tokens, RetryPolicy::default(), dry_run);
+    let dispatcher = Arc::new(dispatcher.sending_unrecorded(true));
     let options = Options {
         dry_run,
         ..Options::default()

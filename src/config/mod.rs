@@ -69,6 +69,10 @@ pub struct Schedule {
     pub enable_id_trans: bool,
     pub duplicate_check_interval: u32,
     pub enabled: bool,
+    /// How late a slot missed while the daemon was down (or the clock jumped) may still be sent.
+    pub catch_up: Option<chrono::Duration>,
+    /// Spread: each slot fires up to this much later, by a fixed offset per slot.
+    pub jitter: Option<chrono::Duration>,
 }
 
 /// The `text:` or `textcard:` of a schedule, with its template variables unrendered.
@@ -128,6 +132,22 @@ impl Schedule {
     pub fn content_at(&self, slot: DateTime<Utc>) -> Content {
         self.message
             .render(&self.name, slot.with_timezone(&self.zone))
+    }
+
+    /// When `slot` is actually fired: the slot plus its jitter offset. The offset is derived from
+    /// the schedule's name and the slot, so every process and restart agrees on it.
+    pub fn due(&self, slot: DateTime<Utc>) -> DateTime<Utc> {
+        let Some(jitter) = self.jitter.filter(|j| j.num_milliseconds() > 0) else {
+            return slot;
+        };
+        let mut hasher = Sha256::new();
+        hasher.update(self.name.as_bytes());
+        hasher.update(slot.timestamp().to_be_bytes());
+        let hash = hasher.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&hash[..8]);
+        let offset = u64::from_be_bytes(first) % jitter.num_milliseconds().unsigned_abs();
+        slot + chrono::Duration::milliseconds(offset as i64)
     }
 
     /// The exact JSON body that is POSTed for `slot` (without the token, which is in the URL).

@@ -19,7 +19,7 @@ use crate::wecom::message::{
     DUPLICATE_CHECK_INTERVAL, MAX_PARTIES, MAX_TAGS, MAX_USERS, Recipients,
 };
 
-const TOP_KEYS: &[&str] = &["database", "timezone", "apps", "schedules"];
+const TOP_KEYS: &[&str] = &["database", "timezone", "catch_up", "apps", "schedules"];
 const APP_KEYS: &[&str] = &[
     "corp_id",
     "agent_id",
@@ -41,10 +41,16 @@ const SCHEDULE_KEYS: &[&str] = &[
     "enable_id_trans",
     "duplicate_check_interval",
     "enabled",
+    "catch_up",
+    "jitter",
 ];
 const TO_KEYS: &[&str] = &["users", "parties", "tags"];
 const TEXT_KEYS: &[&str] = &["content"];
 const TEXTCARD_KEYS: &[&str] = &["title", "description", "url", "btntxt"];
+
+/// WeCom's per-member delivery limits of one app (beyond them messages are silently dropped).
+const PER_MINUTE_LIMIT: usize = crate::gate::PER_MEMBER_PER_MINUTE;
+const PER_HOUR_LIMIT: usize = crate::gate::PER_MEMBER_PER_HOUR;
 
 /// How many upcoming slots are rendered to check limits and duplicate suppression.
 const SLOTS_SAMPLED: usize = 24;
@@ -96,6 +102,7 @@ fn read(
         .get::<PathBuf>("database", report)
         .ok()
         .map(|p| base.join(p));
+    let default_catch_up = duration(&top, "catch_up", report).ok().flatten();
 
     let raw_apps = match top.raw("apps") {
         None => Vec::new(),
@@ -152,6 +159,7 @@ fn read(
     let apps = validate_apps(raw_apps, base, secrets, report);
     let context = Context {
         default_zone: timezone,
+        default_catch_up,
         declared: &declared,
         apps: &apps,
         now,
@@ -176,6 +184,7 @@ fn read(
 
 struct Context<'a> {
     default_zone: Tz,
+    default_catch_up: Option<chrono::Duration>,
     /// Every app name written in the file, valid or not: a schedule naming an invalid app is
     /// not blamed for the app's own problems.
     declared: &'a BTreeSet<String>,
@@ -459,6 +468,11 @@ fn validate_schedule(
     };
     let enable_id_trans = entry.get::<bool>("enable_id_trans", report);
     let enabled = entry.get::<bool>("enabled", report);
+    let catch_up = match duration(&entry, "catch_up", report) {
+        Ok(None) => Ok(context.default_catch_up),
+        other => other,
+    };
+    let jitter = duration(&entry, "jitter", report);
     if let Some(message) = &message {
         // Limits are checked even when other fields are broken, at the next slots when known.
         let zone = zone.unwrap_or(context.default_zone);
@@ -487,10 +501,56 @@ fn validate_schedule(
         enable_id_trans: optional(enable_id_trans, false)?,
         duplicate_check_interval: duplicate_check_interval?,
         enabled: optional(enabled, true)?,
+        catch_up: catch_up.ok()?,
+        jitter: jitter.ok()?,
     };
     let agent_id = context.apps.get(&schedule.app).map_or(0, |a| a.agent_id);
+    check_timing(&schedule, context.now, &subject, report)?;
     warn_duplicates(&schedule, agent_id, context.now, &subject, report);
     Some(schedule)
+}
+
+/// An optional positive duration (`90s`, `10m`); `Err` when present but invalid (reported).
+fn duration(entry: &Entry<'_>, key: &str, report: &mut Report) -> Result<Option<chrono::Duration>, ()> {
+    match entry.get::<String>(key, report) {
+        Field::Missing => Ok(None),
+        Field::Invalid => Err(()),
+        Field::Value(text) => match crate::time::parse_duration(&text) {
+            Ok(d) if d > chrono::Duration::zero() => Ok(Some(d)),
+            Ok(_) => {
+                report.error(entry.subject, &entry.name(key), "must be longer than zero; leave it out to turn it off");
+                Err(())
+            }
+            Err(m) => {
+                report.error(entry.subject, &entry.name(key), m);
+                Err(())
+            }
+        },
+    }
+}
+
+/// Rules about how often a schedule fires: jitter must not reorder slots, and WeCom's
+/// per-member limits (30 a minute, 1000 an hour) must not be exceeded by one schedule alone.
+fn check_timing(schedule: &Schedule, now: DateTime<Utc>, subject: &Subject, report: &mut Report) -> Option<()> {
+    let first = schedule.cron.upcoming(now, schedule.zone, PER_MINUTE_LIMIT + 1);
+    if let (Some(jitter), Some(gap)) = (schedule.jitter, first.windows(2).map(|w| w[1] - w[0]).min())
+        && jitter >= gap
+    {
+        report.error(subject, "jitter", format!("is {}s, but slots can be {}s apart: a jittered send could overtake the next slot; use less than {}s", jitter.num_seconds(), gap.num_seconds(), gap.num_seconds()));
+        return None;
+    }
+    let per_member = "WeCom delivers at most 30 messages a minute and 1000 an hour from one app to one member and silently drops the rest; the daemon will spread the excess out";
+    let span = |slots: &[DateTime<Utc>], n: usize| (slots.len() > n).then(|| slots[n] - slots[0]);
+    if span(&first, PER_MINUTE_LIMIT).is_some_and(|s| s < chrono::Duration::minutes(1)) {
+        report.warn(subject, "cron", format!("fires more than {PER_MINUTE_LIMIT} times a minute. {per_member}"));
+    } else if span(&first, PER_MINUTE_LIMIT).is_some_and(|s| s.num_seconds() * (PER_HOUR_LIMIT as i64) < 3600 * (PER_MINUTE_LIMIT as i64)) {
+        // Fast enough that the hourly limit may be reached: look at a whole hour of slots.
+        let hour = schedule.cron.upcoming(now, schedule.zone, PER_HOUR_LIMIT + 1);
+        if span(&hour, PER_HOUR_LIMIT).is_some_and(|s| s < chrono::Duration::hours(1)) {
+            report.warn(subject, "cron", format!("fires more than {PER_HOUR_LIMIT} times an hour. {per_member}"));
+        }
+    }
+    Some(())
 }
 
 /// A missing optional field takes its default; an invalid one (already reported) is `None`.

@@ -6,6 +6,7 @@
 pub mod notify;
 pub mod reload;
 pub mod signals;
+mod recovery;
 mod timer;
 
 use std::collections::BTreeMap;
@@ -22,10 +23,14 @@ use crate::dispatch::Dispatcher;
 use crate::store::events::EventKind;
 use notify::Notifier;
 use reload::{Diff, changed_credentials};
+use recovery::Downtime;
 use timer::{Firing, Timer};
 
 /// How long shutdown waits for sends in flight before recording them as `interrupted`.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How often rows the database refused are tried again.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How far back a re-armed schedule looks for a slot: a slot its old timer was about to fire
 /// when the reload cancelled it is fired by the new one (the database refuses a second send).
@@ -81,6 +86,8 @@ pub async fn run(
         inflight: TaskTracker::new(),
     });
     let notifier = Notifier;
+    // Read what the previous run left before this run writes anything.
+    let downtime = Downtime::read(&store).await?;
     store
         .record_event(
             EventKind::Started,
@@ -99,7 +106,11 @@ pub async fn run(
         notifier,
         options,
     };
+    // One instant divides the past (settled here) from the future (armed below), so that no
+    // slot is both missed and fired, or neither.
     let now = Utc::now();
+    recovery::resume_pending(&daemon.firing, now).await;
+    downtime.settle_all(&daemon.firing, &daemon.config.schedules, now).await;
     for schedule in daemon.config.schedules.clone() {
         if schedule.enabled {
             daemon.arm(schedule, now);
@@ -113,11 +124,17 @@ pub async fn run(
         .notifier
         .watchdog_interval()
         .map(tokio::time::interval);
+    let mut flush = tokio::time::interval(FLUSH_INTERVAL);
     loop {
         tokio::select! {
             Some(()) = control.reloads.recv() => daemon.reload().await,
             _ = control.stops.recv() => break,
             _ = tick(&mut watchdog) => daemon.notifier.watchdog(),
+            _ = flush.tick() => {
+                if daemon.firing.dispatcher.unwritten_count() > 0 {
+                    daemon.firing.dispatcher.flush_unwritten().await;
+                }
+            }
         }
     }
     daemon.shutdown(&mut control.stops).await;
@@ -265,7 +282,11 @@ impl Daemon {
                 format!("second stop request, {n} send(s) interrupted")
             }
         };
-        let store = self.firing.dispatcher.store().clone();
+        let dispatcher = &self.firing.dispatcher;
+        if dispatcher.unwritten_count() > 0 && dispatcher.flush_unwritten().await > 0 {
+            dispatcher.log_unwritten();
+        }
+        let store = dispatcher.store().clone();
         if let Err(e) = store
             .record_event(EventKind::Stopped, &self.config.digest, &detail)
             .await

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{App, Schedule};
 use crate::dispatch::{Dispatcher, Fired};
+use super::recovery;
 use crate::store::history::Trigger;
 
 /// How long before a slot the wall-clock alarm goes off. It must exceed the scheduler's 500 ms
@@ -45,10 +46,11 @@ pub struct Timer {
 }
 
 impl Timer {
-    /// Arms `schedule` from its first slot at or after `resume_from`.
-    pub fn arm(schedule: Arc<Schedule>, firing: Arc<Firing>, resume_from: DateTime<Utc>) -> Timer {
+    /// Arms `schedule` for its slots that fall due at or after `not_before`. Earlier ones
+    /// belong to the missed-slot scan (at start) or to the timer this one replaces (reload).
+    pub fn arm(schedule: Arc<Schedule>, firing: Arc<Firing>, not_before: DateTime<Utc>) -> Timer {
         let cancel = CancellationToken::new();
-        tokio::spawn(run(schedule.clone(), firing, resume_from, cancel.clone()));
+        tokio::spawn(run(schedule.clone(), firing, not_before, cancel.clone()));
         Timer { schedule, cancel }
     }
 }
@@ -59,43 +61,47 @@ impl Drop for Timer {
     }
 }
 
-async fn run(
-    schedule: Arc<Schedule>,
-    firing: Arc<Firing>,
-    resume_from: DateTime<Utc>,
-    cancel: CancellationToken,
-) {
-    let mut next = schedule.cron.next_from(resume_from, schedule.zone);
+/// The first slot of `schedule` that falls due at or after `not_before`.
+fn first_due(schedule: &Schedule, not_before: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let jitter = schedule.jitter.unwrap_or_default();
+    let mut next = schedule.cron.next_from(not_before - jitter, schedule.zone);
+    while let Some(slot) = next.filter(|s| schedule.due(*s) < not_before) {
+        next = schedule.cron.next_after(slot, schedule.zone);
+    }
+    next
+}
+
+async fn run(schedule: Arc<Schedule>, firing: Arc<Firing>, not_before: DateTime<Utc>, cancel: CancellationToken) {
+    let mut next = first_due(&schedule, not_before);
     while let Some(slot) = next {
-        if !wait_for(&firing.scheduler, slot, &cancel).await {
+        let due = schedule.due(slot);
+        if !wait_for(&firing.scheduler, due, &cancel).await {
             return;
         }
-        let lag_ms = (Utc::now() - slot).num_milliseconds();
+        let now = Utc::now();
+        if now - due > recovery::LATE_LIMIT {
+            // The wall clock jumped past this slot (suspend, a clock step): it and any others
+            // passed over are missed, not sent late (unless catch_up says otherwise).
+            recovery::settle(&firing, &schedule, slot, true, now, "because the clock jumped or the machine was suspended").await;
+            next = first_due(&schedule, now);
+            continue;
+        }
+        let lag_ms = (now - due).num_milliseconds();
         tracing::debug!(schedule = %schedule.name, slot = %crate::time::to_db(slot), lag_ms, "firing");
-        firing
-            .inflight
-            .spawn(fire(firing.clone(), schedule.clone(), slot));
+        firing.inflight.spawn(fire(firing.clone(), schedule.clone(), slot, Trigger::Cron));
         next = schedule.cron.next_after(slot, schedule.zone);
     }
     tracing::info!(schedule = %schedule.name, "the cron expression names no further slot; timer ends");
 }
 
-async fn fire(firing: Arc<Firing>, schedule: Arc<Schedule>, slot: DateTime<Utc>) {
-    let app = firing
-        .apps
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&schedule.app)
-        .cloned();
+/// Fires one slot through the dispatcher, with the app as currently configured.
+pub async fn fire(firing: Arc<Firing>, schedule: Arc<Schedule>, slot: DateTime<Utc>, trigger: Trigger) {
+    let app = firing.apps.read().unwrap_or_else(|p| p.into_inner()).get(&schedule.app).cloned();
     let Some(app) = app else {
         tracing::error!(schedule = %schedule.name, app = %schedule.app, "the schedule's app is not configured; slot not sent");
         return;
     };
-    match firing
-        .dispatcher
-        .fire(&schedule, &app, slot, Trigger::Cron)
-        .await
-    {
+    match firing.dispatcher.fire(&schedule, &app, slot, trigger).await {
         Ok(Fired::Done(_)) | Ok(Fired::Taken) => {}
         Err(e) => {
             tracing::error!(schedule = %schedule.name, slot = %crate::time::to_db(slot), "could not record the send: {e:#}")

@@ -1,7 +1,9 @@
 //! The `sends` table: a row claimed before the HTTP call, finished with WeCom's answer.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{ErrorCode, params};
+use std::collections::HashMap;
+
+use rusqlite::{Connection, ErrorCode, params};
 
 use super::Store;
 
@@ -104,36 +106,84 @@ pub struct Finish {
     pub unlicenseduser: Option<String>,
 }
 
+/// A row left `pending`: a send that was in flight when its process died (or still is).
+#[derive(Debug, Clone)]
+pub struct PendingRow {
+    pub id: i64,
+    pub schedule: String,
+    pub trigger: String,
+    pub scheduled_at: String,
+    pub created_at: DateTime<Utc>,
+    pub app: String,
+    pub agent_id: i64,
+    pub payload: String,
+    pub attempts: u32,
+    pub pid: Option<i64>,
+}
+
+/// Inserts a row; with `finish`, the row is written already finished.
+fn insert(conn: &Connection, new: &NewSend, finish: Option<&Finish>) -> rusqlite::Result<Claim> {
+    let now = crate::time::now_db();
+    let finished = (new.status != Status::Pending).then(|| now.clone());
+    let status = finish.map_or(new.status, |f| f.status);
+    let result = conn.execute(
+        "INSERT INTO sends (schedule, trigger, scheduled_at, created_at, finished_at, status, attempts, app, agent_id,
+                            msgtype, payload, errcode, errmsg, msgid, invaliduser, invalidparty, invalidtag,
+                            unlicenseduser, pid)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+        params![
+            new.schedule,
+            new.trigger.as_str(),
+            crate::time::to_db(new.scheduled_at),
+            now,
+            finished.or_else(|| finish.map(|_| crate::time::now_db())),
+            status.as_str(),
+            finish.map_or(0, |f| f.attempts),
+            new.app,
+            new.agent_id,
+            new.msgtype,
+            new.payload,
+            finish.and_then(|f| f.errcode),
+            finish.and_then(|f| f.errmsg.clone()),
+            finish.and_then(|f| f.msgid.clone()),
+            finish.and_then(|f| f.invaliduser.clone()),
+            finish.and_then(|f| f.invalidparty.clone()),
+            finish.and_then(|f| f.invalidtag.clone()),
+            finish.and_then(|f| f.unlicenseduser.clone()),
+            std::process::id()
+        ],
+    );
+    match result {
+        Ok(_) => Ok(Claim::Claimed(conn.last_insert_rowid())),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation => Ok(Claim::Taken),
+        Err(e) => Err(e),
+    }
+}
+
 impl Store {
     /// Writes the row for a fire. For `cron` and `catch_up` rows the unique index on
     /// `(schedule, scheduled_at)` makes this the at-most-once gate of a slot.
     pub async fn claim(&self, new: NewSend) -> anyhow::Result<Claim> {
+        self.call(move |conn| insert(conn, &new, None)).await
+    }
+
+    /// Writes a send that could not be recorded before it was made, with its outcome.
+    pub async fn insert_finished(&self, new: NewSend, finish: Finish) -> anyhow::Result<Claim> {
+        self.call(move |conn| insert(conn, &new, Some(&finish))).await
+    }
+
+    /// Writes `missed` rows (already finished) in one transaction; returns how many were new.
+    pub async fn record_missed(&self, rows: Vec<NewSend>) -> anyhow::Result<usize> {
         self.call(move |conn| {
-            let now = crate::time::now_db();
-            let finished = (new.status != Status::Pending).then(|| now.clone());
-            let result = conn.execute(
-                "INSERT INTO sends (schedule, trigger, scheduled_at, created_at, finished_at, status, attempts, app, agent_id, msgtype, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10)",
-                params![
-                    new.schedule,
-                    new.trigger.as_str(),
-                    crate::time::to_db(new.scheduled_at),
-                    now,
-                    finished,
-                    new.status.as_str(),
-                    new.app,
-                    new.agent_id,
-                    new.msgtype,
-                    new.payload
-                ],
-            );
-            match result {
-                Ok(_) => Ok(Claim::Claimed(conn.last_insert_rowid())),
-                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation => {
-                    Ok(Claim::Taken)
+            let tx = conn.transaction()?;
+            let mut written = 0;
+            for row in &rows {
+                if let Claim::Claimed(_) = insert(&tx, row, None)? {
+                    written += 1;
                 }
-                Err(e) => Err(e),
             }
+            tx.commit()?;
+            Ok(written)
         })
         .await
     }
@@ -141,11 +191,7 @@ impl Store {
     /// Counts an attempt before it is made, so a crash mid-send leaves an honest count.
     pub async fn set_attempts(&self, id: i64, attempts: u32) -> anyhow::Result<()> {
         self.call(move |conn| {
-            conn.execute(
-                "UPDATE sends SET attempts = ?2 WHERE id = ?1",
-                params![id, attempts],
-            )
-            .map(|_| ())
+            conn.execute("UPDATE sends SET attempts = ?2 WHERE id = ?1", params![id, attempts]).map(|_| ())
         })
         .await
     }
@@ -186,5 +232,69 @@ impl Store {
             .map(|n| n > 0)
         })
         .await
+    }
+
+    /// Every row still `pending`.
+    pub async fn pending_rows(&self) -> anyhow::Result<Vec<PendingRow>> {
+        self.call(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT id, schedule, trigger, scheduled_at, created_at, app, agent_id, payload, attempts, pid
+                 FROM sends WHERE status = 'pending' ORDER BY id",
+            )?;
+            let rows = statement.query_map([], |r| {
+                let created_at: String = r.get(4)?;
+                Ok(PendingRow {
+                    id: r.get(0)?,
+                    schedule: r.get(1)?,
+                    trigger: r.get(2)?,
+                    scheduled_at: r.get(3)?,
+                    created_at: crate::time::from_db(&created_at).unwrap_or(DateTime::UNIX_EPOCH),
+                    app: r.get(5)?,
+                    agent_id: r.get(6)?,
+                    payload: r.get(7)?,
+                    attempts: r.get(8)?,
+                    pid: r.get(9)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// The latest slot recorded for each schedule (cron and catch-up rows, any status).
+    pub async fn last_slots(&self) -> anyhow::Result<HashMap<String, DateTime<Utc>>> {
+        self.call(|conn| {
+            // Matches the partial unique index, which serves it.
+            let mut statement = conn.prepare(
+                "SELECT schedule, max(scheduled_at) FROM sends
+                 WHERE trigger IN ('cron', 'catch_up') AND status <> 'dry_run' GROUP BY schedule",
+            )?;
+            let rows = statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut last = HashMap::new();
+            for row in rows {
+                let (schedule, at) = row?;
+                if let Some(at) = crate::time::from_db(&at) {
+                    last.insert(schedule, at);
+                }
+            }
+            Ok(last)
+        })
+        .await
+    }
+
+    /// The last moment a daemon was known to run on this database: its latest event or
+    /// scheduled send. `None` when no daemon ever ran here.
+    pub async fn last_alive(&self) -> anyhow::Result<Option<DateTime<Utc>>> {
+        self.call(|conn| {
+            conn.query_row(
+                "SELECT max(at) FROM (SELECT max(at) AS at FROM events
+                     UNION ALL SELECT * FROM (SELECT created_at FROM sends
+                         WHERE trigger IN ('cron', 'catch_up') ORDER BY id DESC LIMIT 1))",
+                [],
+                |r| r.get::<_, Option<String>>(0),
+            )
+        })
+        .await
+        .map(|at| at.as_deref().and_then(crate::time::from_db))
     }
 }

@@ -131,7 +131,7 @@ impl Store {
             stored.token.expose().to_string(),
             stored.expires_at,
         );
-        blocking(move || {
+        let saved = blocking(move || {
             conn.execute(
                 "INSERT INTO access_tokens (corp_id, agent_id, access_token, fetched_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (corp_id, agent_id) DO UPDATE SET access_token = excluded.access_token,
@@ -140,7 +140,12 @@ impl Store {
             )?;
             conn.execute_batch("COMMIT")
         })
-        .await?;
+        .await;
+        if let Err(e) = saved {
+            // The token is good even if it could not be kept: use it, and let the next
+            // process fetch its own.
+            tracing::warn!("could not store the new access token: {e:#}");
+        }
         Ok(Ok(stored))
     }
 }

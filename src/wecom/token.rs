@@ -17,15 +17,6 @@ use crate::store::tokens::StoredToken;
 /// Tokens are used until this long before they expire, so that none expires in flight.
 pub const DEFAULT_SAFETY_MARGIN: Duration = Duration::minutes(5);
 
-/// Why no token could be had.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenFailure {
-    #[error(transparent)]
-    Api(#[from] TokenError),
-    #[error("database: {0:#}")]
-    Store(anyhow::Error),
-}
-
 #[derive(Default)]
 struct Slot {
     current: Mutex<Option<StoredToken>>,
@@ -71,7 +62,7 @@ impl TokenCache {
     }
 
     /// A token for `app`: cached if still fresh, otherwise fetched by exactly one caller.
-    pub async fn get(&self, app: &App) -> Result<AccessToken, TokenFailure> {
+    pub async fn get(&self, app: &App) -> Result<AccessToken, TokenError> {
         let slot = self.slot(app);
         if let Some(token) = self.fresh(&slot) {
             return Ok(token);
@@ -80,23 +71,29 @@ impl TokenCache {
         if let Some(token) = self.fresh(&slot) {
             return Ok(token);
         }
-        let stored = self
-            .store
-            .load_token(&app.corp_id, app.agent_id)
-            .await
-            .map_err(TokenFailure::Store)?;
+        // A database that refuses reads or writes must not stop sending: the token is then
+        // fetched and kept in memory only (still one fetch at a time within this process).
+        let stored = match self.store.load_token(&app.corp_id, app.agent_id).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!("cannot read the cached token: {e:#}");
+                None
+            }
+        };
+        let fetch = || async {
+            tracing::info!(app = %app.name, "fetching a new access token");
+            self.client.get_token(app).await
+        };
         let stored = match stored.filter(|t| t.is_fresh(self.margin, Utc::now())) {
             Some(stored) => stored,
-            None => {
-                let fetch = || async {
-                    tracing::info!(app = %app.name, "fetching a new access token");
-                    self.client.get_token(app).await
-                };
-                self.store
-                    .refresh_token(&app.corp_id, app.agent_id, self.margin, fetch)
-                    .await
-                    .map_err(TokenFailure::Store)??
-            }
+            None => match self.store.refresh_token(&app.corp_id, app.agent_id, self.margin, fetch).await {
+                Ok(result) => result?,
+                Err(e) => {
+                    tracing::warn!("cannot share the token refresh through the database ({e:#}); fetching without it");
+                    let fresh = fetch().await?;
+                    StoredToken { token: fresh.token, expires_at: Utc::now() + chrono::Duration::seconds(fresh.expires_in) }
+                }
+            },
         };
         let token = stored.token.clone();
         *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);

@@ -1,0 +1,221 @@
+//! What must be settled before (and while) schedules are armed, so that nothing is missed
+//! silently and nothing is sent twice:
+//! - sends a crash left `pending`: resent byte for byte while WeCom's duplicate check still
+//!   covers them (so a first attempt that did arrive is dropped, not repeated), else recorded as
+//!   `interrupted`;
+//! - slots that fell while no daemon ran, or while the clock jumped (suspend, NTP step): one
+//!   `missed` row each, and with `catch_up` the latest one sent late as `catch_up`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::timer::{Firing, fire};
+use crate::config::Schedule;
+use crate::store::Store;
+use crate::store::history::{NewSend, PendingRow, Status, Trigger};
+
+/// At most this many missed slots per schedule and gap get a row; older ones are counted in
+/// the log only (a seconds-level schedule down for a day would otherwise write 86,400 rows).
+pub const MISSED_ROWS_MAX: usize = 100;
+
+/// A fire this much later than its due time is treated as missed rather than sent late: the
+/// clock jumped or the machine was suspended.
+pub const LATE_LIMIT: Duration = Duration::seconds(60);
+
+/// A crashed send is resent only this long before its duplicate-check interval ends.
+const RESEND_MARGIN: Duration = Duration::seconds(10);
+
+/// Upper bound on slots examined per schedule and gap (a guard against absurd expressions).
+const SCAN_LIMIT: usize = 1_000_000;
+
+/// What the database remembers of the previous run, read before this run writes anything.
+pub struct Downtime {
+    /// When a daemon last showed signs of life here; `None` on the very first start.
+    last_alive: Option<DateTime<Utc>>,
+    last_slots: HashMap<String, DateTime<Utc>>,
+}
+
+impl Downtime {
+    pub async fn read(store: &Store) -> anyhow::Result<Downtime> {
+        Ok(Downtime { last_alive: store.last_alive().await?, last_slots: store.last_slots().await? })
+    }
+
+    /// Records the slots every schedule missed since the previous run (see [`settle`]).
+    pub async fn settle_all(self, firing: &Arc<Firing>, schedules: &[Arc<Schedule>], now: DateTime<Utc>) {
+        let Some(last_alive) = self.last_alive else { return };
+        for schedule in schedules.iter().filter(|s| s.enabled) {
+            // A slot before the daemon's last sign of life was its to fire; a slot after the
+            // schedule's own last row cannot have been fired.
+            let since = self.last_slots.get(&schedule.name).map_or(last_alive, |last| (*last).max(last_alive));
+            settle(firing, schedule, since, false, now, "while the daemon was not running").await;
+        }
+    }
+}
+
+/// Slots of `schedule` after `from` (or at it, when `inclusive`) that fell due before `now`:
+/// the latest [`MISSED_ROWS_MAX`] of them, and how many there were.
+pub fn overdue(schedule: &Schedule, from: DateTime<Utc>, inclusive: bool, now: DateTime<Utc>) -> (Vec<DateTime<Utc>>, usize) {
+    let mut latest = VecDeque::with_capacity(MISSED_ROWS_MAX);
+    let mut total = 0;
+    let mut next = if inclusive { schedule.cron.next_from(from, schedule.zone) } else { schedule.cron.next_after(from, schedule.zone) };
+    while let Some(slot) = next.filter(|s| schedule.due(*s) < now) {
+        if latest.len() == MISSED_ROWS_MAX {
+            latest.pop_front();
+        }
+        latest.push_back(slot);
+        total += 1;
+        if total >= SCAN_LIMIT {
+            break;
+        }
+        next = schedule.cron.next_after(slot, schedule.zone);
+    }
+    (latest.into(), total)
+}
+
+/// Records the overdue slots of `schedule` as `missed`, except the latest when it is still
+/// inside the schedule's `catch_up` window: that one is sent now, late, as `catch_up`.
+pub async fn settle(firing: &Arc<Firing>, schedule: &Arc<Schedule>, from: DateTime<Utc>, inclusive: bool, now: DateTime<Utc>, why: &str) {
+    let (mut slots, total) = overdue(schedule, from, inclusive, now);
+    let (Some(first), Some(last)) = (slots.first().copied(), slots.last().copied()) else { return };
+    let catch_up = schedule.catch_up.is_some_and(|window| now - last <= window);
+    if catch_up {
+        slots.pop();
+    }
+    let app = firing.apps.read().unwrap_or_else(|p| p.into_inner()).get(&schedule.app).cloned();
+    let agent_id = app.as_ref().map_or(0, |a| a.agent_id);
+    let rows: Vec<NewSend> = slots
+        .iter()
+        .map(|slot| {
+            let (content, payload) = schedule.body_at(agent_id, *slot);
+            NewSend {
+                schedule: schedule.name.clone(),
+                trigger: Trigger::Cron,
+                scheduled_at: *slot,
+                app: schedule.app.clone(),
+                agent_id,
+                msgtype: content.msgtype().to_string(),
+                payload,
+                status: Status::Missed,
+            }
+        })
+        .collect();
+    let recorded = firing.dispatcher.store().record_missed(rows).await;
+    let mut note = format!(
+        "schedule \"{}\" missed {total} slot(s) {why}, from {} to {}",
+        schedule.name,
+        crate::time::to_db(first),
+        crate::time::to_db(last)
+    );
+    if total > MISSED_ROWS_MAX {
+        note.push_str(&format!("; only the latest {MISSED_ROWS_MAX} are recorded"));
+    }
+    if catch_up {
+        note.push_str("; the latest is sent now, late, as catch_up");
+    }
+    match recorded {
+        Ok(_) => tracing::warn!("{note}"),
+        Err(e) => tracing::error!("{note}; and the missed slots could not be recorded: {e:#}"),
+    }
+    if catch_up {
+        firing.inflight.spawn(fire(firing.clone(), schedule.clone(), last, Trigger::CatchUp));
+    }
+}
+
+/// Resends or closes every row a crash left `pending`.
+pub async fn resume_pending(firing: &Arc<Firing>, now: DateTime<Utc>) {
+    let rows = match firing.dispatcher.store().pending_rows().await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!("cannot look for sends left in flight by a crash: {e:#}");
+            return;
+        }
+    };
+    for row in rows {
+        if row.pid.is_some_and(|pid| pid != i64::from(std::process::id()) && process_alive(pid)) {
+            tracing::info!(id = row.id, pid = row.pid, "a pending send belongs to a process that is still running; leaving it to that process");
+            continue;
+        }
+        resume_one(firing, row, now).await;
+    }
+}
+
+async fn resume_one(firing: &Arc<Firing>, row: PendingRow, now: DateTime<Utc>) {
+    let interval = serde_json::from_str::<serde_json::Value>(&row.payload)
+        .ok()
+        .and_then(|body| body.get("duplicate_check_interval")?.as_u64())
+        .and_then(|s| u32::try_from(s).ok())
+        .unwrap_or(crate::config::DEFAULT_DUPLICATE_CHECK_INTERVAL);
+    let app = firing.apps.read().unwrap_or_else(|p| p.into_inner()).get(&row.app).cloned().filter(|a| a.agent_id == row.agent_id);
+    let safe_until = row.created_at + Duration::seconds(i64::from(interval)) - RESEND_MARGIN;
+    let what = format!("send #{} of schedule \"{}\" (slot {})", row.id, row.schedule, row.scheduled_at);
+    match app {
+        Some(app) if now < safe_until && !firing.dispatcher.is_dry_run() => {
+            tracing::warn!("{what} was in flight when the daemon died; resending the stored body (WeCom's duplicate check drops it if the first attempt arrived)");
+            let dispatcher = firing.dispatcher.clone();
+            firing.inflight.spawn(async move {
+                dispatcher.resume(&row, &app, interval).await;
+            });
+        }
+        app => {
+            let reason = if app.is_none() { "its app is no longer configured" } else { "its duplicate-check interval has passed, so a resend could deliver it twice" };
+            tracing::error!("{what} was in flight when the daemon died and cannot be resent safely ({reason}); it is recorded as interrupted: it may or may not have arrived, check with its recipients");
+            if let Err(e) = firing.dispatcher.store().interrupt(row.id).await {
+                tracing::error!("could not record send #{} as interrupted: {e:#}", row.id);
+            }
+        }
+    }
+}
+
+fn process_alive(pid: i64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: signal 0 only checks whether the process exists; nothing is delivered.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Secrets, parse};
+    use std::path::Path;
+
+    fn schedule(cron: &str, extra: &str) -> Schedule {
+        let text = format!(
+            "timezone: UTC\napps:\n  ops: {{ corp_id: ww1, agent_id: 1, secret: s }}\nschedules:\n  - {{ name: s, cron: '{cron}', to: {{ users: [u] }}, text: {{ content: 'x {{{{ time }}}}' }}{extra} }}\n"
+        );
+        parse(&text, Path::new("/tmp/x.yaml"), Secrets::Required).unwrap().schedules[0].as_ref().clone()
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        crate::time::from_db(text).unwrap()
+    }
+
+    #[test]
+    fn overdue_slots_are_bounded_and_exclusive_of_the_start() {
+        let s = schedule("*/10 * * * *", "");
+        let (slots, total) = overdue(&s, at("2026-11-28T10:00:00Z"), false, at("2026-11-28T10:35:00Z"));
+        assert_eq!(total, 3);
+        assert_eq!(slots, [at("2026-11-28T10:10:00Z"), at("2026-11-28T10:20:00Z"), at("2026-11-28T10:30:00Z")]);
+        let (slots, total) = overdue(&s, at("2026-11-28T10:00:00Z"), true, at("2026-11-28T10:35:00Z"));
+        assert_eq!((slots.len(), total), (4, 4));
+        let every_second = schedule("* * * * * *", "");
+        let (slots, total) = overdue(&every_second, at("2026-11-28T00:00:00Z"), false, at("2026-11-29T00:00:00Z"));
+        assert_eq!((slots.len(), total), (MISSED_ROWS_MAX, 86_399));
+        assert_eq!(slots.last(), Some(&at("2026-11-28T23:59:59Z")));
+    }
+
+    #[test]
+    fn a_jittered_slot_is_overdue_only_once_its_due_time_passed() {
+        let s = schedule("*/10 * * * *", ", jitter: 5m");
+        let slot = at("2026-11-28T10:10:00Z");
+        let due = s.due(slot);
+        assert!(due >= slot && due < slot + Duration::minutes(5));
+        assert_eq!(s.due(slot), due, "the offset is stable");
+        let (slots, _) = overdue(&s, at("2026-11-28T10:00:00Z"), false, due);
+        assert!(slots.is_empty());
+        let (slots, _) = overdue(&s, at("2026-11-28T10:00:00Z"), false, due + Duration::seconds(1));
+        assert_eq!(slots, [slot]);
+    }
+}

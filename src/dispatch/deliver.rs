@@ -1,0 +1,212 @@
+//! Sending one body until WeCom accepts it, fails for good, or the retry budget is spent.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Dispatcher;
+use crate::config::App;
+use crate::store::history::{Finish, Status};
+use crate::wecom::client::{AccessToken, Reply, TokenError, Transport};
+use crate::wecom::error::{ErrorClass, classify, describe};
+
+/// One attempt's result, before the policy decides what to do about it.
+enum Attempt {
+    Answer(Reply, AccessToken),
+    Token(TokenError),
+    Transport(Transport),
+}
+
+impl Dispatcher {
+    /// Sends `payload` until it is accepted, fails for good, or the retry budget is spent.
+    /// `id` is the row to count attempts in (none when it could not be written);
+    /// `previous_attempts` continues the count of a resumed row.
+    pub async fn deliver(
+        &self,
+        id: Option<i64>,
+        previous_attempts: u32,
+        app: &App,
+        payload: &str,
+        duplicate_check_interval: u32,
+    ) -> Finish {
+        let started = Instant::now();
+        let gate = self.gate(app);
+        let mut first_ambiguous: Option<Instant> = None;
+        let mut refreshed_token = false;
+        let mut attempts = previous_attempts;
+        loop {
+            gate.wait().await;
+            attempts += 1;
+            if let Some(id) = id
+                && let Err(e) = self.store.set_attempts(id, attempts).await
+            {
+                tracing::warn!(id, error = %format!("{e:#}"), "could not count an attempt in the history");
+            }
+            let attempt = self.attempt(app, payload).await;
+            let (delay, failure) = match attempt {
+                Attempt::Answer(reply, token) => match classify(reply.errcode) {
+                    ErrorClass::Ok => return Finish::from_reply(attempts, reply),
+                    ErrorClass::RefreshToken if !refreshed_token => {
+                        // WeCom may invalidate a token early; fetch a new one and retry once,
+                        // with a URL built afresh around the new token.
+                        refreshed_token = true;
+                        if let Err(e) = self.tokens.invalidate(app, &token).await {
+                            tracing::warn!(error = %format!("{e:#}"), "could not drop the rejected token");
+                        }
+                        continue;
+                    }
+                    ErrorClass::Busy => (
+                        self.policy.backoff(attempts),
+                        Finish::from_reply(attempts, reply),
+                    ),
+                    ErrorClass::RateLimited => {
+                        let pause = self.policy.rate_limit_backoff();
+                        gate.pause(pause);
+                        (pause, Finish::from_reply(attempts, reply))
+                    }
+                    ErrorClass::RefreshToken | ErrorClass::Permanent => {
+                        return Finish::from_reply(attempts, reply);
+                    }
+                },
+                Attempt::Token(TokenError::WeCom { errcode, errmsg }) => {
+                    let failure = Finish::wecom_error(attempts, errcode, errmsg);
+                    match classify(errcode) {
+                        ErrorClass::Busy => (self.policy.backoff(attempts), failure),
+                        ErrorClass::RateLimited => {
+                            let pause = self.policy.rate_limit_backoff();
+                            gate.pause(pause);
+                            (pause, failure)
+                        }
+                        _ => return failure,
+                    }
+                }
+                Attempt::Token(TokenError::NoSecret(field)) => {
+                    return Finish::local_error(
+                        attempts,
+                        format!("the app's secret ({field}) is not available"),
+                    );
+                }
+                Attempt::Token(failure) => (
+                    self.policy.backoff(attempts),
+                    Finish::local_error(attempts, failure.to_string()),
+                ),
+                Attempt::Transport(transport) => {
+                    if transport.maybe_delivered {
+                        first_ambiguous.get_or_insert_with(Instant::now);
+                    }
+                    (
+                        self.policy.backoff(attempts),
+                        Finish::local_error(attempts, transport.detail),
+                    )
+                }
+            };
+            if let Some(reason) = self.give_up(
+                attempts - previous_attempts,
+                started,
+                first_ambiguous,
+                delay,
+                duplicate_check_interval,
+            ) {
+                tracing::warn!(id, attempts, "giving up: {reason}");
+                return failure;
+            }
+            tracing::info!(id, attempts, delay_ms = delay.as_millis() as u64, reason = %failure_reason(&failure), "send failed, retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn give_up(
+        &self,
+        attempts: u32,
+        started: Instant,
+        first_ambiguous: Option<Instant>,
+        delay: Duration,
+        duplicate_check_interval: u32,
+    ) -> Option<String> {
+        if attempts >= self.policy.max_attempts {
+            return Some(format!("{attempts} attempts made"));
+        }
+        if started.elapsed() + delay > self.policy.max_elapsed {
+            return Some(format!(
+                "retry budget of {}s spent",
+                self.policy.max_elapsed.as_secs()
+            ));
+        }
+        if let Some(first) = first_ambiguous
+            && first.elapsed() + delay >= self.policy.ambiguous_window(duplicate_check_interval)
+        {
+            return Some("an earlier attempt may have arrived, and a resend after the duplicate-check interval could deliver it twice".to_string());
+        }
+        None
+    }
+
+    async fn attempt(&self, app: &App, payload: &str) -> Attempt {
+        let token = match self.tokens.get(app).await {
+            Ok(token) => token,
+            Err(failure) => return Attempt::Token(failure),
+        };
+        match self.client.send(app, &token, payload).await {
+            Ok(reply) => Attempt::Answer(reply, token),
+            Err(transport) => Attempt::Transport(transport),
+        }
+    }
+}
+
+impl Finish {
+    /// A finished row without a WeCom answer.
+    pub fn new(status: Status, attempts: u32) -> Finish {
+        Finish {
+            status,
+            attempts,
+            errcode: None,
+            errmsg: None,
+            msgid: None,
+            invaliduser: None,
+            invalidparty: None,
+            invalidtag: None,
+            unlicenseduser: None,
+        }
+    }
+
+    fn from_reply(attempts: u32, reply: Reply) -> Finish {
+        let status = match (reply.errcode, reply.has_rejected_recipients()) {
+            (0, false) => Status::Sent,
+            (0, true) => Status::Partial,
+            _ => Status::Failed,
+        };
+        let nonempty = |list: Option<String>| list.filter(|l| !l.is_empty());
+        Finish {
+            status,
+            attempts,
+            errcode: Some(reply.errcode),
+            errmsg: Some(reply.errmsg),
+            msgid: nonempty(reply.msgid),
+            invaliduser: nonempty(reply.invaliduser),
+            invalidparty: nonempty(reply.invalidparty),
+            invalidtag: nonempty(reply.invalidtag),
+            unlicenseduser: nonempty(reply.unlicenseduser),
+        }
+    }
+
+    pub(super) fn wecom_error(attempts: u32, errcode: i64, errmsg: String) -> Finish {
+        Finish {
+            errcode: Some(errcode),
+            errmsg: Some(errmsg),
+            ..Finish::new(Status::Failed, attempts)
+        }
+    }
+
+    pub(super) fn local_error(attempts: u32, detail: String) -> Finish {
+        Finish {
+            errmsg: Some(detail),
+            ..Finish::new(Status::Failed, attempts)
+        }
+    }
+}
+
+fn failure_reason(finish: &Finish) -> String {
+    match finish.errcode {
+        Some(errcode) => describe(errcode, finish.errmsg.as_deref().unwrap_or("")),
+        None => finish.errmsg.clone().unwrap_or_default(),
+    }
+}

@@ -1,0 +1,257 @@
+//! One fire of a schedule: render → claim the row → send with retries → record the outcome.
+//!
+//! The row is written *before* the HTTP call (`pending`), so a crash leaves evidence, and for
+//! cron slots the write is the at-most-once gate. The body is rendered once and every retry
+//! resends it byte for byte, which is what lets WeCom's duplicate check absorb a retry of a
+//! message that had in fact arrived.
+//!
+//! When the database refuses writes (locked, read-only, disk full), the daemon still sends —
+//! WeCom's duplicate check guards against a second sender of the same body — and keeps the rows
+//! in memory until the database takes them ([`journal`]); the `send` command refuses instead.
+
+mod deliver;
+mod journal;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+
+use crate::config::{App, Schedule};
+use crate::gate::{AppGate, Audience};
+use crate::retry::RetryPolicy;
+use crate::store::Store;
+use crate::store::history::{Claim, Finish, NewSend, PendingRow, Status, Trigger};
+use crate::wecom::Client;
+use crate::wecom::error::describe;
+use crate::wecom::token::TokenCache;
+use journal::Unwritten;
+
+/// What became of one fire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fired {
+    /// The row was written and the send ran to an end (any status).
+    Done(Box<SendOutcome>),
+    /// Another fire already holds this slot; nothing was sent.
+    Taken,
+}
+
+/// The finished row of a send, as `send` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// The history id; `None` while the row could not be written yet.
+    pub id: Option<i64>,
+    pub payload: String,
+    pub finish: Finish,
+}
+
+impl SendOutcome {
+    /// One line for the terminal and the log, with advice for a known errcode.
+    pub fn summary(&self) -> String {
+        let f = &self.finish;
+        let id = self.id.map_or_else(|| "(not recorded yet)".to_string(), |id| id.to_string());
+        let mut line = format!("history id {id}: {} after {} attempt(s)", f.status.as_str(), f.attempts);
+        if let Some(errcode) = f.errcode {
+            line.push_str(&format!(
+                ", {}",
+                describe(errcode, f.errmsg.as_deref().unwrap_or(""))
+            ));
+        } else if let Some(errmsg) = &f.errmsg {
+            line.push_str(&format!(", {errmsg}"));
+        }
+        if let Some(msgid) = &f.msgid {
+            line.push_str(&format!(", msgid {msgid}"));
+        }
+        for (what, list) in [
+            ("invalid users", &f.invaliduser),
+            ("invalid parties", &f.invalidparty),
+            ("invalid tags", &f.invalidtag),
+            ("unlicensed users", &f.unlicenseduser),
+        ] {
+            if let Some(list) = list.as_deref().filter(|l| !l.is_empty()) {
+                line.push_str(&format!(", {what}: {list}"));
+            }
+        }
+        line
+    }
+}
+
+/// Sends messages: shared by the daemon's timers and the `send` command.
+pub struct Dispatcher {
+    store: Store,
+    client: Client,
+    tokens: TokenCache,
+    policy: RetryPolicy,
+    dry_run: bool,
+    /// Send even when the history row cannot be written first (the daemon); the `send`
+    /// command, with an operator watching, refuses instead.
+    send_unrecorded: bool,
+    gates: Mutex<HashMap<(String, i64), Arc<AppGate>>>,
+    /// Rows claimed and not yet finished by this process.
+    inflight: Mutex<HashSet<i64>>,
+    /// Rows the database refused, kept until it takes them.
+    unwritten: Mutex<Vec<Unwritten>>,
+}
+
+impl Dispatcher {
+    pub fn new(store: Store, client: Client, tokens: TokenCache, policy: RetryPolicy, dry_run: bool) -> Dispatcher {
+        Dispatcher {
+            store,
+            client,
+            tokens,
+            policy,
+            dry_run,
+            send_unrecorded: false,
+            gates: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashSet::new()),
+            unwritten: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Lets fires go ahead when their row cannot be written first (see the module docs).
+    pub fn sending_unrecorded(mut self, yes: bool) -> Dispatcher {
+        self.send_unrecorded = yes;
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn tokens(&self) -> &TokenCache {
+        &self.tokens
+    }
+
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    fn gate(&self, app: &App) -> Arc<AppGate> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        gates.entry((app.corp_id.clone(), app.agent_id)).or_default().clone()
+    }
+
+    fn track(&self, id: Option<i64>, inflight: bool) {
+        let Some(id) = id else { return };
+        let mut set = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if inflight {
+            set.insert(id);
+        } else {
+            set.remove(&id);
+        }
+    }
+
+    /// Marks the rows still in flight as `interrupted` (shutdown gave up waiting for them).
+    pub async fn interrupt_inflight(&self) -> usize {
+        let ids: Vec<i64> = self.inflight.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+        let mut interrupted = 0;
+        for id in ids {
+            match self.store.interrupt(id).await {
+                Ok(true) => interrupted += 1,
+                Ok(false) => {}
+                Err(e) => tracing::error!(id, "could not mark the send interrupted: {e:#}"),
+            }
+        }
+        interrupted
+    }
+
+    /// Fires `schedule` for `slot`. Errors are database errors only (and only when sending
+    /// unrecorded is not allowed): every WeCom or network failure ends as a `failed` row.
+    pub async fn fire(&self, schedule: &Schedule, app: &App, slot: DateTime<Utc>, trigger: Trigger) -> anyhow::Result<Fired> {
+        let (content, payload) = schedule.body_at(app.agent_id, slot);
+        let new = NewSend {
+            schedule: schedule.name.clone(),
+            trigger,
+            scheduled_at: slot,
+            app: app.name.clone(),
+            agent_id: app.agent_id,
+            msgtype: content.msgtype().to_string(),
+            payload: payload.clone(),
+            status: if self.dry_run { Status::DryRun } else { Status::Pending },
+        };
+        let slot_text = crate::time::to_db(slot);
+        let id = match self.store.claim(new.clone()).await {
+            Ok(Claim::Claimed(id)) => Some(id),
+            Ok(Claim::Taken) => {
+                tracing::debug!(schedule = %schedule.name, slot = %slot_text, "slot already claimed; not sending it again");
+                return Ok(Fired::Taken);
+            }
+            Err(e) if self.send_unrecorded && !self.dry_run => {
+                tracing::error!(schedule = %schedule.name, slot = %slot_text,
+                    "cannot write the history row before sending ({e:#}); sending anyway and recording it once the database accepts writes");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        if self.dry_run {
+            tracing::info!(schedule = %schedule.name, slot = %slot_text, id, body = %payload, "dry run: not sending");
+            let finish = Finish::new(Status::DryRun, 0);
+            return Ok(Fired::Done(Box::new(SendOutcome { id, payload, finish })));
+        }
+        let waited = self.gate(app).admit(Arc::new(Audience::of(&schedule.to))).await;
+        if !waited.is_zero() {
+            tracing::info!(schedule = %schedule.name, slot = %slot_text, waited_s = waited.as_secs(),
+                "held back to stay within WeCom's per-member limits (30 a minute, 1000 an hour)");
+        }
+        self.track(id, true);
+        let finish = self.deliver(id, 0, app, &payload, schedule.duplicate_check_interval).await;
+        let id = self.record(id, new, &finish).await;
+        Ok(Fired::Done(Box::new(self.finished(&schedule.name, slot, id, payload, finish))))
+    }
+
+    /// Resends a row a crash left `pending`, byte for byte, continuing its attempt count.
+    pub async fn resume(&self, row: &PendingRow, app: &App, duplicate_check_interval: u32) -> SendOutcome {
+        self.track(Some(row.id), true);
+        let finish = self.deliver(Some(row.id), row.attempts, app, &row.payload, duplicate_check_interval).await;
+        let recorded = self.store.finish(row.id, finish.clone()).await;
+        if let Err(e) = recorded {
+            self.keep_unwritten(Unwritten::Finish(row.id, finish.clone()), &e);
+        }
+        self.track(Some(row.id), false);
+        let slot = crate::time::from_db(&row.scheduled_at).unwrap_or_default();
+        self.finished(&row.schedule, slot, Some(row.id), row.payload.clone(), finish)
+    }
+
+    /// Writes the outcome: finishes the claimed row, or inserts the whole row if there was none.
+    async fn record(&self, id: Option<i64>, new: NewSend, finish: &Finish) -> Option<i64> {
+        let recorded = match id {
+            Some(id) => self.store.finish(id, finish.clone()).await.map(|()| Some(id)),
+            None => self.store.insert_finished(new.clone(), finish.clone()).await.map(|claim| match claim {
+                Claim::Claimed(id) => Some(id),
+                Claim::Taken => None,
+            }),
+        };
+        self.track(id, false);
+        match recorded {
+            Ok(written) => written,
+            Err(e) => {
+                let pending = match id {
+                    Some(id) => Unwritten::Finish(id, finish.clone()),
+                    None => Unwritten::Row(new, finish.clone()),
+                };
+                self.keep_unwritten(pending, &e);
+                id
+            }
+        }
+    }
+
+    fn finished(&self, schedule: &str, slot: DateTime<Utc>, id: Option<i64>, payload: String, finish: Finish) -> SendOutcome {
+        let outcome = SendOutcome { id, payload, finish };
+        log_outcome(schedule, slot, &outcome);
+        outcome
+    }
+}
+
+fn log_outcome(schedule: &str, slot: DateTime<Utc>, outcome: &SendOutcome) {
+    let slot = crate::time::to_db(slot);
+    let f = &outcome.finish;
+    match f.status {
+        Status::Sent => {
+            tracing::info!(schedule, %slot, id = outcome.id, attempts = f.attempts, msgid = f.msgid.as_deref().unwrap_or(""), "sent")
+        }
+        Status::Partial => {
+            tracing::warn!(schedule, %slot, "partially delivered: {}", outcome.summary())
+        }
+        _ => tracing::error!(schedule, %slot, "send failed: {}", outcome.summary()),
+    }
+}
