@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod history;
+pub mod query;
 pub mod tokens;
 
 use std::fs::OpenOptions;
@@ -20,18 +21,27 @@ use rusqlite_migration::{M, Migrations};
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The schema, one entry per folder under `migrations/`.
-const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../../migrations/01-initial/up.sql"))];
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(include_str!("../../migrations/01-initial/up.sql")),
+    M::up(include_str!("../../migrations/02-recall/up.sql")),
+];
 
 /// The database, shared by every task of the process.
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    busy_timeout: Duration,
 }
 
 impl Store {
     /// Opens (creating with mode 0600 if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
+        Store::open_with_busy_timeout(path, BUSY_TIMEOUT)
+    }
+
+    /// [`Store::open`] with another [`BUSY_TIMEOUT`] (tests of a locked database).
+    pub fn open_with_busy_timeout(path: &Path, busy_timeout: Duration) -> anyhow::Result<Store> {
         // The file holds live access tokens: nobody else may read it. SQLite gives the -wal
         // and -shm files the same mode as the database file.
         let file = OpenOptions::new()
@@ -53,7 +63,7 @@ impl Store {
         // SQLite's own fcntl locks) makes the second wait until the first is done.
         file.lock()
             .with_context(|| format!("cannot lock database {}", path.display()))?;
-        let mut conn = connect(path)?;
+        let mut conn = connect(path, busy_timeout)?;
         Migrations::from_slice(MIGRATIONS)
             .to_latest(&mut conn)
             .with_context(|| format!("cannot migrate database {}", path.display()))?;
@@ -61,6 +71,7 @@ impl Store {
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
+            busy_timeout,
         })
     }
 
@@ -88,14 +99,14 @@ impl Store {
     /// Opens a second connection to the same file, for work that must hold a transaction across
     /// an await (the cross-process token refresh) without blocking the shared connection.
     pub fn connect_separately(&self) -> anyhow::Result<Connection> {
-        connect(&self.path)
+        connect(&self.path, self.busy_timeout)
     }
 }
 
-fn connect(path: &Path) -> anyhow::Result<Connection> {
+fn connect(path: &Path, busy_timeout: Duration) -> anyhow::Result<Connection> {
     let conn = Connection::open(path)
         .with_context(|| format!("cannot open database {}", path.display()))?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.busy_timeout(busy_timeout)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;

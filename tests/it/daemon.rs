@@ -2,50 +2,10 @@
 //! SIGHUP, stopping on SIGTERM, and talking sd_notify to a socket the test binds.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use crate::support::*;
-
-const SIGHUP: i32 = libc::SIGHUP;
-const SIGTERM: i32 = libc::SIGTERM;
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A schedule firing every 2 seconds whose body names its slot, so that WeCom's duplicate check
-/// can never hide a second send of the same slot.
-fn every_two_seconds(name: &str, text: &str) -> String {
-    format!(
-        "  - {{ name: {name}, cron: '*/2 * * * * *', to: {{ users: [u] }}, duplicate_check_interval: 1, text: {{ content: '{text} {{{{ slot:%H:%M:%S }}}}' }} }}\n"
-    )
-}
-
-fn slots(env: &Env, schedule: &str) -> Vec<DateTime<Utc>> {
-    env.column(&format!(
-        "SELECT scheduled_at FROM sends WHERE schedule = '{schedule}' ORDER BY scheduled_at"
-    ))
-    .iter()
-    .map(|s| {
-        DateTime::parse_from_rfc3339(s)
-            .expect("timestamp")
-            .with_timezone(&Utc)
-    })
-    .collect()
-}
-
-/// Message texts received by the fake, in arrival order.
-fn texts(env: &Env) -> Vec<String> {
-    env.fake
-        .messages()
-        .iter()
-        .map(|m| {
-            m.json["text"]["content"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect()
-}
 
 async fn stop(daemon: &mut Daemon) {
     daemon.signal(SIGTERM);
@@ -64,7 +24,7 @@ async fn each_slot_is_fired_once_at_the_instant_the_cron_names() {
     .await;
     stop(&mut daemon).await;
 
-    let slots = slots(&env, "tick");
+    let slots = env.slots( "tick");
     assert!(slots.len() >= 3);
     for pair in slots.windows(2) {
         assert_eq!(
@@ -110,10 +70,10 @@ async fn two_daemons_on_one_database_send_each_slot_once() {
         env.fake.send_calls(),
         rows,
         "one request per slot: {:?}",
-        texts(&env)
+        env.texts()
     );
     let mut per_text: BTreeMap<String, usize> = BTreeMap::new();
-    for text in texts(&env) {
+    for text in env.texts() {
         *per_text.entry(text).or_default() += 1;
     }
     assert!(
@@ -147,7 +107,7 @@ async fn a_slow_send_does_not_delay_the_next_slot() {
         env.count("SELECT count(*) FROM sends WHERE status = 'pending'"),
         0
     );
-    let slots = slots(&env, "tick");
+    let slots = env.slots( "tick");
     assert!(
         slots.windows(2).all(|p| (p[1] - p[0]).num_seconds() == 2),
         "{slots:?}"
@@ -166,7 +126,7 @@ async fn sighup_adds_removes_and_changes_schedules() {
     env.write_schedules(&before);
     let mut daemon = env.spawn_daemon(&[]);
     eventually(WAIT, "all three fire", || {
-        let t = texts(&env);
+        let t = env.texts();
         ["keep", "drop", "old"]
             .iter()
             .all(|p| t.iter().any(|x| x.starts_with(p)))
@@ -189,7 +149,7 @@ async fn sighup_adds_removes_and_changes_schedules() {
     // After the reload (and a slot of grace for a send already in flight), exactly the new set.
     let grace = reloaded_at + chrono::Duration::seconds(2);
     let late = |schedule: &str| {
-        slots(&env, schedule)
+        env.slots( schedule)
             .into_iter()
             .filter(|s| *s > grace)
             .count()
@@ -210,7 +170,7 @@ async fn sighup_adds_removes_and_changes_schedules() {
         .filter(|m| m.at > std::time::SystemTime::from(grace) && m.raw.contains("old "))
         .count();
     assert_eq!(old_late, 0, "a changed schedule sends its new text");
-    let keep = slots(&env, "keep");
+    let keep = env.slots( "keep");
     assert!(
         keep.windows(2).all(|p| (p[1] - p[0]).num_seconds() == 2),
         "an unchanged schedule keeps its rhythm: {keep:?}"
@@ -260,13 +220,13 @@ async fn sighup_with_a_broken_file_keeps_the_old_config_running() {
         "{}",
         daemon.logs()
     );
-    let slots = slots(&env, "tick");
+    let slots = env.slots( "tick");
     assert!(
         slots.windows(2).all(|p| (p[1] - p[0]).num_seconds() == 2),
         "firing went on untouched: {slots:?}"
     );
     assert!(
-        texts(&env).iter().all(|t| t.starts_with("tick")),
+        env.texts().iter().all(|t| t.starts_with("tick")),
         "the old text is still sent"
     );
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 pub use fake_wecom::{Chaos, FakeWeCom, Outcome, Received, Reply};
 use std::sync::Arc;
 use tempfile::TempDir;
+use tokio::sync::mpsc;
 use wecom_notify::config::{self, Config, Secrets};
+use wecom_notify::daemon;
 use wecom_notify::dispatch::Dispatcher;
 use wecom_notify::retry::RetryPolicy;
 use wecom_notify::store::Store;
@@ -36,9 +38,54 @@ pub const CORP: &str = "wwfakecorp000001";
 pub const SECRET: &str = "S3cr3t-do-not-leak-4f9a2c";
 pub const AGENT: i64 = 1000002;
 
+pub const SIGHUP: i32 = libc::SIGHUP;
+pub const SIGTERM: i32 = libc::SIGTERM;
+pub const SIGKILL: i32 = libc::SIGKILL;
+/// How long a test waits for something that should take a few seconds.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A schedule firing every 2 seconds whose body names its slot, so that WeCom's duplicate check
+/// can never hide a second send of the same slot.
+pub fn every_two_seconds(name: &str, text: &str) -> String {
+    every(name, "*/2 * * * * *", text, "duplicate_check_interval: 1")
+}
+
+/// A schedule item with `cron`, a body naming its slot, and `extra` keys (`a: 1, b: 2`).
+pub fn every(name: &str, cron: &str, text: &str, extra: &str) -> String {
+    let extra = if extra.is_empty() { String::new() } else { format!(", {extra}") };
+    format!(
+        "  - {{ name: {name}, cron: '{cron}', to: {{ users: [u] }}{extra}, text: {{ content: '{text} {{{{ slot:%H:%M:%S }}}}' }} }}\n"
+    )
+}
+
 /// The binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_wecom-notify")
+}
+
+/// The daemon running inside the test process (`wecom_notify::daemon::run`), for tests that
+/// need to reach into it: a short database busy timeout, a fast retry policy, its dispatcher.
+pub struct InProcess {
+    pub dispatcher: Arc<Dispatcher>,
+    reload: mpsc::UnboundedSender<()>,
+    stop: mpsc::UnboundedSender<()>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    pub fn reload(&self) {
+        self.reload.send(()).expect("daemon running");
+    }
+
+    /// Stops the daemon gracefully and waits for it.
+    pub async fn stop(self) {
+        self.stop.send(()).expect("daemon running");
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("the daemon stops")
+            .expect("join")
+            .expect("the daemon ran");
+    }
 }
 
 /// A temporary folder holding a config, a secret file and a database, and the fake WeCom.
@@ -146,6 +193,20 @@ impl Env {
         Arc::new(Dispatcher::new(store, client, tokens, policy, false))
     }
 
+    /// Runs the daemon in this process on this folder's config and database.
+    pub fn start_in_process(&self, policy: RetryPolicy, busy_timeout: Duration) -> InProcess {
+        let config = self.load();
+        let store = Store::open_with_busy_timeout(&self.db_path(), busy_timeout).expect("open store");
+        let client = Client::new().expect("http client");
+        let tokens = TokenCache::new(store.clone(), client.clone());
+        let dispatcher = Arc::new(Dispatcher::new(store, client, tokens, policy, false).sending_unrecorded(true));
+        let (reload, reloads) = mpsc::unbounded_channel();
+        let (stop, stops) = mpsc::unbounded_channel();
+        let options = daemon::Options { dry_run: false, stop_timeout: Duration::from_secs(20) };
+        let handle = tokio::spawn(daemon::run(config, dispatcher.clone(), options, daemon::Control { reloads, stops }));
+        InProcess { dispatcher, reload, stop, handle }
+    }
+
     /// A connection to the test database.
     pub fn db(&self) -> rusqlite::Connection {
         let conn = rusqlite::Connection::open(self.db_path()).expect("open db");
@@ -160,6 +221,19 @@ impl Env {
             return 0;
         }
         self.db().query_row(sql, [], |r| r.get(0)).unwrap_or(0)
+    }
+
+    /// The `scheduled_at` of every row of `schedule`, in order.
+    pub fn slots(&self, schedule: &str) -> Vec<chrono::DateTime<chrono::Utc>> {
+        self.column(&format!("SELECT scheduled_at FROM sends WHERE schedule = '{schedule}' ORDER BY scheduled_at"))
+            .iter()
+            .map(|s| chrono::DateTime::parse_from_rfc3339(s).expect("timestamp").to_utc())
+            .collect()
+    }
+
+    /// Text messages delivered by the fake, in arrival order.
+    pub fn texts(&self) -> Vec<String> {
+        self.fake.messages().iter().map(|m| m.json["text"]["content"].as_str().unwrap_or_default().to_string()).collect()
     }
 
     /// First column of every row, as text.
