@@ -125,6 +125,31 @@ impl CronSpec {
         self.fixed_time
     }
 
+    /// For a *workday schedule* — day-of-month `*`, and a day-of-week field that takes every
+    /// day from Monday to Friday but not every day — the same expression on every day of the
+    /// week: its times of day on a regular workday, for make-up workdays (调休).
+    pub fn workday_variant(&self) -> Option<CronSpec> {
+        let fields: Vec<&str> = self.expr.split_whitespace().collect();
+        if self.expr.starts_with('@') || !matches!(fields.len(), 5 | 6) {
+            return None;
+        }
+        let (dom, dow) = (fields.len() - 3, fields.len() - 1);
+        if !matches!(fields[dom], "*" | "?") {
+            return None;
+        }
+        // 2024-01-01 was a Monday: with day-of-month `*`, the pattern's day match is its
+        // day-of-week match.
+        let matches = |day: u32| self.cron.pattern.day_match(2024, 1, day).unwrap_or(false);
+        let workdays = (1..=5).all(matches);
+        let every_day = (1..=7).all(matches);
+        if !workdays || every_day {
+            return None;
+        }
+        let mut all_days = fields.clone();
+        all_days[dow] = "*";
+        CronSpec::parse(&all_days.join(" ")).ok()
+    }
+
     /// The first slot strictly after `after`, read in `zone`.
     pub fn next_after(&self, after: DateTime<Utc>, zone: Tz) -> Option<DateTime<Utc>> {
         self.next_slot(after, false, zone)
@@ -349,6 +374,32 @@ mod tests {
                 "2026-11-28T00:01:00Z"
             ]
         );
+    }
+
+    #[test]
+    fn workday_schedules_have_an_every_day_variant() {
+        let variant = CronSpec::parse("30 9 * * 1-5")
+            .unwrap()
+            .workday_variant()
+            .unwrap();
+        assert_eq!(variant.as_str(), "30 9 * * *");
+        assert_eq!(
+            CronSpec::parse("0 */2 9-18 * * Mon-Sat")
+                .unwrap()
+                .workday_variant()
+                .unwrap()
+                .as_str(),
+            "0 */2 9-18 * * *"
+        );
+        for not_workday in ["0 16 * * Fri", "30 9 * * *", "30 9 1 * 1-5", "@weekly"] {
+            assert!(
+                CronSpec::parse(not_workday)
+                    .unwrap()
+                    .workday_variant()
+                    .is_none(),
+                "{not_workday}"
+            );
+        }
     }
 
     #[test]

@@ -85,14 +85,22 @@ impl AppGate {
             let retry_at = {
                 let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
                 let now = Instant::now();
-                while recent.front().is_some_and(|(at, _)| now.duration_since(*at) >= HOUR) {
+                while recent
+                    .front()
+                    .is_some_and(|(at, _)| now.duration_since(*at) >= HOUR)
+                {
                     recent.pop_front();
                 }
-                let overlapping: Vec<Instant> =
-                    recent.iter().filter(|(_, a)| a.overlaps(&audience)).map(|(at, _)| *at).collect();
+                let overlapping: Vec<Instant> = recent
+                    .iter()
+                    .filter(|(_, a)| a.overlaps(&audience))
+                    .map(|(at, _)| *at)
+                    .collect();
                 let full = |window: Duration, limit: usize| {
-                    let inside: Vec<&Instant> =
-                        overlapping.iter().filter(|at| now.duration_since(**at) < window).collect();
+                    let inside: Vec<&Instant> = overlapping
+                        .iter()
+                        .filter(|at| now.duration_since(**at) < window)
+                        .collect();
                     // The oldest message that must leave the window before one more fits.
                     (inside.len() >= limit).then(|| *inside[inside.len() - limit] + window)
                 };
@@ -114,7 +122,10 @@ mod tests {
     use super::*;
 
     fn to(users: &[&str]) -> Arc<Audience> {
-        Arc::new(Audience::of(&Recipients { users: users.iter().map(|u| u.to_string()).collect(), ..Default::default() }))
+        Arc::new(Audience::of(&Recipients {
+            users: users.iter().map(|u| u.to_string()).collect(),
+            ..Default::default()
+        }))
     }
 
     #[tokio::test(start_paused = true)]
@@ -143,7 +154,10 @@ mod tests {
         assert_eq!(Instant::now().duration_since(start), MINUTE);
         // @all overlaps everyone; parties are counted as members of their own.
         assert!(to(&["@all"]).overlaps(&to(&["wangwu"])));
-        let party = Audience::of(&Recipients { parties: vec!["2".into()], ..Default::default() });
+        let party = Audience::of(&Recipients {
+            parties: vec!["2".into()],
+            ..Default::default()
+        });
         assert!(!party.overlaps(&to(&["wangwu"])) && party.overlaps(&party.clone()));
     }
 }

@@ -13,6 +13,7 @@
 //! Secrets and access tokens live in newtypes that print as `***`
 //! ([`config::Secret`], [`wecom::AccessToken`]).
 
+pub mod calendar;
 pub mod commands;
 pub mod config;
 pub mod cron;

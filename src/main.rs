@@ -51,6 +51,13 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// List the history of sends, newest first (or per schedule with --summary).
+    History(commands::history::Options),
+    /// Recall a sent message by history id, within WeCom's 24 h window.
+    Recall {
+        /// The history id (`history` lists them; `send` prints it).
+        id: i64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +86,8 @@ fn main() -> ExitCode {
             Command::Send { schedule, dry_run } => {
                 commands::send::run(&globals, &schedule, dry_run).await
             }
+            Command::History(options) => commands::history::run(&globals, &options).await,
+            Command::Recall { id } => commands::recall::run(&globals, id).await,
             Command::Check { .. } => unreachable!("handled above"),
         }
     })

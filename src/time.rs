@@ -23,6 +23,18 @@ pub fn now_db() -> String {
     to_db(Utc::now())
 }
 
+/// The first instant of `date` in `zone`. Where midnight falls into a daylight-saving gap
+/// (America/Santiago, say), the day starts at the end of the gap.
+pub fn start_of_day(date: chrono::NaiveDate, zone: chrono_tz::Tz) -> Option<DateTime<Utc>> {
+    use chrono::TimeZone;
+    (0..24)
+        .find_map(|hour| {
+            zone.from_local_datetime(&date.and_hms_opt(hour, 0, 0)?)
+                .earliest()
+        })
+        .map(|at| at.with_timezone(&Utc))
+}
+
 /// Parses a duration written as numbers with units: `90s`, `10m`, `2h`, `7d`, `2w`, `1h30m`.
 pub fn parse_duration(text: &str) -> Result<chrono::Duration, String> {
     let invalid = || format!("\"{text}\" is not a duration; write e.g. 90s, 10m, 2h, 7d or 1h30m");
@@ -43,8 +55,11 @@ pub fn parse_duration(text: &str) -> Result<chrono::Duration, String> {
             _ => return Err(invalid()),
         };
         let n: i64 = digits.parse().map_err(|_| invalid())?;
-        let seconds = n.checked_mul(unit).ok_or_else(invalid)?;
-        total = total.checked_add(&chrono::Duration::seconds(seconds)).ok_or_else(invalid)?;
+        let part = n
+            .checked_mul(unit)
+            .and_then(chrono::Duration::try_seconds)
+            .ok_or_else(invalid)?;
+        total = total.checked_add(&part).ok_or_else(invalid)?;
         digits.clear();
         parts += 1;
     }
@@ -73,7 +88,16 @@ mod tests {
         assert_eq!(parse_duration("90s"), Ok(chrono::Duration::seconds(90)));
         assert_eq!(parse_duration("1h30m"), Ok(chrono::Duration::seconds(5400)));
         assert_eq!(parse_duration("400d"), Ok(chrono::Duration::days(400)));
-        for bad in ["", "10", "m", "10x", "1.5h", "-5m"] {
+        for bad in [
+            "",
+            "10",
+            "m",
+            "10x",
+            "1.5h",
+            "-5m",
+            "10000000000000000s",
+            "99999999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -71,13 +71,25 @@ fn describe(
         schedule.to.summary(),
         schedule.message_kind(),
     );
-    let slots = schedule.cron.upcoming(now, schedule.zone, next);
+    let slots = schedule.upcoming(now, next);
     if slots.is_empty() {
         let _ = writeln!(out, "  never fires again");
     }
     for slot in &slots {
         let local = slot.with_timezone(&schedule.zone);
-        let _ = writeln!(out, "  next: {}", local.format("%Y-%m-%d %a %H:%M:%S %:z"));
+        let calendar = schedule.calendar.as_ref().map_or("", |c| c.name.as_str());
+        let note = if schedule.skips(*slot) {
+            format!(" (skipped: a holiday in calendar {calendar})")
+        } else if schedule.is_make_up(*slot) {
+            format!(" (make-up workday in calendar {calendar})")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "  next: {}{note}",
+            local.format("%Y-%m-%d %a %H:%M:%S %:z")
+        );
     }
     if let Some(first) = slots.first() {
         let _ = writeln!(

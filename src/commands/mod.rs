@@ -1,6 +1,8 @@
 //! The command line's commands, one file each. `main.rs` parses arguments and calls these.
 
 pub mod check;
+pub mod history;
+pub mod recall;
 pub mod run;
 pub mod send;
 
@@ -27,15 +29,11 @@ pub struct Globals {
 }
 
 impl Globals {
-    /// Loads the config, printing every problem (and warning) on failure.
+    /// Loads the config, printing every problem (and warning) on failure. On success the
+    /// warnings are logged, except for `check`, which prints them in its report.
     pub fn load(&self, secrets: Secrets) -> Result<Config, ExitCode> {
         match config::load(&self.config, secrets) {
-            Ok(config) => {
-                for warning in &config.warnings {
-                    tracing::warn!("{warning}");
-                }
-                Ok(config)
-            }
+            Ok(config) => Ok(config),
             Err(error) => {
                 eprintln!("error: {error}");
                 if let ConfigError::Invalid { warnings, .. } = &error {

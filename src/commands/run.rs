@@ -21,6 +21,7 @@ pub async fn run(globals: &Globals, dry_run: bool) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
+    config.log_warnings();
     let db = globals.database(Some(&config));
     let store = match globals.open_store(&db) {
         Ok(store) => store,

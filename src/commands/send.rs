@@ -24,6 +24,7 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
+    config.log_warnings();
     let Some(schedule) = config.schedule(name).cloned() else {
         let names: Vec<_> = config.schedules.iter().map(|s| s.name.as_str()).collect();
         eprintln!(

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use sha2::{Digest, Sha256};
 
+use crate::calendar::Calendar;
 use crate::cron::CronSpec;
 use crate::template::{SlotContext, Template};
 use crate::wecom::message::{Content, Envelope, Recipients, render_body};
@@ -39,6 +40,10 @@ pub struct Config {
     pub timezone: Tz,
     pub apps: BTreeMap<String, Arc<App>>,
     pub schedules: Vec<Arc<Schedule>>,
+    /// `history_retention:`: `sends` rows older than this are pruned (off when `None`).
+    pub history_retention: Option<chrono::Duration>,
+    /// `metrics.listen:`: where Prometheus text is served at `/metrics` (off when `None`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Things that are valid but probably not what the operator wants.
     pub warnings: Vec<Problem>,
 }
@@ -73,6 +78,10 @@ pub struct Schedule {
     pub catch_up: Option<chrono::Duration>,
     /// Spread: each slot fires up to this much later, by a fixed offset per slot.
     pub jitter: Option<chrono::Duration>,
+    /// `calendar:`: skipped dates and make-up workdays.
+    pub calendar: Option<Arc<Calendar>>,
+    /// The every-day form of a workday schedule, for the calendar's make-up workdays.
+    pub workday_cron: Option<CronSpec>,
 }
 
 /// The `text:` or `textcard:` of a schedule, with its template variables unrendered.
@@ -128,6 +137,63 @@ impl MessageTemplate {
 }
 
 impl Schedule {
+    /// The first slot strictly after `after`: the cron expression's, or a make-up workday's.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.next(after, false)
+    }
+
+    /// The first slot at or after `from`.
+    pub fn next_from(&self, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.next(from, true)
+    }
+
+    /// The next `n` slots strictly after `after`.
+    pub fn upcoming(&self, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        let mut slots = Vec::with_capacity(n);
+        let mut cursor = after;
+        while slots.len() < n
+            && let Some(slot) = self.next_after(cursor)
+        {
+            slots.push(slot);
+            cursor = slot;
+        }
+        slots
+    }
+
+    fn next(&self, from: DateTime<Utc>, inclusive: bool) -> Option<DateTime<Utc>> {
+        let regular = if inclusive {
+            self.cron.next_from(from, self.zone)
+        } else {
+            self.cron.next_after(from, self.zone)
+        };
+        let make_up = match (&self.calendar, &self.workday_cron) {
+            (Some(calendar), Some(variant)) => {
+                calendar.next_workday_slot(variant, self.zone, from, inclusive)
+            }
+            _ => None,
+        };
+        match (regular, make_up) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// True when the schedule's calendar skips the date of `slot`.
+    pub fn skips(&self, slot: DateTime<Utc>) -> bool {
+        self.calendar
+            .as_ref()
+            .is_some_and(|c| c.skips(slot, self.zone))
+    }
+
+    /// True when `slot` falls on one of the calendar's make-up workdays.
+    pub fn is_make_up(&self, slot: DateTime<Utc>) -> bool {
+        self.workday_cron.is_some()
+            && self
+                .calendar
+                .as_ref()
+                .is_some_and(|c| c.is_workday(slot, self.zone))
+    }
+
     /// The content for `slot`, with its template variables rendered in the schedule's zone.
     pub fn content_at(&self, slot: DateTime<Utc>) -> Content {
         self.message
@@ -173,6 +239,13 @@ impl Config {
     pub fn app(&self, name: &str) -> Option<&Arc<App>> {
         self.apps.get(name)
     }
+
+    /// Logs every warning (problems that do not stop the config from being used).
+    pub fn log_warnings(&self) {
+        for warning in &self.warnings {
+            tracing::warn!("{warning}");
+        }
+    }
 }
 
 /// How strict loading is about secrets.
@@ -189,6 +262,7 @@ pub enum Secrets {
 pub enum Subject {
     File,
     App(String),
+    Calendar(String),
     Schedule(String),
 }
 
@@ -206,6 +280,13 @@ impl fmt::Display for Problem {
             Subject::File => write!(f, "{}: {}", self.field, self.message),
             Subject::App(name) => {
                 write!(f, "app \"{name}\", field {}: {}", self.field, self.message)
+            }
+            Subject::Calendar(name) => {
+                write!(
+                    f,
+                    "calendar \"{name}\", field {}: {}",
+                    self.field, self.message
+                )
             }
             Subject::Schedule(name) => {
                 write!(

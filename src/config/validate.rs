@@ -13,13 +13,25 @@ use super::{
     App, Config, DEFAULT_API_BASE, DEFAULT_DUPLICATE_CHECK_INTERVAL, MessageTemplate, Problem,
     Schedule, Secret, SecretSource, Secrets, Subject,
 };
+use crate::calendar::Calendar;
 use crate::cron::CronSpec;
 use crate::template::Template;
 use crate::wecom::message::{
     DUPLICATE_CHECK_INTERVAL, MAX_PARTIES, MAX_TAGS, MAX_USERS, Recipients,
 };
 
-const TOP_KEYS: &[&str] = &["database", "timezone", "catch_up", "apps", "schedules"];
+const TOP_KEYS: &[&str] = &[
+    "database",
+    "timezone",
+    "catch_up",
+    "history_retention",
+    "metrics",
+    "calendars",
+    "apps",
+    "schedules",
+];
+const CALENDAR_KEYS: &[&str] = &["skip", "workdays"];
+const METRICS_KEYS: &[&str] = &["listen"];
 const APP_KEYS: &[&str] = &[
     "corp_id",
     "agent_id",
@@ -43,6 +55,7 @@ const SCHEDULE_KEYS: &[&str] = &[
     "enabled",
     "catch_up",
     "jitter",
+    "calendar",
 ];
 const TO_KEYS: &[&str] = &["users", "parties", "tags"];
 const TEXT_KEYS: &[&str] = &["content"];
@@ -103,6 +116,23 @@ fn read(
         .ok()
         .map(|p| base.join(p));
     let default_catch_up = duration(&top, "catch_up", report).ok().flatten();
+    let history_retention = duration(&top, "history_retention", report).ok().flatten();
+    let metrics_listen = match top.nested("metrics", METRICS_KEYS, report) {
+        Field::Value(metrics) => listen_address(&metrics, report),
+        _ => None,
+    };
+    let calendars = match top.raw("calendars") {
+        None => BTreeMap::new(),
+        Some(Value::Mapping(map)) => validate_calendars(map, report),
+        Some(_) => {
+            report.error(
+                &file,
+                "calendars",
+                "must map calendar names to { skip: [...], workdays: [...] }",
+            );
+            BTreeMap::new()
+        }
+    };
 
     let raw_apps = match top.raw("apps") {
         None => Vec::new(),
@@ -160,6 +190,7 @@ fn read(
     let context = Context {
         default_zone: timezone,
         default_catch_up,
+        calendars: &calendars,
         declared: &declared,
         apps: &apps,
         now,
@@ -179,17 +210,112 @@ fn read(
         apps,
         schedules,
         warnings: Vec::new(),
+        history_retention,
+        metrics_listen,
     })
 }
 
 struct Context<'a> {
     default_zone: Tz,
     default_catch_up: Option<chrono::Duration>,
+    calendars: &'a BTreeMap<String, Option<Arc<Calendar>>>,
     /// Every app name written in the file, valid or not: a schedule naming an invalid app is
     /// not blamed for the app's own problems.
     declared: &'a BTreeSet<String>,
     apps: &'a BTreeMap<String, Arc<App>>,
     now: DateTime<Utc>,
+}
+
+/// `calendars:`; a declared but invalid calendar maps to `None`.
+fn validate_calendars(
+    map: &serde_yaml::Mapping,
+    report: &mut Report,
+) -> BTreeMap<String, Option<Arc<Calendar>>> {
+    let mut calendars = BTreeMap::new();
+    for (name, value) in map {
+        let Some(name) = name.as_str().map(str::to_string) else {
+            report.error(
+                &Subject::File,
+                "calendars",
+                "calendar names must be strings",
+            );
+            continue;
+        };
+        let subject = Subject::Calendar(name.clone());
+        if !valid_name(&name) {
+            report.error(
+                &subject,
+                "name",
+                "may use only letters, digits, '_', '.' and '-'",
+            );
+        }
+        let calendar = Entry::open(value.clone(), CALENDAR_KEYS, &subject, "", report).and_then(|entry| {
+            let skip = dates(&entry, "skip", report);
+            let workdays = dates(&entry, "workdays", report);
+            let (skip, workdays) = (skip?, workdays?);
+            if let Some(both) = skip.intersection(&workdays).next() {
+                report.error(&subject, "workdays", format!("{both} is also listed under skip; a date is either a holiday or a make-up workday"));
+                return None;
+            }
+            valid_name(&name).then(|| Arc::new(Calendar { name: name.clone(), skip, workdays }))
+        });
+        calendars.insert(name, calendar);
+    }
+    calendars
+}
+
+/// A list of `YYYY-MM-DD` dates.
+fn dates(entry: &Entry<'_>, key: &str, report: &mut Report) -> Option<BTreeSet<chrono::NaiveDate>> {
+    let texts = entry.ids(key, report)?;
+    let mut dates = BTreeSet::new();
+    let mut ok = true;
+    for text in texts {
+        match chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d") {
+            Ok(date) => {
+                dates.insert(date);
+            }
+            Err(_) => {
+                report.error(
+                    entry.subject,
+                    &entry.name(key),
+                    format!("\"{text}\" is not a date; write YYYY-MM-DD, e.g. 2026-10-01"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(dates)
+}
+
+/// `metrics.listen`: an address and port to serve /metrics on.
+fn listen_address(metrics: &Entry<'_>, report: &mut Report) -> Option<std::net::SocketAddr> {
+    match metrics.get::<String>("listen", report) {
+        Field::Value(text) => match text.parse::<std::net::SocketAddr>() {
+            Ok(address) => {
+                if !address.ip().is_loopback() {
+                    report.warn(metrics.subject, "metrics.listen", format!("{address} is reachable from other hosts; /metrics has no authentication (prefer 127.0.0.1)"));
+                }
+                Some(address)
+            }
+            Err(_) => {
+                report.error(
+                    metrics.subject,
+                    "metrics.listen",
+                    format!("\"{text}\" is not an address:port such as 127.0.0.1:9464"),
+                );
+                None
+            }
+        },
+        Field::Missing => {
+            metrics.missing(
+                "listen",
+                report,
+                "is missing; e.g. metrics: { listen: \"127.0.0.1:9464\" }",
+            );
+            None
+        }
+        Field::Invalid => None,
+    }
 }
 
 fn validate_apps(
@@ -473,6 +599,31 @@ fn validate_schedule(
         other => other,
     };
     let jitter = duration(&entry, "jitter", report);
+    let calendar = match entry.get::<String>("calendar", report) {
+        Field::Missing => Ok(None),
+        Field::Invalid => Err(()),
+        Field::Value(name) => match context.calendars.get(&name) {
+            Some(Some(calendar)) => Ok(Some(calendar.clone())),
+            // Declared but invalid: its own problems are reported.
+            Some(None) => Err(()),
+            None => {
+                let known: Vec<&str> = context.calendars.keys().map(String::as_str).collect();
+                report.error(
+                    &subject,
+                    "calendar",
+                    format!(
+                        "\"{name}\" is not defined under calendars (defined: {})",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+                Err(())
+            }
+        },
+    };
     if let Some(message) = &message {
         // Limits are checked even when other fields are broken, at the next slots when known.
         let zone = zone.unwrap_or(context.default_zone);
@@ -490,7 +641,7 @@ fn validate_schedule(
             report,
         );
     }
-    let schedule = Schedule {
+    let mut schedule = Schedule {
         name: name?,
         cron: cron?,
         zone: zone?,
@@ -503,7 +654,19 @@ fn validate_schedule(
         enabled: optional(enabled, true)?,
         catch_up: catch_up.ok()?,
         jitter: jitter.ok()?,
+        workday_cron: None,
+        calendar: calendar.ok()?,
     };
+    if let Some(calendar) = schedule
+        .calendar
+        .as_ref()
+        .filter(|c| !c.workdays.is_empty())
+    {
+        schedule.workday_cron = schedule.cron.workday_variant();
+        if schedule.workday_cron.is_none() {
+            report.warn(&subject, "calendar", format!("calendar \"{}\" lists make-up workdays, but they only apply to workday schedules (day-of-month *, day-of-week covering Monday to Friday); this schedule ignores them", calendar.name));
+        }
+    }
     let agent_id = context.apps.get(&schedule.app).map_or(0, |a| a.agent_id);
     check_timing(&schedule, context.now, &subject, report)?;
     warn_duplicates(&schedule, agent_id, context.now, &subject, report);
@@ -511,14 +674,22 @@ fn validate_schedule(
 }
 
 /// An optional positive duration (`90s`, `10m`); `Err` when present but invalid (reported).
-fn duration(entry: &Entry<'_>, key: &str, report: &mut Report) -> Result<Option<chrono::Duration>, ()> {
+fn duration(
+    entry: &Entry<'_>,
+    key: &str,
+    report: &mut Report,
+) -> Result<Option<chrono::Duration>, ()> {
     match entry.get::<String>(key, report) {
         Field::Missing => Ok(None),
         Field::Invalid => Err(()),
         Field::Value(text) => match crate::time::parse_duration(&text) {
             Ok(d) if d > chrono::Duration::zero() => Ok(Some(d)),
             Ok(_) => {
-                report.error(entry.subject, &entry.name(key), "must be longer than zero; leave it out to turn it off");
+                report.error(
+                    entry.subject,
+                    &entry.name(key),
+                    "must be longer than zero; leave it out to turn it off",
+                );
                 Err(())
             }
             Err(m) => {
@@ -531,9 +702,15 @@ fn duration(entry: &Entry<'_>, key: &str, report: &mut Report) -> Result<Option<
 
 /// Rules about how often a schedule fires: jitter must not reorder slots, and WeCom's
 /// per-member limits (30 a minute, 1000 an hour) must not be exceeded by one schedule alone.
-fn check_timing(schedule: &Schedule, now: DateTime<Utc>, subject: &Subject, report: &mut Report) -> Option<()> {
-    let first = schedule.cron.upcoming(now, schedule.zone, PER_MINUTE_LIMIT + 1);
-    if let (Some(jitter), Some(gap)) = (schedule.jitter, first.windows(2).map(|w| w[1] - w[0]).min())
+fn check_timing(
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+    subject: &Subject,
+    report: &mut Report,
+) -> Option<()> {
+    let first = schedule.upcoming(now, PER_MINUTE_LIMIT + 1);
+    if let (Some(jitter), Some(gap)) =
+        (schedule.jitter, first.windows(2).map(|w| w[1] - w[0]).min())
         && jitter >= gap
     {
         report.error(subject, "jitter", format!("is {}s, but slots can be {}s apart: a jittered send could overtake the next slot; use less than {}s", jitter.num_seconds(), gap.num_seconds(), gap.num_seconds()));
@@ -542,12 +719,22 @@ fn check_timing(schedule: &Schedule, now: DateTime<Utc>, subject: &Subject, repo
     let per_member = "WeCom delivers at most 30 messages a minute and 1000 an hour from one app to one member and silently drops the rest; the daemon will spread the excess out";
     let span = |slots: &[DateTime<Utc>], n: usize| (slots.len() > n).then(|| slots[n] - slots[0]);
     if span(&first, PER_MINUTE_LIMIT).is_some_and(|s| s < chrono::Duration::minutes(1)) {
-        report.warn(subject, "cron", format!("fires more than {PER_MINUTE_LIMIT} times a minute. {per_member}"));
-    } else if span(&first, PER_MINUTE_LIMIT).is_some_and(|s| s.num_seconds() * (PER_HOUR_LIMIT as i64) < 3600 * (PER_MINUTE_LIMIT as i64)) {
+        report.warn(
+            subject,
+            "cron",
+            format!("fires more than {PER_MINUTE_LIMIT} times a minute. {per_member}"),
+        );
+    } else if span(&first, PER_MINUTE_LIMIT).is_some_and(|s| {
+        s.num_seconds() * (PER_HOUR_LIMIT as i64) < 3600 * (PER_MINUTE_LIMIT as i64)
+    }) {
         // Fast enough that the hourly limit may be reached: look at a whole hour of slots.
-        let hour = schedule.cron.upcoming(now, schedule.zone, PER_HOUR_LIMIT + 1);
+        let hour = schedule.upcoming(now, PER_HOUR_LIMIT + 1);
         if span(&hour, PER_HOUR_LIMIT).is_some_and(|s| s < chrono::Duration::hours(1)) {
-            report.warn(subject, "cron", format!("fires more than {PER_HOUR_LIMIT} times an hour. {per_member}"));
+            report.warn(
+                subject,
+                "cron",
+                format!("fires more than {PER_HOUR_LIMIT} times an hour. {per_member}"),
+            );
         }
     }
     Some(())
@@ -751,7 +938,7 @@ fn warn_duplicates(
     report: &mut Report,
 ) {
     let interval = chrono::Duration::seconds(i64::from(schedule.duplicate_check_interval));
-    let slots = schedule.cron.upcoming(now, schedule.zone, SLOTS_SAMPLED);
+    let slots = schedule.upcoming(now, SLOTS_SAMPLED);
     let repeat = slots.windows(2).find(|w| {
         w[1] - w[0] < interval
             && (schedule.message.is_static()

@@ -4,9 +4,9 @@
 //! runs the same inside a test as under systemd.
 
 pub mod notify;
+mod recovery;
 pub mod reload;
 pub mod signals;
-mod recovery;
 mod timer;
 
 use std::collections::BTreeMap;
@@ -22,8 +22,8 @@ use crate::config::{self, Config, Schedule, Secrets};
 use crate::dispatch::Dispatcher;
 use crate::store::events::EventKind;
 use notify::Notifier;
-use reload::{Diff, changed_credentials};
 use recovery::Downtime;
+use reload::{Diff, changed_credentials};
 use timer::{Firing, Timer};
 
 /// How long shutdown waits for sends in flight before recording them as `interrupted`.
@@ -88,17 +88,12 @@ pub async fn run(
     let notifier = Notifier;
     // Read what the previous run left before this run writes anything.
     let downtime = Downtime::read(&store).await?;
-    store
-        .record_event(
-            EventKind::Started,
-            &config.digest,
-            &format!(
-                "version {}{}",
-                env!("CARGO_PKG_VERSION"),
-                if options.dry_run { ", dry run" } else { "" }
-            ),
-        )
-        .await?;
+    if !options.dry_run {
+        let version = format!("version {}", env!("CARGO_PKG_VERSION"));
+        store
+            .record_event(EventKind::Started, &config.digest, &version)
+            .await?;
+    }
     let mut daemon = Daemon {
         config,
         firing,
@@ -109,8 +104,15 @@ pub async fn run(
     // One instant divides the past (settled here) from the future (armed below), so that no
     // slot is both missed and fired, or neither.
     let now = Utc::now();
-    recovery::resume_pending(&daemon.firing, now).await;
-    downtime.settle_all(&daemon.firing, &daemon.config.schedules, now).await;
+    if daemon.options.dry_run {
+        // A rehearsal writes no claims: crashed sends and missed slots are the real daemon's.
+        tracing::info!("dry run: not resuming crashed sends nor recording missed slots");
+    } else {
+        recovery::resume_pending(&daemon.firing, now).await;
+        downtime
+            .settle_all(&daemon.firing, &daemon.config.schedules, now)
+            .await;
+    }
     for schedule in daemon.config.schedules.clone() {
         if schedule.enabled {
             daemon.arm(schedule, now);
@@ -162,12 +164,7 @@ impl Daemon {
         let next = self
             .timers
             .values()
-            .filter_map(|t| {
-                t.schedule
-                    .cron
-                    .next_after(now, t.schedule.zone)
-                    .map(|at| (at, &t.schedule))
-            })
+            .filter_map(|t| t.schedule.next_after(now).map(|at| (at, &t.schedule)))
             .min_by_key(|(at, _)| *at);
         let mut line = format!("{} schedules armed", self.timers.len());
         if self.options.dry_run {
@@ -184,6 +181,18 @@ impl Daemon {
         line
     }
 
+    /// Records an event with the digest of the config in force (not in a dry run: a rehearsal
+    /// must not look like a daemon that was alive, to the next start's missed-slot scan).
+    async fn event(&self, kind: EventKind, detail: &str) {
+        if self.options.dry_run {
+            return;
+        }
+        let store = self.firing.dispatcher.store();
+        if let Err(e) = store.record_event(kind, &self.config.digest, detail).await {
+            tracing::error!("could not record the {} event: {e:#}", kind.as_str());
+        }
+    }
+
     async fn reload(&mut self) {
         self.notifier.reloading();
         let path = self.config.path.clone();
@@ -193,33 +202,17 @@ impl Daemon {
             Secrets::Required
         };
         let loaded = tokio::task::spawn_blocking(move || config::load(&path, secrets)).await;
-        let store = self.firing.dispatcher.store().clone();
         match loaded {
             Ok(Ok(new)) => {
                 let summary = self.apply(new).await;
                 tracing::info!(digest = %self.config.digest, "reloaded: {summary}");
-                for warning in &self.config.warnings {
-                    tracing::warn!("{warning}");
-                }
-                if let Err(e) = store
-                    .record_event(EventKind::Reloaded, &self.config.digest, &summary)
-                    .await
-                {
-                    tracing::error!("could not record the reload: {e:#}");
-                }
+                self.config.log_warnings();
+                self.event(EventKind::Reloaded, &summary).await;
             }
             Ok(Err(error)) => {
                 tracing::error!("reload rejected, the previous config stays in force: {error}");
-                if let Err(e) = store
-                    .record_event(
-                        EventKind::ReloadFailed,
-                        &self.config.digest,
-                        &error.to_string(),
-                    )
-                    .await
-                {
-                    tracing::error!("could not record the failed reload: {e:#}");
-                }
+                self.event(EventKind::ReloadFailed, &error.to_string())
+                    .await;
             }
             Err(e) => tracing::error!("reload failed: {e}"),
         }
@@ -286,13 +279,7 @@ impl Daemon {
         if dispatcher.unwritten_count() > 0 && dispatcher.flush_unwritten().await > 0 {
             dispatcher.log_unwritten();
         }
-        let store = dispatcher.store().clone();
-        if let Err(e) = store
-            .record_event(EventKind::Stopped, &self.config.digest, &detail)
-            .await
-        {
-            tracing::error!("could not record the stop: {e:#}");
-        }
+        self.event(EventKind::Stopped, &detail).await;
         tracing::info!("stopped ({detail})");
     }
 }

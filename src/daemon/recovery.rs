@@ -39,27 +39,57 @@ pub struct Downtime {
 
 impl Downtime {
     pub async fn read(store: &Store) -> anyhow::Result<Downtime> {
-        Ok(Downtime { last_alive: store.last_alive().await?, last_slots: store.last_slots().await? })
+        Ok(Downtime {
+            last_alive: store.last_alive().await?,
+            last_slots: store.last_slots().await?,
+        })
     }
 
     /// Records the slots every schedule missed since the previous run (see [`settle`]).
-    pub async fn settle_all(self, firing: &Arc<Firing>, schedules: &[Arc<Schedule>], now: DateTime<Utc>) {
-        let Some(last_alive) = self.last_alive else { return };
+    pub async fn settle_all(
+        self,
+        firing: &Arc<Firing>,
+        schedules: &[Arc<Schedule>],
+        now: DateTime<Utc>,
+    ) {
+        let Some(last_alive) = self.last_alive else {
+            return;
+        };
         for schedule in schedules.iter().filter(|s| s.enabled) {
             // A slot before the daemon's last sign of life was its to fire; a slot after the
             // schedule's own last row cannot have been fired.
-            let since = self.last_slots.get(&schedule.name).map_or(last_alive, |last| (*last).max(last_alive));
-            settle(firing, schedule, since, false, now, "while the daemon was not running").await;
+            let since = self
+                .last_slots
+                .get(&schedule.name)
+                .map_or(last_alive, |last| (*last).max(last_alive));
+            settle(
+                firing,
+                schedule,
+                since,
+                false,
+                now,
+                "while the daemon was not running",
+            )
+            .await;
         }
     }
 }
 
 /// Slots of `schedule` after `from` (or at it, when `inclusive`) that fell due before `now`:
 /// the latest [`MISSED_ROWS_MAX`] of them, and how many there were.
-pub fn overdue(schedule: &Schedule, from: DateTime<Utc>, inclusive: bool, now: DateTime<Utc>) -> (Vec<DateTime<Utc>>, usize) {
+pub fn overdue(
+    schedule: &Schedule,
+    from: DateTime<Utc>,
+    inclusive: bool,
+    now: DateTime<Utc>,
+) -> (Vec<DateTime<Utc>>, usize) {
     let mut latest = VecDeque::with_capacity(MISSED_ROWS_MAX);
     let mut total = 0;
-    let mut next = if inclusive { schedule.cron.next_from(from, schedule.zone) } else { schedule.cron.next_after(from, schedule.zone) };
+    let mut next = if inclusive {
+        schedule.next_from(from)
+    } else {
+        schedule.next_after(from)
+    };
     while let Some(slot) = next.filter(|s| schedule.due(*s) < now) {
         if latest.len() == MISSED_ROWS_MAX {
             latest.pop_front();
@@ -69,24 +99,46 @@ pub fn overdue(schedule: &Schedule, from: DateTime<Utc>, inclusive: bool, now: D
         if total >= SCAN_LIMIT {
             break;
         }
-        next = schedule.cron.next_after(slot, schedule.zone);
+        next = schedule.next_after(slot);
     }
     (latest.into(), total)
 }
 
 /// Records the overdue slots of `schedule` as `missed`, except the latest when it is still
 /// inside the schedule's `catch_up` window: that one is sent now, late, as `catch_up`.
-pub async fn settle(firing: &Arc<Firing>, schedule: &Arc<Schedule>, from: DateTime<Utc>, inclusive: bool, now: DateTime<Utc>, why: &str) {
-    let (mut slots, total) = overdue(schedule, from, inclusive, now);
-    let (Some(first), Some(last)) = (slots.first().copied(), slots.last().copied()) else { return };
-    let catch_up = schedule.catch_up.is_some_and(|window| now - last <= window);
-    if catch_up {
-        slots.pop();
-    }
-    let app = firing.apps.read().unwrap_or_else(|p| p.into_inner()).get(&schedule.app).cloned();
+pub async fn settle(
+    firing: &Arc<Firing>,
+    schedule: &Arc<Schedule>,
+    from: DateTime<Utc>,
+    inclusive: bool,
+    now: DateTime<Utc>,
+    why: &str,
+) {
+    let (slots, total) = overdue(schedule, from, inclusive, now);
+    let (Some(first), Some(last)) = (slots.first().copied(), slots.last().copied()) else {
+        return;
+    };
+    // The latest slot that was to be sent (a calendar may skip some) may still be caught up.
+    let catch_up = slots
+        .iter()
+        .rev()
+        .find(|s| !schedule.skips(**s))
+        .copied()
+        .filter(|latest| {
+            schedule
+                .catch_up
+                .is_some_and(|window| now - *latest <= window)
+        });
+    let app = firing
+        .apps
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&schedule.app)
+        .cloned();
     let agent_id = app.as_ref().map_or(0, |a| a.agent_id);
     let rows: Vec<NewSend> = slots
         .iter()
+        .filter(|slot| Some(**slot) != catch_up)
         .map(|slot| {
             let (content, payload) = schedule.body_at(agent_id, *slot);
             NewSend {
@@ -97,7 +149,11 @@ pub async fn settle(firing: &Arc<Firing>, schedule: &Arc<Schedule>, from: DateTi
                 agent_id,
                 msgtype: content.msgtype().to_string(),
                 payload,
-                status: Status::Missed,
+                status: if schedule.skips(*slot) {
+                    Status::Skipped
+                } else {
+                    Status::Missed
+                },
             }
         })
         .collect();
@@ -111,15 +167,23 @@ pub async fn settle(firing: &Arc<Firing>, schedule: &Arc<Schedule>, from: DateTi
     if total > MISSED_ROWS_MAX {
         note.push_str(&format!("; only the latest {MISSED_ROWS_MAX} are recorded"));
     }
-    if catch_up {
-        note.push_str("; the latest is sent now, late, as catch_up");
+    if let Some(latest) = catch_up {
+        note.push_str(&format!(
+            "; the slot of {} is sent now, late, as catch_up",
+            crate::time::to_db(latest)
+        ));
     }
     match recorded {
         Ok(_) => tracing::warn!("{note}"),
         Err(e) => tracing::error!("{note}; and the missed slots could not be recorded: {e:#}"),
     }
-    if catch_up {
-        firing.inflight.spawn(fire(firing.clone(), schedule.clone(), last, Trigger::CatchUp));
+    if let Some(latest) = catch_up {
+        firing.inflight.spawn(fire(
+            firing.clone(),
+            schedule.clone(),
+            latest,
+            Trigger::CatchUp,
+        ));
     }
 }
 
@@ -133,8 +197,15 @@ pub async fn resume_pending(firing: &Arc<Firing>, now: DateTime<Utc>) {
         }
     };
     for row in rows {
-        if row.pid.is_some_and(|pid| pid != i64::from(std::process::id()) && process_alive(pid)) {
-            tracing::info!(id = row.id, pid = row.pid, "a pending send belongs to a process that is still running; leaving it to that process");
+        if row
+            .pid
+            .is_some_and(|pid| pid != i64::from(std::process::id()) && process_alive(pid))
+        {
+            tracing::info!(
+                id = row.id,
+                pid = row.pid,
+                "a pending send belongs to a process that is still running; leaving it to that process"
+            );
             continue;
         }
         resume_one(firing, row, now).await;
@@ -147,20 +218,37 @@ async fn resume_one(firing: &Arc<Firing>, row: PendingRow, now: DateTime<Utc>) {
         .and_then(|body| body.get("duplicate_check_interval")?.as_u64())
         .and_then(|s| u32::try_from(s).ok())
         .unwrap_or(crate::config::DEFAULT_DUPLICATE_CHECK_INTERVAL);
-    let app = firing.apps.read().unwrap_or_else(|p| p.into_inner()).get(&row.app).cloned().filter(|a| a.agent_id == row.agent_id);
+    let app = firing
+        .apps
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&row.app)
+        .cloned()
+        .filter(|a| a.agent_id == row.agent_id);
     let safe_until = row.created_at + Duration::seconds(i64::from(interval)) - RESEND_MARGIN;
-    let what = format!("send #{} of schedule \"{}\" (slot {})", row.id, row.schedule, row.scheduled_at);
+    let what = format!(
+        "send #{} of schedule \"{}\" (slot {})",
+        row.id, row.schedule, row.scheduled_at
+    );
     match app {
         Some(app) if now < safe_until && !firing.dispatcher.is_dry_run() => {
-            tracing::warn!("{what} was in flight when the daemon died; resending the stored body (WeCom's duplicate check drops it if the first attempt arrived)");
+            tracing::warn!(
+                "{what} was in flight when the daemon died; resending the stored body (WeCom's duplicate check drops it if the first attempt arrived)"
+            );
             let dispatcher = firing.dispatcher.clone();
             firing.inflight.spawn(async move {
                 dispatcher.resume(&row, &app, interval).await;
             });
         }
         app => {
-            let reason = if app.is_none() { "its app is no longer configured" } else { "its duplicate-check interval has passed, so a resend could deliver it twice" };
-            tracing::error!("{what} was in flight when the daemon died and cannot be resent safely ({reason}); it is recorded as interrupted: it may or may not have arrived, check with its recipients");
+            let reason = if app.is_none() {
+                "its app is no longer configured"
+            } else {
+                "its duplicate-check interval has passed, so a resend could deliver it twice"
+            };
+            tracing::error!(
+                "{what} was in flight when the daemon died and cannot be resent safely ({reason}); it is recorded as interrupted: it may or may not have arrived, check with its recipients"
+            );
             if let Err(e) = firing.dispatcher.store().interrupt(row.id).await {
                 tracing::error!("could not record send #{} as interrupted: {e:#}", row.id);
             }
@@ -169,7 +257,9 @@ async fn resume_one(firing: &Arc<Firing>, row: PendingRow, now: DateTime<Utc>) {
 }
 
 fn process_alive(pid: i64) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
     // SAFETY: signal 0 only checks whether the process exists; nothing is delivered.
     let rc = unsafe { libc::kill(pid, 0) };
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
@@ -185,7 +275,11 @@ mod tests {
         let text = format!(
             "timezone: UTC\napps:\n  ops: {{ corp_id: ww1, agent_id: 1, secret: s }}\nschedules:\n  - {{ name: s, cron: '{cron}', to: {{ users: [u] }}, text: {{ content: 'x {{{{ time }}}}' }}{extra} }}\n"
         );
-        parse(&text, Path::new("/tmp/x.yaml"), Secrets::Required).unwrap().schedules[0].as_ref().clone()
+        parse(&text, Path::new("/tmp/x.yaml"), Secrets::Required)
+            .unwrap()
+            .schedules[0]
+            .as_ref()
+            .clone()
     }
 
     fn at(text: &str) -> DateTime<Utc> {
@@ -195,13 +289,35 @@ mod tests {
     #[test]
     fn overdue_slots_are_bounded_and_exclusive_of_the_start() {
         let s = schedule("*/10 * * * *", "");
-        let (slots, total) = overdue(&s, at("2026-11-28T10:00:00Z"), false, at("2026-11-28T10:35:00Z"));
+        let (slots, total) = overdue(
+            &s,
+            at("2026-11-28T10:00:00Z"),
+            false,
+            at("2026-11-28T10:35:00Z"),
+        );
         assert_eq!(total, 3);
-        assert_eq!(slots, [at("2026-11-28T10:10:00Z"), at("2026-11-28T10:20:00Z"), at("2026-11-28T10:30:00Z")]);
-        let (slots, total) = overdue(&s, at("2026-11-28T10:00:00Z"), true, at("2026-11-28T10:35:00Z"));
+        assert_eq!(
+            slots,
+            [
+                at("2026-11-28T10:10:00Z"),
+                at("2026-11-28T10:20:00Z"),
+                at("2026-11-28T10:30:00Z")
+            ]
+        );
+        let (slots, total) = overdue(
+            &s,
+            at("2026-11-28T10:00:00Z"),
+            true,
+            at("2026-11-28T10:35:00Z"),
+        );
         assert_eq!((slots.len(), total), (4, 4));
         let every_second = schedule("* * * * * *", "");
-        let (slots, total) = overdue(&every_second, at("2026-11-28T00:00:00Z"), false, at("2026-11-29T00:00:00Z"));
+        let (slots, total) = overdue(
+            &every_second,
+            at("2026-11-28T00:00:00Z"),
+            false,
+            at("2026-11-29T00:00:00Z"),
+        );
         assert_eq!((slots.len(), total), (MISSED_ROWS_MAX, 86_399));
         assert_eq!(slots.last(), Some(&at("2026-11-28T23:59:59Z")));
     }
@@ -215,7 +331,12 @@ mod tests {
         assert_eq!(s.due(slot), due, "the offset is stable");
         let (slots, _) = overdue(&s, at("2026-11-28T10:00:00Z"), false, due);
         assert!(slots.is_empty());
-        let (slots, _) = overdue(&s, at("2026-11-28T10:00:00Z"), false, due + Duration::seconds(1));
+        let (slots, _) = overdue(
+            &s,
+            at("2026-11-28T10:00:00Z"),
+            false,
+            due + Duration::seconds(1),
+        );
         assert_eq!(slots, [slot]);
     }
 }

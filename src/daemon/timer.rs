@@ -19,9 +19,9 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::recovery;
 use crate::config::{App, Schedule};
 use crate::dispatch::{Dispatcher, Fired};
-use super::recovery;
 use crate::store::history::Trigger;
 
 /// How long before a slot the wall-clock alarm goes off. It must exceed the scheduler's 500 ms
@@ -64,14 +64,19 @@ impl Drop for Timer {
 /// The first slot of `schedule` that falls due at or after `not_before`.
 fn first_due(schedule: &Schedule, not_before: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let jitter = schedule.jitter.unwrap_or_default();
-    let mut next = schedule.cron.next_from(not_before - jitter, schedule.zone);
+    let mut next = schedule.next_from(not_before - jitter);
     while let Some(slot) = next.filter(|s| schedule.due(*s) < not_before) {
-        next = schedule.cron.next_after(slot, schedule.zone);
+        next = schedule.next_after(slot);
     }
     next
 }
 
-async fn run(schedule: Arc<Schedule>, firing: Arc<Firing>, not_before: DateTime<Utc>, cancel: CancellationToken) {
+async fn run(
+    schedule: Arc<Schedule>,
+    firing: Arc<Firing>,
+    not_before: DateTime<Utc>,
+    cancel: CancellationToken,
+) {
     let mut next = first_due(&schedule, not_before);
     while let Some(slot) = next {
         let due = schedule.due(slot);
@@ -82,26 +87,55 @@ async fn run(schedule: Arc<Schedule>, firing: Arc<Firing>, not_before: DateTime<
         if now - due > recovery::LATE_LIMIT {
             // The wall clock jumped past this slot (suspend, a clock step): it and any others
             // passed over are missed, not sent late (unless catch_up says otherwise).
-            recovery::settle(&firing, &schedule, slot, true, now, "because the clock jumped or the machine was suspended").await;
+            recovery::settle(
+                &firing,
+                &schedule,
+                slot,
+                true,
+                now,
+                "because the clock jumped or the machine was suspended",
+            )
+            .await;
             next = first_due(&schedule, now);
             continue;
         }
         let lag_ms = (now - due).num_milliseconds();
         tracing::debug!(schedule = %schedule.name, slot = %crate::time::to_db(slot), lag_ms, "firing");
-        firing.inflight.spawn(fire(firing.clone(), schedule.clone(), slot, Trigger::Cron));
-        next = schedule.cron.next_after(slot, schedule.zone);
+        firing
+            .inflight
+            .spawn(fire(firing.clone(), schedule.clone(), slot, Trigger::Cron));
+        next = schedule.next_after(slot);
     }
     tracing::info!(schedule = %schedule.name, "the cron expression names no further slot; timer ends");
 }
 
 /// Fires one slot through the dispatcher, with the app as currently configured.
-pub async fn fire(firing: Arc<Firing>, schedule: Arc<Schedule>, slot: DateTime<Utc>, trigger: Trigger) {
-    let app = firing.apps.read().unwrap_or_else(|p| p.into_inner()).get(&schedule.app).cloned();
+pub async fn fire(
+    firing: Arc<Firing>,
+    schedule: Arc<Schedule>,
+    slot: DateTime<Utc>,
+    trigger: Trigger,
+) {
+    let app = firing
+        .apps
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&schedule.app)
+        .cloned();
     let Some(app) = app else {
         tracing::error!(schedule = %schedule.name, app = %schedule.app, "the schedule's app is not configured; slot not sent");
         return;
     };
-    match firing.dispatcher.fire(&schedule, &app, slot, trigger).await {
+    let fired = if schedule.skips(slot) {
+        firing
+            .dispatcher
+            .skip(&schedule, &app, slot)
+            .await
+            .map(|_| Fired::Taken)
+    } else {
+        firing.dispatcher.fire(&schedule, &app, slot, trigger).await
+    };
+    match fired {
         Ok(Fired::Done(_)) | Ok(Fired::Taken) => {}
         Err(e) => {
             tracing::error!(schedule = %schedule.name, slot = %crate::time::to_db(slot), "could not record the send: {e:#}")

@@ -49,8 +49,14 @@ impl SendOutcome {
     /// One line for the terminal and the log, with advice for a known errcode.
     pub fn summary(&self) -> String {
         let f = &self.finish;
-        let id = self.id.map_or_else(|| "(not recorded yet)".to_string(), |id| id.to_string());
-        let mut line = format!("history id {id}: {} after {} attempt(s)", f.status.as_str(), f.attempts);
+        let id = self
+            .id
+            .map_or_else(|| "(not recorded yet)".to_string(), |id| id.to_string());
+        let mut line = format!(
+            "history id {id}: {} after {} attempt(s)",
+            f.status.as_str(),
+            f.attempts
+        );
         if let Some(errcode) = f.errcode {
             line.push_str(&format!(
                 ", {}",
@@ -94,7 +100,13 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(store: Store, client: Client, tokens: TokenCache, policy: RetryPolicy, dry_run: bool) -> Dispatcher {
+    pub fn new(
+        store: Store,
+        client: Client,
+        tokens: TokenCache,
+        policy: RetryPolicy,
+        dry_run: bool,
+    ) -> Dispatcher {
         Dispatcher {
             store,
             client,
@@ -128,7 +140,10 @@ impl Dispatcher {
 
     fn gate(&self, app: &App) -> Arc<AppGate> {
         let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        gates.entry((app.corp_id.clone(), app.agent_id)).or_default().clone()
+        gates
+            .entry((app.corp_id.clone(), app.agent_id))
+            .or_default()
+            .clone()
     }
 
     fn track(&self, id: Option<i64>, inflight: bool) {
@@ -143,7 +158,13 @@ impl Dispatcher {
 
     /// Marks the rows still in flight as `interrupted` (shutdown gave up waiting for them).
     pub async fn interrupt_inflight(&self) -> usize {
-        let ids: Vec<i64> = self.inflight.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+        let ids: Vec<i64> = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
         let mut interrupted = 0;
         for id in ids {
             match self.store.interrupt(id).await {
@@ -157,7 +178,13 @@ impl Dispatcher {
 
     /// Fires `schedule` for `slot`. Errors are database errors only (and only when sending
     /// unrecorded is not allowed): every WeCom or network failure ends as a `failed` row.
-    pub async fn fire(&self, schedule: &Schedule, app: &App, slot: DateTime<Utc>, trigger: Trigger) -> anyhow::Result<Fired> {
+    pub async fn fire(
+        &self,
+        schedule: &Schedule,
+        app: &App,
+        slot: DateTime<Utc>,
+        trigger: Trigger,
+    ) -> anyhow::Result<Fired> {
         let (content, payload) = schedule.body_at(app.agent_id, slot);
         let new = NewSend {
             schedule: schedule.name.clone(),
@@ -167,7 +194,11 @@ impl Dispatcher {
             agent_id: app.agent_id,
             msgtype: content.msgtype().to_string(),
             payload: payload.clone(),
-            status: if self.dry_run { Status::DryRun } else { Status::Pending },
+            status: if self.dry_run {
+                Status::DryRun
+            } else {
+                Status::Pending
+            },
         };
         let slot_text = crate::time::to_db(slot);
         let id = match self.store.claim(new.clone()).await {
@@ -186,40 +217,113 @@ impl Dispatcher {
         if self.dry_run {
             tracing::info!(schedule = %schedule.name, slot = %slot_text, id, body = %payload, "dry run: not sending");
             let finish = Finish::new(Status::DryRun, 0);
-            return Ok(Fired::Done(Box::new(SendOutcome { id, payload, finish })));
+            return Ok(Fired::Done(Box::new(SendOutcome {
+                id,
+                payload,
+                finish,
+            })));
         }
-        let waited = self.gate(app).admit(Arc::new(Audience::of(&schedule.to))).await;
+        let waited = self
+            .gate(app)
+            .admit(Arc::new(Audience::of(&schedule.to)))
+            .await;
         if !waited.is_zero() {
             tracing::info!(schedule = %schedule.name, slot = %slot_text, waited_s = waited.as_secs(),
                 "held back to stay within WeCom's per-member limits (30 a minute, 1000 an hour)");
         }
         self.track(id, true);
-        let finish = self.deliver(id, 0, app, &payload, schedule.duplicate_check_interval).await;
+        let finish = self
+            .deliver(id, 0, app, &payload, schedule.duplicate_check_interval)
+            .await;
         let id = self.record(id, new, &finish).await;
-        Ok(Fired::Done(Box::new(self.finished(&schedule.name, slot, id, payload, finish))))
+        Ok(Fired::Done(Box::new(self.finished(
+            &schedule.name,
+            slot,
+            id,
+            payload,
+            finish,
+        ))))
+    }
+
+    /// Records a slot the schedule's calendar skips (a holiday): a `skipped` row, nothing sent.
+    pub async fn skip(
+        &self,
+        schedule: &Schedule,
+        app: &App,
+        slot: DateTime<Utc>,
+    ) -> anyhow::Result<Claim> {
+        let slot_text = crate::time::to_db(slot);
+        let calendar = schedule.calendar.as_ref().map_or("", |c| c.name.as_str());
+        if self.dry_run {
+            tracing::info!(schedule = %schedule.name, slot = %slot_text, calendar, "dry run: the slot falls on a skipped date");
+            return Ok(Claim::Taken);
+        }
+        let (content, payload) = schedule.body_at(app.agent_id, slot);
+        let claim = self
+            .store
+            .claim(NewSend {
+                schedule: schedule.name.clone(),
+                trigger: Trigger::Cron,
+                scheduled_at: slot,
+                app: app.name.clone(),
+                agent_id: app.agent_id,
+                msgtype: content.msgtype().to_string(),
+                payload,
+                status: Status::Skipped,
+            })
+            .await?;
+        tracing::info!(schedule = %schedule.name, slot = %slot_text, calendar, "skipped: the date is a holiday in the calendar");
+        Ok(claim)
     }
 
     /// Resends a row a crash left `pending`, byte for byte, continuing its attempt count.
-    pub async fn resume(&self, row: &PendingRow, app: &App, duplicate_check_interval: u32) -> SendOutcome {
+    pub async fn resume(
+        &self,
+        row: &PendingRow,
+        app: &App,
+        duplicate_check_interval: u32,
+    ) -> SendOutcome {
         self.track(Some(row.id), true);
-        let finish = self.deliver(Some(row.id), row.attempts, app, &row.payload, duplicate_check_interval).await;
+        let finish = self
+            .deliver(
+                Some(row.id),
+                row.attempts,
+                app,
+                &row.payload,
+                duplicate_check_interval,
+            )
+            .await;
         let recorded = self.store.finish(row.id, finish.clone()).await;
         if let Err(e) = recorded {
             self.keep_unwritten(Unwritten::Finish(row.id, finish.clone()), &e);
         }
         self.track(Some(row.id), false);
         let slot = crate::time::from_db(&row.scheduled_at).unwrap_or_default();
-        self.finished(&row.schedule, slot, Some(row.id), row.payload.clone(), finish)
+        self.finished(
+            &row.schedule,
+            slot,
+            Some(row.id),
+            row.payload.clone(),
+            finish,
+        )
     }
 
     /// Writes the outcome: finishes the claimed row, or inserts the whole row if there was none.
     async fn record(&self, id: Option<i64>, new: NewSend, finish: &Finish) -> Option<i64> {
         let recorded = match id {
-            Some(id) => self.store.finish(id, finish.clone()).await.map(|()| Some(id)),
-            None => self.store.insert_finished(new.clone(), finish.clone()).await.map(|claim| match claim {
-                Claim::Claimed(id) => Some(id),
-                Claim::Taken => None,
-            }),
+            Some(id) => self
+                .store
+                .finish(id, finish.clone())
+                .await
+                .map(|()| Some(id)),
+            None => self
+                .store
+                .insert_finished(new.clone(), finish.clone())
+                .await
+                .map(|claim| match claim {
+                    Claim::Claimed(id) => Some(id),
+                    Claim::Taken => None,
+                }),
         };
         self.track(id, false);
         match recorded {
@@ -235,8 +339,19 @@ impl Dispatcher {
         }
     }
 
-    fn finished(&self, schedule: &str, slot: DateTime<Utc>, id: Option<i64>, payload: String, finish: Finish) -> SendOutcome {
-        let outcome = SendOutcome { id, payload, finish };
+    fn finished(
+        &self,
+        schedule: &str,
+        slot: DateTime<Utc>,
+        id: Option<i64>,
+        payload: String,
+        finish: Finish,
+    ) -> SendOutcome {
+        let outcome = SendOutcome {
+            id,
+            payload,
+            finish,
+        };
         log_outcome(schedule, slot, &outcome);
         outcome
     }

@@ -155,7 +155,9 @@ fn insert(conn: &Connection, new: &NewSend, finish: Option<&Finish>) -> rusqlite
     );
     match result {
         Ok(_) => Ok(Claim::Claimed(conn.last_insert_rowid())),
-        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation => Ok(Claim::Taken),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation => {
+            Ok(Claim::Taken)
+        }
         Err(e) => Err(e),
     }
 }
@@ -169,7 +171,8 @@ impl Store {
 
     /// Writes a send that could not be recorded before it was made, with its outcome.
     pub async fn insert_finished(&self, new: NewSend, finish: Finish) -> anyhow::Result<Claim> {
-        self.call(move |conn| insert(conn, &new, Some(&finish))).await
+        self.call(move |conn| insert(conn, &new, Some(&finish)))
+            .await
     }
 
     /// Writes `missed` rows (already finished) in one transaction; returns how many were new.
@@ -191,7 +194,11 @@ impl Store {
     /// Counts an attempt before it is made, so a crash mid-send leaves an honest count.
     pub async fn set_attempts(&self, id: i64, attempts: u32) -> anyhow::Result<()> {
         self.call(move |conn| {
-            conn.execute("UPDATE sends SET attempts = ?2 WHERE id = ?1", params![id, attempts]).map(|_| ())
+            conn.execute(
+                "UPDATE sends SET attempts = ?2 WHERE id = ?1",
+                params![id, attempts],
+            )
+            .map(|_| ())
         })
         .await
     }
@@ -269,7 +276,8 @@ impl Store {
                 "SELECT schedule, max(scheduled_at) FROM sends
                  WHERE trigger IN ('cron', 'catch_up') AND status <> 'dry_run' GROUP BY schedule",
             )?;
-            let rows = statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let rows = statement
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
             let mut last = HashMap::new();
             for row in rows {
                 let (schedule, at) = row?;
@@ -289,7 +297,8 @@ impl Store {
             conn.query_row(
                 "SELECT max(at) FROM (SELECT max(at) AS at FROM events
                      UNION ALL SELECT * FROM (SELECT created_at FROM sends
-                         WHERE trigger IN ('cron', 'catch_up') ORDER BY id DESC LIMIT 1))",
+                         WHERE trigger IN ('cron', 'catch_up') AND status <> 'dry_run'
+                         ORDER BY id DESC LIMIT 1))",
                 [],
                 |r| r.get::<_, Option<String>>(0),
             )

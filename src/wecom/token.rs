@@ -86,12 +86,21 @@ impl TokenCache {
         };
         let stored = match stored.filter(|t| t.is_fresh(self.margin, Utc::now())) {
             Some(stored) => stored,
-            None => match self.store.refresh_token(&app.corp_id, app.agent_id, self.margin, fetch).await {
+            None => match self
+                .store
+                .refresh_token(&app.corp_id, app.agent_id, self.margin, fetch)
+                .await
+            {
                 Ok(result) => result?,
                 Err(e) => {
-                    tracing::warn!("cannot share the token refresh through the database ({e:#}); fetching without it");
+                    tracing::warn!(
+                        "cannot share the token refresh through the database ({e:#}); fetching without it"
+                    );
                     let fresh = fetch().await?;
-                    StoredToken { token: fresh.token, expires_at: Utc::now() + chrono::Duration::seconds(fresh.expires_in) }
+                    StoredToken {
+                        token: fresh.token,
+                        expires_at: Utc::now() + chrono::Duration::seconds(fresh.expires_in),
+                    }
                 }
             },
         };

@@ -24,7 +24,7 @@ async fn each_slot_is_fired_once_at_the_instant_the_cron_names() {
     .await;
     stop(&mut daemon).await;
 
-    let slots = env.slots( "tick");
+    let slots = env.slots("tick");
     assert!(slots.len() >= 3);
     for pair in slots.windows(2) {
         assert_eq!(
@@ -107,7 +107,7 @@ async fn a_slow_send_does_not_delay_the_next_slot() {
         env.count("SELECT count(*) FROM sends WHERE status = 'pending'"),
         0
     );
-    let slots = env.slots( "tick");
+    let slots = env.slots("tick");
     assert!(
         slots.windows(2).all(|p| (p[1] - p[0]).num_seconds() == 2),
         "{slots:?}"
@@ -149,7 +149,7 @@ async fn sighup_adds_removes_and_changes_schedules() {
     // After the reload (and a slot of grace for a send already in flight), exactly the new set.
     let grace = reloaded_at + chrono::Duration::seconds(2);
     let late = |schedule: &str| {
-        env.slots( schedule)
+        env.slots(schedule)
             .into_iter()
             .filter(|s| *s > grace)
             .count()
@@ -170,7 +170,7 @@ async fn sighup_adds_removes_and_changes_schedules() {
         .filter(|m| m.at > std::time::SystemTime::from(grace) && m.raw.contains("old "))
         .count();
     assert_eq!(old_late, 0, "a changed schedule sends its new text");
-    let keep = env.slots( "keep");
+    let keep = env.slots("keep");
     assert!(
         keep.windows(2).all(|p| (p[1] - p[0]).num_seconds() == 2),
         "an unchanged schedule keeps its rhythm: {keep:?}"
@@ -220,7 +220,7 @@ async fn sighup_with_a_broken_file_keeps_the_old_config_running() {
         "{}",
         daemon.logs()
     );
-    let slots = env.slots( "tick");
+    let slots = env.slots("tick");
     assert!(
         slots.windows(2).all(|p| (p[1] - p[0]).num_seconds() == 2),
         "firing went on untouched: {slots:?}"

@@ -11,7 +11,12 @@ use crate::support::*;
 
 async fn stop(daemon: &mut Daemon) {
     daemon.signal(SIGTERM);
-    assert_eq!(daemon.wait_exit(WAIT).await.code(), Some(0), "{}", daemon.logs());
+    assert_eq!(
+        daemon.wait_exit(WAIT).await.code(),
+        Some(0),
+        "{}",
+        daemon.logs()
+    );
 }
 
 /// How many times the fake delivered each body.
@@ -26,11 +31,18 @@ fn deliveries(env: &Env) -> BTreeMap<String, usize> {
 /// Every even second from the first to the last slot of `schedule` has exactly one row.
 fn assert_contiguous(env: &Env, schedule: &str, step: i64) {
     let slots = env.slots(schedule);
-    assert!(slots.windows(2).all(|w| (w[1] - w[0]).num_seconds() == step), "a slot is missing or doubled: {slots:?}");
+    assert!(
+        slots
+            .windows(2)
+            .all(|w| (w[1] - w[0]).num_seconds() == step),
+        "a slot is missing or doubled: {slots:?}"
+    );
 }
 
 fn integrity(env: &Env) -> String {
-    env.db().query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity_check")
+    env.db()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,27 +51,55 @@ async fn kill_9_during_a_send_then_restart_delivers_exactly_once() {
     env.write_schedules(&every("tick", "*/2 * * * * *", "tick", ""));
     let hold = env.fake.hold_sends();
     let mut daemon = env.spawn_daemon(&[]);
-    eventually(WAIT, "a send held by WeCom", || env.fake.sends_waiting() >= 1).await;
+    eventually(WAIT, "a send held by WeCom", || {
+        env.fake.sends_waiting() >= 1
+    })
+    .await;
     daemon.signal(SIGKILL);
     daemon.wait_exit(WAIT).await;
     // The request had reached WeCom: released now, it is delivered although its sender died.
     hold.release();
     let crashed = env.column("SELECT payload FROM sends WHERE status = 'pending'");
     assert!(!crashed.is_empty(), "the crash left the send pending");
-    eventually(WAIT, "the held sends delivered", || crashed.iter().all(|p| deliveries(&env).contains_key(p))).await;
+    eventually(WAIT, "the held sends delivered", || {
+        crashed.iter().all(|p| deliveries(&env).contains_key(p))
+    })
+    .await;
 
     let mut restarted = env.spawn_daemon(&[]);
-    eventually(WAIT, "the crashed sends resolved", || env.count("SELECT count(*) FROM sends WHERE status = 'pending'") == 0).await;
+    eventually(WAIT, "the crashed sends resolved", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'pending'") == 0
+    })
+    .await;
     stop(&mut restarted).await;
 
     for payload in &crashed {
-        assert_eq!(deliveries(&env)[payload], 1, "delivered exactly once: {payload}");
-        let resent = env.fake.all_requests().iter().filter(|r| &r.raw == payload && r.outcome == Outcome::Duplicate).count();
-        assert_eq!(resent, 1, "resent byte for byte and dropped by the duplicate check");
+        assert_eq!(
+            deliveries(&env)[payload],
+            1,
+            "delivered exactly once: {payload}"
+        );
+        let resent = env
+            .fake
+            .all_requests()
+            .iter()
+            .filter(|r| &r.raw == payload && r.outcome == Outcome::Duplicate)
+            .count();
+        assert_eq!(
+            resent, 1,
+            "resent byte for byte and dropped by the duplicate check"
+        );
     }
     let statuses = env.column("SELECT status || ' ' || attempts FROM sends WHERE payload IN (SELECT payload FROM sends WHERE attempts > 1)");
-    assert!(statuses.iter().all(|s| s == "sent 2"), "the crashed rows end sent, attempts counted: {statuses:?}");
-    assert!(restarted.logs().contains("resending the stored body"), "{}", restarted.logs());
+    assert!(
+        statuses.iter().all(|s| s == "sent 2"),
+        "the crashed rows end sent, attempts counted: {statuses:?}"
+    );
+    assert!(
+        restarted.logs().contains("resending the stored body"),
+        "{}",
+        restarted.logs()
+    );
     assert_eq!(integrity(&env), "ok", "the WAL survived kill -9");
 }
 
@@ -67,10 +107,18 @@ async fn kill_9_during_a_send_then_restart_delivers_exactly_once() {
 async fn a_crashed_send_past_its_duplicate_check_interval_is_not_resent() {
     let env = Env::new().await;
     // Resends stop 10 s before the interval ends: with 11 s, after 1 s it is too late.
-    env.write_schedules(&every("tick", "*/2 * * * * *", "tick", "duplicate_check_interval: 11"));
+    env.write_schedules(&every(
+        "tick",
+        "*/2 * * * * *",
+        "tick",
+        "duplicate_check_interval: 11",
+    ));
     let hold = env.fake.hold_sends();
     let mut daemon = env.spawn_daemon(&[]);
-    eventually(WAIT, "a send held by WeCom", || env.fake.sends_waiting() >= 1).await;
+    eventually(WAIT, "a send held by WeCom", || {
+        env.fake.sends_waiting() >= 1
+    })
+    .await;
     daemon.signal(SIGKILL);
     daemon.wait_exit(WAIT).await;
     hold.release();
@@ -78,26 +126,50 @@ async fn a_crashed_send_past_its_duplicate_check_interval_is_not_resent() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let mut restarted = env.spawn_daemon(&[]);
-    eventually(WAIT, "the crashed sends resolved", || env.count("SELECT count(*) FROM sends WHERE status = 'pending'") == 0).await;
+    eventually(WAIT, "the crashed sends resolved", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'pending'") == 0
+    })
+    .await;
     stop(&mut restarted).await;
     let ids = crashed.join(",");
-    assert_eq!(env.column(&format!("SELECT DISTINCT status FROM sends WHERE id IN ({ids})")), ["interrupted"]);
-    assert!(env.fake.all_requests().iter().all(|r| r.outcome != Outcome::Duplicate), "nothing was resent");
-    assert!(restarted.logs().contains("cannot be resent safely"), "{}", restarted.logs());
+    assert_eq!(
+        env.column(&format!(
+            "SELECT DISTINCT status FROM sends WHERE id IN ({ids})"
+        )),
+        ["interrupted"]
+    );
+    assert!(
+        env.fake
+            .all_requests()
+            .iter()
+            .all(|r| r.outcome != Outcome::Duplicate),
+        "nothing was resent"
+    );
+    assert!(
+        restarted.logs().contains("cannot be resent safely"),
+        "{}",
+        restarted.logs()
+    );
 }
 
 /// Runs the daemon until a slot is sent, stops it for `down`, runs it again until a slot is
 /// sent after the restart; returns the restart time.
 async fn run_stop_run(env: &Env, down: Duration) -> chrono::DateTime<Utc> {
     let mut daemon = env.spawn_daemon(&[]);
-    eventually(WAIT, "a first send", || env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 1).await;
+    eventually(WAIT, "a first send", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 1
+    })
+    .await;
     stop(&mut daemon).await;
     // The downtime itself: slots fall while nothing runs.
     tokio::time::sleep(down).await;
     let restart = Utc::now();
     let mut daemon = env.spawn_daemon(&[]);
     let before = env.count("SELECT count(*) FROM sends WHERE status = 'sent'");
-    eventually(WAIT, "a send after the restart", || env.count("SELECT count(*) FROM sends WHERE status = 'sent'") > before + 1).await;
+    eventually(WAIT, "a send after the restart", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") > before + 1
+    })
+    .await;
     stop(&mut daemon).await;
     restart
 }
@@ -109,34 +181,68 @@ async fn slots_missed_while_stopped_get_missed_rows() {
     let restart = run_stop_run(&env, Duration::from_secs(7)).await;
     assert_contiguous(&env, "tick", 2);
     let missed = env.column("SELECT scheduled_at FROM sends WHERE status = 'missed'");
-    assert!(missed.len() >= 3, "three slots fell in the downtime: {missed:?}");
+    assert!(
+        missed.len() >= 3,
+        "three slots fell in the downtime: {missed:?}"
+    );
     let restart = wecom_notify::time::to_db(restart);
-    assert!(missed.iter().all(|s| *s <= restart), "only slots before the restart are missed");
-    assert_eq!(env.count("SELECT count(*) FROM sends WHERE trigger = 'catch_up'"), 0, "catch_up is off by default");
+    assert!(
+        missed.iter().all(|s| *s <= restart),
+        "only slots before the restart are missed"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM sends WHERE trigger = 'catch_up'"),
+        0,
+        "catch_up is off by default"
+    );
     let sent = env.count("SELECT count(*) FROM sends WHERE status = 'sent'") as usize;
-    assert_eq!(env.fake.messages().len(), sent, "missed slots are recorded, not sent");
+    assert_eq!(
+        env.fake.messages().len(),
+        sent,
+        "missed slots are recorded, not sent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_catch_up_the_latest_missed_slot_is_sent_once_late() {
     let env = Env::new().await;
-    env.write_schedules(&every("tick", "*/2 * * * * *", "tick", "duplicate_check_interval: 1, catch_up: 30s"));
+    env.write_schedules(&every(
+        "tick",
+        "*/2 * * * * *",
+        "tick",
+        "duplicate_check_interval: 1, catch_up: 30s",
+    ));
     run_stop_run(&env, Duration::from_secs(7)).await;
     assert_contiguous(&env, "tick", 2);
-    let caught = env.column("SELECT scheduled_at || ' ' || status FROM sends WHERE trigger = 'catch_up'");
+    let caught =
+        env.column("SELECT scheduled_at || ' ' || status FROM sends WHERE trigger = 'catch_up'");
     assert_eq!(caught.len(), 1, "{caught:?}");
     assert!(caught[0].ends_with(" sent"), "{caught:?}");
-    let missed = env.column("SELECT scheduled_at FROM sends WHERE status = 'missed' ORDER BY scheduled_at");
-    assert!(missed.len() >= 2, "the older missed slots stay missed: {missed:?}");
-    assert!(missed.iter().all(|m| caught[0] > *m), "the catch-up is the latest of the missed slots");
-    assert!(deliveries(&env).values().all(|n| *n == 1), "each body delivered once");
+    let missed =
+        env.column("SELECT scheduled_at FROM sends WHERE status = 'missed' ORDER BY scheduled_at");
+    assert!(
+        missed.len() >= 2,
+        "the older missed slots stay missed: {missed:?}"
+    );
+    assert!(
+        missed.iter().all(|m| caught[0] > *m),
+        "the catch-up is the latest of the missed slots"
+    );
+    assert!(
+        deliveries(&env).values().all(|n| *n == 1),
+        "each body delivered once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flaky_wecom_still_gets_every_slot_exactly_once() {
     let env = Env::new().await;
     env.write_schedules(&every("tick", "* * * * * *", "tick", ""));
-    env.fake.set_chaos(Chaos { busy_fraction: 0.3, drop_fraction: 0.1, bad_gateway_fraction: 0.1 });
+    env.fake.set_chaos(Chaos {
+        busy_fraction: 0.3,
+        drop_fraction: 0.1,
+        bad_gateway_fraction: 0.1,
+    });
     let mut policy = fast_policy();
     policy.max_attempts = 15;
     let daemon = env.start_in_process(policy, Duration::from_secs(5));
@@ -146,16 +252,30 @@ async fn a_flaky_wecom_still_gets_every_slot_exactly_once() {
     .await;
     daemon.stop().await;
 
-    assert_eq!(env.count("SELECT count(*) FROM sends WHERE status = 'pending'"), 0, "every row is final");
+    assert_eq!(
+        env.count("SELECT count(*) FROM sends WHERE status = 'pending'"),
+        0,
+        "every row is final"
+    );
     let statuses = env.column("SELECT DISTINCT status FROM sends");
     assert_eq!(statuses, ["sent"], "every slot was delivered");
     let rows = env.count("SELECT count(*) FROM sends") as usize;
     assert_eq!(deliveries(&env).len(), rows, "one delivered body per slot");
-    assert!(deliveries(&env).values().all(|n| *n == 1), "nothing delivered twice");
+    assert!(
+        deliveries(&env).values().all(|n| *n == 1),
+        "nothing delivered twice"
+    );
     assert_contiguous(&env, "tick", 1);
     let attempts = env.count("SELECT sum(attempts) FROM sends") as usize;
-    assert!(attempts > rows, "faults were retried ({attempts} attempts for {rows} slots)");
-    assert_eq!(attempts, env.fake.send_calls(), "every attempt is counted in the rows");
+    assert!(
+        attempts > rows,
+        "faults were retried ({attempts} attempts for {rows} slots)"
+    );
+    assert_eq!(
+        attempts,
+        env.fake.send_calls(),
+        "every attempt is counted in the rows"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,17 +288,42 @@ async fn a_frequency_limit_pauses_every_send_of_the_app() {
     let pause = policy.rate_limit_pause;
     env.fake.script_send(Reply::Errcode(45009));
     let daemon = env.start_in_process(policy, Duration::from_secs(5));
-    eventually(WAIT, "sends after the pause", || env.fake.messages().len() >= 5).await;
+    eventually(WAIT, "sends after the pause", || {
+        env.fake.messages().len() >= 5
+    })
+    .await;
     daemon.stop().await;
 
     let requests = env.fake.all_requests();
-    let limited = requests.iter().find(|r| r.outcome == Outcome::Scripted).expect("the 45009 answer");
-    let during = requests.iter().filter(|r| r.at > limited.at && r.at < limited.at + pause).count();
-    assert_eq!(during, 0, "no request of the app during the {pause:?} pause");
-    let after = requests.iter().filter(|r| r.at >= limited.at + pause).count();
-    assert!(after >= 3, "the limited send and the slots held back by the pause went out after it");
-    assert_eq!(env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"), 0);
-    assert_eq!(env.count("SELECT max(attempts) FROM sends"), 2, "the limited send succeeded on its second attempt");
+    let limited = requests
+        .iter()
+        .find(|r| r.outcome == Outcome::Scripted)
+        .expect("the 45009 answer");
+    let during = requests
+        .iter()
+        .filter(|r| r.at > limited.at && r.at < limited.at + pause)
+        .count();
+    assert_eq!(
+        during, 0,
+        "no request of the app during the {pause:?} pause"
+    );
+    let after = requests
+        .iter()
+        .filter(|r| r.at >= limited.at + pause)
+        .count();
+    assert!(
+        after >= 3,
+        "the limited send and the slots held back by the pause went out after it"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"),
+        0
+    );
+    assert_eq!(
+        env.count("SELECT max(attempts) FROM sends"),
+        2,
+        "the limited send succeeded on its second attempt"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +336,11 @@ async fn a_token_invalidated_mid_run_is_refreshed_once_and_nothing_is_lost() {
     eventually(WAIT, "two more sends", || env.fake.messages().len() >= 4).await;
     stop(&mut daemon).await;
     assert_eq!(env.fake.gettoken_calls(), 2, "one refresh");
-    assert_eq!(env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"), 0, "no message lost");
+    assert_eq!(
+        env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"),
+        0,
+        "no message lost"
+    );
     assert_contiguous(&env, "tick", 2);
     assert!(deliveries(&env).values().all(|n| *n == 1));
 }
@@ -201,29 +350,58 @@ async fn a_database_refusing_writes_never_yields_a_false_sent_and_recovers() {
     let env = Env::new().await;
     env.write_schedules(&every("tick", "* * * * * *", "tick", ""));
     let daemon = env.start_in_process(fast_policy(), Duration::from_millis(200));
-    eventually(WAIT, "a first recorded send", || env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 1).await;
+    eventually(WAIT, "a first recorded send", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 1
+    })
+    .await;
 
     // Read-only, as on a remounted file system: every write fails with SQLITE_READONLY.
     let store = daemon.dispatcher.store().clone();
-    store.call(|c| c.pragma_update(None, "query_only", true)).await.expect("query_only on");
+    store
+        .call(|c| c.pragma_update(None, "query_only", true))
+        .await
+        .expect("query_only on");
     let rows_before = env.count("SELECT count(*) FROM sends");
     let delivered_before = env.fake.messages().len();
-    eventually(WAIT, "sends during the outage", || env.fake.messages().len() >= delivered_before + 3).await;
-    assert_eq!(env.count("SELECT count(*) FROM sends"), rows_before, "no row could be written, and none claims a send");
-    assert!(daemon.dispatcher.unwritten_count() >= 3, "the outcomes are kept until the database is back");
+    eventually(WAIT, "sends during the outage", || {
+        env.fake.messages().len() >= delivered_before + 3
+    })
+    .await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM sends"),
+        rows_before,
+        "no row could be written, and none claims a send"
+    );
+    assert!(
+        daemon.dispatcher.unwritten_count() >= 3,
+        "the outcomes are kept until the database is back"
+    );
 
     // Locked by another process as well, then writable again.
     let locker = env.db();
     locker.execute_batch("BEGIN EXCLUSIVE").expect("lock");
-    store.call(|c| c.pragma_update(None, "query_only", false)).await.expect("query_only off");
+    store
+        .call(|c| c.pragma_update(None, "query_only", false))
+        .await
+        .expect("query_only off");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     locker.execute_batch("COMMIT").expect("unlock");
-    eventually(WAIT, "the kept rows written", || daemon.dispatcher.unwritten_count() == 0).await;
+    eventually(WAIT, "the kept rows written", || {
+        daemon.dispatcher.unwritten_count() == 0
+    })
+    .await;
     daemon.stop().await;
 
     let sent = env.count("SELECT count(*) FROM sends WHERE status = 'sent'") as usize;
-    assert_eq!(env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"), 0);
-    assert_eq!(deliveries(&env).len(), sent, "every delivered message has its row, and no row claims more");
+    assert_eq!(
+        env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"),
+        0
+    );
+    assert_eq!(
+        deliveries(&env).len(),
+        sent,
+        "every delivered message has its row, and no row claims more"
+    );
     assert_contiguous(&env, "tick", 1);
     assert_eq!(integrity(&env), "ok");
 }
@@ -234,21 +412,36 @@ async fn no_broken_config_of_the_corpus_disturbs_a_running_daemon() {
     env.write_schedules(&every_two_seconds("tick", "tick"));
     let good = read(&env.config_path());
     let mut daemon = env.spawn_daemon(&[]);
-    eventually(WAIT, "a first send", || env.fake.messages().len() >= 1).await;
+    eventually(WAIT, "a first send", || !env.fake.messages().is_empty()).await;
     let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/configs/invalid");
-    let mut files: Vec<_> = std::fs::read_dir(corpus).expect("corpus").map(|e| e.expect("entry").path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(corpus)
+        .expect("corpus")
+        .map(|e| e.expect("entry").path())
+        .collect();
     files.sort();
     for (n, file) in files.iter().enumerate() {
         std::fs::copy(file, env.config_path()).expect("copy");
         daemon.signal(SIGHUP);
         let what = format!("reload_failed for {}", file.display());
-        eventually(WAIT, &what, || env.count("SELECT count(*) FROM events WHERE kind = 'reload_failed'") as usize == n + 1).await;
+        eventually(WAIT, &what, || {
+            env.count("SELECT count(*) FROM events WHERE kind = 'reload_failed'") as usize == n + 1
+        })
+        .await;
     }
     std::fs::write(env.config_path(), good).expect("restore");
     let before = env.fake.messages().len();
-    eventually(WAIT, "firing goes on", || env.fake.messages().len() >= before + 2).await;
+    eventually(WAIT, "firing goes on", || {
+        env.fake.messages().len() >= before + 2
+    })
+    .await;
     stop(&mut daemon).await;
-    assert_eq!(env.count("SELECT count(*) FROM events WHERE kind = 'reloaded'"), 0);
+    assert_eq!(
+        env.count("SELECT count(*) FROM events WHERE kind = 'reloaded'"),
+        0
+    );
     assert_contiguous(&env, "tick", 2);
-    assert_eq!(env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"), 0);
+    assert_eq!(
+        env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"),
+        0
+    );
 }

@@ -3,7 +3,13 @@
 
 mod support;
 
+mod calendar;
 mod check;
 mod daemon;
+mod guarantees;
+mod history;
+mod properties;
+mod recall;
 mod send;
+mod systemd;
 mod tokens;

@@ -52,7 +52,11 @@ pub fn every_two_seconds(name: &str, text: &str) -> String {
 
 /// A schedule item with `cron`, a body naming its slot, and `extra` keys (`a: 1, b: 2`).
 pub fn every(name: &str, cron: &str, text: &str, extra: &str) -> String {
-    let extra = if extra.is_empty() { String::new() } else { format!(", {extra}") };
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(", {extra}")
+    };
     format!(
         "  - {{ name: {name}, cron: '{cron}', to: {{ users: [u] }}{extra}, text: {{ content: '{text} {{{{ slot:%H:%M:%S }}}}' }} }}\n"
     )
@@ -195,16 +199,41 @@ impl Env {
 
     /// Runs the daemon in this process on this folder's config and database.
     pub fn start_in_process(&self, policy: RetryPolicy, busy_timeout: Duration) -> InProcess {
-        let config = self.load();
-        let store = Store::open_with_busy_timeout(&self.db_path(), busy_timeout).expect("open store");
+        self.start_in_process_with(self.load(), policy, busy_timeout)
+    }
+
+    /// [`Env::start_in_process`] with a config the test built or changed.
+    pub fn start_in_process_with(
+        &self,
+        config: Config,
+        policy: RetryPolicy,
+        busy_timeout: Duration,
+    ) -> InProcess {
+        let store =
+            Store::open_with_busy_timeout(&self.db_path(), busy_timeout).expect("open store");
         let client = Client::new().expect("http client");
         let tokens = TokenCache::new(store.clone(), client.clone());
-        let dispatcher = Arc::new(Dispatcher::new(store, client, tokens, policy, false).sending_unrecorded(true));
+        let dispatcher = Arc::new(
+            Dispatcher::new(store, client, tokens, policy, false).sending_unrecorded(true),
+        );
         let (reload, reloads) = mpsc::unbounded_channel();
         let (stop, stops) = mpsc::unbounded_channel();
-        let options = daemon::Options { dry_run: false, stop_timeout: Duration::from_secs(20) };
-        let handle = tokio::spawn(daemon::run(config, dispatcher.clone(), options, daemon::Control { reloads, stops }));
-        InProcess { dispatcher, reload, stop, handle }
+        let options = daemon::Options {
+            dry_run: false,
+            stop_timeout: Duration::from_secs(20),
+        };
+        let handle = tokio::spawn(daemon::run(
+            config,
+            dispatcher.clone(),
+            options,
+            daemon::Control { reloads, stops },
+        ));
+        InProcess {
+            dispatcher,
+            reload,
+            stop,
+            handle,
+        }
     }
 
     /// A connection to the test database.
@@ -225,15 +254,30 @@ impl Env {
 
     /// The `scheduled_at` of every row of `schedule`, in order.
     pub fn slots(&self, schedule: &str) -> Vec<chrono::DateTime<chrono::Utc>> {
-        self.column(&format!("SELECT scheduled_at FROM sends WHERE schedule = '{schedule}' ORDER BY scheduled_at"))
-            .iter()
-            .map(|s| chrono::DateTime::parse_from_rfc3339(s).expect("timestamp").to_utc())
-            .collect()
+        self.column(&format!(
+            "SELECT scheduled_at FROM sends WHERE schedule = '{schedule}' ORDER BY scheduled_at"
+        ))
+        .iter()
+        .map(|s| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .expect("timestamp")
+                .to_utc()
+        })
+        .collect()
     }
 
     /// Text messages delivered by the fake, in arrival order.
     pub fn texts(&self) -> Vec<String> {
-        self.fake.messages().iter().map(|m| m.json["text"]["content"].as_str().unwrap_or_default().to_string()).collect()
+        self.fake
+            .messages()
+            .iter()
+            .map(|m| {
+                m.json["text"]["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
     }
 
     /// First column of every row, as text.

@@ -1,0 +1,464 @@
+//! `history`: the sends, filtered and newest first, as a table or JSON Lines; `history --summary`:
+//! per schedule, its last slot, its status, its next fire time and its recent failures.
+//!
+//! History is for auditors, who may have the database but not a working config: the config only
+//! lends zones and next fire times, and a missing or invalid one is a warning, not an error.
+
+use std::io::{self, BufWriter, Write};
+use std::process::ExitCode;
+
+use chrono::{DateTime, Duration, NaiveDate, Timelike, Utc};
+use chrono_tz::Tz;
+use serde::Serialize;
+
+use super::{EXIT_FAILED, EXIT_OK, Globals};
+use crate::config::{self, Config, ConfigError, Secrets};
+use crate::store::Store;
+use crate::store::history::Status;
+use crate::store::query::{HistoryFilter, ScheduleActivity, SendRow};
+
+/// Every value of the `status` column.
+const STATUSES: [Status; 8] = [
+    Status::Pending,
+    Status::Sent,
+    Status::Partial,
+    Status::Failed,
+    Status::Interrupted,
+    Status::DryRun,
+    Status::Missed,
+    Status::Skipped,
+];
+
+/// How far back `--summary` counts failures.
+const FAILURE_WINDOW: Duration = Duration::hours(24);
+
+/// The longest `--since` duration accepted; anything longer is surely a typo.
+const MAX_SINCE_DAYS: i64 = 100 * 366;
+
+/// The accepted forms of `--since`, for its help and its error.
+const SINCE_FORMS: &str = "a duration ago (30m, 12h, 7d, 2w), a date (2026-11-30: midnight in the config's zone) or an RFC 3339 timestamp (2026-11-30T09:30:00+08:00)";
+
+/// The options of `history`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Only the rows of this schedule.
+    #[arg(long, value_name = "NAME")]
+    pub schedule: Option<String>,
+    /// Only rows with this status (pending, sent, partial, failed, interrupted, dry_run, missed, skipped).
+    #[arg(long, value_parser = parse_status)]
+    pub status: Option<Status>,
+    /// Only slots since WHEN: a duration ago (30m, 12h, 7d, 2w), a date (2026-11-30, midnight in the config's zone) or an RFC 3339 timestamp.
+    #[arg(long, value_name = "WHEN", value_parser = Since::parse)]
+    pub since: Option<Since>,
+    /// At most N rows, newest first.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+    /// One JSON object per line (JSON Lines), keys named like the columns of `sends`.
+    #[arg(long)]
+    pub json: bool,
+    /// Per schedule: the last slot, its status, the next fire time and the failures in the last 24 h.
+    #[arg(long, conflicts_with_all = ["status", "since", "limit"])]
+    pub summary: bool,
+}
+
+/// `--status`: one of the `status` column's values.
+pub fn parse_status(text: &str) -> Result<Status, String> {
+    Status::parse(text).ok_or_else(|| {
+        let names: Vec<&str> = STATUSES.iter().map(|s| s.as_str()).collect();
+        format!("unknown status; use one of {}", names.join(", "))
+    })
+}
+
+/// `--since`, before the config says which zone a date is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    Ago(Duration),
+    Date(NaiveDate),
+    At(DateTime<Utc>),
+}
+
+impl Since {
+    pub fn parse(text: &str) -> Result<Since, String> {
+        let text = text.trim();
+        if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            return Ok(Since::Date(date));
+        }
+        if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+            return Ok(Since::At(at.with_timezone(&Utc)));
+        }
+        match crate::time::parse_duration(text).ok() {
+            Some(ago) if ago <= Duration::days(MAX_SINCE_DAYS) => Ok(Since::Ago(ago)),
+            Some(_) => Err(format!("more than {MAX_SINCE_DAYS} days back")),
+            None => Err(format!("expected {SINCE_FORMS}")),
+        }
+    }
+
+    /// The instant meant, with a date's midnight read in `zone`.
+    pub fn resolve(self, now: DateTime<Utc>, zone: Tz) -> DateTime<Utc> {
+        match self {
+            Since::Ago(ago) => now - ago,
+            Since::At(at) => at,
+            Since::Date(date) => crate::time::start_of_day(date, zone)
+                .unwrap_or_else(|| date.and_time(chrono::NaiveTime::MIN).and_utc()),
+        }
+    }
+}
+
+/// Runs `history`.
+pub async fn run(globals: &Globals, options: &Options) -> ExitCode {
+    let config = load_config(globals);
+    let store = match globals.open_store(&globals.database(config.as_ref())) {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    let printed = if options.summary {
+        summary(&store, config.as_ref(), options).await
+    } else {
+        list(&store, config.as_ref(), options).await
+    };
+    match printed {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        // `history --json | head` closes the pipe early: that is not a failure.
+        Err(e)
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::from(EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// The config for zones and next fire times, if it can be read; history works without it.
+fn load_config(globals: &Globals) -> Option<Config> {
+    match config::load(&globals.config, Secrets::Optional) {
+        Ok(config) => Some(config),
+        Err(error) => {
+            let why = match &error {
+                ConfigError::Read { .. } => error.to_string(),
+                ConfigError::Invalid { path, problems, .. } => format!(
+                    "config {} has {} problem(s) (`wecom-notify check` lists them)",
+                    path.display(),
+                    problems.len()
+                ),
+            };
+            eprintln!("warning: {why}; times are shown in UTC, without next fire times");
+            None
+        }
+    }
+}
+
+async fn list(store: &Store, config: Option<&Config>, options: &Options) -> anyhow::Result<()> {
+    let default_zone = config.map_or(Tz::UTC, |c| c.timezone);
+    let filter = HistoryFilter {
+        schedule: options.schedule.clone(),
+        status: options.status,
+        since: options.since.map(|s| s.resolve(Utc::now(), default_zone)),
+        limit: options.limit,
+    };
+    let rows = store.history(filter).await?;
+    let mut out = BufWriter::new(io::stdout().lock());
+    if options.json {
+        for row in &rows {
+            serde_json::to_writer(&mut out, row)?;
+            out.write_all(b"\n")?;
+        }
+        return Ok(out.flush()?);
+    }
+    if rows.is_empty() {
+        writeln!(out, "no sends match")?;
+        return Ok(out.flush()?);
+    }
+    let header = [
+        "ID", "SCHEDULE", "TRIGGER", "SLOT", "STATUS", "ATTEMPTS", "ERRCODE", "MSGID", "INVALID",
+    ];
+    let mut unzoned: Vec<&str> = Vec::new();
+    let lines: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            let zone = config
+                .and_then(|c| c.schedule(&row.schedule))
+                .map(|s| s.zone);
+            if config.is_some() && zone.is_none() && !unzoned.contains(&row.schedule.as_str()) {
+                unzoned.push(&row.schedule);
+            }
+            let status = match row.recalled_at {
+                Some(_) => format!("{} (recalled)", row.status),
+                None => row.status.clone(),
+            };
+            vec![
+                row.id.to_string(),
+                row.schedule.clone(),
+                row.trigger.clone(),
+                local(&row.scheduled_at, zone.unwrap_or(Tz::UTC)),
+                status,
+                row.attempts.to_string(),
+                errcode(row),
+                row.msgid.clone().unwrap_or_else(|| "-".into()),
+                invalid(row),
+            ]
+        })
+        .collect();
+    write!(out, "{}", table(&header, &lines))?;
+    if !unzoned.is_empty() {
+        writeln!(
+            out,
+            "(slots of {} are in UTC: not in the config any more)",
+            unzoned.join(", ")
+        )?;
+    }
+    Ok(out.flush()?)
+}
+
+/// One line of `history --summary --json`.
+#[derive(Debug, Serialize)]
+struct SummaryLine<'a> {
+    schedule: &'a str,
+    in_config: bool,
+    enabled: Option<bool>,
+    last_id: Option<i64>,
+    last_slot: Option<&'a str>,
+    last_status: Option<&'a str>,
+    next_fire: Option<String>,
+    failed_24h: i64,
+}
+
+async fn summary(store: &Store, config: Option<&Config>, options: &Options) -> anyhow::Result<()> {
+    let now = Utc::now();
+    let wanted = |name: &str| options.schedule.as_deref().is_none_or(|w| w == name);
+    let names = config
+        .map(|c| {
+            c.schedules
+                .iter()
+                .map(|s| s.name.clone())
+                .filter(|n| wanted(n))
+                .collect()
+        })
+        .unwrap_or_default();
+    let activity: Vec<ScheduleActivity> = store
+        .activity(names, now - FAILURE_WINDOW)
+        .await?
+        .into_iter()
+        .filter(|a| wanted(&a.schedule))
+        .collect();
+    let mut out = BufWriter::new(io::stdout().lock());
+    let mut lines = Vec::new();
+    for a in &activity {
+        let schedule = config.and_then(|c| c.schedule(&a.schedule));
+        let next = schedule
+            .filter(|s| s.enabled)
+            .and_then(|s| s.next_after(now));
+        let line = SummaryLine {
+            schedule: &a.schedule,
+            in_config: schedule.is_some(),
+            enabled: schedule.map(|s| s.enabled),
+            last_id: a.last_slot.as_ref().map(|l| l.0),
+            last_slot: a.last_slot.as_ref().map(|l| l.1.as_str()),
+            last_status: a.last_slot.as_ref().map(|l| l.2.as_str()),
+            next_fire: next.map(crate::time::to_db),
+            failed_24h: a.failed,
+        };
+        if options.json {
+            serde_json::to_writer(&mut out, &line)?;
+            out.write_all(b"\n")?;
+            continue;
+        }
+        let zone = schedule.map_or(Tz::UTC, |s| s.zone);
+        let next_fire = match (schedule, next) {
+            (None, _) => "- (not in config)".to_string(),
+            (Some(s), _) if !s.enabled => "- (disabled)".to_string(),
+            (Some(_), None) => "- (never again)".to_string(),
+            (Some(_), Some(at)) => local(&crate::time::to_db(at), zone),
+        };
+        lines.push(vec![
+            a.schedule.clone(),
+            line.last_slot
+                .map_or_else(|| "-".into(), |at| local(at, zone)),
+            line.last_status.unwrap_or("-").to_string(),
+            next_fire,
+            a.failed.to_string(),
+        ]);
+    }
+    if !options.json {
+        if lines.is_empty() {
+            writeln!(out, "no schedules in the config or the history")?;
+        } else {
+            let header = ["SCHEDULE", "LAST SLOT", "STATUS", "NEXT FIRE", "FAILED 24H"];
+            write!(out, "{}", table(&header, &lines))?;
+        }
+    }
+    Ok(out.flush()?)
+}
+
+/// A stored timestamp as a reader in `zone` sees it: `2026-11-30 09:30 +08:00` (with seconds
+/// only when they are not zero). An unreadable value is shown as stored.
+fn local(stored: &str, zone: Tz) -> String {
+    match crate::time::from_db(stored) {
+        Some(at) => {
+            let at = at.with_timezone(&zone);
+            let format = if at.second() == 0 {
+                "%Y-%m-%d %H:%M %:z"
+            } else {
+                "%Y-%m-%d %H:%M:%S %:z"
+            };
+            at.format(format).to_string()
+        }
+        None => stored.to_string(),
+    }
+}
+
+/// The errcode with a few words on it: `60020 IP not trusted`, `0`, or why no answer was read.
+fn errcode(row: &SendRow) -> String {
+    let errmsg = row.errmsg.as_deref().unwrap_or("");
+    match row.errcode {
+        Some(0) => "0".to_string(),
+        Some(code) => format!(
+            "{code} {}",
+            short_meaning(code).map_or_else(|| shorten(errmsg), str::to_string)
+        ),
+        None if errmsg.is_empty() => "-".to_string(),
+        None => format!("- {}", shorten(errmsg)),
+    }
+    .trim_end()
+    .to_string()
+}
+
+/// A table-sized meaning of the errcodes in `wecom::error` (which has the full advice).
+fn short_meaning(errcode: i64) -> Option<&'static str> {
+    Some(match errcode {
+        -1 => "system busy",
+        40001 => "bad secret",
+        40003 | 81013 => "no valid recipient",
+        40013 => "bad corp_id",
+        40014 | 41001 | 42001 => "token invalid",
+        40056 => "bad agent_id",
+        44004 => "empty text",
+        45002 => "text too long",
+        45009 => "rate limited",
+        45033 => "too many concurrent",
+        48002 => "no API permission",
+        60020 => "IP not trusted",
+        82001 => "outside visible range",
+        301002 => "no permission",
+        _ => return None,
+    })
+}
+
+/// The first 40 characters of a message, on one line.
+fn shorten(text: &str) -> String {
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match one_line.char_indices().nth(40) {
+        Some((cut, _)) => format!("{}…", &one_line[..cut]),
+        None => one_line,
+    }
+}
+
+/// The recipients WeCom could not reach: `user:lisi|wangwu party:3`, or `-`.
+fn invalid(row: &SendRow) -> String {
+    let parts: Vec<String> = [
+        ("user", &row.invaliduser),
+        ("party", &row.invalidparty),
+        ("tag", &row.invalidtag),
+        ("unlicensed", &row.unlicenseduser),
+    ]
+    .iter()
+    .filter_map(|(what, list)| {
+        list.as_deref()
+            .filter(|l| !l.is_empty())
+            .map(|l| format!("{what}:{l}"))
+    })
+    .collect();
+    if parts.is_empty() {
+        "-".to_string()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// Left-aligned columns two spaces apart, widths counted in characters.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(' ', width - cell.chars().count() + 2));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn since_accepts_durations_dates_and_timestamps() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap();
+        let shanghai: Tz = "Asia/Shanghai".parse().unwrap();
+        let at = |text: &str| Since::parse(text).unwrap().resolve(now, shanghai);
+        assert_eq!(at("30m"), now - Duration::minutes(30));
+        assert_eq!(at("12h"), now - Duration::hours(12));
+        assert_eq!(at("7d"), now - Duration::days(7));
+        assert_eq!(at("2w"), now - Duration::weeks(2));
+        assert_eq!(
+            at("2026-11-30"),
+            Utc.with_ymd_and_hms(2026, 11, 29, 16, 0, 0).unwrap()
+        );
+        assert_eq!(
+            at("2026-11-30T09:30:00+08:00"),
+            Utc.with_ymd_and_hms(2026, 11, 30, 1, 30, 0).unwrap()
+        );
+        for bad in [
+            "",
+            "7",
+            "d",
+            "7x",
+            "-7d",
+            "1.5h",
+            "2026-13-01",
+            "99999999999w",
+            "yesterday",
+        ] {
+            assert!(Since::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_date_whose_midnight_is_skipped_starts_when_the_day_does() {
+        // Santiago springs forward at midnight: 2026-09-06 starts at 01:00 -03:00.
+        let santiago: Tz = "America/Santiago".parse().unwrap();
+        let since = Since::parse("2026-09-06")
+            .unwrap()
+            .resolve(Utc::now(), santiago);
+        assert_eq!(since, Utc.with_ymd_and_hms(2026, 9, 6, 4, 0, 0).unwrap());
+    }
+
+    #[test]
+    fn table_pads_by_characters() {
+        let rows = vec![
+            vec!["站会".to_string(), "x".to_string()],
+            vec!["ab".to_string(), "y".to_string()],
+        ];
+        assert_eq!(
+            table(&["NAME", "V"], &rows),
+            "NAME  V\n站会    x\nab    y\n"
+        );
+    }
+}

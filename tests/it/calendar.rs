@@ -1,0 +1,143 @@
+//! Holiday calendars: skipped dates and make-up workdays, in `check --next` and in real fires.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{Datelike, NaiveDate, Utc, Weekday};
+use chrono_tz::Tz;
+use wecom_notify::calendar::Calendar;
+
+use crate::support::*;
+
+fn shanghai_today() -> NaiveDate {
+    let zone: Tz = "Asia/Shanghai".parse().unwrap();
+    Utc::now().with_timezone(&zone).date_naive()
+}
+
+/// The first date after `from` that falls on `weekday`.
+fn next(from: NaiveDate, weekday: Weekday) -> NaiveDate {
+    from.iter_days()
+        .skip(1)
+        .find(|d| d.weekday() == weekday)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn check_shows_skipped_holidays_and_make_up_workdays() {
+    let env = Env::new().await;
+    let today = shanghai_today();
+    let monday = next(today, Weekday::Mon);
+    let saturday = next(monday, Weekday::Sat);
+    env.write_config(&format!(
+        "timezone: Asia/Shanghai\n{}calendars:\n  cn: {{ skip: [{monday}], workdays: [{saturday}] }}\nschedules:\n  - {{ name: standup, cron: '30 9 * * 1-5', calendar: cn, to: {{ users: [u] }}, text: {{ content: hi }} }}\n  - {{ name: weekly, cron: '0 16 * * Fri', calendar: cn, to: {{ users: [u] }}, text: {{ content: hi }} }}\n",
+        env.apps_yaml()
+    ));
+    let output = env.cli(&["check", "--next", "8"]).await;
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let standup: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| *l != "standup")
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let line = |date: NaiveDate| {
+        standup
+            .iter()
+            .find(|l| l.contains(&date.to_string()))
+            .map(|l| l.to_string())
+    };
+    assert!(
+        line(monday).is_some_and(|l| l.ends_with("(skipped: a holiday in calendar cn)")),
+        "{stdout}"
+    );
+    assert!(
+        line(saturday).is_some_and(
+            |l| l.contains("Sat 09:30:00") && l.ends_with("(make-up workday in calendar cn)")
+        ),
+        "{stdout}"
+    );
+    assert!(
+        line(next(saturday, Weekday::Sun)).is_none(),
+        "an ordinary Sunday does not fire: {stdout}"
+    );
+    // A Friday-only schedule is not a workday schedule: make-up days do not apply to it.
+    assert!(
+        stdout.contains(
+            "schedule \"weekly\", field calendar: calendar \"cn\" lists make-up workdays"
+        ),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_date_records_skipped_rows_and_sends_nothing() {
+    let env = Env::new().await;
+    let today = shanghai_today();
+    let tomorrow = today.succ_opt().unwrap();
+    // Every slot today is skipped; the dates around midnight are covered too.
+    env.write_config(&format!(
+        "timezone: Asia/Shanghai\n{}calendars:\n  cn: {{ skip: [{today}, {tomorrow}] }}\nschedules:\n{}",
+        env.apps_yaml(),
+        every("holiday", "*/2 * * * * *", "holiday", "calendar: cn")
+    ));
+    let mut daemon = env.spawn_daemon(&[]);
+    eventually(WAIT, "two skipped slots", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'skipped'") >= 2
+    })
+    .await;
+    daemon.signal(SIGTERM);
+    assert_eq!(daemon.wait_exit(WAIT).await.code(), Some(0));
+    assert_eq!(env.fake.send_calls(), 0, "nothing is sent on a holiday");
+    assert_eq!(env.column("SELECT DISTINCT status FROM sends"), ["skipped"]);
+    let slots = env.slots("holiday");
+    assert!(
+        slots.windows(2).all(|w| (w[1] - w[0]).num_seconds() == 2),
+        "one row per slot: {slots:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_make_up_workday_fires_a_schedule_whose_weekdays_exclude_it() {
+    let env = Env::new().await;
+    let zone: Tz = "Asia/Shanghai".parse().unwrap();
+    let today = shanghai_today();
+    // A cron that never matches today's weekday; its every-day form is what a make-up day uses.
+    let not_today = (today.weekday().num_days_from_sunday() + 1) % 7;
+    env.write_schedules(&every(
+        "makeup",
+        &format!("*/2 * * * * {not_today}"),
+        "makeup",
+        "",
+    ));
+    let mut config = env.load();
+    // Whether a weekday set counts as "workdays" is the unit tests' business (cron.rs); here the
+    // calendar is attached directly, so the test runs whatever day of the week it is.
+    let mut schedule = config.schedules[0].as_ref().clone();
+    schedule.calendar = Some(Arc::new(Calendar {
+        name: "cn".into(),
+        skip: Default::default(),
+        workdays: [today, today.succ_opt().unwrap()].into(),
+    }));
+    schedule.workday_cron = Some(wecom_notify::cron::CronSpec::parse("*/2 * * * * *").unwrap());
+    assert!(
+        schedule
+            .cron
+            .next_after(Utc::now(), zone)
+            .is_none_or(|s| s.with_timezone(&zone).date_naive() != today)
+    );
+    config.schedules[0] = Arc::new(schedule);
+    let daemon = env.start_in_process_with(config, fast_policy(), Duration::from_secs(5));
+    eventually(WAIT, "two sends on the make-up day", || {
+        env.fake.messages().len() >= 2
+    })
+    .await;
+    daemon.stop().await;
+    assert_eq!(env.column("SELECT DISTINCT status FROM sends"), ["sent"]);
+    let slots = env.slots("makeup");
+    assert!(
+        slots
+            .iter()
+            .all(|s| s.with_timezone(&zone).date_naive() >= today && s.timestamp() % 2 == 0),
+        "{slots:?}"
+    );
+}
