@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod dispatch;
 pub mod gate;
 pub mod logging;
+pub mod metrics;
 pub mod retry;
 pub mod store;
 pub mod template;

@@ -10,6 +10,7 @@ pub mod signals;
 mod timer;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, Schedule, Secrets};
 use crate::dispatch::Dispatcher;
+use crate::metrics;
 use crate::store::events::EventKind;
 use notify::Notifier;
 use recovery::Downtime;
@@ -28,6 +30,11 @@ use timer::{Firing, Timer};
 
 /// How long shutdown waits for sends in flight before recording them as `interrupted`.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How often the history is pruned (also once at start) when `history_retention` is set.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// Rows deleted per statement while pruning, so that sends are never held up for long.
+const PRUNE_BATCH: usize = 500;
 
 /// How often rows the database refused are tried again.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
@@ -118,6 +125,13 @@ pub async fn run(
             daemon.arm(schedule, now);
         }
     }
+    daemon.publish_armed();
+    if let Some(address) = daemon.config.metrics_listen {
+        // Metrics are a convenience: a port already taken must not stop the sending.
+        if let Err(e) = metrics::serve(address, daemon.firing.dispatcher.metrics().clone()).await {
+            tracing::error!("cannot serve metrics on {address}: {e}");
+        }
+    }
     let status = daemon.status_line();
     tracing::info!(config = %daemon.config.path.display(), digest = %daemon.config.digest, dry_run = daemon.options.dry_run, "{status}");
     daemon.notifier.ready(&status);
@@ -127,8 +141,11 @@ pub async fn run(
         .watchdog_interval()
         .map(tokio::time::interval);
     let mut flush = tokio::time::interval(FLUSH_INTERVAL);
+    let mut retention = tokio::time::interval(RETENTION_INTERVAL);
+    let pruning = Arc::new(AtomicBool::new(false));
     loop {
         tokio::select! {
+            _ = retention.tick() => daemon.prune_history(&pruning),
             Some(()) = control.reloads.recv() => daemon.reload().await,
             _ = control.stops.recv() => break,
             _ = tick(&mut watchdog) => daemon.notifier.watchdog(),
@@ -193,6 +210,35 @@ impl Daemon {
         }
     }
 
+    /// Tells the metrics which schedules are armed (for their next-fire gauge).
+    fn publish_armed(&self) {
+        let armed = self.timers.values().map(|t| t.schedule.clone()).collect();
+        self.firing.dispatcher.metrics().set_armed(armed);
+    }
+
+    /// Deletes history older than `history_retention` in the background (one pass at a time).
+    fn prune_history(&self, pruning: &Arc<AtomicBool>) {
+        let Some(retention) = self.config.history_retention else {
+            return;
+        };
+        if self.options.dry_run || pruning.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let store = self.firing.dispatcher.store().clone();
+        let pruning = pruning.clone();
+        tokio::spawn(async move {
+            let before = Utc::now() - retention;
+            match store.prune(before, PRUNE_BATCH).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(deleted = n, before = %crate::time::to_db(before), "pruned history older than history_retention")
+                }
+                Err(e) => tracing::error!("could not prune the history: {e:#}"),
+            }
+            pruning.store(false, Ordering::SeqCst);
+        });
+    }
+
     async fn reload(&mut self) {
         self.notifier.reloading();
         let path = self.config.path.clone();
@@ -204,13 +250,20 @@ impl Daemon {
         let loaded = tokio::task::spawn_blocking(move || config::load(&path, secrets)).await;
         match loaded {
             Ok(Ok(new)) => {
+                let metrics_listen = self.config.metrics_listen;
                 let summary = self.apply(new).await;
+                self.publish_armed();
+                self.firing.dispatcher.metrics().count_reload(true);
+                if self.config.metrics_listen != metrics_listen {
+                    tracing::warn!("metrics.listen changed; it takes effect at the next restart");
+                }
                 tracing::info!(digest = %self.config.digest, "reloaded: {summary}");
                 self.config.log_warnings();
                 self.event(EventKind::Reloaded, &summary).await;
             }
             Ok(Err(error)) => {
                 tracing::error!("reload rejected, the previous config stays in force: {error}");
+                self.firing.dispatcher.metrics().count_reload(false);
                 self.event(EventKind::ReloadFailed, &error.to_string())
                     .await;
             }

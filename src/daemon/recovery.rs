@@ -157,6 +157,7 @@ pub async fn settle(
             }
         })
         .collect();
+    let statuses: Vec<Status> = rows.iter().map(|row| row.status).collect();
     let recorded = firing.dispatcher.store().record_missed(rows).await;
     let mut note = format!(
         "schedule \"{}\" missed {total} slot(s) {why}, from {} to {}",
@@ -174,7 +175,16 @@ pub async fn settle(
         ));
     }
     match recorded {
-        Ok(_) => tracing::warn!("{note}"),
+        Ok(written) => {
+            tracing::warn!("{note}");
+            // Rows another daemon had already written are not counted again.
+            for status in statuses.iter().take(written) {
+                firing
+                    .dispatcher
+                    .metrics()
+                    .count_send(&schedule.name, status.as_str());
+            }
+        }
         Err(e) => tracing::error!("{note}; and the missed slots could not be recorded: {e:#}"),
     }
     if let Some(latest) = catch_up {

@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{App, Schedule};
 use crate::gate::{AppGate, Audience};
+use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 use crate::store::Store;
 use crate::store::history::{Claim, Finish, NewSend, PendingRow, Status, Trigger};
@@ -97,6 +98,7 @@ pub struct Dispatcher {
     inflight: Mutex<HashSet<i64>>,
     /// Rows the database refused, kept until it takes them.
     unwritten: Mutex<Vec<Unwritten>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
@@ -107,10 +109,12 @@ impl Dispatcher {
         policy: RetryPolicy,
         dry_run: bool,
     ) -> Dispatcher {
+        let metrics = Arc::new(Metrics::default());
         Dispatcher {
             store,
             client,
-            tokens,
+            tokens: tokens.with_metrics(metrics.clone()),
+            metrics,
             policy,
             dry_run,
             send_unrecorded: false,
@@ -132,6 +136,10 @@ impl Dispatcher {
 
     pub fn tokens(&self) -> &TokenCache {
         &self.tokens
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn is_dry_run(&self) -> bool {
@@ -223,6 +231,11 @@ impl Dispatcher {
                 finish,
             })));
         }
+        if trigger == Trigger::Cron {
+            let lag = Utc::now() - schedule.due(slot);
+            self.metrics
+                .observe_fire_lag(lag.to_std().unwrap_or_default());
+        }
         let waited = self
             .gate(app)
             .admit(Arc::new(Audience::of(&schedule.to)))
@@ -232,9 +245,11 @@ impl Dispatcher {
                 "held back to stay within WeCom's per-member limits (30 a minute, 1000 an hour)");
         }
         self.track(id, true);
+        let started = std::time::Instant::now();
         let finish = self
             .deliver(id, 0, app, &payload, schedule.duplicate_check_interval)
             .await;
+        self.metrics.observe_send(started.elapsed());
         let id = self.record(id, new, &finish).await;
         Ok(Fired::Done(Box::new(self.finished(
             &schedule.name,
@@ -273,6 +288,10 @@ impl Dispatcher {
             })
             .await?;
         tracing::info!(schedule = %schedule.name, slot = %slot_text, calendar, "skipped: the date is a holiday in the calendar");
+        if let Claim::Claimed(_) = claim {
+            self.metrics
+                .count_send(&schedule.name, Status::Skipped.as_str());
+        }
         Ok(claim)
     }
 
@@ -347,6 +366,7 @@ impl Dispatcher {
         payload: String,
         finish: Finish,
     ) -> SendOutcome {
+        self.metrics.count_send(schedule, finish.status.as_str());
         let outcome = SendOutcome {
             id,
             payload,

@@ -191,6 +191,30 @@ impl Store {
         .await
     }
 
+    /// Deletes finished rows whose slot is older than `before`, in batches of `batch` so that
+    /// other writers are never held up for long; returns how many went.
+    pub async fn prune(&self, before: DateTime<Utc>, batch: usize) -> anyhow::Result<usize> {
+        let before = crate::time::to_db(before);
+        let mut total = 0;
+        loop {
+            let cutoff = before.clone();
+            let deleted = self
+                .call(move |conn| {
+                    conn.execute(
+                        "DELETE FROM sends WHERE id IN (SELECT id FROM sends INDEXED BY sends_by_slot
+                             WHERE scheduled_at < ?1 AND status <> 'pending' LIMIT ?2)",
+                        params![cutoff, batch as i64],
+                    )
+                })
+                .await?;
+            total += deleted;
+            if deleted < batch {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Counts an attempt before it is made, so a crash mid-send leaves an honest count.
     pub async fn set_attempts(&self, id: i64, attempts: u32) -> anyhow::Result<()> {
         self.call(move |conn| {

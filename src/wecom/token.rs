@@ -11,6 +11,7 @@ use chrono::{Duration, Utc};
 
 use super::client::{AccessToken, Client, TokenError};
 use crate::config::App;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::tokens::StoredToken;
 
@@ -29,6 +30,7 @@ pub struct TokenCache {
     client: Client,
     margin: Duration,
     slots: Mutex<HashMap<(String, i64), Arc<Slot>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl TokenCache {
@@ -42,7 +44,14 @@ impl TokenCache {
             client,
             margin,
             slots: Mutex::new(HashMap::new()),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts gettoken calls in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> TokenCache {
+        self.metrics = metrics;
+        self
     }
 
     fn slot(&self, app: &App) -> Arc<Slot> {
@@ -82,6 +91,7 @@ impl TokenCache {
         };
         let fetch = || async {
             tracing::info!(app = %app.name, "fetching a new access token");
+            self.metrics.count_gettoken(&app.name);
             self.client.get_token(app).await
         };
         let stored = match stored.filter(|t| t.is_fresh(self.margin, Utc::now())) {

@@ -1,0 +1,310 @@
+//! Prometheus metrics: counted in memory always (it is cheap), served as text at `/metrics` only
+//! when `metrics.listen` is configured.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::Schedule;
+
+/// Bucket bounds of the latency histograms, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+/// A scrape request larger than this is not a scrape.
+const MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A cumulative histogram of durations.
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, value: Duration) {
+        let seconds = value.as_secs_f64();
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(value.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Everything the daemon counts.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    sends: Mutex<BTreeMap<(String, &'static str), u64>>,
+    gettoken: Mutex<BTreeMap<String, u64>>,
+    last_success: Mutex<BTreeMap<String, i64>>,
+    send_seconds: Histogram,
+    fire_lag_seconds: Histogram,
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
+    armed: RwLock<Vec<Arc<Schedule>>>,
+}
+
+impl Metrics {
+    /// A finished row of `schedule` with `status` (sent, failed, missed, skipped, ...).
+    pub fn count_send(&self, schedule: &str, status: &'static str) {
+        *self
+            .sends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((schedule.to_string(), status))
+            .or_default() += 1;
+        if matches!(status, "sent" | "partial") {
+            self.last_success
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(schedule.to_string(), Utc::now().timestamp());
+        }
+    }
+
+    /// How long a send took, from its first attempt to its outcome.
+    pub fn observe_send(&self, took: Duration) {
+        self.send_seconds.observe(took);
+    }
+
+    /// How late a send started after its slot was due.
+    pub fn observe_fire_lag(&self, lag: Duration) {
+        self.fire_lag_seconds.observe(lag);
+    }
+
+    /// A gettoken call made for `app`.
+    pub fn count_gettoken(&self, app: &str) {
+        *self
+            .gettoken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(app.to_string())
+            .or_default() += 1;
+    }
+
+    pub fn count_reload(&self, ok: bool) {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.reload_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The schedules armed now, for the next-fire gauge.
+    pub fn set_armed(&self, schedules: Vec<Arc<Schedule>>) {
+        *self.armed.write().unwrap_or_else(|p| p.into_inner()) = schedules;
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP wecom_notify_sends_total Finished sends by schedule and status.\n# TYPE wecom_notify_sends_total counter"
+        );
+        for ((schedule, status), n) in self.sends.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(
+                out,
+                "wecom_notify_sends_total{{schedule=\"{}\",status=\"{status}\"}} {n}",
+                escape(schedule)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP wecom_notify_gettoken_total gettoken calls made by this process, by app.\n# TYPE wecom_notify_gettoken_total counter"
+        );
+        for (app, n) in self
+            .gettoken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "wecom_notify_gettoken_total{{app=\"{}\"}} {n}",
+                escape(app)
+            );
+        }
+        self.send_seconds.render(
+            &mut out,
+            "wecom_notify_send_seconds",
+            "Time from a send's first attempt to its outcome.",
+        );
+        self.fire_lag_seconds.render(
+            &mut out,
+            "wecom_notify_fire_lag_seconds",
+            "Send start minus the slot's due time.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wecom_notify_next_fire_timestamp_seconds Next slot of each armed schedule (Unix time).\n# TYPE wecom_notify_next_fire_timestamp_seconds gauge"
+        );
+        let now = Utc::now();
+        for schedule in self.armed.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            if let Some(next) = schedule.next_after(now) {
+                let _ = writeln!(
+                    out,
+                    "wecom_notify_next_fire_timestamp_seconds{{schedule=\"{}\"}} {}",
+                    escape(&schedule.name),
+                    schedule.due(next).timestamp()
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP wecom_notify_last_success_timestamp_seconds Last sent or partial send of each schedule since start (Unix time).\n# TYPE wecom_notify_last_success_timestamp_seconds gauge"
+        );
+        for (schedule, at) in self
+            .last_success
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "wecom_notify_last_success_timestamp_seconds{{schedule=\"{}\"}} {at}",
+                escape(schedule)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP wecom_notify_reloads_total SIGHUP reloads.\n# TYPE wecom_notify_reloads_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "wecom_notify_reloads_total {}",
+            self.reloads.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wecom_notify_reload_failures_total Reloads rejected because the new config was invalid.\n# TYPE wecom_notify_reload_failures_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "wecom_notify_reload_failures_total {}",
+            self.reload_failures.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serves `GET /metrics` on `address` until the task is dropped.
+pub async fn serve(address: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(address).await?;
+    tracing::info!(%address, "serving metrics at /metrics");
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(answer(stream, metrics.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Answers one HTTP/1.1 request and closes the connection.
+async fn answer(mut stream: TcpStream, metrics: Arc<Metrics>) {
+    let mut request = Vec::with_capacity(512);
+    let mut buffer = [0u8; 1024];
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < MAX_REQUEST_BYTES {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => request.extend_from_slice(&buffer[..n]),
+            }
+        }
+        true
+    })
+    .await;
+    if !matches!(read, Ok(true)) {
+        return;
+    }
+    let line = String::from_utf8_lossy(&request);
+    let mut words = line.split_whitespace();
+    let (status, body) = match (words.next(), words.next()) {
+        (Some("GET"), Some("/metrics")) => ("200 OK", metrics.render()),
+        (Some("GET"), _) => (
+            "404 Not Found",
+            "only /metrics is served here\n".to_string(),
+        ),
+        _ => ("405 Method Not Allowed", "use GET /metrics\n".to_string()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let metrics = Metrics::default();
+        metrics.count_send("standup", "sent");
+        metrics.count_send("standup", "sent");
+        metrics.count_send("weekly", "failed");
+        metrics.count_gettoken("ops");
+        metrics.observe_send(Duration::from_millis(30));
+        metrics.count_reload(false);
+        let text = metrics.render();
+        assert!(
+            text.contains("wecom_notify_sends_total{schedule=\"standup\",status=\"sent\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("wecom_notify_sends_total{schedule=\"weekly\",status=\"failed\"} 1"));
+        assert!(text.contains("wecom_notify_gettoken_total{app=\"ops\"} 1"));
+        assert!(text.contains("wecom_notify_send_seconds_bucket{le=\"0.025\"} 0"));
+        assert!(text.contains("wecom_notify_send_seconds_bucket{le=\"0.05\"} 1"));
+        assert!(text.contains("wecom_notify_send_seconds_count 1"));
+        assert!(text.contains("wecom_notify_reload_failures_total 1"));
+        assert!(text.contains("wecom_notify_last_success_timestamp_seconds{schedule=\"standup\"}"));
+    }
+}
