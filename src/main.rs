@@ -67,9 +67,6 @@ fn main() -> ExitCode {
         config: cli.config,
         db: cli.db,
     };
-    if let Command::Check { next, dry_run } = cli.command {
-        return commands::check::run(&globals, next, dry_run);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -88,7 +85,7 @@ fn main() -> ExitCode {
             }
             Command::History(options) => commands::history::run(&globals, &options).await,
             Command::Recall { id } => commands::recall::run(&globals, id).await,
-            Command::Check { .. } => unreachable!("handled above"),
+            Command::Check { next, dry_run } => commands::check::run(&globals, next, dry_run),
         }
     })
 }

@@ -129,13 +129,7 @@ pub async fn settle(
                 .catch_up
                 .is_some_and(|window| now - *latest <= window)
         });
-    let app = firing
-        .apps
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&schedule.app)
-        .cloned();
-    let agent_id = app.as_ref().map_or(0, |a| a.agent_id);
+    let agent_id = firing.app(&schedule.app).map_or(0, |a| a.agent_id);
     let rows: Vec<NewSend> = slots
         .iter()
         .filter(|slot| Some(**slot) != catch_up)
@@ -228,13 +222,7 @@ async fn resume_one(firing: &Arc<Firing>, row: PendingRow, now: DateTime<Utc>) {
         .and_then(|body| body.get("duplicate_check_interval")?.as_u64())
         .and_then(|s| u32::try_from(s).ok())
         .unwrap_or(crate::config::DEFAULT_DUPLICATE_CHECK_INTERVAL);
-    let app = firing
-        .apps
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&row.app)
-        .cloned()
-        .filter(|a| a.agent_id == row.agent_id);
+    let app = firing.app(&row.app).filter(|a| a.agent_id == row.agent_id);
     let safe_until = row.created_at + Duration::seconds(i64::from(interval)) - RESEND_MARGIN;
     let what = format!(
         "send #{} of schedule \"{}\" (slot {})",

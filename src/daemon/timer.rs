@@ -39,6 +39,17 @@ pub struct Firing {
     pub inflight: TaskTracker,
 }
 
+impl Firing {
+    /// The app named `name` in the config in force.
+    pub fn app(&self, name: &str) -> Option<Arc<App>> {
+        self.apps
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+}
+
 /// An armed schedule. Dropping it disarms it (a fire already started is not interrupted).
 pub struct Timer {
     pub schedule: Arc<Schedule>,
@@ -116,13 +127,7 @@ pub async fn fire(
     slot: DateTime<Utc>,
     trigger: Trigger,
 ) {
-    let app = firing
-        .apps
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&schedule.app)
-        .cloned();
-    let Some(app) = app else {
+    let Some(app) = firing.app(&schedule.app) else {
         tracing::error!(schedule = %schedule.name, app = %schedule.app, "the schedule's app is not configured; slot not sent");
         return;
     };

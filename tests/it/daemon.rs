@@ -7,12 +7,6 @@ use chrono::Utc;
 
 use crate::support::*;
 
-async fn stop(daemon: &mut Daemon) {
-    daemon.signal(SIGTERM);
-    let status = daemon.wait_exit(WAIT).await;
-    assert_eq!(status.code(), Some(0), "exit code; log:\n{}", daemon.logs());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_slot_is_fired_once_at_the_instant_the_cron_names() {
     let env = Env::new().await;
@@ -22,7 +16,7 @@ async fn each_slot_is_fired_once_at_the_instant_the_cron_names() {
         env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 3
     })
     .await;
-    stop(&mut daemon).await;
+    daemon.stop().await;
 
     let slots = env.slots("tick");
     assert!(slots.len() >= 3);
@@ -60,8 +54,8 @@ async fn two_daemons_on_one_database_send_each_slot_once() {
         env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 4
     })
     .await;
-    stop(&mut first).await;
-    stop(&mut second).await;
+    first.stop().await;
+    second.stop().await;
 
     let rows = env.count("SELECT count(*) FROM sends") as usize;
     let distinct = env.count("SELECT count(DISTINCT scheduled_at) FROM sends") as usize;
@@ -102,7 +96,7 @@ async fn a_slow_send_does_not_delay_the_next_slot() {
         env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 2
     })
     .await;
-    stop(&mut daemon).await;
+    daemon.stop().await;
     assert_eq!(
         env.count("SELECT count(*) FROM sends WHERE status = 'pending'"),
         0
@@ -160,7 +154,7 @@ async fn sighup_adds_removes_and_changes_schedules() {
         || late("add") >= 2 && late("change") >= 2 && late("keep") >= 2,
     )
     .await;
-    stop(&mut daemon).await;
+    daemon.stop().await;
 
     assert_eq!(late("drop"), 0, "a removed schedule stops");
     let old_late = env
@@ -206,7 +200,7 @@ async fn sighup_with_a_broken_file_keeps_the_old_config_running() {
         env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= failed_at + 2
     })
     .await;
-    stop(&mut daemon).await;
+    daemon.stop().await;
 
     let detail = env
         .column("SELECT detail FROM events WHERE kind = 'reload_failed'")
@@ -235,12 +229,7 @@ async fn sighup_with_a_broken_file_keeps_the_old_config_running() {
 async fn sigterm_lets_the_send_in_flight_finish() {
     let env = Env::new().await;
     env.write_schedules(&every_two_seconds("tick", "tick"));
-    let hold = env.fake.hold_sends();
-    let mut daemon = env.spawn_daemon(&[]);
-    eventually(WAIT, "a send held by WeCom", || {
-        env.fake.sends_waiting() == 1
-    })
-    .await;
+    let (mut daemon, hold) = env.spawn_daemon_with_a_held_send().await;
     daemon.signal(SIGTERM);
     daemon.wait_log("waiting for sends in flight", WAIT).await;
     assert!(
@@ -345,12 +334,7 @@ async fn sd_notify_ready_reloading_stopping_and_watchdog() {
 async fn a_second_sigterm_stops_at_once_and_records_the_send_as_interrupted() {
     let env = Env::new().await;
     env.write_schedules(&every_two_seconds("tick", "tick"));
-    let _hold = env.fake.hold_sends();
-    let mut daemon = env.spawn_daemon(&[]);
-    eventually(WAIT, "a send held by WeCom", || {
-        env.fake.sends_waiting() == 1
-    })
-    .await;
+    let (mut daemon, _hold) = env.spawn_daemon_with_a_held_send().await;
     daemon.signal(SIGTERM);
     daemon.wait_log("waiting for sends in flight", WAIT).await;
     daemon.signal(SIGTERM);

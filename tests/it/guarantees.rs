@@ -9,16 +9,6 @@ use chrono::Utc;
 
 use crate::support::*;
 
-async fn stop(daemon: &mut Daemon) {
-    daemon.signal(SIGTERM);
-    assert_eq!(
-        daemon.wait_exit(WAIT).await.code(),
-        Some(0),
-        "{}",
-        daemon.logs()
-    );
-}
-
 /// How many times the fake delivered each body.
 fn deliveries(env: &Env) -> BTreeMap<String, usize> {
     let mut count = BTreeMap::new();
@@ -39,6 +29,17 @@ fn assert_contiguous(env: &Env, schedule: &str, step: i64) {
     );
 }
 
+/// Starts the daemon again and stops it once no row is pending any more.
+async fn restart_until_no_send_is_pending(env: &Env) -> Daemon {
+    let mut restarted = env.spawn_daemon(&[]);
+    eventually(WAIT, "the crashed sends resolved", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'pending'") == 0
+    })
+    .await;
+    restarted.stop().await;
+    restarted
+}
+
 fn integrity(env: &Env) -> String {
     env.db()
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
@@ -49,12 +50,7 @@ fn integrity(env: &Env) -> String {
 async fn kill_9_during_a_send_then_restart_delivers_exactly_once() {
     let env = Env::new().await;
     env.write_schedules(&every("tick", "*/2 * * * * *", "tick", ""));
-    let hold = env.fake.hold_sends();
-    let mut daemon = env.spawn_daemon(&[]);
-    eventually(WAIT, "a send held by WeCom", || {
-        env.fake.sends_waiting() >= 1
-    })
-    .await;
+    let (mut daemon, hold) = env.spawn_daemon_with_a_held_send().await;
     daemon.signal(SIGKILL);
     daemon.wait_exit(WAIT).await;
     // The request had reached WeCom: released now, it is delivered although its sender died.
@@ -66,12 +62,7 @@ async fn kill_9_during_a_send_then_restart_delivers_exactly_once() {
     })
     .await;
 
-    let mut restarted = env.spawn_daemon(&[]);
-    eventually(WAIT, "the crashed sends resolved", || {
-        env.count("SELECT count(*) FROM sends WHERE status = 'pending'") == 0
-    })
-    .await;
-    stop(&mut restarted).await;
+    let restarted = restart_until_no_send_is_pending(&env).await;
 
     for payload in &crashed {
         assert_eq!(
@@ -113,24 +104,14 @@ async fn a_crashed_send_past_its_duplicate_check_interval_is_not_resent() {
         "tick",
         "duplicate_check_interval: 11",
     ));
-    let hold = env.fake.hold_sends();
-    let mut daemon = env.spawn_daemon(&[]);
-    eventually(WAIT, "a send held by WeCom", || {
-        env.fake.sends_waiting() >= 1
-    })
-    .await;
+    let (mut daemon, hold) = env.spawn_daemon_with_a_held_send().await;
     daemon.signal(SIGKILL);
     daemon.wait_exit(WAIT).await;
     hold.release();
     let crashed = env.column("SELECT id FROM sends WHERE status = 'pending'");
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let mut restarted = env.spawn_daemon(&[]);
-    eventually(WAIT, "the crashed sends resolved", || {
-        env.count("SELECT count(*) FROM sends WHERE status = 'pending'") == 0
-    })
-    .await;
-    stop(&mut restarted).await;
+    let restarted = restart_until_no_send_is_pending(&env).await;
     let ids = crashed.join(",");
     assert_eq!(
         env.column(&format!(
@@ -160,7 +141,7 @@ async fn run_stop_run(env: &Env, down: Duration) -> chrono::DateTime<Utc> {
         env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 1
     })
     .await;
-    stop(&mut daemon).await;
+    daemon.stop().await;
     // The downtime itself: slots fall while nothing runs.
     tokio::time::sleep(down).await;
     let restart = Utc::now();
@@ -170,7 +151,7 @@ async fn run_stop_run(env: &Env, down: Duration) -> chrono::DateTime<Utc> {
         env.count("SELECT count(*) FROM sends WHERE status = 'sent'") > before + 1
     })
     .await;
-    stop(&mut daemon).await;
+    daemon.stop().await;
     restart
 }
 
@@ -334,7 +315,7 @@ async fn a_token_invalidated_mid_run_is_refreshed_once_and_nothing_is_lost() {
     eventually(WAIT, "two sends", || env.fake.messages().len() >= 2).await;
     env.fake.invalidate_all_tokens();
     eventually(WAIT, "two more sends", || env.fake.messages().len() >= 4).await;
-    stop(&mut daemon).await;
+    daemon.stop().await;
     assert_eq!(env.fake.gettoken_calls(), 2, "one refresh");
     assert_eq!(
         env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"),
@@ -434,7 +415,7 @@ async fn no_broken_config_of_the_corpus_disturbs_a_running_daemon() {
         env.fake.messages().len() >= before + 2
     })
     .await;
-    stop(&mut daemon).await;
+    daemon.stop().await;
     assert_eq!(
         env.count("SELECT count(*) FROM events WHERE kind = 'reloaded'"),
         0

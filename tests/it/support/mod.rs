@@ -9,7 +9,7 @@ use std::process::{ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 #[allow(unused_imports)]
-pub use fake_wecom::{Chaos, FakeWeCom, Outcome, Received, Reply};
+pub use fake_wecom::{Chaos, FakeWeCom, Hold, Outcome, Received, Reply};
 use std::sync::Arc;
 use tempfile::TempDir;
 use tokio::sync::mpsc;
@@ -236,6 +236,17 @@ impl Env {
         }
     }
 
+    /// Starts `run` and waits until WeCom (the fake) holds one of its sends.
+    pub async fn spawn_daemon_with_a_held_send(&self) -> (Daemon, Hold) {
+        let hold = self.fake.hold_sends();
+        let daemon = self.spawn_daemon(&[]);
+        eventually(WAIT, "a send held by WeCom", || {
+            self.fake.sends_waiting() >= 1
+        })
+        .await;
+        (daemon, hold)
+    }
+
     /// A connection to the test database.
     pub fn db(&self) -> rusqlite::Connection {
         let conn = rusqlite::Connection::open(self.db_path()).expect("open db");
@@ -330,6 +341,13 @@ impl Daemon {
                 self.logs()
             ),
         }
+    }
+
+    /// SIGTERM, and the exit code must be 0.
+    pub async fn stop(&mut self) {
+        self.signal(SIGTERM);
+        let status = self.wait_exit(WAIT).await;
+        assert_eq!(status.code(), Some(0), "exit code; log:\n{}", self.logs());
     }
 
     pub fn logs(&self) -> String {
