@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use chrono::{SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, Globals};
-use crate::config::Secrets;
+use crate::config::{Schedule, Secrets};
 use crate::dispatch::{Dispatcher, Fired};
 use crate::retry::RetryPolicy;
 use crate::store::history::{Status, Trigger};
@@ -61,6 +61,9 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
         dry_run,
     ));
     let now = Utc::now().trunc_subsecs(0);
+    if !dry_run {
+        warn_if_duplicate(&dispatcher, &schedule, app.agent_id, now).await;
+    }
     match dispatcher.fire(&schedule, &app, now, Trigger::Manual).await {
         Ok(Fired::Done(outcome)) => {
             if dry_run {
@@ -81,5 +84,27 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_FAILED)
         }
+    }
+}
+
+/// Warns when the same body went out within the duplicate-check interval: WeCom would answer
+/// "ok" and silently not deliver it, and the operator would believe it had been.
+async fn warn_if_duplicate(
+    dispatcher: &Dispatcher,
+    schedule: &Schedule,
+    agent_id: i64,
+    now: DateTime<Utc>,
+) {
+    let (_, payload) = schedule.body_at(agent_id, now);
+    let since = now - chrono::Duration::seconds(i64::from(schedule.duplicate_check_interval));
+    if let Ok(Some((id, at))) = dispatcher
+        .store()
+        .identical_send_since(&schedule.name, &payload, since)
+        .await
+    {
+        eprintln!(
+            "warning: history id {id} sent this very body at {at}, within duplicate_check_interval ({}s): WeCom will answer ok but not deliver it again. Change the text, or wait until the interval has passed",
+            schedule.duplicate_check_interval
+        );
     }
 }

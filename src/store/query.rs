@@ -128,6 +128,31 @@ pub struct ScheduleActivity {
 }
 
 impl Store {
+    /// The latest `sent`/`partial` row of `schedule` with exactly `payload`, written at or
+    /// after `since`: WeCom's duplicate check would silently drop the same body again.
+    pub async fn identical_send_since(
+        &self,
+        schedule: &str,
+        payload: &str,
+        since: DateTime<Utc>,
+    ) -> anyhow::Result<Option<(i64, String)>> {
+        let (schedule, payload, since) = (
+            schedule.to_string(),
+            payload.to_string(),
+            crate::time::to_db(since),
+        );
+        self.call(move |conn| {
+            conn.query_row(
+                "SELECT id, created_at FROM sends WHERE schedule = ?1 AND payload = ?2 AND created_at >= ?3
+                     AND status IN ('sent', 'partial') ORDER BY id DESC LIMIT 1",
+                params![schedule, payload, since],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })
+        .await
+    }
+
     /// The rows `filter` selects, newest (highest id) first.
     pub async fn history(&self, filter: HistoryFilter) -> anyhow::Result<Vec<SendRow>> {
         self.call(move |conn| {

@@ -504,3 +504,23 @@ async fn check_shows_how_each_schedule_renders_at_its_next_slot() {
         "{expected}\n{stdout}"
     );
 }
+
+#[tokio::test]
+async fn a_schedule_beyond_wecoms_per_member_limits_is_warned_about() {
+    let dir = TempDir::new().unwrap();
+    let yaml = offline_config(
+        "  - name: chatty\n    cron: \"* * * * * *\"\n    to: {users: [ZhangSan]}\n    text: {content: \"{{ slot:%T }}\"}\n  - name: hourly\n    cron: \"*/3 * * * * *\"\n    to: {users: [ZhangSan]}\n    text: {content: \"{{ slot:%T }}\"}\n  - name: calm\n    cron: \"*/5 * * * *\"\n    to: {users: [ZhangSan]}\n    text: {content: \"{{ slot:%T }}\"}\n",
+    );
+    let output = check_yaml(&dir, "limits.yaml", &yaml, &[]).await;
+    assert_exit(&output, 0);
+    let out = stdout(&output);
+    assert!(
+        out.contains("schedule \"chatty\", field cron: fires more than 30 times a minute"),
+        "{out}"
+    );
+    assert!(
+        out.contains("schedule \"hourly\", field cron: fires more than 1000 times an hour"),
+        "{out}"
+    );
+    assert!(!out.contains("schedule \"calm\", field cron"), "{out}");
+}

@@ -393,3 +393,29 @@ async fn logs_history_and_output_never_contain_the_secret_or_a_token() {
         }
     }
 }
+
+#[tokio::test]
+async fn sending_the_same_body_again_within_the_interval_warns_that_wecom_will_drop_it() {
+    let env = Env::new().await;
+    env.write_schedules(STANDUP);
+    let first = env.cli(&["send", "standup"]).await;
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(
+        !String::from_utf8_lossy(&first.stderr).contains("warning: history id"),
+        "{}",
+        text(&first)
+    );
+    let second = env.cli(&["send", "standup"]).await;
+    assert!(second.status.success(), "{}", text(&second));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("warning: history id 1 sent this very body")
+            && stderr.contains("will answer ok but not deliver"),
+        "{stderr}"
+    );
+    assert_eq!(
+        env.fake.messages().len(),
+        1,
+        "the fake, like WeCom, dropped the repeat"
+    );
+}
