@@ -81,6 +81,7 @@ impl AppGate {
     /// message. Returns how long it waited.
     pub async fn admit(&self, audience: Arc<Audience>) -> Duration {
         let start = Instant::now();
+        let mut held = false;
         loop {
             let retry_at = {
                 let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
@@ -107,11 +108,16 @@ impl AppGate {
                 match full(MINUTE, PER_MEMBER_PER_MINUTE).max(full(HOUR, PER_MEMBER_PER_HOUR)) {
                     None => {
                         recent.push_back((now, audience.clone()));
-                        return now.duration_since(start);
+                        return if held {
+                            now.duration_since(start)
+                        } else {
+                            Duration::ZERO
+                        };
                     }
                     Some(at) => at,
                 }
             };
+            held = true;
             tokio::time::sleep_until(retry_at).await;
         }
     }

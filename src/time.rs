@@ -35,6 +35,9 @@ pub fn start_of_day(date: chrono::NaiveDate, zone: chrono_tz::Tz) -> Option<Date
         .map(|at| at.with_timezone(&Utc))
 }
 
+/// The longest duration [`parse_duration`] accepts: a hundred years.
+const MAX_DURATION_SECONDS: i64 = 100 * 366 * 86_400;
+
 /// Parses a duration written as numbers with units: `90s`, `10m`, `2h`, `7d`, `2w`, `1h30m`.
 pub fn parse_duration(text: &str) -> Result<chrono::Duration, String> {
     let invalid = || format!("\"{text}\" is not a duration; write e.g. 90s, 10m, 2h, 7d or 1h30m");
@@ -55,15 +58,18 @@ pub fn parse_duration(text: &str) -> Result<chrono::Duration, String> {
             _ => return Err(invalid()),
         };
         let n: i64 = digits.parse().map_err(|_| invalid())?;
+        // A hundred years is more than any schedule or retention needs, and keeps date
+        // arithmetic with the result far from overflowing.
         let part = n
             .checked_mul(unit)
+            .filter(|s| *s <= MAX_DURATION_SECONDS)
             .and_then(chrono::Duration::try_seconds)
             .ok_or_else(invalid)?;
         total = total.checked_add(&part).ok_or_else(invalid)?;
         digits.clear();
         parts += 1;
     }
-    if parts == 0 || !digits.is_empty() {
+    if parts == 0 || !digits.is_empty() || total.num_seconds() > MAX_DURATION_SECONDS {
         return Err(invalid());
     }
     Ok(total)

@@ -70,6 +70,18 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
                 println!("{}", outcome.payload);
             }
             println!("{}", outcome.summary());
+            if dispatcher.unwritten_count() > 0 && dispatcher.flush_unwritten().await > 0 {
+                // The outcome is known but not in the history: an auditor would not see it,
+                // and the next daemon start would take the row for a crashed send.
+                dispatcher.log_unwritten();
+                eprintln!(
+                    "error: the outcome above could not be written to the database; history id {} stays pending",
+                    outcome
+                        .id
+                        .map_or_else(|| "-".to_string(), |id| id.to_string())
+                );
+                return ExitCode::from(EXIT_FAILED);
+            }
             match outcome.finish.status {
                 Status::Sent | Status::Partial | Status::DryRun => ExitCode::from(EXIT_OK),
                 _ => ExitCode::from(EXIT_FAILED),

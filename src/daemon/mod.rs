@@ -201,11 +201,18 @@ impl Daemon {
     /// Records an event with the digest of the config in force (not in a dry run: a rehearsal
     /// must not look like a daemon that was alive, to the next start's missed-slot scan).
     async fn event(&self, kind: EventKind, detail: &str) {
+        self.event_at(kind, Utc::now(), detail).await;
+    }
+
+    async fn event_at(&self, kind: EventKind, at: chrono::DateTime<Utc>, detail: &str) {
         if self.options.dry_run {
             return;
         }
         let store = self.firing.dispatcher.store();
-        if let Err(e) = store.record_event(kind, &self.config.digest, detail).await {
+        if let Err(e) = store
+            .record_event_at(kind, at, &self.config.digest, detail)
+            .await
+        {
             tracing::error!("could not record the {} event: {e:#}", kind.as_str());
         }
     }
@@ -309,6 +316,9 @@ impl Daemon {
         );
         self.notifier
             .stopping(&format!("stopping, {inflight} send(s) in flight"));
+        // From this instant on, slots are no longer this daemon's: the next start's missed-slot
+        // scan counts from here, however long the wait for sends in flight takes.
+        let disarmed_at = Utc::now();
         self.timers.clear();
         let mut scheduler = self.firing.scheduler.clone();
         if let Err(e) = scheduler.shutdown().await {
@@ -332,7 +342,8 @@ impl Daemon {
         if dispatcher.unwritten_count() > 0 && dispatcher.flush_unwritten().await > 0 {
             dispatcher.log_unwritten();
         }
-        self.event(EventKind::Stopped, &detail).await;
+        self.event_at(EventKind::Stopped, disarmed_at, &detail)
+            .await;
         tracing::info!("stopped ({detail})");
     }
 }

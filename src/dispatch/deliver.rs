@@ -17,31 +17,65 @@ enum Attempt {
     Transport(Transport),
 }
 
+/// One body to deliver, and what is known of attempts made before this call.
+pub struct Delivery<'a> {
+    /// The row to count attempts in (none when it could not be written).
+    pub id: Option<i64>,
+    pub app: &'a App,
+    pub payload: &'a str,
+    pub duplicate_check_interval: u32,
+    /// Attempts already counted in the row (a resumed row).
+    pub previous_attempts: u32,
+    /// Since when an earlier attempt may already have reached WeCom (a resumed row: since the
+    /// row was written). Resends stay inside the duplicate-check window that starts there.
+    pub maybe_delivered_since: Option<Instant>,
+}
+
 impl Dispatcher {
-    /// Sends `payload` until it is accepted, fails for good, or the retry budget is spent.
-    /// `id` is the row to count attempts in (none when it could not be written);
-    /// `previous_attempts` continues the count of a resumed row.
-    pub async fn deliver(
-        &self,
-        id: Option<i64>,
-        previous_attempts: u32,
-        app: &App,
-        payload: &str,
-        duplicate_check_interval: u32,
-    ) -> Finish {
+    /// Sends the body until it is accepted, fails for good, or the retry budget is spent.
+    pub async fn deliver(&self, delivery: Delivery<'_>) -> Finish {
+        let Delivery {
+            id,
+            app,
+            payload,
+            duplicate_check_interval,
+            previous_attempts,
+            maybe_delivered_since,
+        } = delivery;
         let started = Instant::now();
+        let window = self.policy.ambiguous_window(duplicate_check_interval);
         let gate = self.gate(app);
-        let mut first_ambiguous: Option<Instant> = None;
+        let mut first_ambiguous = maybe_delivered_since;
         let mut refreshed_token = false;
         let mut attempts = previous_attempts;
+        let mut last_failure: Option<Finish> = None;
         loop {
             gate.wait().await;
+            // Checked again after every wait (the back-off, another send's pause): a resend
+            // after the duplicate-check window could deliver the message twice.
+            let reason = self.give_up(
+                attempts - previous_attempts,
+                started,
+                first_ambiguous,
+                window,
+                Duration::ZERO,
+            );
+            if let Some(reason) =
+                reason.filter(|_| last_failure.is_some() || first_ambiguous.is_some())
+            {
+                tracing::warn!(id, attempts, "giving up: {reason}");
+                return last_failure.unwrap_or_else(|| {
+                    Finish::local_error(attempts, format!("not resent: {reason}"))
+                });
+            }
             attempts += 1;
             if let Some(id) = id
                 && let Err(e) = self.store.set_attempts(id, attempts).await
             {
                 tracing::warn!(id, error = %format!("{e:#}"), "could not count an attempt in the history");
             }
+            // A request that times out may have reached WeCom as soon as it was sent.
+            let attempt_started = Instant::now();
             let attempt = self.attempt(app, payload).await;
             let (delay, failure) = match attempt {
                 Attempt::Answer(reply, token) => match classify(reply.errcode) {
@@ -53,6 +87,7 @@ impl Dispatcher {
                         if let Err(e) = self.tokens.invalidate(app, &token).await {
                             tracing::warn!(error = %format!("{e:#}"), "could not drop the rejected token");
                         }
+                        last_failure = Some(Finish::from_reply(attempts, reply));
                         continue;
                     }
                     ErrorClass::Busy => (
@@ -92,7 +127,7 @@ impl Dispatcher {
                 ),
                 Attempt::Transport(transport) => {
                     if transport.maybe_delivered {
-                        first_ambiguous.get_or_insert_with(Instant::now);
+                        first_ambiguous.get_or_insert(attempt_started);
                     }
                     (
                         self.policy.backoff(attempts),
@@ -104,24 +139,26 @@ impl Dispatcher {
                 attempts - previous_attempts,
                 started,
                 first_ambiguous,
+                window,
                 delay,
-                duplicate_check_interval,
             ) {
                 tracing::warn!(id, attempts, "giving up: {reason}");
                 return failure;
             }
             tracing::info!(id, attempts, delay_ms = delay.as_millis() as u64, reason = %failure_reason(&failure), "send failed, retrying");
             tokio::time::sleep(delay).await;
+            last_failure = Some(failure);
         }
     }
 
+    /// Why no further attempt may start `delay` from now, if so.
     fn give_up(
         &self,
         attempts: u32,
         started: Instant,
         first_ambiguous: Option<Instant>,
+        window: Duration,
         delay: Duration,
-        duplicate_check_interval: u32,
     ) -> Option<String> {
         if attempts >= self.policy.max_attempts {
             return Some(format!("{attempts} attempts made"));
@@ -133,7 +170,7 @@ impl Dispatcher {
             ));
         }
         if let Some(first) = first_ambiguous
-            && first.elapsed() + delay >= self.policy.ambiguous_window(duplicate_check_interval)
+            && first.elapsed() + delay >= window
         {
             return Some("an earlier attempt may have arrived, and a resend after the duplicate-check interval could deliver it twice".to_string());
         }

@@ -26,6 +26,7 @@ use crate::store::history::{Claim, Finish, NewSend, PendingRow, Status, Trigger}
 use crate::wecom::Client;
 use crate::wecom::error::describe;
 use crate::wecom::token::TokenCache;
+use deliver::Delivery;
 use journal::Unwritten;
 
 /// What became of one fire.
@@ -236,6 +237,9 @@ impl Dispatcher {
             self.metrics
                 .observe_fire_lag(lag.to_std().unwrap_or_default());
         }
+        // In flight from the claim on: a stop that gives up waiting marks it interrupted even
+        // while the rate limiter still holds it back.
+        self.track(id, true);
         let waited = self
             .gate(app)
             .admit(Arc::new(Audience::of(&schedule.to)))
@@ -244,10 +248,16 @@ impl Dispatcher {
             tracing::info!(schedule = %schedule.name, slot = %slot_text, waited_s = waited.as_secs(),
                 "held back to stay within WeCom's per-member limits (30 a minute, 1000 an hour)");
         }
-        self.track(id, true);
         let started = std::time::Instant::now();
         let finish = self
-            .deliver(id, 0, app, &payload, schedule.duplicate_check_interval)
+            .deliver(Delivery {
+                id,
+                app,
+                payload: &payload,
+                duplicate_check_interval: schedule.duplicate_check_interval,
+                previous_attempts: 0,
+                maybe_delivered_since: None,
+            })
             .await;
         self.metrics.observe_send(started.elapsed());
         let id = self.record(id, new, &finish).await;
@@ -303,14 +313,21 @@ impl Dispatcher {
         duplicate_check_interval: u32,
     ) -> SendOutcome {
         self.track(Some(row.id), true);
+        // The crashed attempt may have reached WeCom at any moment since the row was written.
+        let age = (Utc::now() - row.created_at).to_std().unwrap_or_default();
         let finish = self
-            .deliver(
-                Some(row.id),
-                row.attempts,
+            .deliver(Delivery {
+                id: Some(row.id),
                 app,
-                &row.payload,
+                payload: &row.payload,
                 duplicate_check_interval,
-            )
+                previous_attempts: row.attempts,
+                maybe_delivered_since: Some(
+                    tokio::time::Instant::now()
+                        .checked_sub(age)
+                        .unwrap_or_else(tokio::time::Instant::now),
+                ),
+            })
             .await;
         let recorded = self.store.finish(row.id, finish.clone()).await;
         if let Err(e) = recorded {

@@ -1,5 +1,6 @@
 //! The `events` table: started, reloaded, reload_failed, stopped.
 
+use chrono::{DateTime, Utc};
 use rusqlite::params;
 
 use super::Store;
@@ -32,13 +33,25 @@ impl Store {
         digest: &str,
         detail: &str,
     ) -> anyhow::Result<()> {
+        self.record_event_at(kind, Utc::now(), digest, detail).await
+    }
+
+    /// Records an event that happened at `at` (a stop is dated when firing stopped, not when
+    /// the sends in flight were done: slots after that instant were not the daemon's any more).
+    pub async fn record_event_at(
+        &self,
+        kind: EventKind,
+        at: DateTime<Utc>,
+        digest: &str,
+        detail: &str,
+    ) -> anyhow::Result<()> {
         let digest = digest.to_string();
         let detail = detail.to_string();
         self.call(move |conn| {
             conn.execute(
                 "INSERT INTO events (at, kind, config_digest, pid, version, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
-                    crate::time::now_db(),
+                    crate::time::to_db(at),
                     kind.as_str(),
                     digest,
                     std::process::id(),

@@ -16,27 +16,41 @@ use crate::wecom::client::{AccessToken, FreshToken};
 #[derive(Debug, Clone)]
 pub struct StoredToken {
     pub token: AccessToken,
+    pub fetched_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
 }
 
 impl StoredToken {
-    /// Usable until `margin` before it expires.
+    /// A token WeCom just issued.
+    pub fn fresh(issued: FreshToken, now: DateTime<Utc>) -> StoredToken {
+        // The client bounds expires_in, so this cannot overflow.
+        StoredToken {
+            token: issued.token,
+            fetched_at: now,
+            expires_at: now + Duration::seconds(issued.expires_in),
+        }
+    }
+
+    /// Usable until `margin` before it expires, or half its lifetime if that is shorter (a
+    /// token that lives less than two margins would otherwise never be used at all).
     pub fn is_fresh(&self, margin: Duration, now: DateTime<Utc>) -> bool {
+        let margin = margin.min((self.expires_at - self.fetched_at) / 2);
         self.expires_at - margin > now
     }
 }
 
 fn read(conn: &Connection, corp_id: &str, agent_id: i64) -> rusqlite::Result<Option<StoredToken>> {
     conn.query_row(
-        "SELECT access_token, expires_at FROM access_tokens WHERE corp_id = ?1 AND agent_id = ?2",
+        "SELECT access_token, fetched_at, expires_at FROM access_tokens WHERE corp_id = ?1 AND agent_id = ?2",
         params![corp_id, agent_id],
-        |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+        |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)),
     )
     .optional()
     .map(|found| {
-        found.and_then(|(token, expires_at)| {
+        found.and_then(|(token, fetched_at, expires_at)| {
             Some(StoredToken {
                 token: AccessToken::new(token),
+                fetched_at: crate::time::from_db(&fetched_at)?,
                 expires_at: crate::time::from_db(&expires_at)?,
             })
         })
@@ -121,10 +135,7 @@ impl Store {
             }
         };
         let now = Utc::now();
-        let stored = StoredToken {
-            token: fresh.token,
-            expires_at: now + Duration::seconds(fresh.expires_in),
-        };
+        let stored = StoredToken::fresh(fresh, now);
         let row = (
             corp_id.to_string(),
             agent_id,

@@ -118,6 +118,8 @@ impl Client {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("wecom-notify/", env!("CARGO_PKG_VERSION")))
+            // A redirect would carry the secret or the token, in the query, to another host.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Client { http })
     }
@@ -139,7 +141,8 @@ impl Client {
         match (answer.errcode, answer.access_token) {
             (0, Some(token)) if !token.is_empty() => Ok(FreshToken {
                 token: AccessToken(token),
-                expires_in: answer.expires_in.unwrap_or(7200),
+                // WeCom says 7200; anything outside a minute to a day is not to be trusted.
+                expires_in: answer.expires_in.unwrap_or(7200).clamp(60, 86_400),
             }),
             (0, _) => Err(TokenError::Transport(Transport {
                 detail: "gettoken answered errcode 0 without an access_token".to_string(),
@@ -253,11 +256,48 @@ fn transport(error: reqwest::Error, what: &str) -> Transport {
 
 /// The start of an unexpected answer, for the error message (an HTML error page, say).
 fn excerpt(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
+    // A proxy's error page may echo the request URL: cut the token and the secret out.
+    let text = redact(&String::from_utf8_lossy(bytes));
     let text: String = text.chars().filter(|c| !c.is_control()).take(120).collect();
     if text.is_empty() {
         "(empty body)".to_string()
     } else {
         text
+    }
+}
+
+/// Replaces the values of `access_token=` and `corpsecret=` with `***`.
+fn redact(text: &str) -> String {
+    let mut out = text.to_string();
+    for key in ["access_token=", "corpsecret="] {
+        let mut from = 0;
+        while let Some(found) = out[from..].find(key) {
+            let start = from + found + key.len();
+            let end = out[start..]
+                .find(|c: char| c == '&' || c == '"' || c == '\'' || c == '<' || c.is_whitespace())
+                .map_or(out.len(), |n| start + n);
+            out.replace_range(start..end, "***");
+            from = start + 3;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpts_never_carry_a_token_or_a_secret() {
+        let page = b"<html>502 for /cgi-bin/message/send?access_token=TOKEN123&x=1 and gettoken?corpid=ww&corpsecret=SECRET456</html>";
+        let text = excerpt(page);
+        assert!(
+            !text.contains("TOKEN123") && !text.contains("SECRET456"),
+            "{text}"
+        );
+        assert!(
+            text.contains("access_token=***&x=1") && text.contains("corpsecret=***<"),
+            "{text}"
+        );
     }
 }

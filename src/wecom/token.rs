@@ -18,10 +18,15 @@ use crate::store::tokens::StoredToken;
 /// Tokens are used until this long before they expire, so that none expires in flight.
 pub const DEFAULT_SAFETY_MARGIN: Duration = Duration::minutes(5);
 
+/// How long a failed gettoken answers for the callers that were waiting for it, so that a
+/// burst of sends during an outage makes one call, not one each.
+const FAILURE_SHARED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Default)]
 struct Slot {
     current: Mutex<Option<StoredToken>>,
     refresh: tokio::sync::Mutex<()>,
+    failed: Mutex<Option<(std::time::Instant, TokenError)>>,
 }
 
 /// The token cache of every app of this process.
@@ -80,6 +85,32 @@ impl TokenCache {
         if let Some(token) = self.fresh(&slot) {
             return Ok(token);
         }
+        if let Some((at, error)) = slot
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            && at.elapsed() < FAILURE_SHARED_FOR
+        {
+            return Err(error.clone());
+        }
+        let stored = match self.refresh(app).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                *slot.failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((std::time::Instant::now(), error.clone()));
+                return Err(error);
+            }
+        };
+        let token = stored.token.clone();
+        *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
+        *slot.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(token)
+    }
+
+    /// The stored token if another process refreshed it, else one fetched under the
+    /// database's write lock.
+    async fn refresh(&self, app: &App) -> Result<StoredToken, TokenError> {
         // A database that refuses reads or writes must not stop sending: the token is then
         // fetched and kept in memory only (still one fetch at a time within this process).
         let stored = match self.store.load_token(&app.corp_id, app.agent_id).await {
@@ -106,17 +137,11 @@ impl TokenCache {
                     tracing::warn!(
                         "cannot share the token refresh through the database ({e:#}); fetching without it"
                     );
-                    let fresh = fetch().await?;
-                    StoredToken {
-                        token: fresh.token,
-                        expires_at: Utc::now() + chrono::Duration::seconds(fresh.expires_in),
-                    }
+                    StoredToken::fresh(fetch().await?, Utc::now())
                 }
             },
         };
-        let token = stored.token.clone();
-        *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
-        Ok(token)
+        Ok(stored)
     }
 
     /// Forgets `failed` after WeCom rejected it (40014/42001/41001), in memory and in the

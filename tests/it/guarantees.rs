@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 
 use crate::support::*;
 
@@ -81,11 +81,16 @@ async fn kill_9_during_a_send_then_restart_delivers_exactly_once() {
             "resent byte for byte and dropped by the duplicate check"
         );
     }
-    let statuses = env.column("SELECT status || ' ' || attempts FROM sends WHERE payload IN (SELECT payload FROM sends WHERE attempts > 1)");
-    assert!(
-        statuses.iter().all(|s| s == "sent 2"),
-        "the crashed rows end sent, attempts counted: {statuses:?}"
-    );
+    for payload in &crashed {
+        let row = env.column(&format!(
+            "SELECT status || ' ' || attempts FROM sends WHERE payload = '{payload}'"
+        ));
+        assert_eq!(
+            row,
+            ["sent 2"],
+            "the crashed row ends sent, both attempts counted"
+        );
+    }
     assert!(
         restarted.logs().contains("resending the stored body"),
         "{}",
@@ -219,10 +224,13 @@ async fn with_catch_up_the_latest_missed_slot_is_sent_once_late() {
 async fn a_flaky_wecom_still_gets_every_slot_exactly_once() {
     let env = Env::new().await;
     env.write_schedules(&every("tick", "* * * * * *", "tick", ""));
+    // Some faults happen after WeCom delivered the message (the answer is lost): only the
+    // duplicate check stands between those retries and a second delivery.
     env.fake.set_chaos(Chaos {
-        busy_fraction: 0.3,
+        busy_fraction: 0.25,
         drop_fraction: 0.1,
         bad_gateway_fraction: 0.1,
+        lost_answer_fraction: 0.15,
     });
     let mut policy = fast_policy();
     policy.max_attempts = 15;
@@ -424,5 +432,139 @@ async fn no_broken_config_of_the_corpus_disturbs_a_running_daemon() {
     assert_eq!(
         env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"),
         0
+    );
+}
+
+/// Seeds a row as a crash would leave it: delivered to WeCom `age` ago, still `pending`, its
+/// process gone. Returns its payload.
+async fn crashed_row(env: &Env, age: Duration) -> String {
+    let output = env.cli(&["send", "tick"]).await;
+    assert!(output.status.success(), "{}", text(&output));
+    let created = wecom_notify::time::to_db(Utc::now() - chrono::Duration::from_std(age).unwrap());
+    env.db()
+        .execute(
+            "UPDATE sends SET status = 'pending', trigger = 'manual', created_at = ?1, finished_at = NULL, pid = 2147483646",
+            [&created],
+        )
+        .expect("update");
+    env.column("SELECT payload FROM sends").remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_send_never_retries_past_its_duplicate_check_window() {
+    let env = Env::new().await;
+    // Never fires on its own: only the crashed row is sent.
+    env.write_schedules(&every(
+        "tick",
+        "0 0 1 1 *",
+        "tick",
+        "duplicate_check_interval: 30",
+    ));
+    // Written 19 s ago: still resent (the daemon keeps a 10 s margin before the 30 s end).
+    let payload = crashed_row(&env, Duration::from_secs(19)).await;
+    // The resend meets a frequency limit; its 12 s pause would carry a retry past the interval.
+    env.fake.script_send(Reply::Errcode(45009));
+    let mut policy = fast_policy();
+    policy.rate_limit_pause = Duration::from_secs(12);
+    let daemon = env.start_in_process(policy, Duration::from_secs(5));
+    eventually(Duration::from_secs(40), "the resumed row settled", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'pending'") == 0
+    })
+    .await;
+    daemon.stop().await;
+    assert_eq!(deliveries(&env)[&payload], 1, "delivered once");
+    let requests = env
+        .fake
+        .all_requests()
+        .iter()
+        .filter(|r| r.raw == payload)
+        .count();
+    assert_eq!(
+        requests, 2,
+        "the original and the one resend that met 45009; no retry after the window"
+    );
+    assert_eq!(env.column("SELECT status FROM sends"), ["failed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_window_starts_when_a_timed_out_attempt_was_sent() {
+    let env = Env::new().await;
+    env.write_schedules(&every(
+        "tick",
+        "0 0 1 1 *",
+        "tick",
+        "duplicate_check_interval: 20",
+    ));
+    let config = env.load();
+    let mut policy = fast_policy();
+    policy.rate_limit_pause = Duration::from_secs(6);
+    policy.max_elapsed = Duration::from_secs(60);
+    let dispatcher = env.dispatcher(policy);
+    // The first attempt is delivered at once but its answer comes after the client's 15 s
+    // timeout; the retry meets 45009 and a 6 s pause: 21 s after the delivery, too late.
+    env.fake.set_send_delay(Duration::from_secs(16));
+    let schedule = config.schedule("tick").expect("schedule").clone();
+    let app = config.app("ops").expect("app").clone();
+    let send = tokio::spawn(async move {
+        let slot = Utc::now().trunc_subsecs(0);
+        dispatcher
+            .fire(
+                &schedule,
+                &app,
+                slot,
+                wecom_notify::store::history::Trigger::Manual,
+            )
+            .await
+    });
+    env.fake.wait_for_messages(1, WAIT).await;
+    env.fake.set_send_delay(Duration::ZERO);
+    env.fake.script_send(Reply::Errcode(45009));
+    let fired = tokio::time::timeout(Duration::from_secs(60), send)
+        .await
+        .expect("finishes")
+        .expect("join")
+        .expect("recorded");
+    let wecom_notify::dispatch::Fired::Done(outcome) = fired else {
+        panic!("not done")
+    };
+    assert_eq!(
+        outcome.finish.status,
+        wecom_notify::store::history::Status::Failed,
+        "{outcome:?}"
+    );
+    assert_eq!(
+        env.fake.messages().len(),
+        1,
+        "delivered once, never a second time after the interval"
+    );
+    assert_eq!(
+        env.fake.send_calls(),
+        2,
+        "no attempt after the window closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_that_fall_while_a_stop_waits_for_sends_are_not_lost() {
+    let env = Env::new().await;
+    env.write_schedules(&every_two_seconds("tick", "tick"));
+    let (mut daemon, hold) = env.spawn_daemon_with_a_held_send().await;
+    daemon.signal(SIGTERM);
+    daemon.wait_log("waiting for sends in flight", WAIT).await;
+    // Slots keep falling while the stop waits for the held send.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    hold.release();
+    assert_eq!(daemon.wait_exit(WAIT).await.code(), Some(0));
+    let mut restarted = env.spawn_daemon(&[]);
+    let sent = env.count("SELECT count(*) FROM sends WHERE status = 'sent'");
+    eventually(WAIT, "a send after the restart", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") > sent
+    })
+    .await;
+    restarted.stop().await;
+    assert_contiguous(&env, "tick", 2);
+    assert!(
+        env.count("SELECT count(*) FROM sends WHERE status = 'missed'") >= 2,
+        "the slots of the wait are missed, not lost"
     );
 }

@@ -419,3 +419,30 @@ async fn sending_the_same_body_again_within_the_interval_warns_that_wecom_will_d
         "the fake, like WeCom, dropped the repeat"
     );
 }
+
+#[tokio::test]
+async fn a_connection_error_leaks_no_secret_either() {
+    let env = Env::new().await;
+    // Nothing listens on port 9 of the loopback: every call fails to connect.
+    env.write_config(&format!(
+        "timezone: UTC\napps:\n  ops: {{ corp_id: {CORP}, agent_id: {AGENT}, secret_file: ops.secret, api_base: \"http://127.0.0.1:9\" }}\nschedules:\n{STANDUP}"
+    ));
+    let output = env
+        .command(&["send", "standup"])
+        .env("RUST_LOG", "trace")
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let everything = format!(
+        "{}{}",
+        text(&output),
+        env.column("SELECT coalesce(errmsg, '') FROM sends")
+            .join("\n")
+    );
+    assert!(everything.contains("could not connect"), "{everything}");
+    assert!(
+        !everything.contains(SECRET) && !everything.contains("corpsecret="),
+        "the secret leaked:\n{everything}"
+    );
+}

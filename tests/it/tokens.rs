@@ -182,3 +182,40 @@ async fn two_apps_never_share_a_token() {
     );
     assert_eq!(env.count("SELECT count(*) FROM access_tokens"), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_gettoken_is_not_hammered_by_concurrent_sends() {
+    let env = Env::new().await;
+    env.write_schedules(&schedules(20));
+    for _ in 0..100 {
+        env.fake.script_gettoken(Reply::Errcode(-1));
+    }
+    let config = env.load();
+    let mut policy = fast_policy();
+    policy.max_attempts = 2;
+    let dispatcher = env.dispatcher(policy);
+    let app = config.app("ops").expect("app").clone();
+    let now = Utc::now().trunc_subsecs(0);
+    let sends: Vec<_> = config
+        .schedules
+        .iter()
+        .cloned()
+        .map(|schedule| {
+            let (dispatcher, app) = (dispatcher.clone(), app.clone());
+            tokio::spawn(async move { dispatcher.fire(&schedule, &app, now, Trigger::Cron).await })
+        })
+        .collect();
+    for send in sends {
+        let fired = send.await.expect("join").expect("recorded");
+        assert!(
+            matches!(fired, Fired::Done(ref o) if o.finish.status == Status::Failed && o.finish.errcode == Some(-1)),
+            "{fired:?}"
+        );
+    }
+    // 20 sends × 2 attempts would be 40 calls; waiting callers share the failure instead.
+    assert!(
+        env.fake.gettoken_calls() <= 3,
+        "{} gettoken calls",
+        env.fake.gettoken_calls()
+    );
+}

@@ -94,6 +94,9 @@ pub struct Chaos {
     pub drop_fraction: f64,
     /// HTTP 502 with an HTML body.
     pub bad_gateway_fraction: f64,
+    /// Delivered (or dropped as a duplicate) normally, but the answer is lost: the
+    /// connection drops. The client cannot tell this from a request that never arrived.
+    pub lost_answer_fraction: f64,
 }
 
 /// While alive, `message/send` requests wait after arriving. Drop or `release` to let them go.
@@ -402,6 +405,7 @@ async fn send(
             json: serde_json::from_slice(&body).unwrap_or(Value::Null),
             outcome: Outcome::Scripted,
         };
+        let lose_answer = rand::rng().random::<f64>() < inner.chaos.lost_answer_fraction;
         let reply = match scripted.or_else(|| inner.chaos_fault()) {
             Some(r) => r,
             None => Reply::Json(match inner.try_send(&rec, &headers) {
@@ -415,6 +419,10 @@ async fn send(
                     v
                 }
             }),
+        };
+        let reply = match reply {
+            Reply::Json(_) if lose_answer => Reply::Drop,
+            other => other,
         };
         inner.record(rec);
         (reply, inner.send_delay)
