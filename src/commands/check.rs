@@ -11,11 +11,7 @@ use crate::wecom::message::Content;
 
 /// Runs `check`. With `dry_run`, secrets need not be readable (as for `run --dry-run`).
 pub fn run(globals: &Globals, next: usize, dry_run: bool) -> ExitCode {
-    let secrets = if dry_run {
-        Secrets::Optional
-    } else {
-        Secrets::Required
-    };
+    let secrets = Secrets::for_dry_run(dry_run);
     let config = match globals.load(secrets) {
         Ok(config) => config,
         Err(code) => return code,

@@ -12,11 +12,7 @@ use crate::wecom::Client;
 use crate::wecom::token::TokenCache;
 
 pub async fn run(globals: &Globals, dry_run: bool) -> ExitCode {
-    let secrets = if dry_run {
-        Secrets::Optional
-    } else {
-        Secrets::Required
-    };
+    let secrets = Secrets::for_dry_run(dry_run);
     let config = match globals.load(secrets) {
         Ok(config) => config,
         Err(code) => return code,

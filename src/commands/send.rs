@@ -15,11 +15,7 @@ use crate::wecom::token::TokenCache;
 
 /// Runs `send`; exits 0 only when WeCom accepted the message (or for a dry run).
 pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
-    let secrets = if dry_run {
-        Secrets::Optional
-    } else {
-        Secrets::Required
-    };
+    let secrets = Secrets::for_dry_run(dry_run);
     let config = match globals.load(secrets) {
         Ok(config) => config,
         Err(code) => return code,

@@ -248,6 +248,17 @@ impl Config {
     }
 }
 
+impl Secrets {
+    /// Optional for a dry run (it never calls WeCom), required otherwise.
+    pub fn for_dry_run(dry_run: bool) -> Secrets {
+        if dry_run {
+            Secrets::Optional
+        } else {
+            Secrets::Required
+        }
+    }
+}
+
 /// How strict loading is about secrets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Secrets {

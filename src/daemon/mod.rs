@@ -249,11 +249,7 @@ impl Daemon {
     async fn reload(&mut self) {
         self.notifier.reloading();
         let path = self.config.path.clone();
-        let secrets = if self.options.dry_run {
-            Secrets::Optional
-        } else {
-            Secrets::Required
-        };
+        let secrets = Secrets::for_dry_run(self.options.dry_run);
         let loaded = tokio::task::spawn_blocking(move || config::load(&path, secrets)).await;
         match loaded {
             Ok(Ok(new)) => {

@@ -167,21 +167,19 @@ pub async fn settle(
         .iter()
         .filter(|slot| Some(**slot) != catch_up)
         .map(|slot| {
-            let (content, payload) = schedule.body_at(agent_id, *slot);
-            NewSend {
-                schedule: schedule.name.clone(),
-                trigger: Trigger::Cron,
-                scheduled_at: *slot,
-                app: schedule.app.clone(),
+            let status = if schedule.skips(*slot) {
+                Status::Skipped
+            } else {
+                Status::Missed
+            };
+            NewSend::for_slot(
+                schedule,
+                &schedule.app,
                 agent_id,
-                msgtype: content.msgtype().to_string(),
-                payload,
-                status: if schedule.skips(*slot) {
-                    Status::Skipped
-                } else {
-                    Status::Missed
-                },
-            }
+                *slot,
+                Trigger::Cron,
+                status,
+            )
         })
         .collect();
     let statuses: Vec<Status> = rows.iter().map(|row| row.status).collect();

@@ -194,21 +194,13 @@ impl Dispatcher {
         slot: DateTime<Utc>,
         trigger: Trigger,
     ) -> anyhow::Result<Fired> {
-        let (content, payload) = schedule.body_at(app.agent_id, slot);
-        let new = NewSend {
-            schedule: schedule.name.clone(),
-            trigger,
-            scheduled_at: slot,
-            app: app.name.clone(),
-            agent_id: app.agent_id,
-            msgtype: content.msgtype().to_string(),
-            payload: payload.clone(),
-            status: if self.dry_run {
-                Status::DryRun
-            } else {
-                Status::Pending
-            },
+        let status = if self.dry_run {
+            Status::DryRun
+        } else {
+            Status::Pending
         };
+        let new = NewSend::for_slot(schedule, &app.name, app.agent_id, slot, trigger, status);
+        let payload = new.payload.clone();
         let slot_text = crate::time::to_db(slot);
         let id = match self.store.claim(new.clone()).await {
             Ok(Claim::Claimed(id)) => Some(id),
@@ -283,20 +275,15 @@ impl Dispatcher {
             tracing::info!(schedule = %schedule.name, slot = %slot_text, calendar, "dry run: the slot falls on a skipped date");
             return Ok(Claim::Taken);
         }
-        let (content, payload) = schedule.body_at(app.agent_id, slot);
-        let claim = self
-            .store
-            .claim(NewSend {
-                schedule: schedule.name.clone(),
-                trigger: Trigger::Cron,
-                scheduled_at: slot,
-                app: app.name.clone(),
-                agent_id: app.agent_id,
-                msgtype: content.msgtype().to_string(),
-                payload,
-                status: Status::Skipped,
-            })
-            .await?;
+        let new = NewSend::for_slot(
+            schedule,
+            &app.name,
+            app.agent_id,
+            slot,
+            Trigger::Cron,
+            Status::Skipped,
+        );
+        let claim = self.store.claim(new).await?;
         tracing::info!(schedule = %schedule.name, slot = %slot_text, calendar, "skipped: the date is a holiday in the calendar");
         if let Claim::Claimed(_) = claim {
             self.metrics

@@ -7,7 +7,7 @@
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 
-use chrono::{DateTime, Duration, NaiveDate, Timelike, Utc};
+use chrono::{Duration, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
@@ -15,7 +15,13 @@ use super::{EXIT_FAILED, EXIT_OK, Globals};
 use crate::config::{self, Config, ConfigError, Secrets};
 use crate::store::Store;
 use crate::store::history::Status;
-use crate::store::query::{HistoryFilter, ScheduleActivity, SendRow};
+use crate::store::query::{HistoryFilter, ScheduleActivity};
+
+mod format;
+mod since;
+
+use format::{errcode, invalid, local, table};
+pub use since::{Since, parse_status};
 
 /// Every value of the `status` column.
 const STATUSES: [Status; 8] = [
@@ -59,49 +65,6 @@ pub struct Options {
     /// Per schedule: the last slot, its status, the next fire time and the failures in the last 24 h.
     #[arg(long, conflicts_with_all = ["status", "since", "limit"])]
     pub summary: bool,
-}
-
-/// `--status`: one of the `status` column's values.
-pub fn parse_status(text: &str) -> Result<Status, String> {
-    Status::parse(text).ok_or_else(|| {
-        let names: Vec<&str> = STATUSES.iter().map(|s| s.as_str()).collect();
-        format!("unknown status; use one of {}", names.join(", "))
-    })
-}
-
-/// `--since`, before the config says which zone a date is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Since {
-    Ago(Duration),
-    Date(NaiveDate),
-    At(DateTime<Utc>),
-}
-
-impl Since {
-    pub fn parse(text: &str) -> Result<Since, String> {
-        let text = text.trim();
-        if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-            return Ok(Since::Date(date));
-        }
-        if let Ok(at) = DateTime::parse_from_rfc3339(text) {
-            return Ok(Since::At(at.with_timezone(&Utc)));
-        }
-        match crate::time::parse_duration(text).ok() {
-            Some(ago) if ago <= Duration::days(MAX_SINCE_DAYS) => Ok(Since::Ago(ago)),
-            Some(_) => Err(format!("more than {MAX_SINCE_DAYS} days back")),
-            None => Err(format!("expected {SINCE_FORMS}")),
-        }
-    }
-
-    /// The instant meant, with a date's midnight read in `zone`.
-    pub fn resolve(self, now: DateTime<Utc>, zone: Tz) -> DateTime<Utc> {
-        match self {
-            Since::Ago(ago) => now - ago,
-            Since::At(at) => at,
-            Since::Date(date) => crate::time::start_of_day(date, zone)
-                .unwrap_or_else(|| date.and_time(chrono::NaiveTime::MIN).and_utc()),
-        }
-    }
 }
 
 /// Runs `history`.
@@ -291,174 +254,4 @@ async fn summary(store: &Store, config: Option<&Config>, options: &Options) -> a
         }
     }
     Ok(out.flush()?)
-}
-
-/// A stored timestamp as a reader in `zone` sees it: `2026-11-30 09:30 +08:00` (with seconds
-/// only when they are not zero). An unreadable value is shown as stored.
-fn local(stored: &str, zone: Tz) -> String {
-    match crate::time::from_db(stored) {
-        Some(at) => {
-            let at = at.with_timezone(&zone);
-            let format = if at.second() == 0 {
-                "%Y-%m-%d %H:%M %:z"
-            } else {
-                "%Y-%m-%d %H:%M:%S %:z"
-            };
-            at.format(format).to_string()
-        }
-        None => stored.to_string(),
-    }
-}
-
-/// The errcode with a few words on it: `60020 IP not trusted`, `0`, or why no answer was read.
-fn errcode(row: &SendRow) -> String {
-    let errmsg = row.errmsg.as_deref().unwrap_or("");
-    match row.errcode {
-        Some(0) => "0".to_string(),
-        Some(code) => format!(
-            "{code} {}",
-            short_meaning(code).map_or_else(|| shorten(errmsg), str::to_string)
-        ),
-        None if errmsg.is_empty() => "-".to_string(),
-        None => format!("- {}", shorten(errmsg)),
-    }
-    .trim_end()
-    .to_string()
-}
-
-/// A table-sized meaning of the errcodes in `wecom::error` (which has the full advice).
-fn short_meaning(errcode: i64) -> Option<&'static str> {
-    Some(match errcode {
-        -1 => "system busy",
-        40001 => "bad secret",
-        40003 | 81013 => "no valid recipient",
-        40013 => "bad corp_id",
-        40014 | 41001 | 42001 => "token invalid",
-        40056 => "bad agent_id",
-        44004 => "empty text",
-        45002 => "text too long",
-        45009 => "rate limited",
-        45033 => "too many concurrent",
-        48002 => "no API permission",
-        60020 => "IP not trusted",
-        82001 => "outside visible range",
-        301002 => "no permission",
-        _ => return None,
-    })
-}
-
-/// The first 40 characters of a message, on one line.
-fn shorten(text: &str) -> String {
-    let one_line: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    match one_line.char_indices().nth(40) {
-        Some((cut, _)) => format!("{}…", &one_line[..cut]),
-        None => one_line,
-    }
-}
-
-/// The recipients WeCom could not reach: `user:lisi|wangwu party:3`, or `-`.
-fn invalid(row: &SendRow) -> String {
-    let parts: Vec<String> = [
-        ("user", &row.invaliduser),
-        ("party", &row.invalidparty),
-        ("tag", &row.invalidtag),
-        ("unlicensed", &row.unlicenseduser),
-    ]
-    .iter()
-    .filter_map(|(what, list)| {
-        list.as_deref()
-            .filter(|l| !l.is_empty())
-            .map(|l| format!("{what}:{l}"))
-    })
-    .collect();
-    if parts.is_empty() {
-        "-".to_string()
-    } else {
-        parts.join(" ")
-    }
-}
-
-/// Left-aligned columns two spaces apart, widths counted in characters.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
-    for row in std::iter::once(&header).chain(rows) {
-        let mut line = String::new();
-        for (cell, width) in row.iter().zip(&widths) {
-            line.push_str(cell);
-            line.extend(std::iter::repeat_n(' ', width - cell.chars().count() + 2));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    #[test]
-    fn since_accepts_durations_dates_and_timestamps() {
-        let now = Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap();
-        let shanghai: Tz = "Asia/Shanghai".parse().unwrap();
-        let at = |text: &str| Since::parse(text).unwrap().resolve(now, shanghai);
-        assert_eq!(at("30m"), now - Duration::minutes(30));
-        assert_eq!(at("12h"), now - Duration::hours(12));
-        assert_eq!(at("7d"), now - Duration::days(7));
-        assert_eq!(at("2w"), now - Duration::weeks(2));
-        assert_eq!(
-            at("2026-11-30"),
-            Utc.with_ymd_and_hms(2026, 11, 29, 16, 0, 0).unwrap()
-        );
-        assert_eq!(
-            at("2026-11-30T09:30:00+08:00"),
-            Utc.with_ymd_and_hms(2026, 11, 30, 1, 30, 0).unwrap()
-        );
-        for bad in [
-            "",
-            "7",
-            "d",
-            "7x",
-            "-7d",
-            "1.5h",
-            "2026-13-01",
-            "99999999999w",
-            "yesterday",
-        ] {
-            assert!(Since::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn a_date_whose_midnight_is_skipped_starts_when_the_day_does() {
-        // Santiago springs forward at midnight: 2026-09-06 starts at 01:00 -03:00.
-        let santiago: Tz = "America/Santiago".parse().unwrap();
-        let since = Since::parse("2026-09-06")
-            .unwrap()
-            .resolve(Utc::now(), santiago);
-        assert_eq!(since, Utc.with_ymd_and_hms(2026, 9, 6, 4, 0, 0).unwrap());
-    }
-
-    #[test]
-    fn table_pads_by_characters() {
-        let rows = vec![
-            vec!["站会".to_string(), "x".to_string()],
-            vec!["ab".to_string(), "y".to_string()],
-        ];
-        assert_eq!(
-            table(&["NAME", "V"], &rows),
-            "NAME  V\n站会    x\nab    y\n"
-        );
-    }
 }

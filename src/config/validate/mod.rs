@@ -1,0 +1,338 @@
+//! The rules: YAML → validated [`Config`], collecting every problem and warning on the way.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde_yaml::Value;
+
+use super::fields::{Entry, Field, Report};
+use super::{
+    App, Config, DEFAULT_API_BASE, DEFAULT_DUPLICATE_CHECK_INTERVAL, MessageTemplate, Problem,
+    Schedule, Secret, SecretSource, Secrets, Subject,
+};
+use crate::calendar::Calendar;
+use crate::cron::CronSpec;
+use crate::template::Template;
+use crate::wecom::message::{
+    DUPLICATE_CHECK_INTERVAL, MAX_PARTIES, MAX_TAGS, MAX_USERS, Recipients,
+};
+
+mod apps;
+mod calendars;
+mod message;
+mod schedule;
+
+use apps::validate_apps;
+use calendars::validate_calendars;
+use schedule::validate_schedule;
+
+const TOP_KEYS: &[&str] = &[
+    "database",
+    "timezone",
+    "catch_up",
+    "history_retention",
+    "metrics",
+    "calendars",
+    "apps",
+    "schedules",
+];
+const CALENDAR_KEYS: &[&str] = &["skip", "workdays"];
+const METRICS_KEYS: &[&str] = &["listen"];
+const APP_KEYS: &[&str] = &[
+    "corp_id",
+    "agent_id",
+    "secret_env",
+    "secret_file",
+    "secret_credential",
+    "secret",
+    "api_base",
+];
+const SCHEDULE_KEYS: &[&str] = &[
+    "name",
+    "cron",
+    "timezone",
+    "app",
+    "to",
+    "text",
+    "textcard",
+    "safe",
+    "enable_id_trans",
+    "duplicate_check_interval",
+    "enabled",
+    "catch_up",
+    "jitter",
+    "calendar",
+];
+const TO_KEYS: &[&str] = &["users", "parties", "tags"];
+const TEXT_KEYS: &[&str] = &["content"];
+const TEXTCARD_KEYS: &[&str] = &["title", "description", "url", "btntxt"];
+
+/// WeCom's per-member delivery limits of one app (beyond them messages are silently dropped).
+const PER_MINUTE_LIMIT: usize = crate::gate::PER_MEMBER_PER_MINUTE;
+const PER_HOUR_LIMIT: usize = crate::gate::PER_MEMBER_PER_HOUR;
+
+/// How many upcoming slots are rendered to check limits and duplicate suppression.
+const SLOTS_SAMPLED: usize = 24;
+
+pub(super) fn validate(
+    text: &str,
+    base: &Path,
+    secrets: Secrets,
+    now: DateTime<Utc>,
+) -> (Option<Config>, Vec<Problem>, Vec<Problem>) {
+    let mut report = Report::default();
+    if text.trim().is_empty() {
+        report.error(
+            &Subject::File,
+            "file",
+            "is empty; start from schedules.example.yaml",
+        );
+        return (None, report.problems, report.warnings);
+    }
+    let config = read(text, base, secrets, now, &mut report);
+    (config, report.problems, report.warnings)
+}
+
+fn read(
+    text: &str,
+    base: &Path,
+    secrets: Secrets,
+    now: DateTime<Utc>,
+    report: &mut Report,
+) -> Option<Config> {
+    let file = Subject::File;
+    let value: Value = match serde_yaml::from_str(text) {
+        Ok(value) => value,
+        // serde_yaml's message carries the line and column.
+        Err(e) => {
+            report.error(&file, "yaml", e.to_string());
+            return None;
+        }
+    };
+    let top = Entry::open(value, TOP_KEYS, &file, "", report)?;
+    let timezone = match top.get::<String>("timezone", report) {
+        Field::Value(name) => parse_zone(&name)
+            .map_err(|m| report.error(&file, "timezone", m))
+            .unwrap_or(Tz::UTC),
+        Field::Invalid => Tz::UTC,
+        Field::Missing => local_zone(report),
+    };
+    let database = top
+        .get::<PathBuf>("database", report)
+        .ok()
+        .map(|p| base.join(p));
+    let default_catch_up = duration(&top, "catch_up", report).ok().flatten();
+    let history_retention = duration(&top, "history_retention", report).ok().flatten();
+    let metrics_listen = match top.nested("metrics", METRICS_KEYS, report) {
+        Field::Value(metrics) => listen_address(&metrics, report),
+        _ => None,
+    };
+    let calendars = match top.raw("calendars") {
+        None => BTreeMap::new(),
+        Some(Value::Mapping(map)) => validate_calendars(map, report),
+        Some(_) => {
+            report.error(
+                &file,
+                "calendars",
+                "must map calendar names to { skip: [...], workdays: [...] }",
+            );
+            BTreeMap::new()
+        }
+    };
+
+    let raw_apps = match top.raw("apps") {
+        None => Vec::new(),
+        Some(Value::Mapping(map)) => map
+            .iter()
+            .map(|(k, v)| (k.as_str().map(str::to_string), v.clone()))
+            .collect(),
+        Some(_) => {
+            report.error(
+                &file,
+                "apps",
+                "must map app names to their settings (see schedules.example.yaml)",
+            );
+            Vec::new()
+        }
+    };
+    let raw_schedules = match top.raw("schedules") {
+        None => Vec::new(),
+        Some(Value::Sequence(list)) => list.clone(),
+        Some(_) => {
+            report.error(
+                &file,
+                "schedules",
+                "must be a list of schedules, each starting with \"- name: ...\"",
+            );
+            Vec::new()
+        }
+    };
+    if top.raw("apps").is_none() && top.raw("schedules").is_none() {
+        report.error(
+            &file,
+            "file",
+            "defines no apps and no schedules; start from schedules.example.yaml",
+        );
+    } else if raw_apps.is_empty() && !raw_schedules.is_empty() {
+        report.error(
+            &file,
+            "apps",
+            "no app is defined; add one (corp_id, agent_id, a secret) under apps:",
+        );
+    }
+    if raw_schedules.is_empty() && top.raw("apps").is_some() {
+        report.warn(
+            &file,
+            "schedules",
+            "no schedules are defined; nothing will be sent",
+        );
+    }
+
+    let declared: BTreeSet<String> = raw_apps
+        .iter()
+        .filter_map(|(name, _)| name.clone())
+        .collect();
+    let apps = validate_apps(raw_apps, base, secrets, report);
+    let context = Context {
+        default_zone: timezone,
+        default_catch_up,
+        calendars: &calendars,
+        declared: &declared,
+        apps: &apps,
+        now,
+    };
+    let mut names = HashSet::new();
+    let mut schedules = Vec::new();
+    for (index, value) in raw_schedules.into_iter().enumerate() {
+        if let Some(schedule) = validate_schedule(index, value, &context, &mut names, report) {
+            schedules.push(Arc::new(schedule));
+        }
+    }
+    Some(Config {
+        path: PathBuf::new(),
+        digest: String::new(),
+        database,
+        timezone,
+        apps,
+        schedules,
+        warnings: Vec::new(),
+        history_retention,
+        metrics_listen,
+    })
+}
+
+struct Context<'a> {
+    default_zone: Tz,
+    default_catch_up: Option<chrono::Duration>,
+    calendars: &'a BTreeMap<String, Option<Arc<Calendar>>>,
+    /// Every app name written in the file, valid or not: a schedule naming an invalid app is
+    /// not blamed for the app's own problems.
+    declared: &'a BTreeSet<String>,
+    apps: &'a BTreeMap<String, Arc<App>>,
+    now: DateTime<Utc>,
+}
+
+/// `metrics.listen`: an address and port to serve /metrics on.
+fn listen_address(metrics: &Entry<'_>, report: &mut Report) -> Option<std::net::SocketAddr> {
+    match metrics.get::<String>("listen", report) {
+        Field::Value(text) => match text.parse::<std::net::SocketAddr>() {
+            Ok(address) => {
+                if !address.ip().is_loopback() {
+                    report.warn(metrics.subject, "metrics.listen", format!("{address} is reachable from other hosts; /metrics has no authentication (prefer 127.0.0.1)"));
+                }
+                Some(address)
+            }
+            Err(_) => {
+                report.error(
+                    metrics.subject,
+                    "metrics.listen",
+                    format!("\"{text}\" is not an address:port such as 127.0.0.1:9464"),
+                );
+                None
+            }
+        },
+        Field::Missing => {
+            metrics.missing(
+                "listen",
+                report,
+                "is missing; e.g. metrics: { listen: \"127.0.0.1:9464\" }",
+            );
+            None
+        }
+        Field::Invalid => None,
+    }
+}
+
+/// An optional positive duration (`90s`, `10m`); `Err` when present but invalid (reported).
+fn duration(
+    entry: &Entry<'_>,
+    key: &str,
+    report: &mut Report,
+) -> Result<Option<chrono::Duration>, ()> {
+    match entry.get::<String>(key, report) {
+        Field::Missing => Ok(None),
+        Field::Invalid => Err(()),
+        Field::Value(text) => match crate::time::parse_duration(&text) {
+            Ok(d) if d > chrono::Duration::zero() => Ok(Some(d)),
+            Ok(_) => {
+                report.error(
+                    entry.subject,
+                    &entry.name(key),
+                    "must be longer than zero; leave it out to turn it off",
+                );
+                Err(())
+            }
+            Err(m) => {
+                report.error(entry.subject, &entry.name(key), m);
+                Err(())
+            }
+        },
+    }
+}
+
+/// A missing optional field takes its default; an invalid one (already reported) is `None`.
+fn optional<T>(field: Field<T>, default: T) -> Option<T> {
+    match field {
+        Field::Value(value) => Some(value),
+        Field::Missing => Some(default),
+        Field::Invalid => None,
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Parses an IANA zone name, suggesting the right spelling for a case mismatch.
+pub(crate) fn parse_zone(name: &str) -> Result<Tz, String> {
+    name.parse::<Tz>().map_err(|_| {
+        let hint = chrono_tz::TZ_VARIANTS
+            .iter()
+            .find(|tz| tz.name().eq_ignore_ascii_case(name))
+            .map(|tz| format!(" (did you mean {}?)", tz.name()))
+            .unwrap_or_default();
+        format!("\"{name}\" is not an IANA time zone{hint}; use a name such as Asia/Shanghai")
+    })
+}
+
+/// The system's zone: `$TZ`, else the zone /etc/localtime points to, else UTC with a warning.
+fn local_zone(report: &mut Report) -> Tz {
+    let name = std::env::var("TZ")
+        .ok()
+        .map(|tz| tz.trim_start_matches(':').to_string())
+        .filter(|tz| !tz.is_empty())
+        .or_else(|| iana_time_zone::get_timezone().ok());
+    match name.as_deref().map(str::parse::<Tz>) {
+        Some(Ok(zone)) => zone,
+        _ => {
+            report.warn(&Subject::File, "timezone", "the system's time zone could not be determined; schedules use UTC. Set timezone: (e.g. Asia/Shanghai) at the top of the file");
+            Tz::UTC
+        }
+    }
+}

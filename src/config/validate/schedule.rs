@@ -1,0 +1,262 @@
+//! One `schedules:` entry, and the rules about how often it fires.
+
+use super::message::{check_limits, validate_message, validate_recipients, warn_duplicates};
+use super::*;
+
+pub(super) fn validate_schedule(
+    index: usize,
+    value: Value,
+    context: &Context<'_>,
+    names: &mut HashSet<String>,
+    report: &mut Report,
+) -> Option<Schedule> {
+    let label = value
+        .get("name")
+        .and_then(Value::as_str)
+        .map_or_else(|| format!("#{}", index + 1), str::to_string);
+    let subject = Subject::Schedule(label);
+    let entry = Entry::open(value, SCHEDULE_KEYS, &subject, "", report)?;
+    let name = match entry.get::<String>("name", report) {
+        Field::Value(name) if !valid_name(&name) => {
+            report.error(
+                &subject,
+                "name",
+                "may use only letters, digits, '_', '.' and '-'",
+            );
+            None
+        }
+        Field::Value(name) if !names.insert(name.clone()) => {
+            report.error(
+                &subject,
+                "name",
+                "is used by an earlier schedule; names must be unique (they key the history)",
+            );
+            None
+        }
+        Field::Value(name) => Some(name),
+        Field::Invalid => None,
+        Field::Missing => {
+            entry.missing(
+                "name",
+                report,
+                "is missing; give every schedule a unique name such as standup",
+            );
+            None
+        }
+    };
+    let cron = match entry.get::<String>("cron", report) {
+        Field::Value(expr) => CronSpec::parse(&expr)
+            .map_err(|m| report.error(&subject, "cron", m))
+            .ok(),
+        Field::Invalid => None,
+        Field::Missing => {
+            entry.missing(
+                "cron",
+                report,
+                "is missing; e.g. cron: \"30 9 * * 1-5\" (09:30 on workdays)",
+            );
+            None
+        }
+    };
+    let zone = match entry.get::<String>("timezone", report) {
+        Field::Value(name) => parse_zone(&name)
+            .map_err(|m| report.error(&subject, "timezone", m))
+            .ok(),
+        Field::Invalid => None,
+        Field::Missing => Some(context.default_zone),
+    };
+    let app = resolve_app(&entry, context, report);
+    let to = match entry.nested("to", TO_KEYS, report) {
+        Field::Value(to) => validate_recipients(&to, report),
+        Field::Invalid => None,
+        Field::Missing => {
+            entry.missing("to", report, "is missing; say who receives it, e.g. to: { users: [ZhangSan] } or to: { users: [\"@all\"] }");
+            None
+        }
+    };
+    let message = validate_message(&entry, report);
+    let safe = entry.get::<bool>("safe", report);
+    if matches!(safe, Field::Value(true))
+        && matches!(message, Some(MessageTemplate::TextCard { .. }))
+    {
+        report.error(
+            &subject,
+            "safe",
+            "WeCom supports confidential (safe) messages for text only; remove safe or send text",
+        );
+    }
+    let duplicate_check_interval = match entry.get::<i64>("duplicate_check_interval", report) {
+        Field::Missing => Some(DEFAULT_DUPLICATE_CHECK_INTERVAL),
+        Field::Invalid => None,
+        Field::Value(seconds) => u32::try_from(seconds)
+            .ok()
+            .filter(|s| DUPLICATE_CHECK_INTERVAL.contains(s))
+            .or_else(|| {
+                report.error(
+                    &subject,
+                    "duplicate_check_interval",
+                    format!("is {seconds}; WeCom accepts 1 to 14400 seconds (4 hours)"),
+                );
+                None
+            }),
+    };
+    let enable_id_trans = entry.get::<bool>("enable_id_trans", report);
+    let enabled = entry.get::<bool>("enabled", report);
+    let catch_up = match duration(&entry, "catch_up", report) {
+        Ok(None) => Ok(context.default_catch_up),
+        other => other,
+    };
+    let jitter = duration(&entry, "jitter", report);
+    let calendar = match entry.get::<String>("calendar", report) {
+        Field::Missing => Ok(None),
+        Field::Invalid => Err(()),
+        Field::Value(name) => match context.calendars.get(&name) {
+            Some(Some(calendar)) => Ok(Some(calendar.clone())),
+            // Declared but invalid: its own problems are reported.
+            Some(None) => Err(()),
+            None => {
+                let known: Vec<&str> = context.calendars.keys().map(String::as_str).collect();
+                report.error(
+                    &subject,
+                    "calendar",
+                    format!(
+                        "\"{name}\" is not defined under calendars (defined: {})",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+                Err(())
+            }
+        },
+    };
+    if let Some(message) = &message {
+        // Limits are checked even when other fields are broken, at the next slots when known.
+        let zone = zone.unwrap_or(context.default_zone);
+        let slots = cron
+            .as_ref()
+            .map(|c| c.upcoming(context.now, zone, SLOTS_SAMPLED))
+            .unwrap_or_default();
+        check_limits(
+            message,
+            name.as_deref().unwrap_or_default(),
+            zone,
+            &slots,
+            context.now,
+            &subject,
+            report,
+        );
+    }
+    let mut schedule = Schedule {
+        name: name?,
+        cron: cron?,
+        zone: zone?,
+        app: app?,
+        to: to?,
+        message: message?,
+        safe: optional(safe, false)?,
+        enable_id_trans: optional(enable_id_trans, false)?,
+        duplicate_check_interval: duplicate_check_interval?,
+        enabled: optional(enabled, true)?,
+        catch_up: catch_up.ok()?,
+        jitter: jitter.ok()?,
+        workday_cron: None,
+        calendar: calendar.ok()?,
+    };
+    if let Some(calendar) = schedule
+        .calendar
+        .as_ref()
+        .filter(|c| !c.workdays.is_empty())
+    {
+        schedule.workday_cron = schedule.cron.workday_variant();
+        if schedule.workday_cron.is_none() {
+            report.warn(&subject, "calendar", format!("calendar \"{}\" lists make-up workdays, but they only apply to workday schedules (day-of-month *, day-of-week covering Monday to Friday); this schedule ignores them", calendar.name));
+        }
+    }
+    let agent_id = context.apps.get(&schedule.app).map_or(0, |a| a.agent_id);
+    check_timing(&schedule, context.now, &subject, report)?;
+    warn_duplicates(&schedule, agent_id, context.now, &subject, report);
+    Some(schedule)
+}
+
+/// Rules about how often a schedule fires: jitter must not reorder slots, and WeCom's
+/// per-member limits (30 a minute, 1000 an hour) must not be exceeded by one schedule alone.
+pub(super) fn check_timing(
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+    subject: &Subject,
+    report: &mut Report,
+) -> Option<()> {
+    let first = schedule.upcoming(now, PER_MINUTE_LIMIT + 1);
+    if let (Some(jitter), Some(gap)) =
+        (schedule.jitter, first.windows(2).map(|w| w[1] - w[0]).min())
+        && jitter >= gap
+    {
+        report.error(subject, "jitter", format!("is {}s, but slots can be {}s apart: a jittered send could overtake the next slot; use less than {}s", jitter.num_seconds(), gap.num_seconds(), gap.num_seconds()));
+        return None;
+    }
+    let per_member = "WeCom delivers at most 30 messages a minute and 1000 an hour from one app to one member and silently drops the rest; the daemon will spread the excess out";
+    let span = |slots: &[DateTime<Utc>], n: usize| (slots.len() > n).then(|| slots[n] - slots[0]);
+    if span(&first, PER_MINUTE_LIMIT).is_some_and(|s| s < chrono::Duration::minutes(1)) {
+        report.warn(
+            subject,
+            "cron",
+            format!("fires more than {PER_MINUTE_LIMIT} times a minute. {per_member}"),
+        );
+    } else if span(&first, PER_MINUTE_LIMIT).is_some_and(|s| {
+        s.num_seconds() * (PER_HOUR_LIMIT as i64) < 3600 * (PER_MINUTE_LIMIT as i64)
+    }) {
+        // Fast enough that the hourly limit may be reached: look at a whole hour of slots.
+        let hour = schedule.upcoming(now, PER_HOUR_LIMIT + 1);
+        if span(&hour, PER_HOUR_LIMIT).is_some_and(|s| s < chrono::Duration::hours(1)) {
+            report.warn(
+                subject,
+                "cron",
+                format!("fires more than {PER_HOUR_LIMIT} times an hour. {per_member}"),
+            );
+        }
+    }
+    Some(())
+}
+
+pub(super) fn resolve_app(
+    entry: &Entry<'_>,
+    context: &Context<'_>,
+    report: &mut Report,
+) -> Option<String> {
+    let declared: Vec<&str> = context.declared.iter().map(String::as_str).collect();
+    let name = match entry.get::<String>("app", report) {
+        Field::Value(name) if context.declared.contains(&name) => name,
+        Field::Value(name) => {
+            let defined = if declared.is_empty() {
+                "none".to_string()
+            } else {
+                declared.join(", ")
+            };
+            report.error(
+                entry.subject,
+                "app",
+                format!("\"{name}\" is not defined under apps (defined: {defined})"),
+            );
+            return None;
+        }
+        Field::Invalid => return None,
+        // With no app at all, the file-level problem already says so.
+        Field::Missing if declared.len() <= 1 => declared.first()?.to_string(),
+        Field::Missing => {
+            report.error(
+                entry.subject,
+                "app",
+                format!(
+                    "is missing; with several apps each schedule names one of: {}",
+                    declared.join(", ")
+                ),
+            );
+            return None;
+        }
+    };
+    // An app that is declared but invalid has its own problems reported; do not repeat them here.
+    context.apps.contains_key(&name).then_some(name)
+}
