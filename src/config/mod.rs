@@ -65,7 +65,7 @@ pub struct App {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
     pub name: String,
-    pub cron: CronSpec,
+    pub cron: Arc<CronSpec>,
     pub zone: Tz,
     pub app: String,
     pub to: Recipients,

@@ -28,6 +28,13 @@ use recovery::Downtime;
 use reload::{Diff, changed_credentials};
 use timer::{Firing, Timer};
 
+/// Waits for a slot longer than this are kept by a tokio-cron-scheduler alarm (which follows
+/// the wall clock through suspends and clock steps); shorter ones by a plain sleep.
+pub const DEFAULT_SCHEDULER_MIN_WAIT: Duration = Duration::from_secs(60);
+
+/// The smallest channel size given to tokio-cron-scheduler (its default is 200).
+const MIN_SCHEDULER_CHANNEL: usize = 1024;
+
 /// How long shutdown waits for sends in flight before recording them as `interrupted`.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -50,6 +57,8 @@ pub struct Options {
     pub dry_run: bool,
     /// See [`DEFAULT_STOP_TIMEOUT`].
     pub stop_timeout: Duration,
+    /// See [`DEFAULT_SCHEDULER_MIN_WAIT`].
+    pub scheduler_min_wait: Duration,
 }
 
 impl Default for Options {
@@ -57,6 +66,7 @@ impl Default for Options {
         Options {
             dry_run: false,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            scheduler_min_wait: DEFAULT_SCHEDULER_MIN_WAIT,
         }
     }
 }
@@ -84,10 +94,14 @@ pub async fn run(
     mut control: Control,
 ) -> anyhow::Result<()> {
     let store = dispatcher.store().clone();
-    let scheduler = JobScheduler::new().await?;
+    // Every long wait is one job; room for all of them keeps the scheduler's channels from
+    // lagging when many schedules are armed at once.
+    let channel_size = (2 * config.schedules.len()).max(MIN_SCHEDULER_CHANNEL);
+    let scheduler = JobScheduler::new_with_channel_size(channel_size).await?;
     scheduler.start().await?;
     let firing = Arc::new(Firing {
         scheduler,
+        scheduler_min_wait: options.scheduler_min_wait,
         apps: RwLock::new(config.apps.clone()),
         dispatcher,
         inflight: TaskTracker::new(),

@@ -28,9 +28,14 @@ use crate::store::history::Trigger;
 /// poll plus its whole-second rounding of the alarm time.
 const ALARM_LEAD: chrono::Duration = chrono::Duration::seconds(2);
 
+/// How much later than the alarm the monotonic sleep raced against it ends.
+const ALARM_GRACE: Duration = Duration::from_secs(1);
+
 /// What every timer shares with the daemon.
 pub struct Firing {
     pub scheduler: JobScheduler,
+    /// Waits longer than this use a tokio-cron-scheduler alarm; shorter ones a plain sleep.
+    pub scheduler_min_wait: Duration,
     /// The apps of the config in force, looked up at fire time so that an app whose credentials
     /// change on reload is used at once by schedules that did not change.
     pub apps: RwLock<BTreeMap<String, Arc<App>>>,
@@ -91,7 +96,7 @@ async fn run(
     let mut next = first_due(&schedule, not_before);
     while let Some(slot) = next {
         let due = schedule.due(slot);
-        if !wait_for(&firing.scheduler, due, &cancel).await {
+        if !wait_for(&firing, due, &cancel).await {
             return;
         }
         let now = Utc::now();
@@ -149,31 +154,42 @@ pub async fn fire(
 }
 
 /// Waits until the wall clock reaches `slot`; false when cancelled first.
-async fn wait_for(
-    scheduler: &JobScheduler,
-    slot: DateTime<Utc>,
-    cancel: &CancellationToken,
-) -> bool {
-    if let Ok(until_alarm) = (slot - ALARM_LEAD - Utc::now()).to_std()
-        && !until_alarm.is_zero()
-        && !alarm(scheduler, until_alarm, cancel).await
-    {
-        return false;
+async fn wait_for(firing: &Firing, slot: DateTime<Utc>, cancel: &CancellationToken) -> bool {
+    if let Ok(until_alarm) = (slot - ALARM_LEAD - Utc::now()).to_std() {
+        let rang = if until_alarm > firing.scheduler_min_wait {
+            alarm(&firing.scheduler, until_alarm, cancel).await
+        } else {
+            // A short wait cannot drift noticeably from the wall clock (and if the machine
+            // sleeps through it, the late-fire check catches that): no job needed.
+            sleep_unless_cancelled(until_alarm, cancel).await
+        };
+        if !rang {
+            return false;
+        }
     }
     // Re-read the wall clock after each sleep: monotonic and wall time drift apart slowly.
     while let Ok(remaining) = (slot - Utc::now()).to_std() {
         if remaining.is_zero() {
             break;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(remaining) => {}
-            _ = cancel.cancelled() => return false,
+        if !sleep_unless_cancelled(remaining, cancel).await {
+            return false;
         }
     }
     true
 }
 
-/// One tokio-cron-scheduler one-shot job, `after` from now; false when cancelled first.
+async fn sleep_unless_cancelled(duration: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => true,
+        _ = cancel.cancelled() => false,
+    }
+}
+
+/// A tokio-cron-scheduler one-shot job `after` from now, raced against a monotonic sleep of
+/// the same length: the wall-clock alarm wins after a suspend or a clock step, the sleep wins
+/// if the scheduler ever drops the job (its channels can lag under a burst of jobs). False
+/// when cancelled first. The job is removed whichever way the wait ends.
 async fn alarm(scheduler: &JobScheduler, after: Duration, cancel: &CancellationToken) -> bool {
     let rang = Arc::new(Notify::new());
     let ring = rang.clone();
@@ -181,26 +197,17 @@ async fn alarm(scheduler: &JobScheduler, after: Duration, cancel: &CancellationT
         let ring = ring.clone();
         Box::pin(async move { ring.notify_one() })
     });
-    let added = match job {
-        Ok(job) => scheduler.add(job).await,
-        Err(e) => Err(e),
+    let id = match job {
+        Ok(job) => scheduler.add(job).await.map_err(|e| tracing::debug!(error = ?e, "tokio-cron-scheduler refused a job; the sleep alone keeps time")).ok(),
+        Err(_) => None,
     };
-    let id = match added {
-        Ok(id) => id,
-        Err(e) => {
-            // Never lose a slot to the alarm clock: fall back to a plain sleep.
-            tracing::warn!(error = ?e, "tokio-cron-scheduler refused a job; sleeping instead");
-            tokio::select! {
-                _ = tokio::time::sleep(after) => return true,
-                _ = cancel.cancelled() => return false,
-            }
-        }
-    };
-    tokio::select! {
+    let rang = tokio::select! {
         _ = rang.notified() => true,
-        _ = cancel.cancelled() => {
-            let _ = scheduler.remove(&id).await;
-            false
-        }
+        _ = tokio::time::sleep(after + ALARM_GRACE) => true,
+        _ = cancel.cancelled() => false,
+    };
+    if let Some(id) = id {
+        let _ = scheduler.remove(&id).await;
     }
+    rang
 }

@@ -9,7 +9,7 @@ pub mod tokens;
 use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -26,12 +26,56 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/02-recall/up.sql")),
 ];
 
-/// The database, shared by every task of the process.
+/// The database, shared by every task of the process: one connection on a thread of its own.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    worker: Arc<Worker>,
     path: PathBuf,
     busy_timeout: Duration,
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A thread that owns a connection and runs queries in order. A burst of a thousand sends
+/// queues here, instead of parking a thousand blocking-pool threads on a mutex (and starving
+/// the pool that other database work would need to finish).
+pub struct Worker {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Worker {
+    /// Starts the thread; it ends when the `Worker` is dropped.
+    pub fn spawn(mut conn: Connection) -> anyhow::Result<Worker> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("wecom-notify-db".to_string())
+            .spawn(move || {
+                for job in queue {
+                    job(&mut conn);
+                }
+            })
+            .context("cannot start the database thread")?;
+        Ok(Worker { jobs })
+    }
+
+    /// Runs `f` on the connection and waits for its result without blocking the runtime.
+    pub async fn run<R, F>(&self, f: F) -> anyhow::Result<R>
+    where
+        F: FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = done.send(f(conn));
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| anyhow!("the database thread has stopped"))?;
+        result
+            .await
+            .map_err(|_| anyhow!("the database thread has stopped"))?
+            .map_err(anyhow::Error::from)
+    }
 }
 
 impl Store {
@@ -69,7 +113,7 @@ impl Store {
             .with_context(|| format!("cannot migrate database {}", path.display()))?;
         drop(file);
         Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
+            worker: Arc::new(Worker::spawn(conn)?),
             path: path.to_path_buf(),
             busy_timeout,
         })
@@ -79,27 +123,19 @@ impl Store {
         &self.path
     }
 
-    /// Runs `f` on the shared connection in a blocking thread.
+    /// Runs `f` on the shared connection, on the database thread.
     pub async fn call<R, F>(&self, f: F) -> anyhow::Result<R>
     where
         F: FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn
-                .lock()
-                .map_err(|_| anyhow!("database connection lock poisoned"))?;
-            f(&mut guard).map_err(anyhow::Error::from)
-        })
-        .await
-        .map_err(|e| anyhow!("database task failed: {e}"))?
+        self.worker.run(f).await
     }
 
-    /// Opens a second connection to the same file, for work that must hold a transaction across
-    /// an await (the cross-process token refresh) without blocking the shared connection.
-    pub fn connect_separately(&self) -> anyhow::Result<Connection> {
-        connect(&self.path, self.busy_timeout)
+    /// A second connection on a thread of its own, for work that must hold a transaction
+    /// across an await (the cross-process token refresh) without blocking the shared one.
+    pub fn separate_worker(&self) -> anyhow::Result<Worker> {
+        Worker::spawn(connect(&self.path, self.busy_timeout)?)
     }
 }
 
@@ -117,24 +153,25 @@ fn connect(path: &Path, busy_timeout: Duration) -> anyhow::Result<Connection> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn database_is_created_private_and_migrated() {
+    #[tokio::test]
+    async fn database_is_created_private_and_migrated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         let store = Store::open(&path).unwrap();
         assert_eq!(path.metadata().unwrap().permissions().mode() & 0o777, 0o600);
-        let conn = store.conn.lock().unwrap();
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        let (mode, tables) = store
+            .call(|conn| {
+                let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+                let tables: i64 = conn.query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('sends', 'access_tokens', 'events')",
+                    [],
+                    |r| r.get(0),
+                )?;
+                Ok((mode, tables))
+            })
+            .await
             .unwrap();
         assert_eq!(mode, "wal");
-        let tables: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('sends', 'access_tokens', 'events')",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
         assert_eq!(tables, 3);
     }
 }

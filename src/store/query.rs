@@ -278,8 +278,9 @@ mod tests {
     #[test]
     fn every_filter_is_served_by_an_index() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.db")).unwrap();
-        let conn = store.conn.lock().unwrap();
+        let path = dir.path().join("w.db");
+        let _store = Store::open(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
         let since = Utc::now();
         let cases = [
             (

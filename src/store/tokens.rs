@@ -114,23 +114,25 @@ impl Store {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<FreshToken, E>>,
     {
-        let conn = self.connect_separately()?;
+        // The transaction holds SQLite's write lock across the gettoken call: on a connection
+        // and a thread of its own, so that nothing it needs to finish can be queued behind the
+        // writes it is holding up.
+        let worker = self.separate_worker()?;
         let key = (corp_id.to_string(), agent_id);
-        let (conn, existing) = blocking(move || {
-            conn.execute_batch("BEGIN IMMEDIATE")?;
-            let existing = read(&conn, &key.0, key.1);
-            Ok((conn, existing?))
-        })
-        .await?;
+        let existing = worker
+            .run(move |conn| {
+                conn.execute_batch("BEGIN IMMEDIATE")?;
+                read(conn, &key.0, key.1)
+            })
+            .await?;
         if let Some(token) = existing.filter(|t| t.is_fresh(margin, Utc::now())) {
-            blocking(move || conn.execute_batch("COMMIT")).await?;
+            worker.run(|conn| conn.execute_batch("COMMIT")).await?;
             return Ok(Ok(token));
         }
-        let fetched = fetch().await;
-        let fresh = match fetched {
+        let fresh = match fetch().await {
             Ok(fresh) => fresh,
             Err(e) => {
-                blocking(move || conn.execute_batch("ROLLBACK")).await?;
+                worker.run(|conn| conn.execute_batch("ROLLBACK")).await?;
                 return Ok(Err(e));
             }
         };
@@ -142,16 +144,17 @@ impl Store {
             stored.token.expose().to_string(),
             stored.expires_at,
         );
-        let saved = blocking(move || {
-            conn.execute(
-                "INSERT INTO access_tokens (corp_id, agent_id, access_token, fetched_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (corp_id, agent_id) DO UPDATE SET access_token = excluded.access_token,
-                     fetched_at = excluded.fetched_at, expires_at = excluded.expires_at",
-                params![row.0, row.1, row.2, crate::time::to_db(now), crate::time::to_db(row.3)],
-            )?;
-            conn.execute_batch("COMMIT")
-        })
-        .await;
+        let saved = worker
+            .run(move |conn| {
+                conn.execute(
+                    "INSERT INTO access_tokens (corp_id, agent_id, access_token, fetched_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (corp_id, agent_id) DO UPDATE SET access_token = excluded.access_token,
+                         fetched_at = excluded.fetched_at, expires_at = excluded.expires_at",
+                    params![row.0, row.1, row.2, crate::time::to_db(now), crate::time::to_db(row.3)],
+                )?;
+                conn.execute_batch("COMMIT")
+            })
+            .await;
         if let Err(e) = saved {
             // The token is good even if it could not be kept: use it, and let the next
             // process fetch its own.
@@ -159,15 +162,4 @@ impl Store {
         }
         Ok(Ok(stored))
     }
-}
-
-async fn blocking<R, F>(f: F) -> anyhow::Result<R>
-where
-    F: FnOnce() -> rusqlite::Result<R> + Send + 'static,
-    R: Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| anyhow::anyhow!("database task failed: {e}"))?
-        .map_err(anyhow::Error::from)
 }

@@ -177,6 +177,11 @@ async fn sighup_adds_removes_and_changes_schedules() {
         "SELECT config_digest FROM events WHERE kind IN ('started', 'reloaded') ORDER BY id",
     );
     assert_ne!(digests[0], digests[1], "events name the config in force");
+    assert_eq!(
+        env.fake.gettoken_calls(),
+        1,
+        "an app whose credentials did not change keeps its token"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,4 +354,43 @@ async fn a_second_sigterm_stops_at_once_and_records_the_send_as_interrupted() {
         env.column("SELECT detail FROM events WHERE kind = 'stopped'"),
         ["second stop request, 1 send(s) interrupted"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_kept_by_tokio_cron_scheduler_alarms_fire_on_time() {
+    let env = Env::new().await;
+    // Slots 5 s apart: each wait is a 3 s tokio-cron-scheduler alarm, then a precise sleep.
+    env.write_schedules(
+        &[
+            every("a", "*/5 * * * * *", "a", ""),
+            every("b", "*/5 * * * * *", "b", ""),
+        ]
+        .concat(),
+    );
+    let daemon = env.start_in_process(fast_policy(), std::time::Duration::from_secs(5));
+    eventually(WAIT, "three slots of each", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 6
+    })
+    .await;
+    daemon.stop().await;
+    for schedule in ["a", "b"] {
+        let slots = env.slots(schedule);
+        assert!(
+            slots.len() >= 3 && slots.windows(2).all(|w| (w[1] - w[0]).num_seconds() == 5),
+            "{schedule}: {slots:?}"
+        );
+        assert!(slots.iter().all(|s| s.timestamp() % 5 == 0));
+    }
+    // Never before the slot: the alarm only wakes the timer ahead of time.
+    for message in env.fake.messages() {
+        let slot = env.column(&format!(
+            "SELECT scheduled_at FROM sends WHERE payload = '{}'",
+            message.raw.replace('\'', "''")
+        ));
+        let slot = wecom_notify::time::from_db(&slot[0]).expect("slot");
+        assert!(
+            chrono::DateTime::<Utc>::from(message.at) >= slot,
+            "sent before its slot {slot}"
+        );
+    }
 }

@@ -74,8 +74,11 @@ const TEXTCARD_KEYS: &[&str] = &["title", "description", "url", "btntxt"];
 const PER_MINUTE_LIMIT: usize = crate::gate::PER_MEMBER_PER_MINUTE;
 const PER_HOUR_LIMIT: usize = crate::gate::PER_MEMBER_PER_HOUR;
 
-/// How many upcoming slots are rendered to check limits and duplicate suppression.
-const SLOTS_SAMPLED: usize = 24;
+/// How many upcoming slots the checks look at: eight weeks of a weekly schedule, two weeks of
+/// a workday one (schedules firing within a minute get `PER_MINUTE_LIMIT + 1`).
+const SLOTS_SAMPLED: usize = 8;
+/// How many of them are rendered to check WeCom's length limits on a templated message.
+const RENDERINGS_CHECKED: usize = 8;
 
 pub(super) fn validate(
     text: &str,
@@ -203,6 +206,7 @@ fn read(
         declared: &declared,
         apps: &apps,
         now,
+        crons: CronCache::default(),
     };
     let mut names = HashSet::new();
     let mut schedules = Vec::new();
@@ -233,6 +237,22 @@ struct Context<'a> {
     declared: &'a BTreeSet<String>,
     apps: &'a BTreeMap<String, Arc<App>>,
     now: DateTime<Utc>,
+    /// Parsed cron expressions by text: schedules sharing an expression share one parse (and
+    /// its memory: croner keeps a few kilobytes of bitfields per expression).
+    crons: CronCache,
+}
+
+#[derive(Default)]
+struct CronCache(std::cell::RefCell<HashMap<String, Result<Arc<CronSpec>, String>>>);
+
+impl CronCache {
+    fn parse(&self, expr: &str) -> Result<Arc<CronSpec>, String> {
+        self.0
+            .borrow_mut()
+            .entry(expr.to_string())
+            .or_insert_with(|| CronSpec::parse(expr).map(Arc::new))
+            .clone()
+    }
 }
 
 /// `metrics.listen`: an address and port to serve /metrics on.

@@ -45,7 +45,9 @@ pub(super) fn validate_schedule(
         }
     };
     let cron = match entry.get::<String>("cron", report) {
-        Field::Value(expr) => CronSpec::parse(&expr)
+        Field::Value(expr) => context
+            .crons
+            .parse(&expr)
             .map_err(|m| report.error(&subject, "cron", m))
             .ok(),
         Field::Invalid => None,
@@ -132,13 +134,26 @@ pub(super) fn validate_schedule(
             }
         },
     };
+    // The next slots, computed once for every check below (a large config has thousands of
+    // schedules, and each slot costs a cron search).
+    let slots = match (&cron, zone) {
+        (Some(cron), Some(zone)) => {
+            let slots = cron.upcoming(context.now, zone, SLOTS_SAMPLED);
+            // A schedule that fires within a minute gets a longer look (WeCom's per-minute limit).
+            if slots
+                .windows(2)
+                .any(|w| w[1] - w[0] < chrono::Duration::minutes(1))
+            {
+                cron.upcoming(context.now, zone, PER_MINUTE_LIMIT + 1)
+            } else {
+                slots
+            }
+        }
+        _ => Vec::new(),
+    };
     if let Some(message) = &message {
         // Limits are checked even when other fields are broken, at the next slots when known.
         let zone = zone.unwrap_or(context.default_zone);
-        let slots = cron
-            .as_ref()
-            .map(|c| c.upcoming(context.now, zone, SLOTS_SAMPLED))
-            .unwrap_or_default();
         check_limits(
             message,
             name.as_deref().unwrap_or_default(),
@@ -176,8 +191,8 @@ pub(super) fn validate_schedule(
         }
     }
     let agent_id = context.apps.get(&schedule.app).map_or(0, |a| a.agent_id);
-    check_timing(&schedule, context.now, &subject, report)?;
-    warn_duplicates(&schedule, agent_id, context.now, &subject, report);
+    check_timing(&schedule, &slots, context.now, &subject, report)?;
+    warn_duplicates(&schedule, agent_id, &slots, &subject, report);
     Some(schedule)
 }
 
@@ -185,11 +200,11 @@ pub(super) fn validate_schedule(
 /// per-member limits (30 a minute, 1000 an hour) must not be exceeded by one schedule alone.
 pub(super) fn check_timing(
     schedule: &Schedule,
+    first: &[DateTime<Utc>],
     now: DateTime<Utc>,
     subject: &Subject,
     report: &mut Report,
 ) -> Option<()> {
-    let first = schedule.upcoming(now, PER_MINUTE_LIMIT + 1);
     if let (Some(jitter), Some(gap)) =
         (schedule.jitter, first.windows(2).map(|w| w[1] - w[0]).min())
         && jitter >= gap
@@ -199,13 +214,13 @@ pub(super) fn check_timing(
     }
     let per_member = "WeCom delivers at most 30 messages a minute and 1000 an hour from one app to one member and silently drops the rest; the daemon will spread the excess out";
     let span = |slots: &[DateTime<Utc>], n: usize| (slots.len() > n).then(|| slots[n] - slots[0]);
-    if span(&first, PER_MINUTE_LIMIT).is_some_and(|s| s < chrono::Duration::minutes(1)) {
+    if span(first, PER_MINUTE_LIMIT).is_some_and(|s| s < chrono::Duration::minutes(1)) {
         report.warn(
             subject,
             "cron",
             format!("fires more than {PER_MINUTE_LIMIT} times a minute. {per_member}"),
         );
-    } else if span(&first, PER_MINUTE_LIMIT).is_some_and(|s| {
+    } else if span(first, PER_MINUTE_LIMIT).is_some_and(|s| {
         s.num_seconds() * (PER_HOUR_LIMIT as i64) < 3600 * (PER_MINUTE_LIMIT as i64)
     }) {
         // Fast enough that the hourly limit may be reached: look at a whole hour of slots.

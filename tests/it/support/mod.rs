@@ -218,9 +218,12 @@ impl Env {
         );
         let (reload, reloads) = mpsc::unbounded_channel();
         let (stop, stops) = mpsc::unbounded_channel();
+        // Every wait that can goes through tokio-cron-scheduler, so that in-process tests
+        // exercise the wall-clock alarm that the binary keeps for waits over a minute.
         let options = daemon::Options {
             dry_run: false,
             stop_timeout: Duration::from_secs(20),
+            scheduler_min_wait: Duration::ZERO,
         };
         let handle = tokio::spawn(daemon::run(
             config,
