@@ -123,6 +123,11 @@ impl<'a> Entry<'a> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
+    /// Moves `key`'s value out of the entry.
+    pub fn take(&mut self, key: &str) -> Option<Value> {
+        self.map.remove(key).filter(|v| !v.is_null())
+    }
+
     /// Deserializes `key` as `T`. For `secret`, the value never appears in the message.
     pub fn get<T: DeserializeOwned>(&self, key: &str, report: &mut Report) -> Field<T> {
         let Some(value) = self.raw(key) else {

@@ -140,6 +140,7 @@ pub async fn run(
         }
     }
     daemon.publish_armed();
+    release_freed_memory();
     if let Some(address) = daemon.config.metrics_listen {
         // Metrics are a convenience: a port already taken must not stop the sending.
         if let Err(e) = metrics::serve(address, daemon.firing.dispatcher.metrics().clone()).await {
@@ -172,6 +173,17 @@ pub async fn run(
     }
     daemon.shutdown(&mut control.stops).await;
     Ok(())
+}
+
+/// Hands the memory freed after loading a config back to the system. Parsing a large file
+/// briefly needs several times what the loaded config keeps, and glibc's allocator would
+/// otherwise hold on to the difference for the life of the daemon.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own heap to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 async fn tick(interval: &mut Option<tokio::time::Interval>) {
@@ -270,6 +282,7 @@ impl Daemon {
                 let metrics_listen = self.config.metrics_listen;
                 let summary = self.apply(new).await;
                 self.publish_armed();
+                release_freed_memory();
                 self.firing.dispatcher.metrics().count_reload(true);
                 if self.config.metrics_listen != metrics_listen {
                     tracing::warn!("metrics.listen changed; it takes effect at the next restart");

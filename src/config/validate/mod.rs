@@ -115,7 +115,8 @@ fn read(
             return None;
         }
     };
-    let top = Entry::open(value, TOP_KEYS, &file, "", report)?;
+    let mut top = Entry::open(value, TOP_KEYS, &file, "", report)?;
+    let (has_apps, has_schedules) = (top.raw("apps").is_some(), top.raw("schedules").is_some());
     let timezone = match top.get::<String>("timezone", report) {
         Field::Value(name) => parse_zone(&name)
             .map_err(|m| report.error(&file, "timezone", m))
@@ -146,11 +147,12 @@ fn read(
         }
     };
 
-    let raw_apps = match top.raw("apps") {
+    // Taken out of the tree, not copied: a large file is validated without a second copy.
+    let raw_apps = match top.take("apps") {
         None => Vec::new(),
         Some(Value::Mapping(map)) => map
-            .iter()
-            .map(|(k, v)| (k.as_str().map(str::to_string), v.clone()))
+            .into_iter()
+            .map(|(k, v)| (k.as_str().map(str::to_string), v))
             .collect(),
         Some(_) => {
             report.error(
@@ -161,9 +163,9 @@ fn read(
             Vec::new()
         }
     };
-    let raw_schedules = match top.raw("schedules") {
+    let raw_schedules = match top.take("schedules") {
         None => Vec::new(),
-        Some(Value::Sequence(list)) => list.clone(),
+        Some(Value::Sequence(list)) => list,
         Some(_) => {
             report.error(
                 &file,
@@ -173,7 +175,7 @@ fn read(
             Vec::new()
         }
     };
-    if top.raw("apps").is_none() && top.raw("schedules").is_none() {
+    if !has_apps && !has_schedules {
         report.error(
             &file,
             "file",
@@ -186,7 +188,7 @@ fn read(
             "no app is defined; add one (corp_id, agent_id, a secret) under apps:",
         );
     }
-    if raw_schedules.is_empty() && top.raw("apps").is_some() {
+    if raw_schedules.is_empty() && has_apps {
         report.warn(
             &file,
             "schedules",
