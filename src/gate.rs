@@ -7,7 +7,7 @@
 //! Members hidden behind parties and tags cannot be seen from here, so a party or tag counts as
 //! one member of its own, and `@all` as every member at once.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,33 +27,121 @@ const HOUR: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Audience {
     everyone: bool,
-    members: HashSet<String>,
+    members: Vec<String>,
 }
 
 impl Audience {
     pub fn of(to: &Recipients) -> Audience {
         let everyone = to.users.iter().any(|u| u == "@all");
-        let members = to
+        let mut members: Vec<String> = to
             .users
             .iter()
             .map(|u| format!("user:{}", u.to_lowercase()))
             .chain(to.parties.iter().map(|p| format!("party:{p}")))
             .chain(to.tags.iter().map(|t| format!("tag:{t}")))
             .collect();
+        members.sort();
+        members.dedup();
         Audience { everyone, members }
     }
+}
 
-    fn overlaps(&self, other: &Audience) -> bool {
-        self.everyone || other.everyone || !self.members.is_disjoint(&other.members)
+/// Send times of the last hour, per member and for messages to everyone. Checking a send costs
+/// a few steps per recipient, however many messages the app sent to others.
+#[derive(Debug, Default)]
+struct Ledger {
+    by_member: HashMap<String, VecDeque<Instant>>,
+    everyone: VecDeque<Instant>,
+    recorded: u64,
+}
+
+impl Ledger {
+    /// When one more message to `audience` fits within the limits; `None` if it fits now.
+    fn blocked_until(&mut self, audience: &Audience, now: Instant) -> Option<Instant> {
+        prune(&mut self.everyone, now);
+        let empty = VecDeque::new();
+        let everyone = &self.everyone;
+        let full = |mine: &VecDeque<Instant>| {
+            [(MINUTE, PER_MEMBER_PER_MINUTE), (HOUR, PER_MEMBER_PER_HOUR)]
+                .into_iter()
+                .filter_map(|(window, limit)| full_until(mine, everyone, window, limit, now))
+                .max()
+        };
+        if audience.everyone {
+            // A message to everyone counts for every member: the fullest one decides.
+            let members = self.by_member.values().map(&full);
+            return members.chain([full(&empty)]).flatten().max();
+        }
+        audience
+            .members
+            .iter()
+            .filter_map(|member| full(self.by_member.get(member).unwrap_or(&empty)))
+            .max()
     }
+
+    fn record(&mut self, audience: &Audience, now: Instant) {
+        if audience.everyone {
+            self.everyone.push_back(now);
+        } else {
+            for member in &audience.members {
+                let times = self.by_member.entry(member.clone()).or_default();
+                prune(times, now);
+                times.push_back(now);
+            }
+        }
+        self.recorded += 1;
+        if self.recorded.is_multiple_of(SWEEP_EVERY) {
+            // Members nobody wrote to for an hour leave the ledger.
+            self.by_member.retain(|_, times| {
+                prune(times, now);
+                !times.is_empty()
+            });
+        }
+    }
+}
+
+/// How often (in recorded messages) the ledger forgets idle members.
+const SWEEP_EVERY: u64 = 1024;
+
+/// Drops the times older than an hour (the longest window) from a time-ordered queue.
+fn prune(times: &mut VecDeque<Instant>, now: Instant) {
+    while times
+        .front()
+        .is_some_and(|at| now.duration_since(*at) >= HOUR)
+    {
+        times.pop_front();
+    }
+}
+
+/// When a member who received `mine` and `everyone` (both time-ordered) may receive one more
+/// message within `window`, or `None` when they may now: the `limit`-th most recent message
+/// must leave the window first.
+fn full_until(
+    mine: &VecDeque<Instant>,
+    everyone: &VecDeque<Instant>,
+    window: Duration,
+    limit: usize,
+    now: Instant,
+) -> Option<Instant> {
+    let inside = |at: &&Instant| now.duration_since(**at) < window;
+    let (mut a, mut b) = (
+        mine.iter().rev().take_while(inside).peekable(),
+        everyone.iter().rev().take_while(inside).peekable(),
+    );
+    let mut newest_first = std::iter::from_fn(|| match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if x >= y => a.next(),
+        (Some(_), Some(_)) => b.next(),
+        (Some(_), None) => a.next(),
+        (None, _) => b.next(),
+    });
+    newest_first.nth(limit - 1).map(|at| *at + window)
 }
 
 /// One app's gate.
 #[derive(Debug, Default)]
 pub struct AppGate {
     paused_until: Mutex<Option<Instant>>,
-    /// Messages admitted within the last hour.
-    recent: Mutex<VecDeque<(Instant, Arc<Audience>)>>,
+    ledger: Mutex<Ledger>,
 }
 
 impl AppGate {
@@ -78,36 +166,17 @@ impl AppGate {
     }
 
     /// Waits until sending to `audience` stays within the per-member limits, then counts the
-    /// message. Returns how long it waited.
+    /// message. Returns how long it waited (zero when it did not).
     pub async fn admit(&self, audience: Arc<Audience>) -> Duration {
         let start = Instant::now();
         let mut held = false;
         loop {
             let retry_at = {
-                let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
                 let now = Instant::now();
-                while recent
-                    .front()
-                    .is_some_and(|(at, _)| now.duration_since(*at) >= HOUR)
-                {
-                    recent.pop_front();
-                }
-                let overlapping: Vec<Instant> = recent
-                    .iter()
-                    .filter(|(_, a)| a.overlaps(&audience))
-                    .map(|(at, _)| *at)
-                    .collect();
-                let full = |window: Duration, limit: usize| {
-                    let inside: Vec<&Instant> = overlapping
-                        .iter()
-                        .filter(|at| now.duration_since(**at) < window)
-                        .collect();
-                    // The oldest message that must leave the window before one more fits.
-                    (inside.len() >= limit).then(|| *inside[inside.len() - limit] + window)
-                };
-                match full(MINUTE, PER_MEMBER_PER_MINUTE).max(full(HOUR, PER_MEMBER_PER_HOUR)) {
+                match ledger.blocked_until(&audience, now) {
                     None => {
-                        recent.push_back((now, audience.clone()));
+                        ledger.record(&audience, now);
                         return if held {
                             now.duration_since(start)
                         } else {
@@ -158,12 +227,23 @@ mod tests {
         // The 31st to ZhangSan (any spelling: WeCom ids are case-insensitive) waits a minute.
         gate.admit(to(&["ZhangSan"])).await;
         assert_eq!(Instant::now().duration_since(start), MINUTE);
-        // @all overlaps everyone; parties are counted as members of their own.
-        assert!(to(&["@all"]).overlaps(&to(&["wangwu"])));
-        let party = Audience::of(&Recipients {
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_to_everyone_counts_for_every_member() {
+        let gate = AppGate::default();
+        let start = Instant::now();
+        for _ in 0..PER_MEMBER_PER_MINUTE {
+            assert_eq!(gate.admit(to(&["@all"])).await, Duration::ZERO);
+        }
+        // WangWu got thirty messages through @all: the next one to him waits.
+        assert_eq!(gate.admit(to(&["wangwu"])).await, MINUTE);
+        assert_eq!(Instant::now().duration_since(start), MINUTE);
+        // A party counts as a member of its own.
+        let party = Arc::new(Audience::of(&Recipients {
             parties: vec!["2".into()],
             ..Default::default()
-        });
-        assert!(!party.overlaps(&to(&["wangwu"])) && party.overlaps(&party.clone()));
+        }));
+        assert_eq!(gate.admit(party).await, Duration::ZERO);
     }
 }

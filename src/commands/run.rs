@@ -12,6 +12,7 @@ use crate::wecom::Client;
 use crate::wecom::token::TokenCache;
 
 pub async fn run(globals: &Globals, dry_run: bool) -> ExitCode {
+    daemon::tune_allocator();
     let secrets = Secrets::for_dry_run(dry_run);
     let config = match globals.load(secrets) {
         Ok(config) => config,

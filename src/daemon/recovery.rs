@@ -38,10 +38,15 @@ pub struct Downtime {
 }
 
 impl Downtime {
-    pub async fn read(store: &Store) -> anyhow::Result<Downtime> {
+    pub async fn read(store: &Store, schedules: &[Arc<Schedule>]) -> anyhow::Result<Downtime> {
+        let names = schedules
+            .iter()
+            .filter(|s| s.enabled)
+            .map(|s| s.name.clone())
+            .collect();
         Ok(Downtime {
             last_alive: store.last_alive().await?,
-            last_slots: store.last_slots().await?,
+            last_slots: store.last_slots(names).await?,
         })
     }
 

@@ -316,20 +316,21 @@ impl Store {
         .await
     }
 
-    /// The latest slot recorded for each schedule (cron and catch-up rows, any status).
-    pub async fn last_slots(&self) -> anyhow::Result<HashMap<String, DateTime<Utc>>> {
-        self.call(|conn| {
-            // Matches the partial unique index, which serves it.
+    /// The latest slot recorded for each of `schedules` (cron and catch-up rows, any status).
+    pub async fn last_slots(
+        &self,
+        schedules: Vec<String>,
+    ) -> anyhow::Result<HashMap<String, DateTime<Utc>>> {
+        self.call(move |conn| {
+            // One seek per schedule in the partial unique index, whatever the history's size.
             let mut statement = conn.prepare(
-                "SELECT schedule, max(scheduled_at) FROM sends
-                 WHERE trigger IN ('cron', 'catch_up') AND status <> 'dry_run' GROUP BY schedule",
+                "SELECT max(scheduled_at) FROM sends
+                 WHERE schedule = ?1 AND trigger IN ('cron', 'catch_up') AND status <> 'dry_run'",
             )?;
-            let rows = statement
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
             let mut last = HashMap::new();
-            for row in rows {
-                let (schedule, at) = row?;
-                if let Some(at) = crate::time::from_db(&at) {
+            for schedule in schedules {
+                let at: Option<String> = statement.query_row([&schedule], |r| r.get(0))?;
+                if let Some(at) = at.as_deref().and_then(crate::time::from_db) {
                     last.insert(schedule, at);
                 }
             }
