@@ -9,6 +9,29 @@ use wecom_notify::store::history::{Status, Trigger};
 
 use crate::support::*;
 
+/// Fires every schedule of `config` for the same slot, all at once; the outcomes in order.
+async fn fire_all_at_once(
+    config: &wecom_notify::config::Config,
+    dispatcher: &std::sync::Arc<wecom_notify::dispatch::Dispatcher>,
+) -> Vec<Fired> {
+    let app = config.app("ops").expect("app").clone();
+    let now = Utc::now().trunc_subsecs(0);
+    let sends: Vec<_> = config
+        .schedules
+        .iter()
+        .cloned()
+        .map(|schedule| {
+            let (dispatcher, app) = (dispatcher.clone(), app.clone());
+            tokio::spawn(async move { dispatcher.fire(&schedule, &app, now, Trigger::Cron).await })
+        })
+        .collect();
+    let mut fired = Vec::new();
+    for send in sends {
+        fired.push(send.await.expect("join").expect("recorded"));
+    }
+    fired
+}
+
 fn schedules(n: usize) -> String {
     (0..n)
         .map(|i| format!("  - {{ name: s{i}, cron: '0 9 * * *', to: {{ users: [u{i}] }}, text: {{ content: 'message {i}' }} }}\n"))
@@ -22,19 +45,7 @@ async fn fifty_concurrent_sends_with_an_empty_cache_fetch_one_token() {
     env.fake.set_gettoken_delay(Duration::from_millis(300));
     let config = env.load();
     let dispatcher = env.dispatcher(fast_policy());
-    let app = config.app("ops").expect("app").clone();
-    let now = Utc::now().trunc_subsecs(0);
-    let sends: Vec<_> = config
-        .schedules
-        .iter()
-        .cloned()
-        .map(|schedule| {
-            let (dispatcher, app) = (dispatcher.clone(), app.clone());
-            tokio::spawn(async move { dispatcher.fire(&schedule, &app, now, Trigger::Cron).await })
-        })
-        .collect();
-    for send in sends {
-        let fired = send.await.expect("join").expect("recorded");
+    for fired in fire_all_at_once(&config, &dispatcher).await {
         assert!(
             matches!(fired, Fired::Done(ref o) if o.finish.status == Status::Sent),
             "{fired:?}"
@@ -194,19 +205,7 @@ async fn a_failing_gettoken_is_not_hammered_by_concurrent_sends() {
     let mut policy = fast_policy();
     policy.max_attempts = 2;
     let dispatcher = env.dispatcher(policy);
-    let app = config.app("ops").expect("app").clone();
-    let now = Utc::now().trunc_subsecs(0);
-    let sends: Vec<_> = config
-        .schedules
-        .iter()
-        .cloned()
-        .map(|schedule| {
-            let (dispatcher, app) = (dispatcher.clone(), app.clone());
-            tokio::spawn(async move { dispatcher.fire(&schedule, &app, now, Trigger::Cron).await })
-        })
-        .collect();
-    for send in sends {
-        let fired = send.await.expect("join").expect("recorded");
+    for fired in fire_all_at_once(&config, &dispatcher).await {
         assert!(
             matches!(fired, Fired::Done(ref o) if o.finish.status == Status::Failed && o.finish.errcode == Some(-1)),
             "{fired:?}"
