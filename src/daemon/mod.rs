@@ -15,11 +15,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_cron_scheduler::JobScheduler;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{self, Config, Schedule, Secrets};
+use crate::config::{self, Config, ConfigError, Schedule, Secrets};
 use crate::dispatch::Dispatcher;
 use crate::metrics;
 use crate::store::events::EventKind;
@@ -76,6 +76,26 @@ impl Default for Options {
 pub struct Control {
     pub reloads: mpsc::UnboundedReceiver<()>,
     pub stops: mpsc::UnboundedReceiver<()>,
+}
+
+/// A reload whose config is being read and validated on a thread of its own, so that the
+/// main loop keeps feeding the watchdog and answering stop requests meanwhile (validating
+/// 100,000 schedules takes seconds; a config path on a stalled mount could take forever).
+struct Loading {
+    result: oneshot::Receiver<Result<Config, ConfigError>>,
+    /// Another SIGHUP came while this load ran: the file may have changed after it was read,
+    /// so one more load follows this one.
+    again: bool,
+}
+
+/// The result of the reload in progress; never ready when there is none.
+async fn loaded(
+    loading: &mut Option<Loading>,
+) -> Result<Result<Config, ConfigError>, oneshot::error::RecvError> {
+    match loading {
+        Some(loading) => (&mut loading.result).await,
+        None => std::future::pending().await,
+    }
 }
 
 struct Daemon {
@@ -158,10 +178,21 @@ pub async fn run(
     let mut flush = tokio::time::interval(FLUSH_INTERVAL);
     let mut retention = tokio::time::interval(RETENTION_INTERVAL);
     let pruning = Arc::new(AtomicBool::new(false));
+    let mut loading: Option<Loading> = None;
     loop {
         tokio::select! {
             _ = retention.tick() => daemon.prune_history(&pruning),
-            Some(()) = control.reloads.recv() => daemon.reload().await,
+            Some(()) = control.reloads.recv() => match &mut loading {
+                Some(loading) => loading.again = true,
+                None => loading = daemon.start_reload(),
+            },
+            result = loaded(&mut loading) => {
+                let again = loading.take().is_some_and(|l| l.again);
+                daemon.finish_reload(result).await;
+                if again {
+                    loading = daemon.start_reload();
+                }
+            }
             _ = control.stops.recv() => break,
             _ = tick(&mut watchdog) => daemon.notifier.watchdog(),
             _ = flush.tick() => {
@@ -283,11 +314,40 @@ impl Daemon {
         });
     }
 
-    async fn reload(&mut self) {
+    /// Announces a reload and starts reading the config file on a thread of its own. A thread,
+    /// not `spawn_blocking`: a read that never returns must not hold up the daemon's exit.
+    fn start_reload(&self) -> Option<Loading> {
         self.notifier.reloading();
         let path = self.config.path.clone();
         let secrets = Secrets::for_dry_run(self.options.dry_run);
-        let loaded = tokio::task::spawn_blocking(move || config::load(&path, secrets)).await;
+        let (sender, result) = oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || {
+                // The daemon may have stopped meanwhile; then nobody needs the result.
+                let _ = sender.send(config::load(&path, secrets));
+            });
+        match spawned {
+            Ok(_) => Some(Loading {
+                result,
+                again: false,
+            }),
+            Err(e) => {
+                tracing::error!(
+                    "reload failed, the previous config stays in force: cannot start a thread: {e}"
+                );
+                self.firing.dispatcher.metrics().count_reload(false);
+                self.notifier.ready(&self.status_line());
+                None
+            }
+        }
+    }
+
+    /// Switches to the config a reload produced, or keeps the one in force when it was invalid.
+    async fn finish_reload(
+        &mut self,
+        loaded: Result<Result<Config, ConfigError>, oneshot::error::RecvError>,
+    ) {
         match loaded {
             Ok(Ok(new)) => {
                 let metrics_listen = self.config.metrics_listen;
@@ -308,7 +368,13 @@ impl Daemon {
                 self.event(EventKind::ReloadFailed, &error.to_string())
                     .await;
             }
-            Err(e) => tracing::error!("reload failed: {e}"),
+            Err(_) => {
+                // The loading thread ended without an answer: it panicked.
+                tracing::error!(
+                    "reload failed while reading the config; the previous config stays in force"
+                );
+                self.firing.dispatcher.metrics().count_reload(false);
+            }
         }
         self.notifier.ready(&self.status_line());
     }

@@ -256,12 +256,50 @@ async fn sigterm_lets_the_send_in_flight_finish() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sd_notify_ready_reloading_stopping_and_watchdog() {
-    let env = Env::new().await;
-    env.write_schedules(&every_two_seconds("tick", "tick"));
-    let socket_path = env.path("notify.sock");
-    let socket = tokio::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
+/// sd_notify datagrams from the daemon, on a socket the test binds.
+struct Notifications {
+    socket: tokio::net::UnixDatagram,
+    received: Vec<String>,
+}
+
+impl Notifications {
+    fn bind(path: &std::path::Path) -> Notifications {
+        let socket = tokio::net::UnixDatagram::bind(path).expect("bind notify socket");
+        Notifications {
+            socket,
+            received: Vec::new(),
+        }
+    }
+
+    /// The next datagram, failing the test when none comes in time.
+    async fn next(&mut self) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(WAIT, self.socket.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no datagram in time; so far: {:?}", self.received))
+            .expect("recv");
+        let message = String::from_utf8_lossy(&buf[..n]).to_string();
+        self.received.push(message.clone());
+        message
+    }
+
+    /// Reads datagrams until one contains `needle`, and returns it.
+    async fn wait_for(&mut self, needle: &str) -> String {
+        loop {
+            let message = self.next().await;
+            if message.contains(needle) {
+                return message;
+            }
+        }
+    }
+
+    fn saw(&self, needle: &str) -> bool {
+        self.received.iter().any(|m| m.contains(needle))
+    }
+}
+
+/// The real binary with `NOTIFY_SOCKET` and `WATCHDOG_USEC` set, as systemd starts it.
+fn spawn_notifying(env: &Env, socket: &std::path::Path, watchdog_usec: &str) -> Daemon {
     // WATCHDOG_PID must be the daemon's own pid: let the shell exec into it.
     let command = format!(
         "WATCHDOG_PID=$$ exec '{}' --config '{}' --db '{}' run",
@@ -273,46 +311,31 @@ async fn sd_notify_ready_reloading_stopping_and_watchdog() {
     let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "400000")
+        .env("NOTIFY_SOCKET", socket)
+        .env("WATCHDOG_USEC", watchdog_usec)
         .stderr(std::fs::File::create(&log).expect("log"))
         .kill_on_drop(true)
         .spawn()
         .expect("spawn");
-    let mut daemon = Daemon { child, log };
+    Daemon { child, log }
+}
 
-    let mut received = Vec::new();
-    let next = async || {
-        let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(WAIT, socket.recv(&mut buf))
-            .await
-            .expect("a datagram in time")
-            .expect("recv");
-        String::from_utf8_lossy(&buf[..n]).to_string()
-    };
-    let ready = next().await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sd_notify_ready_reloading_stopping_and_watchdog() {
+    let env = Env::new().await;
+    env.write_schedules(&every_two_seconds("tick", "tick"));
+    let socket = env.path("notify.sock");
+    let mut notes = Notifications::bind(&socket);
+    let mut daemon = spawn_notifying(&env, &socket, "400000");
+
+    let ready = notes.next().await;
     assert!(
         ready.contains("READY=1") && ready.contains("STATUS=1 schedules armed, next: tick at"),
         "{ready}"
     );
-    received.push(ready);
 
     daemon.signal(SIGHUP);
-    let saw = |needle: &str, messages: &[String]| messages.iter().any(|m| m.contains(needle));
-    let deadline = std::time::Instant::now() + WAIT;
-    while !(saw("RELOADING=1", &received)
-        && received.iter().filter(|m| m.contains("READY=1")).count() == 2)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reload notifications: {received:?}"
-        );
-        received.push(next().await);
-    }
-    let reloading = received
-        .iter()
-        .find(|m| m.contains("RELOADING=1"))
-        .expect("reloading");
+    let reloading = notes.wait_for("RELOADING=1").await;
     let usec: u64 = reloading
         .lines()
         .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
@@ -320,19 +343,94 @@ async fn sd_notify_ready_reloading_stopping_and_watchdog() {
         .parse()
         .expect("a number");
     assert!(usec > 0);
-    assert!(
-        saw("WATCHDOG=1", &received) || next().await.contains("WATCHDOG=1"),
-        "watchdog pings: {received:?}"
-    );
+    notes.wait_for("READY=1").await;
+    if !notes.saw("WATCHDOG=1") {
+        notes.wait_for("WATCHDOG=1").await;
+    }
 
     daemon.signal(SIGTERM);
-    loop {
-        let message = next().await;
-        if message.contains("STOPPING=1") {
-            break;
-        }
-    }
+    notes.wait_for("STOPPING=1").await;
     assert_eq!(daemon.wait_exit(WAIT).await.code(), Some(0));
+}
+
+/// Makes `path` a named pipe: each read of it waits until [`feed`] writes to it.
+fn make_fifo(path: &std::path::Path) {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo {}", path.display());
+}
+
+/// Writes `text` to the named pipe once a reader opens it (on a thread: opening blocks).
+fn feed(path: std::path::PathBuf, text: String) {
+    std::thread::spawn(move || std::fs::write(path, text));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_waiting_for_its_file_keeps_firing_feeding_the_watchdog_and_stopping() {
+    let env = Env::new().await;
+    // The config file is a named pipe, so the test decides how long each reload reads it.
+    let config = |schedules: &str| {
+        format!(
+            "timezone: Asia/Shanghai\n{}schedules:\n{schedules}",
+            env.apps_yaml()
+        )
+    };
+    let tick = every_two_seconds("tick", "tick");
+    let tock = every_two_seconds("tock", "tock");
+    let tack = every_two_seconds("tack", "tack");
+    make_fifo(&env.config_path());
+    feed(env.config_path(), config(&tick));
+    let socket = env.path("notify.sock");
+    let mut notes = Notifications::bind(&socket);
+    let mut daemon = spawn_notifying(&env, &socket, "200000");
+    notes.wait_for("READY=1").await;
+
+    // A reload that cannot read its file yet, and a second SIGHUP meanwhile.
+    daemon.signal(SIGHUP);
+    notes.wait_for("RELOADING=1").await;
+    daemon.signal(SIGHUP);
+    let sent = env.fake.send_calls();
+    for _ in 0..3 {
+        let message = notes.next().await;
+        assert!(
+            message.contains("WATCHDOG=1"),
+            "only watchdog pings while the reload waits: {message}"
+        );
+    }
+    eventually(WAIT, "a send while the reload waits", || {
+        env.fake.send_calls() > sent
+    })
+    .await;
+
+    // The file arrives: the reload finishes, and the second SIGHUP reads the file once more.
+    feed(env.config_path(), config(&format!("{tick}{tock}")));
+    notes.wait_for("READY=1").await;
+    notes.wait_for("RELOADING=1").await;
+    feed(env.config_path(), config(&format!("{tick}{tack}")));
+    notes.wait_for("READY=1").await;
+    assert_eq!(
+        env.column("select detail from events where kind = 'reloaded' order by id"),
+        [
+            "added tock; 1 unchanged",
+            "added tack; removed tock; 1 unchanged"
+        ]
+    );
+    eventually(WAIT, "a message from the schedule added last", || {
+        env.texts().iter().any(|t| t.starts_with("tack"))
+    })
+    .await;
+
+    // A stop during a reload that never gets its file is not held up by it.
+    daemon.signal(SIGHUP);
+    notes.wait_for("RELOADING=1").await;
+    daemon.signal(SIGTERM);
+    notes.wait_for("STOPPING=1").await;
+    assert_eq!(daemon.wait_exit(WAIT).await.code(), Some(0));
+    assert_eq!(
+        env.column("select kind from events order by id desc limit 1"),
+        ["stopped"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
