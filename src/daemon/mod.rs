@@ -26,7 +26,7 @@ use crate::store::events::EventKind;
 use notify::Notifier;
 use recovery::Downtime;
 use reload::{Diff, changed_credentials};
-use timer::{Firing, Timer};
+use timer::{Alarms, Firing, Timer};
 
 /// Waits for a slot longer than this are kept by a tokio-cron-scheduler alarm (which follows
 /// the wall clock through suspends and clock steps); shorter ones by a plain sleep.
@@ -120,7 +120,7 @@ pub async fn run(
     let scheduler = JobScheduler::new_with_channel_size(channel_size).await?;
     scheduler.start().await?;
     let firing = Arc::new(Firing {
-        scheduler,
+        alarms: Alarms::new(scheduler),
         scheduler_min_wait: options.scheduler_min_wait,
         apps: RwLock::new(config.apps.clone()),
         dispatcher,
@@ -426,10 +426,7 @@ impl Daemon {
         // scan counts from here, however long the wait for sends in flight takes.
         let disarmed_at = Utc::now();
         self.timers.clear();
-        let mut scheduler = self.firing.scheduler.clone();
-        if let Err(e) = scheduler.shutdown().await {
-            tracing::debug!(error = ?e, "scheduler shutdown");
-        }
+        self.firing.alarms.shutdown().await;
         self.firing.inflight.close();
         let detail = tokio::select! {
             _ = self.firing.inflight.wait() => "clean".to_string(),
