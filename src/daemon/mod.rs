@@ -181,20 +181,22 @@ pub async fn run(
     let mut loading: Option<Loading> = None;
     loop {
         tokio::select! {
-            _ = retention.tick() => daemon.prune_history(&pruning),
+            // A stop request wins over everything else that is ready, a finished reload too.
+            biased;
+            _ = control.stops.recv() => break,
+            _ = tick(&mut watchdog) => daemon.notifier.watchdog(),
             Some(()) = control.reloads.recv() => match &mut loading {
                 Some(loading) => loading.again = true,
-                None => loading = daemon.start_reload(),
+                None => loading = daemon.start_reload().await,
             },
             result = loaded(&mut loading) => {
                 let again = loading.take().is_some_and(|l| l.again);
                 daemon.finish_reload(result).await;
                 if again {
-                    loading = daemon.start_reload();
+                    loading = daemon.start_reload().await;
                 }
             }
-            _ = control.stops.recv() => break,
-            _ = tick(&mut watchdog) => daemon.notifier.watchdog(),
+            _ = retention.tick() => daemon.prune_history(&pruning),
             _ = flush.tick() => {
                 if daemon.firing.dispatcher.unwritten_count() > 0 {
                     daemon.firing.dispatcher.flush_unwritten().await;
@@ -316,7 +318,7 @@ impl Daemon {
 
     /// Announces a reload and starts reading the config file on a thread of its own. A thread,
     /// not `spawn_blocking`: a read that never returns must not hold up the daemon's exit.
-    fn start_reload(&self) -> Option<Loading> {
+    async fn start_reload(&self) -> Option<Loading> {
         self.notifier.reloading();
         let path = self.config.path.clone();
         let secrets = Secrets::for_dry_run(self.options.dry_run);
@@ -337,6 +339,11 @@ impl Daemon {
                     "reload failed, the previous config stays in force: cannot start a thread: {e}"
                 );
                 self.firing.dispatcher.metrics().count_reload(false);
+                self.event(
+                    EventKind::ReloadFailed,
+                    &format!("cannot start a thread: {e}"),
+                )
+                .await;
                 self.notifier.ready(&self.status_line());
                 None
             }
@@ -374,6 +381,11 @@ impl Daemon {
                     "reload failed while reading the config; the previous config stays in force"
                 );
                 self.firing.dispatcher.metrics().count_reload(false);
+                self.event(
+                    EventKind::ReloadFailed,
+                    "the config could not be read (internal error)",
+                )
+                .await;
             }
         }
         self.notifier.ready(&self.status_line());

@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Mutex, Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,47 +32,45 @@ const ALARM_LEAD: chrono::Duration = chrono::Duration::seconds(2);
 /// How much later than the alarm the monotonic sleep raced against it ends.
 const ALARM_GRACE: Duration = Duration::from_secs(1);
 
-/// tokio-cron-scheduler, called one caller at a time. Each of its `add`s and `remove`s waits
-/// for its answer on a broadcast channel that every caller waiting at that moment receives, so
-/// N timers arming at once cost N² wake-ups: measured, 100,000 schedules kept both cores busy
-/// for 106 s after start, and a per-second schedule fired up to 7 s late meanwhile. One at a
-/// time, the same adds take about 2 s.
+/// How long one add or remove may take before tokio-cron-scheduler is taken to be stuck.
+const SCHEDULER_CALL_LIMIT: Duration = Duration::from_secs(10);
+
+/// tokio-cron-scheduler, called by one task, one call at a time. Each of its `add`s and
+/// `remove`s waits for its answer on a broadcast channel that every caller waiting at that
+/// moment receives, so N timers arming at once cost N² wake-ups: measured, 100,000 schedules
+/// kept both cores busy for 106 s after start, and a per-second schedule fired up to 7 s late
+/// meanwhile. One at a time, the same adds take about 2 s. One queue for adds and removals
+/// also keeps a removal from overtaking the add it undoes.
 pub struct Alarms {
     scheduler: JobScheduler,
-    adding: Mutex<()>,
-    removals: mpsc::UnboundedSender<Uuid>,
+    calls: mpsc::UnboundedSender<Call>,
+}
+
+enum Call {
+    /// Add the job, then answer (or drop the sender if the scheduler is not called any more).
+    Add(Job, oneshot::Sender<()>),
+    Remove(Uuid),
 }
 
 impl Alarms {
-    /// Wraps a started scheduler; removals are queued to a task of their own, so that a timer
-    /// never waits for one before it fires.
     pub fn new(scheduler: JobScheduler) -> Alarms {
-        let (removals, mut queue) = mpsc::unbounded_channel::<Uuid>();
-        let remover = scheduler.clone();
-        tokio::spawn(async move {
-            while let Some(id) = queue.recv().await {
-                // A job that already ran or is gone with a stopped scheduler: nothing to do.
-                let _ = remover.remove(&id).await;
-            }
-        });
-        Alarms {
-            scheduler,
-            adding: Mutex::new(()),
-            removals,
+        let (calls, queue) = mpsc::unbounded_channel();
+        tokio::spawn(serve(scheduler.clone(), queue));
+        Alarms { scheduler, calls }
+    }
+
+    /// Adds `job`, returning once the scheduler has answered. The caller races this against
+    /// its own sleep, so waiting in the queue delays no fire.
+    async fn add(&self, job: Job) {
+        let (done, added) = oneshot::channel();
+        if self.calls.send(Call::Add(job, done)).is_ok() {
+            let _ = added.await;
         }
     }
 
-    async fn add(&self, job: Job) -> Option<Uuid> {
-        let _one_at_a_time = self.adding.lock().await;
-        self.scheduler
-            .add(job)
-            .await
-            .map_err(|e| tracing::debug!(error = ?e, "tokio-cron-scheduler refused a job; the sleep alone keeps time"))
-            .ok()
-    }
-
+    /// Queues the removal of a job, whether or not it was ever added.
     fn remove(&self, id: Uuid) {
-        let _ = self.removals.send(id);
+        let _ = self.calls.send(Call::Remove(id));
     }
 
     /// Stops the scheduler (at daemon stop).
@@ -80,6 +78,38 @@ impl Alarms {
         let mut scheduler = self.scheduler.clone();
         if let Err(e) = scheduler.shutdown().await {
             tracing::debug!(error = ?e, "scheduler shutdown");
+        }
+    }
+}
+
+/// Makes the calls in order. A scheduler that leaves one unanswered for
+/// [`SCHEDULER_CALL_LIMIT`] is taken to be stuck (its listeners stop for good when their
+/// channels lag) and is not called again: from then on every timer's sleep keeps time alone.
+async fn serve(scheduler: JobScheduler, mut queue: mpsc::UnboundedReceiver<Call>) {
+    let mut stuck = false;
+    while let Some(call) = queue.recv().await {
+        if stuck {
+            continue;
+        }
+        let answered = match call {
+            Call::Add(job, done) => {
+                let added = tokio::time::timeout(SCHEDULER_CALL_LIMIT, scheduler.add(job)).await;
+                if let Ok(Err(e)) = &added {
+                    tracing::debug!(error = ?e, "tokio-cron-scheduler refused a job; the sleep alone keeps time");
+                }
+                let _ = done.send(());
+                added.is_ok()
+            }
+            Call::Remove(id) => tokio::time::timeout(SCHEDULER_CALL_LIMIT, scheduler.remove(&id))
+                .await
+                .is_ok(),
+        };
+        if !answered {
+            tracing::warn!(
+                "tokio-cron-scheduler did not answer within {}s; long waits are kept by plain sleeps from now on",
+                SCHEDULER_CALL_LIMIT.as_secs()
+            );
+            stuck = true;
         }
     }
 }
@@ -242,7 +272,7 @@ async fn sleep_unless_cancelled(duration: Duration, cancel: &CancellationToken) 
 /// A tokio-cron-scheduler one-shot job `after` from now, raced against a monotonic sleep of
 /// the same length: the wall-clock alarm wins after a suspend or a clock step, the sleep wins
 /// if the scheduler ever drops the job (its channels can lag under a burst of jobs). False
-/// when cancelled first. The job is removed whichever way the wait ends.
+/// when cancelled first. A job that did not ring is removed, however the wait ended.
 async fn alarm(alarms: &Alarms, after: Duration, cancel: &CancellationToken) -> bool {
     let rang = Arc::new(Notify::new());
     let ring = rang.clone();
@@ -250,17 +280,26 @@ async fn alarm(alarms: &Alarms, after: Duration, cancel: &CancellationToken) -> 
         let ring = ring.clone();
         Box::pin(async move { ring.notify_one() })
     });
-    let id = match job {
-        Ok(job) => alarms.add(job).await,
-        Err(_) => None,
+    let Ok(job) = job else {
+        return sleep_unless_cancelled(after, cancel).await;
     };
-    let rang = tokio::select! {
-        _ = rang.notified() => true,
-        _ = tokio::time::sleep(after + ALARM_GRACE) => true,
-        _ = cancel.cancelled() => false,
+    // The id is known before the add, so the job is removed even if the wait ends first.
+    let id = job.guid();
+    let sleep = tokio::time::sleep(after + ALARM_GRACE);
+    tokio::pin!(sleep);
+    let (due, by_alarm) = tokio::select! {
+        // Waiting in the queue to add counts against this wait, not in addition to it.
+        _ = alarms.add(job) => tokio::select! {
+            _ = rang.notified() => (true, true),
+            _ = &mut sleep => (true, false),
+            _ = cancel.cancelled() => (false, false),
+        },
+        _ = &mut sleep => (true, false),
+        _ = cancel.cancelled() => (false, false),
     };
-    if let Some(id) = id {
+    // A one-shot job that ran is deleted by the scheduler itself.
+    if !by_alarm {
         alarms.remove(id);
     }
-    rang
+    due
 }
