@@ -128,7 +128,7 @@ impl CronSpec {
     /// For a *workday schedule* — day-of-month `*`, and a day-of-week field that takes every
     /// day from Monday to Friday but not every day — the same expression on every day of the
     /// week: its times of day on a regular workday, for make-up workdays (调休).
-    pub fn workday_variant(&self) -> Option<CronSpec> {
+    pub fn workday_variant(&self) -> Option<String> {
         let fields: Vec<&str> = self.expr.split_whitespace().collect();
         if self.expr.starts_with('@') || !matches!(fields.len(), 5 | 6) {
             return None;
@@ -147,7 +147,7 @@ impl CronSpec {
         }
         let mut all_days = fields.clone();
         all_days[dow] = "*";
-        CronSpec::parse(&all_days.join(" ")).ok()
+        Some(all_days.join(" "))
     }
 
     /// The first slot strictly after `after`, read in `zone`.
@@ -174,12 +174,6 @@ impl CronSpec {
             }
         }
         slots
-    }
-
-    /// The smallest gap between consecutive slots among the next `sample` ones.
-    pub fn min_gap(&self, after: DateTime<Utc>, zone: Tz, sample: usize) -> Option<Duration> {
-        let slots = self.upcoming(after, zone, sample);
-        slots.windows(2).map(|w| w[1] - w[0]).min()
     }
 
     fn next_slot(&self, start: DateTime<Utc>, inclusive: bool, zone: Tz) -> Option<DateTime<Utc>> {
@@ -382,13 +376,12 @@ mod tests {
             .unwrap()
             .workday_variant()
             .unwrap();
-        assert_eq!(variant.as_str(), "30 9 * * *");
+        assert_eq!(variant, "30 9 * * *");
         assert_eq!(
             CronSpec::parse("0 */2 9-18 * * Mon-Sat")
                 .unwrap()
                 .workday_variant()
-                .unwrap()
-                .as_str(),
+                .unwrap(),
             "0 */2 9-18 * * *"
         );
         for not_workday in ["0 16 * * Fri", "30 9 * * *", "30 9 1 * 1-5", "@weekly"] {

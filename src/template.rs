@@ -73,11 +73,6 @@ impl Template {
         })
     }
 
-    /// The text as written in the config.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
     /// True when the template has no variable that depends on the slot.
     pub fn is_static(&self) -> bool {
         self.pieces

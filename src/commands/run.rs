@@ -44,10 +44,7 @@ pub async fn run(globals: &Globals, dry_run: bool) -> ExitCode {
     // schedule must not fall silent because the disk is full.
     let dispatcher = Dispatcher::new(store, client, tokens, RetryPolicy::default(), dry_run);
     let dispatcher = Arc::new(dispatcher.sending_unrecorded(true));
-    let options = Options {
-        dry_run,
-        ..Options::default()
-    };
+    let options = Options::default();
     match daemon::run(config, dispatcher, options, control).await {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(e) => {

@@ -128,7 +128,8 @@ impl<'a> Entry<'a> {
         self.map.remove(key).filter(|v| !v.is_null())
     }
 
-    /// Deserializes `key` as `T`. For `secret`, the value never appears in the message.
+    /// Deserializes `key` as `T`. For the secret keys (`secret`, `secret_env`, ...) the value
+    /// never appears in the message: an operator may have pasted the secret into any of them.
     pub fn get<T: DeserializeOwned>(&self, key: &str, report: &mut Report) -> Field<T> {
         let Some(value) = self.raw(key) else {
             return Field::Missing;
@@ -136,7 +137,7 @@ impl<'a> Entry<'a> {
         match serde_yaml::from_value::<T>(value.clone()) {
             Ok(parsed) => Field::Value(parsed),
             Err(e) => {
-                let message = if key == "secret" {
+                let message = if key.starts_with("secret") {
                     format!(
                         "must be a string; quote it (\"...\"), it is a {}",
                         kind(value)

@@ -81,7 +81,7 @@ pub struct Schedule {
     /// `calendar:`: skipped dates and make-up workdays.
     pub calendar: Option<Arc<Calendar>>,
     /// The every-day form of a workday schedule, for the calendar's make-up workdays.
-    pub workday_cron: Option<CronSpec>,
+    pub workday_cron: Option<Arc<CronSpec>>,
 }
 
 /// The `text:` or `textcard:` of a schedule, with its template variables unrendered.

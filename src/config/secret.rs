@@ -59,14 +59,17 @@ impl SecretSource {
     pub fn resolve(&self) -> Result<Secret, String> {
         let value = match self {
             SecretSource::Env(name) => std::env::var(name).map_err(|_| {
-                format!("environment variable {name} is not set; export it before starting, or use secret_file / secret_credential")
+                format!("environment variable {} is not set; export it before starting, or use secret_file / secret_credential", shown(name))
             })?,
             SecretSource::File(path) => read_secret_file(path)?,
             SecretSource::Credential(name) => {
                 let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                    format!("CREDENTIALS_DIRECTORY is not set, so credential \"{name}\" cannot be read; run under systemd with LoadCredential={name}:/path/to/secret, or use secret_file")
+                    let name = shown(name);
+                    format!("CREDENTIALS_DIRECTORY is not set, so credential {name} cannot be read; run under systemd with LoadCredential=NAME:/path/to/secret, or use secret_file")
                 })?;
-                read_secret_file(&Path::new(&dir).join(name))?
+                std::fs::read_to_string(Path::new(&dir).join(name)).map_err(|e| {
+                    format!("credential {} cannot be read from $CREDENTIALS_DIRECTORY: {e}; check the unit's LoadCredential=", shown(name))
+                })?
             }
             SecretSource::Inline(secret) => secret.expose().to_string(),
         };
@@ -78,6 +81,21 @@ impl SecretSource {
             ));
         }
         Ok(Secret(value))
+    }
+}
+
+/// A variable or credential name as messages show it. A value that does not look like a name
+/// (WeCom secrets are 43 characters long) may be the secret itself, pasted under the wrong key,
+/// and is not repeated.
+fn shown(name: &str) -> String {
+    let looks_like_a_name = (1..=32).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'));
+    if looks_like_a_name {
+        name.to_string()
+    } else {
+        "(not shown: it does not look like a name and may be the secret itself)".to_string()
     }
 }
 
@@ -93,6 +111,26 @@ fn read_secret_file(path: &Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_pasted_as_a_variable_or_credential_name_is_not_repeated() {
+        let pasted = "Xq3vB8kLm2NpR7sT1uW4yZ6aC9dE0fG5hJ8kL1mN2pQ";
+        for source in [
+            SecretSource::Env(pasted.to_string()),
+            SecretSource::Credential(pasted.to_string()),
+        ] {
+            let message = source.resolve().expect_err("neither can resolve");
+            assert!(!message.contains(pasted), "{message}");
+            assert!(message.contains("not shown"), "{message}");
+        }
+        let message = SecretSource::Env("WECOM_NOTIFY_SURELY_UNSET_VAR".into())
+            .resolve()
+            .expect_err("unset");
+        assert!(
+            message.contains("WECOM_NOTIFY_SURELY_UNSET_VAR"),
+            "{message}"
+        );
+    }
 
     #[test]
     fn secrets_print_as_a_mask() {

@@ -53,8 +53,6 @@ const REARM_OVERLAP: chrono::Duration = chrono::Duration::seconds(2);
 /// How the daemon runs.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Render and record, but never call WeCom.
-    pub dry_run: bool,
     /// See [`DEFAULT_STOP_TIMEOUT`].
     pub stop_timeout: Duration,
     /// See [`DEFAULT_SCHEDULER_MIN_WAIT`].
@@ -64,7 +62,6 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            dry_run: false,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             scheduler_min_wait: DEFAULT_SCHEDULER_MIN_WAIT,
         }
@@ -129,7 +126,7 @@ pub async fn run(
     let notifier = Notifier;
     // Read what the previous run left before this run writes anything.
     let downtime = Downtime::read(&store, &config.schedules).await?;
-    if !options.dry_run {
+    if !firing.dispatcher.is_dry_run() {
         let version = format!("version {}", env!("CARGO_PKG_VERSION"));
         store
             .record_event(EventKind::Started, &config.digest, &version)
@@ -145,7 +142,7 @@ pub async fn run(
     // One instant divides the past (settled here) from the future (armed below), so that no
     // slot is both missed and fired, or neither.
     let now = Utc::now();
-    if daemon.options.dry_run {
+    if daemon.dry_run() {
         // A rehearsal writes no claims: crashed sends and missed slots are the real daemon's.
         tracing::info!("dry run: not resuming crashed sends nor recording missed slots");
     } else {
@@ -168,7 +165,7 @@ pub async fn run(
         }
     }
     let status = daemon.status_line();
-    tracing::info!(config = %daemon.config.path.display(), digest = %daemon.config.digest, dry_run = daemon.options.dry_run, "{status}");
+    tracing::info!(config = %daemon.config.path.display(), digest = %daemon.config.digest, dry_run = daemon.dry_run(), "{status}");
     daemon.notifier.ready(&status);
 
     let mut watchdog = daemon
@@ -240,6 +237,11 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 }
 
 impl Daemon {
+    /// A rehearsal: the dispatcher renders and records but never calls WeCom.
+    fn dry_run(&self) -> bool {
+        self.firing.dispatcher.is_dry_run()
+    }
+
     fn arm(&mut self, schedule: Arc<Schedule>, resume_from: chrono::DateTime<Utc>) {
         let timer = Timer::arm(schedule.clone(), self.firing.clone(), resume_from);
         self.timers.insert(schedule.name.clone(), timer);
@@ -254,7 +256,7 @@ impl Daemon {
             .filter_map(|t| t.schedule.next_after(now).map(|at| (at, &t.schedule)))
             .min_by_key(|(at, _)| *at);
         let mut line = format!("{} schedules armed", self.timers.len());
-        if self.options.dry_run {
+        if self.dry_run() {
             line.push_str(" (dry run)");
         }
         if let Some((at, schedule)) = next {
@@ -275,7 +277,7 @@ impl Daemon {
     }
 
     async fn event_at(&self, kind: EventKind, at: chrono::DateTime<Utc>, detail: &str) {
-        if self.options.dry_run {
+        if self.dry_run() {
             return;
         }
         let store = self.firing.dispatcher.store();
@@ -298,7 +300,7 @@ impl Daemon {
         let Some(retention) = self.config.history_retention else {
             return;
         };
-        if self.options.dry_run || pruning.swap(true, Ordering::SeqCst) {
+        if self.dry_run() || pruning.swap(true, Ordering::SeqCst) {
             return;
         }
         let store = self.firing.dispatcher.store().clone();
@@ -321,7 +323,7 @@ impl Daemon {
     async fn start_reload(&self) -> Option<Loading> {
         self.notifier.reloading();
         let path = self.config.path.clone();
-        let secrets = Secrets::for_dry_run(self.options.dry_run);
+        let secrets = Secrets::for_dry_run(self.dry_run());
         let (sender, result) = oneshot::channel();
         let spawned = std::thread::Builder::new()
             .name("reload".into())

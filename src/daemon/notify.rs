@@ -38,11 +38,6 @@ impl Notifier {
         self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
     }
 
-    /// `STATUS=...` alone.
-    pub fn status(&self, status: &str) {
-        self.send(&[NotifyState::Status(status)]);
-    }
-
     /// `WATCHDOG=1`.
     pub fn watchdog(&self) {
         self.send(&[NotifyState::Watchdog]);

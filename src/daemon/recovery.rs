@@ -227,7 +227,7 @@ pub async fn settle(
     }
 }
 
-/// Resends or closes every row a crash left `pending`.
+/// Resends or closes every row a crash left `pending` (never in a dry run: the caller checks).
 pub async fn resume_pending(firing: &Arc<Firing>, now: DateTime<Utc>) {
     let rows = match firing.dispatcher.store().pending_rows().await {
         Ok(rows) => rows,
@@ -265,7 +265,7 @@ async fn resume_one(firing: &Arc<Firing>, row: PendingRow, now: DateTime<Utc>) {
         row.id, row.schedule, row.scheduled_at
     );
     match app {
-        Some(app) if now < safe_until && !firing.dispatcher.is_dry_run() => {
+        Some(app) if now < safe_until => {
             tracing::warn!(
                 "{what} was in flight when the daemon died; resending the stored body (WeCom's duplicate check drops it if the first attempt arrived)"
             );

@@ -148,19 +148,21 @@ pub struct PendingRow {
 /// Inserts a row; with `finish`, the row is written already finished.
 fn insert(conn: &Connection, new: &NewSend, finish: Option<&Finish>) -> rusqlite::Result<Claim> {
     let now = crate::time::now_db();
-    let finished = (new.status != Status::Pending).then(|| now.clone());
+    let finished = (new.status != Status::Pending || finish.is_some()).then(|| now.clone());
     let status = finish.map_or(new.status, |f| f.status);
-    let result = conn.execute(
+    // Cached statements: the claim, the attempt count and the finish run for every send.
+    let result = conn.prepare_cached(
         "INSERT INTO sends (schedule, trigger, scheduled_at, created_at, finished_at, status, attempts, app, agent_id,
                             msgtype, payload, errcode, errmsg, msgid, invaliduser, invalidparty, invalidtag,
                             unlicenseduser, pid)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+    )?.execute(
         params![
             new.schedule,
             new.trigger.as_str(),
             crate::time::to_db(new.scheduled_at),
             now,
-            finished.or_else(|| finish.map(|_| crate::time::now_db())),
+            finished,
             status.as_str(),
             finish.map_or(0, |f| f.attempts),
             new.app,
@@ -242,11 +244,9 @@ impl Store {
     /// Counts an attempt before it is made, so a crash mid-send leaves an honest count.
     pub async fn set_attempts(&self, id: i64, attempts: u32) -> anyhow::Result<()> {
         self.call(move |conn| {
-            conn.execute(
-                "UPDATE sends SET attempts = ?2 WHERE id = ?1",
-                params![id, attempts],
-            )
-            .map(|_| ())
+            conn.prepare_cached("UPDATE sends SET attempts = ?2 WHERE id = ?1")?
+                .execute(params![id, attempts])
+                .map(|_| ())
         })
         .await
     }
@@ -254,11 +254,12 @@ impl Store {
     /// Finishes a row with WeCom's answer.
     pub async fn finish(&self, id: i64, finish: Finish) -> anyhow::Result<()> {
         self.call(move |conn| {
-            conn.execute(
+            conn.prepare_cached(
                 "UPDATE sends SET finished_at = ?2, status = ?3, attempts = ?4, errcode = ?5, errmsg = ?6, msgid = ?7,
                         invaliduser = ?8, invalidparty = ?9, invalidtag = ?10, unlicenseduser = ?11
                  WHERE id = ?1",
-                params![
+            )?
+            .execute(params![
                     id,
                     crate::time::now_db(),
                     finish.status.as_str(),

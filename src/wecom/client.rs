@@ -79,7 +79,8 @@ impl Reply {
     }
 }
 
-#[derive(Debug, Deserialize)]
+// No `Debug`: it holds a token in the clear.
+#[derive(Deserialize)]
 struct TokenAnswer {
     errcode: i64,
     #[serde(default)]
@@ -266,10 +267,16 @@ fn excerpt(bytes: &[u8]) -> String {
     }
 }
 
-/// Replaces the values of `access_token=` and `corpsecret=` with `***`.
+/// Replaces the values of `access_token=` and `corpsecret=` (in a URL) and of
+/// `"access_token":"` (in a gettoken answer that did not parse) with `***`.
 fn redact(text: &str) -> String {
     let mut out = text.to_string();
-    for key in ["access_token=", "corpsecret="] {
+    for key in [
+        "access_token=",
+        "corpsecret=",
+        "\"access_token\":\"",
+        "\"access_token\": \"",
+    ] {
         let mut from = 0;
         while let Some(found) = out[from..].find(key) {
             let start = from + found + key.len();
@@ -299,5 +306,18 @@ mod tests {
             text.contains("access_token=***&x=1") && text.contains("corpsecret=***<"),
             "{text}"
         );
+        // A gettoken answer whose JSON is off (here `expires_in` as a string) is quoted in the
+        // error, which may reach a history row: its token must not.
+        for answer in [
+            &br#"{"errcode":0,"errmsg":"ok","access_token":"TOKEN789","expires_in":"7200"}"#[..],
+            &br#"{"errcode": 0, "access_token": "TOKEN789", "expires_in": "7200"}"#[..],
+        ] {
+            let text = excerpt(answer);
+            assert!(!text.contains("TOKEN789"), "{text}");
+            assert!(
+                text.contains("access_token\":\"***\"") || text.contains("access_token\": \"***\""),
+                "{text}"
+            );
+        }
     }
 }

@@ -33,21 +33,15 @@ struct Slot {
 pub struct TokenCache {
     store: Store,
     client: Client,
-    margin: Duration,
     slots: Mutex<HashMap<(String, i64), Arc<Slot>>>,
     metrics: Arc<Metrics>,
 }
 
 impl TokenCache {
     pub fn new(store: Store, client: Client) -> TokenCache {
-        TokenCache::with_margin(store, client, DEFAULT_SAFETY_MARGIN)
-    }
-
-    pub fn with_margin(store: Store, client: Client, margin: Duration) -> TokenCache {
         TokenCache {
             store,
             client,
-            margin,
             slots: Mutex::new(HashMap::new()),
             metrics: Arc::default(),
         }
@@ -71,7 +65,7 @@ impl TokenCache {
         let current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
         current
             .as_ref()
-            .filter(|t| t.is_fresh(self.margin, Utc::now()))
+            .filter(|t| t.is_fresh(DEFAULT_SAFETY_MARGIN, Utc::now()))
             .map(|t| t.token.clone())
     }
 
@@ -125,11 +119,11 @@ impl TokenCache {
             self.metrics.count_gettoken(&app.name);
             self.client.get_token(app).await
         };
-        let stored = match stored.filter(|t| t.is_fresh(self.margin, Utc::now())) {
+        let stored = match stored.filter(|t| t.is_fresh(DEFAULT_SAFETY_MARGIN, Utc::now())) {
             Some(stored) => stored,
             None => match self
                 .store
-                .refresh_token(&app.corp_id, app.agent_id, self.margin, fetch)
+                .refresh_token(&app.corp_id, app.agent_id, DEFAULT_SAFETY_MARGIN, fetch)
                 .await
             {
                 Ok(result) => result?,
@@ -163,6 +157,8 @@ impl TokenCache {
     pub async fn forget(&self, app: &App) -> anyhow::Result<()> {
         let slot = self.slot(app);
         *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        // A gettoken failure with the old credentials says nothing about the new ones.
+        *slot.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.store.forget_token(&app.corp_id, app.agent_id).await
     }
 }

@@ -128,11 +128,8 @@ pub(super) fn check_limits(
     subject: &Subject,
     report: &mut Report,
 ) {
-    let sample = if slots.is_empty() {
-        vec![now]
-    } else {
-        slots.to_vec()
-    };
+    let now = [now];
+    let sample = if slots.is_empty() { &now[..] } else { slots };
     // Template variables change the length a little from slot to slot: a few renderings tell.
     let count = if message.is_static() {
         1
@@ -140,7 +137,7 @@ pub(super) fn check_limits(
         RENDERINGS_CHECKED
     };
     let mut reported = HashSet::new();
-    for slot in sample.into_iter().take(count) {
+    for slot in sample.iter().take(count) {
         for (field, problem) in message
             .render(name, slot.with_timezone(&zone))
             .limit_problems()

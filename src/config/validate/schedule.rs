@@ -185,7 +185,11 @@ pub(super) fn validate_schedule(
         .as_ref()
         .filter(|c| !c.workdays.is_empty())
     {
-        schedule.workday_cron = schedule.cron.workday_variant();
+        // Through the cache: schedules sharing an expression share its every-day form too.
+        schedule.workday_cron = schedule
+            .cron
+            .workday_variant()
+            .and_then(|expr| context.crons.parse(&expr).ok());
         if schedule.workday_cron.is_none() {
             report.warn(&subject, "calendar", format!("calendar \"{}\" lists make-up workdays, but they only apply to workday schedules (day-of-month *, day-of-week covering Monday to Friday); this schedule ignores them", calendar.name));
         }

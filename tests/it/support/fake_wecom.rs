@@ -306,13 +306,20 @@ impl FakeWeCom {
         self.shared.lock().waiting
     }
 
-    /// Polls every 10 ms until `messages().len() >= n` or `timeout`; returns `messages()`.
+    /// Polls every 10 ms until `messages().len() >= n` and returns `messages()`; fails the
+    /// test after `timeout`.
     pub async fn wait_for_messages(&self, n: usize, timeout: Duration) -> Vec<Received> {
         let deadline = Instant::now() + timeout;
         loop {
             let messages = self.messages();
-            if messages.len() >= n || Instant::now() >= deadline {
+            if messages.len() >= n {
                 return messages;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} message(s) delivered within {timeout:?}, expected {n}",
+                    messages.len()
+                );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -221,7 +221,6 @@ impl Env {
         // Every wait that can goes through tokio-cron-scheduler, so that in-process tests
         // exercise the wall-clock alarm that the binary keeps for waits over a minute.
         let options = daemon::Options {
-            dry_run: false,
             stop_timeout: Duration::from_secs(20),
             scheduler_min_wait: Duration::ZERO,
         };
@@ -258,12 +257,17 @@ impl Env {
         conn
     }
 
-    /// `SELECT count(*) ...` shorthand.
+    /// `SELECT count(*) ...` shorthand: 0 before the daemon has created the database, and a
+    /// failed test on any other error (a typo must not read as "no such rows").
     pub fn count(&self, sql: &str) -> i64 {
         if !self.db_path().exists() {
             return 0;
         }
-        self.db().query_row(sql, [], |r| r.get(0)).unwrap_or(0)
+        match self.db().query_row(sql, [], |r| r.get(0)) {
+            Ok(n) => n,
+            Err(e) if e.to_string().contains("no such table") => 0,
+            Err(e) => panic!("{sql}: {e}"),
+        }
     }
 
     /// The `scheduled_at` of every row of `schedule`, in order.
@@ -278,6 +282,18 @@ impl Env {
                 .to_utc()
         })
         .collect()
+    }
+
+    /// Asserts that the rows of `schedule` are consecutive slots `step` seconds apart: none
+    /// missing, none doubled.
+    pub fn assert_contiguous(&self, schedule: &str, step: i64) {
+        let slots = self.slots(schedule);
+        assert!(
+            slots
+                .windows(2)
+                .all(|w| (w[1] - w[0]).num_seconds() == step),
+            "a slot of {schedule} is missing or doubled: {slots:?}"
+        );
     }
 
     /// Text messages delivered by the fake, in arrival order.
