@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Schedule;
+use crate::store::history::Status;
 
 /// Bucket bounds of the latency histograms, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -45,7 +46,7 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        header(out, name, "histogram", help);
         for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
             let _ = writeln!(
                 out,
@@ -79,14 +80,14 @@ pub struct Metrics {
 
 impl Metrics {
     /// A finished row of `schedule` with `status` (sent, failed, missed, skipped, ...).
-    pub fn count_send(&self, schedule: &str, status: &'static str) {
+    pub fn count_send(&self, schedule: &str, status: Status) {
         *self
             .sends
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((schedule.to_string(), status))
+            .entry((schedule.to_string(), status.as_str()))
             .or_default() += 1;
-        if matches!(status, "sent" | "partial") {
+        if matches!(status, Status::Sent | Status::Partial) {
             self.last_success
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -129,9 +130,11 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP wecom_notify_sends_total Finished sends by schedule and status.\n# TYPE wecom_notify_sends_total counter"
+        header(
+            &mut out,
+            "wecom_notify_sends_total",
+            "counter",
+            "Finished sends by schedule and status.",
         );
         for ((schedule, status), n) in self.sends.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = writeln!(
@@ -140,22 +143,20 @@ impl Metrics {
                 escape(schedule)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP wecom_notify_gettoken_total gettoken calls made by this process, by app.\n# TYPE wecom_notify_gettoken_total counter"
+        header(
+            &mut out,
+            "wecom_notify_gettoken_total",
+            "counter",
+            "gettoken calls made by this process, by app.",
         );
-        for (app, n) in self
-            .gettoken
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "wecom_notify_gettoken_total{{app=\"{}\"}} {n}",
-                escape(app)
-            );
-        }
+        let gettoken = self.gettoken.lock().unwrap_or_else(|p| p.into_inner());
+        labelled(
+            &mut out,
+            "wecom_notify_gettoken_total",
+            "app",
+            gettoken.iter(),
+        );
+        drop(gettoken);
         self.send_seconds.render(
             &mut out,
             "wecom_notify_send_seconds",
@@ -166,56 +167,68 @@ impl Metrics {
             "wecom_notify_fire_lag_seconds",
             "Send start minus the slot's due time.",
         );
-        let _ = writeln!(
-            out,
-            "# HELP wecom_notify_next_fire_timestamp_seconds Next slot of each armed schedule (Unix time).\n# TYPE wecom_notify_next_fire_timestamp_seconds gauge"
+        let next_fire = "wecom_notify_next_fire_timestamp_seconds";
+        header(
+            &mut out,
+            next_fire,
+            "gauge",
+            "Next slot of each armed schedule (Unix time).",
         );
         let now = Utc::now();
-        for schedule in self.armed.read().unwrap_or_else(|p| p.into_inner()).iter() {
-            if let Some(next) = schedule.next_after(now) {
-                let _ = writeln!(
-                    out,
-                    "wecom_notify_next_fire_timestamp_seconds{{schedule=\"{}\"}} {}",
-                    escape(&schedule.name),
-                    schedule.due(next).timestamp()
-                );
-            }
+        let armed = self.armed.read().unwrap_or_else(|p| p.into_inner());
+        let next = armed.iter().filter_map(|schedule| {
+            let next = schedule.next_after(now)?;
+            Some((&schedule.name, schedule.due(next).timestamp()))
+        });
+        labelled(&mut out, next_fire, "schedule", next);
+        drop(armed);
+        let last_success = "wecom_notify_last_success_timestamp_seconds";
+        header(
+            &mut out,
+            last_success,
+            "gauge",
+            "Last sent or partial send of each schedule since start (Unix time).",
+        );
+        let successes = self.last_success.lock().unwrap_or_else(|p| p.into_inner());
+        labelled(&mut out, last_success, "schedule", successes.iter());
+        drop(successes);
+        for (name, help, value) in [
+            (
+                "wecom_notify_reloads_total",
+                "SIGHUP reloads.",
+                &self.reloads,
+            ),
+            (
+                "wecom_notify_reload_failures_total",
+                "Reloads rejected because the new config was invalid.",
+                &self.reload_failures,
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
-        let _ = writeln!(
-            out,
-            "# HELP wecom_notify_last_success_timestamp_seconds Last sent or partial send of each schedule since start (Unix time).\n# TYPE wecom_notify_last_success_timestamp_seconds gauge"
-        );
-        for (schedule, at) in self
-            .last_success
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "wecom_notify_last_success_timestamp_seconds{{schedule=\"{}\"}} {at}",
-                escape(schedule)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP wecom_notify_reloads_total SIGHUP reloads.\n# TYPE wecom_notify_reloads_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "wecom_notify_reloads_total {}",
-            self.reloads.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP wecom_notify_reload_failures_total Reloads rejected because the new config was invalid.\n# TYPE wecom_notify_reload_failures_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "wecom_notify_reload_failures_total {}",
-            self.reload_failures.load(Ordering::Relaxed)
-        );
         out
+    }
+}
+
+/// The `# HELP` and `# TYPE` lines of a metric.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// One line per value, each with one label: `name{label="key"} value`.
+fn labelled<K: AsRef<str>, V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    label: &str,
+    values: impl Iterator<Item = (K, V)>,
+) {
+    for (key, value) in values {
+        let _ = writeln!(
+            out,
+            "{name}{{{label}=\"{}\"}} {value}",
+            escape(key.as_ref())
+        );
     }
 }
 
@@ -288,9 +301,9 @@ mod tests {
     #[test]
     fn renders_counters_and_histograms() {
         let metrics = Metrics::default();
-        metrics.count_send("standup", "sent");
-        metrics.count_send("standup", "sent");
-        metrics.count_send("weekly", "failed");
+        metrics.count_send("standup", Status::Sent);
+        metrics.count_send("standup", Status::Sent);
+        metrics.count_send("weekly", Status::Failed);
         metrics.count_gettoken("ops");
         metrics.observe_send(Duration::from_millis(30));
         metrics.count_reload(false);

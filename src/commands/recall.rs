@@ -66,9 +66,7 @@ pub async fn run(globals: &Globals, id: i64) -> ExitCode {
             // WeCom may invalidate a token early: fetch a new one and try once more.
             ErrorClass::RefreshToken if !refreshed => {
                 refreshed = true;
-                if let Err(e) = tokens.invalidate(app, &token).await {
-                    tracing::warn!(error = %format!("{e:#}"), "could not drop the rejected token");
-                }
+                tokens.invalidate(app, &token).await;
             }
             _ => {
                 return refuse(format!(

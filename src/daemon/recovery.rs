@@ -212,7 +212,7 @@ pub async fn settle(
                 firing
                     .dispatcher
                     .metrics()
-                    .count_send(&schedule.name, status.as_str());
+                    .count_send(&schedule.name, *status);
             }
         }
         Err(e) => tracing::error!("{note}; and the missed slots could not be recorded: {e:#}"),

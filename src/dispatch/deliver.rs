@@ -6,6 +6,7 @@ use tokio::time::Instant;
 
 use super::Dispatcher;
 use crate::config::App;
+use crate::gate::AppGate;
 use crate::store::history::{Finish, Status};
 use crate::wecom::client::{AccessToken, Reply, TokenError, Transport};
 use crate::wecom::error::{ErrorClass, classify, describe};
@@ -84,35 +85,23 @@ impl Dispatcher {
                         // WeCom may invalidate a token early; fetch a new one and retry once,
                         // with a URL built afresh around the new token.
                         refreshed_token = true;
-                        if let Err(e) = self.tokens.invalidate(app, &token).await {
-                            tracing::warn!(error = %format!("{e:#}"), "could not drop the rejected token");
-                        }
+                        self.tokens.invalidate(app, &token).await;
                         last_failure = Some(Finish::from_reply(attempts, reply));
                         continue;
                     }
-                    ErrorClass::Busy => (
-                        self.policy.backoff(attempts),
-                        Finish::from_reply(attempts, reply),
-                    ),
-                    ErrorClass::RateLimited => {
-                        let pause = self.policy.rate_limit_backoff();
-                        gate.pause(pause);
-                        (pause, Finish::from_reply(attempts, reply))
-                    }
-                    ErrorClass::RefreshToken | ErrorClass::Permanent => {
-                        return Finish::from_reply(attempts, reply);
+                    class => {
+                        let failure = Finish::from_reply(attempts, reply);
+                        match self.retry_delay(class, attempts, &gate) {
+                            Some(delay) => (delay, failure),
+                            None => return failure,
+                        }
                     }
                 },
                 Attempt::Token(TokenError::WeCom { errcode, errmsg }) => {
                     let failure = Finish::wecom_error(attempts, errcode, errmsg);
-                    match classify(errcode) {
-                        ErrorClass::Busy => (self.policy.backoff(attempts), failure),
-                        ErrorClass::RateLimited => {
-                            let pause = self.policy.rate_limit_backoff();
-                            gate.pause(pause);
-                            (pause, failure)
-                        }
-                        _ => return failure,
+                    match self.retry_delay(classify(errcode), attempts, &gate) {
+                        Some(delay) => (delay, failure),
+                        None => return failure,
                     }
                 }
                 Attempt::Token(TokenError::NoSecret(field)) => {
@@ -148,6 +137,20 @@ impl Dispatcher {
             tracing::info!(id, attempts, delay_ms = delay.as_millis() as u64, reason = %failure_reason(&failure), "send failed, retrying");
             tokio::time::sleep(delay).await;
             last_failure = Some(failure);
+        }
+    }
+
+    /// How long to wait before retrying after WeCom answered with an errcode of `class`, or
+    /// `None` when a retry cannot help. A frequency limit (45009) pauses the whole app.
+    fn retry_delay(&self, class: ErrorClass, attempts: u32, gate: &AppGate) -> Option<Duration> {
+        match class {
+            ErrorClass::Busy => Some(self.policy.backoff(attempts)),
+            ErrorClass::RateLimited => {
+                let pause = self.policy.rate_limit_backoff();
+                gate.pause(pause);
+                Some(pause)
+            }
+            ErrorClass::Ok | ErrorClass::RefreshToken | ErrorClass::Permanent => None,
         }
     }
 

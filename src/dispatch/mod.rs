@@ -286,8 +286,7 @@ impl Dispatcher {
         let claim = self.store.claim(new).await?;
         tracing::info!(schedule = %schedule.name, slot = %slot_text, calendar, "skipped: the date is a holiday in the calendar");
         if let Claim::Claimed(_) = claim {
-            self.metrics
-                .count_send(&schedule.name, Status::Skipped.as_str());
+            self.metrics.count_send(&schedule.name, Status::Skipped);
         }
         Ok(claim)
     }
@@ -370,7 +369,7 @@ impl Dispatcher {
         payload: String,
         finish: Finish,
     ) -> SendOutcome {
-        self.metrics.count_send(schedule, finish.status.as_str());
+        self.metrics.count_send(schedule, finish.status);
         let outcome = SendOutcome {
             id,
             payload,

@@ -139,8 +139,9 @@ impl TokenCache {
     }
 
     /// Forgets `failed` after WeCom rejected it (40014/42001/41001), in memory and in the
-    /// database, unless it was already replaced.
-    pub async fn invalidate(&self, app: &App, failed: &AccessToken) -> anyhow::Result<()> {
+    /// database, unless it was already replaced. A database that refuses is logged here, for
+    /// every caller.
+    pub async fn invalidate(&self, app: &App, failed: &AccessToken) {
         let slot = self.slot(app);
         {
             let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
@@ -148,9 +149,13 @@ impl TokenCache {
                 *current = None;
             }
         }
-        self.store
+        if let Err(e) = self
+            .store
             .drop_token(&app.corp_id, app.agent_id, failed)
             .await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "could not drop the rejected token");
+        }
     }
 
     /// Drops every trace of an app's token (its credentials changed on reload).

@@ -55,8 +55,7 @@ fn update(env: &Env, id: i64, set: &str) {
 async fn json_lines(env: &Env, args: &[&str]) -> Vec<Value> {
     let mut all = vec!["history", "--json"];
     all.extend_from_slice(args);
-    let output = env.cli(&all).await;
-    assert!(output.status.success(), "{args:?}: {}", text(&output));
+    let output = env.cli_ok(&all).await;
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
@@ -72,8 +71,7 @@ async fn ids(env: &Env, args: &[&str]) -> Vec<i64> {
 }
 
 async fn stdout_of(env: &Env, args: &[&str]) -> String {
-    let output = env.cli(args).await;
-    assert!(output.status.success(), "{args:?}: {}", text(&output));
+    let output = env.cli_ok(args).await;
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -418,8 +416,7 @@ async fn history_works_without_a_config_in_utc() {
     insert(&env, "standup", "cron", slot, "sent");
     insert(&env, "standup", "cron", slot - Duration::hours(2), "sent");
 
-    let output = env.cli(&["history"]).await;
-    assert!(output.status.success(), "{}", text(&output));
+    let output = env.cli_ok(&["history"]).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("warning:") && stderr.contains("UTC"),
@@ -437,8 +434,7 @@ async fn history_works_without_a_config_in_utc() {
 
     // An invalid config is a warning too.
     env.write_config("schedules: [");
-    let output = env.cli(&["history"]).await;
-    assert!(output.status.success(), "{}", text(&output));
+    let output = env.cli_ok(&["history"]).await;
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("wecom-notify check"),
         "{}",

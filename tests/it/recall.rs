@@ -14,8 +14,7 @@ const STANDUP: &str = r#"  - name: standup
 /// Sends `standup` for real and returns WeCom's msgid (history id 1).
 async fn send_one(env: &Env) -> String {
     env.write_schedules(STANDUP);
-    let output = env.cli(&["send", "standup"]).await;
-    assert!(output.status.success(), "{}", text(&output));
+    env.cli_ok(&["send", "standup"]).await;
     match &env.fake.messages()[0].outcome {
         Outcome::Delivered { msgid } => msgid.clone(),
         other => panic!("not delivered: {other:?}"),
@@ -40,8 +39,7 @@ async fn a_sent_message_is_recalled_once_and_the_row_says_when() {
     let env = Env::new().await;
     let msgid = send_one(&env).await;
 
-    let output = env.cli(&["recall", "1"]).await;
-    assert!(output.status.success(), "{}", text(&output));
+    let output = env.cli_ok(&["recall", "1"]).await;
     assert_eq!(env.fake.recall_calls(), std::slice::from_ref(&msgid));
     assert_eq!(
         env.fake.gettoken_calls(),
@@ -82,8 +80,7 @@ async fn a_sent_message_is_recalled_once_and_the_row_says_when() {
 async fn a_dry_run_row_has_no_msgid_and_is_refused_without_calling_wecom() {
     let env = Env::new().await;
     env.write_schedules(STANDUP);
-    let output = env.cli(&["send", "standup", "--dry-run"]).await;
-    assert!(output.status.success(), "{}", text(&output));
+    env.cli_ok(&["send", "standup", "--dry-run"]).await;
 
     let stderr = refused(&env, "1").await;
     assert!(
@@ -154,8 +151,7 @@ async fn a_rejected_token_is_replaced_once() {
     let env = Env::new().await;
     let msgid = send_one(&env).await;
     env.fake.invalidate_all_tokens();
-    let output = env.cli(&["recall", "1"]).await;
-    assert!(output.status.success(), "{}", text(&output));
+    env.cli_ok(&["recall", "1"]).await;
     assert_eq!(env.fake.gettoken_calls(), 2);
     assert_eq!(env.fake.recall_calls(), [msgid]);
 }

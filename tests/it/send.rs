@@ -64,8 +64,7 @@ fn delivered_msgid(received: &Received) -> String {
 async fn text_body_arrives_exactly_and_the_row_records_it() {
     let env = Env::new().await;
     env.write_schedules(STANDUP);
-    let output = env.cli(&["send", "standup"]).await;
-    assert!(output.status.success(), "{}", text(&output));
+    let output = env.cli_ok(&["send", "standup"]).await;
 
     let messages = env.fake.messages();
     assert_eq!(messages.len(), 1);
@@ -110,8 +109,7 @@ async fn text_body_arrives_exactly_and_the_row_records_it() {
 async fn textcard_body_arrives_exactly() {
     let env = Env::new().await;
     env.write_schedules(WEEKLY);
-    let output = env.cli(&["send", "weekly"]).await;
-    assert!(output.status.success(), "{}", text(&output));
+    env.cli_ok(&["send", "weekly"]).await;
     let messages = env.fake.messages();
     assert_eq!(messages.len(), 1, "{:?}", env.fake.all_requests());
     assert_eq!(
@@ -196,8 +194,7 @@ async fn busy_then_success_is_recorded_with_two_attempts() {
     let env = Env::new().await;
     env.write_schedules(STANDUP);
     env.fake.script_send(Reply::Errcode(-1));
-    let output = env.cli(&["send", "standup"]).await;
-    assert!(output.status.success(), "{}", text(&output));
+    env.cli_ok(&["send", "standup"]).await;
     let row = row(&env, 1);
     assert_eq!(row["status"], "sent");
     assert_eq!(row["attempts"], 2);
@@ -213,8 +210,7 @@ async fn dry_run_prints_the_body_records_it_and_calls_nothing() {
         "timezone: UTC\napps:\n  ops: {{ corp_id: {CORP}, agent_id: {AGENT}, secret_env: WECOM_NOTIFY_TEST_UNSET_SECRET, api_base: {} }}\nschedules:\n{STANDUP}",
         env.fake.base_url()
     ));
-    let output = env.cli(&["send", "standup", "--dry-run"]).await;
-    assert!(output.status.success(), "{}", text(&output));
+    let output = env.cli_ok(&["send", "standup", "--dry-run"]).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let body = stdout.lines().next().expect("body line");
     let row = row(&env, 1);
@@ -398,15 +394,13 @@ async fn logs_history_and_output_never_contain_the_secret_or_a_token() {
 async fn sending_the_same_body_again_within_the_interval_warns_that_wecom_will_drop_it() {
     let env = Env::new().await;
     env.write_schedules(STANDUP);
-    let first = env.cli(&["send", "standup"]).await;
-    assert!(first.status.success(), "{}", text(&first));
+    let first = env.cli_ok(&["send", "standup"]).await;
     assert!(
         !String::from_utf8_lossy(&first.stderr).contains("warning: history id"),
         "{}",
         text(&first)
     );
-    let second = env.cli(&["send", "standup"]).await;
-    assert!(second.status.success(), "{}", text(&second));
+    let second = env.cli_ok(&["send", "standup"]).await;
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(
         stderr.contains("warning: history id 1 sent this very body")

@@ -85,11 +85,9 @@ async fn two_processes_started_together_fetch_one_token() {
 async fn a_later_send_reuses_the_stored_token() {
     let env = Env::new().await;
     env.write_schedules(&schedules(2));
-    let first = env.cli(&["send", "s0"]).await;
-    assert!(first.status.success(), "{}", text(&first));
+    env.cli_ok(&["send", "s0"]).await;
     assert_eq!(env.fake.gettoken_calls(), 1);
-    let second = env.cli(&["send", "s1"]).await;
-    assert!(second.status.success(), "{}", text(&second));
+    env.cli_ok(&["send", "s1"]).await;
     assert_eq!(
         env.fake.gettoken_calls(),
         1,
@@ -174,8 +172,7 @@ async fn two_apps_never_share_a_token() {
         env.fake.base_url()
     ));
     for name in ["a", "b", "a", "b"] {
-        let output = env.cli(&["send", name]).await;
-        assert!(output.status.success(), "{}", text(&output));
+        env.cli_ok(&["send", name]).await;
     }
     assert_eq!(env.fake.gettoken_calls_for(CORP, SECRET), 1);
     assert_eq!(

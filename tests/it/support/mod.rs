@@ -145,6 +145,13 @@ impl Env {
         self.command(args).output().await.expect("run wecom-notify")
     }
 
+    /// [`Env::cli`], failing the test unless the command succeeds.
+    pub async fn cli_ok(&self, args: &[&str]) -> Output {
+        let output = self.cli(args).await;
+        assert!(output.status.success(), "{args:?}: {}", text(&output));
+        output
+    }
+
     /// The binary with this folder's config and database, logs at debug level.
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(binary());
