@@ -162,21 +162,25 @@ impl CronSpec {
 
     /// The next `n` slots strictly after `after`.
     pub fn upcoming(&self, after: DateTime<Utc>, zone: Tz, n: usize) -> Vec<DateTime<Utc>> {
+        // A loop, not `iter::successors`: that would search one slot more than it returns.
         let mut slots = Vec::with_capacity(n);
         let mut cursor = after;
-        while slots.len() < n {
-            match self.next_after(cursor, zone) {
-                Some(slot) => {
-                    slots.push(slot);
-                    cursor = slot;
-                }
-                None => break,
-            }
+        while slots.len() < n
+            && let Some(slot) = self.next_after(cursor, zone)
+        {
+            slots.push(slot);
+            cursor = slot;
         }
         slots
     }
 
-    fn next_slot(&self, start: DateTime<Utc>, inclusive: bool, zone: Tz) -> Option<DateTime<Utc>> {
+    /// The first slot after `start` (or at it, when `inclusive`), read in `zone`.
+    pub fn next_slot(
+        &self,
+        start: DateTime<Utc>,
+        inclusive: bool,
+        zone: Tz,
+    ) -> Option<DateTime<Utc>> {
         let mut from = whole_second(start, inclusive);
         let mut inclusive = inclusive;
         // Each turn searches one stretch of constant UTC offset; a handful of turns crosses any

@@ -29,10 +29,6 @@ pub struct SlotContext<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
     Literal(String),
-    Date,
-    DateCn,
-    Time,
-    Weekday,
     WeekdayCn,
     Schedule,
     Strftime(String),
@@ -86,10 +82,6 @@ impl Template {
         for piece in &self.pieces {
             match piece {
                 Piece::Literal(text) => out.push_str(text),
-                Piece::Date => out.push_str(&slot.format("%Y-%m-%d").to_string()),
-                Piece::DateCn => out.push_str(&slot.format("%Y年%m月%d日").to_string()),
-                Piece::Time => out.push_str(&slot.format("%H:%M").to_string()),
-                Piece::Weekday => out.push_str(&slot.format("%A").to_string()),
                 Piece::WeekdayCn => out.push_str(weekday_cn(slot.weekday())),
                 Piece::Schedule => out.push_str(context.schedule),
                 // Parsing checked the format; `write!` never panics even if it were wrong.
@@ -113,11 +105,14 @@ fn variable(name: &str) -> Result<Piece, String> {
         }
         return Ok(Piece::Strftime(format.to_string()));
     }
+    // The named variables are fixed strftime patterns, except the Chinese weekday (chrono
+    // has no locale for it).
+    let strftime = |format: &str| Piece::Strftime(format.to_string());
     Ok(match name {
-        "date" => Piece::Date,
-        "date_cn" => Piece::DateCn,
-        "time" => Piece::Time,
-        "weekday" => Piece::Weekday,
+        "date" => strftime("%Y-%m-%d"),
+        "date_cn" => strftime("%Y年%m月%d日"),
+        "time" => strftime("%H:%M"),
+        "weekday" => strftime("%A"),
         "weekday_cn" => Piece::WeekdayCn,
         "schedule" => Piece::Schedule,
         other => {

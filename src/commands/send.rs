@@ -66,7 +66,7 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
                 println!("{}", outcome.payload);
             }
             println!("{}", outcome.summary());
-            if dispatcher.unwritten_count() > 0 && dispatcher.flush_unwritten().await > 0 {
+            if dispatcher.flush_unwritten().await > 0 {
                 // The outcome is known but not in the history: an auditor would not see it,
                 // and the next daemon start would take the row for a crashed send.
                 dispatcher.log_unwritten();

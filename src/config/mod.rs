@@ -161,11 +161,7 @@ impl Schedule {
     }
 
     fn next(&self, from: DateTime<Utc>, inclusive: bool) -> Option<DateTime<Utc>> {
-        let regular = if inclusive {
-            self.cron.next_from(from, self.zone)
-        } else {
-            self.cron.next_after(from, self.zone)
-        };
+        let regular = self.cron.next_slot(from, inclusive, self.zone);
         let make_up = match (&self.calendar, &self.workday_cron) {
             (Some(calendar), Some(variant)) => {
                 calendar.next_workday_slot(variant, self.zone, from, inclusive)

@@ -195,9 +195,7 @@ pub async fn run(
             }
             _ = retention.tick() => daemon.prune_history(&pruning),
             _ = flush.tick() => {
-                if daemon.firing.dispatcher.unwritten_count() > 0 {
-                    daemon.firing.dispatcher.flush_unwritten().await;
-                }
+                daemon.firing.dispatcher.flush_unwritten().await;
             }
         }
     }
@@ -456,7 +454,7 @@ impl Daemon {
             }
         };
         let dispatcher = &self.firing.dispatcher;
-        if dispatcher.unwritten_count() > 0 && dispatcher.flush_unwritten().await > 0 {
+        if dispatcher.flush_unwritten().await > 0 {
             dispatcher.log_unwritten();
         }
         self.event_at(EventKind::Stopped, disarmed_at, &detail)

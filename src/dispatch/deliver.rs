@@ -209,14 +209,9 @@ impl Finish {
     }
 
     fn from_reply(attempts: u32, reply: Reply) -> Finish {
-        let status = match (reply.errcode, reply.has_rejected_recipients()) {
-            (0, false) => Status::Sent,
-            (0, true) => Status::Partial,
-            _ => Status::Failed,
-        };
         let nonempty = |list: Option<String>| list.filter(|l| !l.is_empty());
-        Finish {
-            status,
+        let mut finish = Finish {
+            status: Status::Failed,
             attempts,
             errcode: Some(reply.errcode),
             errmsg: Some(reply.errmsg),
@@ -225,7 +220,20 @@ impl Finish {
             invalidparty: nonempty(reply.invalidparty),
             invalidtag: nonempty(reply.invalidtag),
             unlicenseduser: nonempty(reply.unlicenseduser),
+        };
+        if reply.errcode == 0 {
+            // Accepted, but WeCom named recipients it could not reach.
+            let rejected = finish.invaliduser.is_some()
+                || finish.invalidparty.is_some()
+                || finish.invalidtag.is_some()
+                || finish.unlicenseduser.is_some();
+            finish.status = if rejected {
+                Status::Partial
+            } else {
+                Status::Sent
+            };
         }
+        finish
     }
 
     pub(super) fn wecom_error(attempts: u32, errcode: i64, errmsg: String) -> Finish {

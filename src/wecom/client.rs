@@ -65,20 +65,6 @@ pub struct Reply {
     pub unlicenseduser: Option<String>,
 }
 
-impl Reply {
-    /// True when WeCom accepted the message but named recipients it could not reach.
-    pub fn has_rejected_recipients(&self) -> bool {
-        [
-            &self.invaliduser,
-            &self.invalidparty,
-            &self.invalidtag,
-            &self.unlicenseduser,
-        ]
-        .iter()
-        .any(|list| list.as_deref().is_some_and(|l| !l.is_empty()))
-    }
-}
-
 // No `Debug`: it holds a token in the clear.
 #[derive(Deserialize)]
 struct TokenAnswer {

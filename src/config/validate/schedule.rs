@@ -138,16 +138,17 @@ pub(super) fn validate_schedule(
     // schedules, and each slot costs a cron search).
     let slots = match (&cron, zone) {
         (Some(cron), Some(zone)) => {
-            let slots = cron.upcoming(context.now, zone, SLOTS_SAMPLED);
+            let mut slots = cron.upcoming(context.now, zone, SLOTS_SAMPLED);
             // A schedule that fires within a minute gets a longer look (WeCom's per-minute limit).
             if slots
                 .windows(2)
                 .any(|w| w[1] - w[0] < chrono::Duration::minutes(1))
+                && let Some(&last) = slots.last()
             {
-                cron.upcoming(context.now, zone, PER_MINUTE_LIMIT + 1)
-            } else {
-                slots
+                let more = (PER_MINUTE_LIMIT + 1).saturating_sub(slots.len());
+                slots.extend(cron.upcoming(last, zone, more));
             }
+            slots
         }
         _ => Vec::new(),
     };
