@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use common::*;
@@ -28,12 +27,12 @@ fn main() {
     let per_burst: usize = args.num("per-burst", 1000);
     let bursts: usize = args.num("bursts", 30);
     print_machine();
-    let audiences: Vec<Arc<Audience>> = (0..per_burst)
+    let audiences: Vec<Audience> = (0..per_burst)
         .map(|i| {
-            Arc::new(Audience::of(&Recipients {
+            Audience::of(&Recipients {
                 users: vec![format!("user{i:05}")],
                 ..Default::default()
-            }))
+            })
         })
         .collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -48,7 +47,7 @@ fn main() {
             let start = Instant::now();
             for audience in &audiences {
                 // `admit` returns the time it took, bookkeeping included: never a real wait here.
-                let waited = gate.admit(audience.clone()).await;
+                let waited = gate.admit(audience).await;
                 assert!(waited.as_secs() < 1, "a limit was reached: {waited:?}");
             }
             let ms = start.elapsed().as_secs_f64() * 1000.0;

@@ -8,7 +8,7 @@
 //! one member of its own, and `@all` as every member at once.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -167,16 +167,16 @@ impl AppGate {
 
     /// Waits until sending to `audience` stays within the per-member limits, then counts the
     /// message. Returns how long it waited (zero when it did not).
-    pub async fn admit(&self, audience: Arc<Audience>) -> Duration {
+    pub async fn admit(&self, audience: &Audience) -> Duration {
         let start = Instant::now();
         let mut held = false;
         loop {
             let retry_at = {
                 let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
                 let now = Instant::now();
-                match ledger.blocked_until(&audience, now) {
+                match ledger.blocked_until(audience, now) {
                     None => {
-                        ledger.record(&audience, now);
+                        ledger.record(audience, now);
                         return if held {
                             now.duration_since(start)
                         } else {
@@ -196,11 +196,11 @@ impl AppGate {
 mod tests {
     use super::*;
 
-    fn to(users: &[&str]) -> Arc<Audience> {
-        Arc::new(Audience::of(&Recipients {
+    fn to(users: &[&str]) -> Audience {
+        Audience::of(&Recipients {
             users: users.iter().map(|u| u.to_string()).collect(),
             ..Default::default()
-        }))
+        })
     }
 
     #[tokio::test(start_paused = true)]
@@ -220,12 +220,12 @@ mod tests {
         let gate = AppGate::default();
         let start = Instant::now();
         for _ in 0..PER_MEMBER_PER_MINUTE {
-            assert_eq!(gate.admit(to(&["zhangsan"])).await, Duration::ZERO);
+            assert_eq!(gate.admit(&to(&["zhangsan"])).await, Duration::ZERO);
         }
         // Another member is not held back by ZhangSan's messages.
-        assert_eq!(gate.admit(to(&["lisi"])).await, Duration::ZERO);
+        assert_eq!(gate.admit(&to(&["lisi"])).await, Duration::ZERO);
         // The 31st to ZhangSan (any spelling: WeCom ids are case-insensitive) waits a minute.
-        gate.admit(to(&["ZhangSan"])).await;
+        gate.admit(&to(&["ZhangSan"])).await;
         assert_eq!(Instant::now().duration_since(start), MINUTE);
     }
 
@@ -234,16 +234,16 @@ mod tests {
         let gate = AppGate::default();
         let start = Instant::now();
         for _ in 0..PER_MEMBER_PER_MINUTE {
-            assert_eq!(gate.admit(to(&["@all"])).await, Duration::ZERO);
+            assert_eq!(gate.admit(&to(&["@all"])).await, Duration::ZERO);
         }
         // WangWu got thirty messages through @all: the next one to him waits.
-        assert_eq!(gate.admit(to(&["wangwu"])).await, MINUTE);
+        assert_eq!(gate.admit(&to(&["wangwu"])).await, MINUTE);
         assert_eq!(Instant::now().duration_since(start), MINUTE);
         // A party counts as a member of its own.
-        let party = Arc::new(Audience::of(&Recipients {
+        let party = Audience::of(&Recipients {
             parties: vec!["2".into()],
             ..Default::default()
-        }));
-        assert_eq!(gate.admit(party).await, Duration::ZERO);
+        });
+        assert_eq!(gate.admit(&party).await, Duration::ZERO);
     }
 }

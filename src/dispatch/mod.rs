@@ -12,7 +12,7 @@
 mod deliver;
 mod journal;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -23,9 +23,9 @@ use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 use crate::store::Store;
 use crate::store::history::{Claim, Finish, NewSend, PendingRow, Status, Trigger};
-use crate::wecom::Client;
 use crate::wecom::error::describe;
 use crate::wecom::token::TokenCache;
+use crate::wecom::{Client, PerApp};
 use deliver::Delivery;
 use journal::Unwritten;
 
@@ -94,7 +94,7 @@ pub struct Dispatcher {
     /// Send even when the history row cannot be written first (the daemon); the `send`
     /// command, with an operator watching, refuses instead.
     send_unrecorded: bool,
-    gates: Mutex<HashMap<(String, i64), Arc<AppGate>>>,
+    gates: PerApp<AppGate>,
     /// Rows claimed and not yet finished by this process.
     inflight: Mutex<HashSet<i64>>,
     /// Rows the database refused, kept until it takes them.
@@ -119,7 +119,7 @@ impl Dispatcher {
             policy,
             dry_run,
             send_unrecorded: false,
-            gates: Mutex::new(HashMap::new()),
+            gates: PerApp::default(),
             inflight: Mutex::new(HashSet::new()),
             unwritten: Mutex::new(Vec::new()),
         }
@@ -148,11 +148,7 @@ impl Dispatcher {
     }
 
     fn gate(&self, app: &App) -> Arc<AppGate> {
-        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        gates
-            .entry((app.corp_id.clone(), app.agent_id))
-            .or_default()
-            .clone()
+        self.gates.get(app)
     }
 
     fn track(&self, id: Option<i64>, inflight: bool) {
@@ -232,10 +228,7 @@ impl Dispatcher {
         // In flight from the claim on: a stop that gives up waiting marks it interrupted even
         // while the rate limiter still holds it back.
         self.track(id, true);
-        let waited = self
-            .gate(app)
-            .admit(Arc::new(Audience::of(&schedule.to)))
-            .await;
+        let waited = self.gate(app).admit(&Audience::of(&schedule.to)).await;
         if !waited.is_zero() {
             tracing::info!(schedule = %schedule.name, slot = %slot_text, waited_s = waited.as_secs(),
                 "held back to stay within WeCom's per-member limits (30 a minute, 1000 an hour)");

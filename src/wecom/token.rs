@@ -4,11 +4,11 @@
 //! may have refreshed it); and a refresh under the database's write lock. Inside one process a
 //! per-app async mutex makes concurrent sends wait for a single refresh.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{Duration, Utc};
 
+use super::PerApp;
 use super::client::{AccessToken, Client, TokenError};
 use crate::config::App;
 use crate::metrics::Metrics;
@@ -33,7 +33,7 @@ struct Slot {
 pub struct TokenCache {
     store: Store,
     client: Client,
-    slots: Mutex<HashMap<(String, i64), Arc<Slot>>>,
+    slots: PerApp<Slot>,
     metrics: Arc<Metrics>,
 }
 
@@ -42,7 +42,7 @@ impl TokenCache {
         TokenCache {
             store,
             client,
-            slots: Mutex::new(HashMap::new()),
+            slots: PerApp::default(),
             metrics: Arc::default(),
         }
     }
@@ -54,11 +54,7 @@ impl TokenCache {
     }
 
     fn slot(&self, app: &App) -> Arc<Slot> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots
-            .entry((app.corp_id.clone(), app.agent_id))
-            .or_default()
-            .clone()
+        self.slots.get(app)
     }
 
     fn fresh(&self, slot: &Slot) -> Option<AccessToken> {
