@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Schedule;
+use crate::store::health::{FaultKind, Health};
 use crate::store::history::Status;
 
 /// Bucket bounds of the latency histograms, in seconds.
@@ -76,6 +77,10 @@ pub struct Metrics {
     reloads: AtomicU64,
     reload_failures: AtomicU64,
     armed: RwLock<Vec<Arc<Schedule>>>,
+    /// The database's fault counts.
+    store: RwLock<Option<Arc<Health>>>,
+    /// Sends waiting for the database to take them.
+    unrecorded: AtomicU64,
 }
 
 impl Metrics {
@@ -120,6 +125,16 @@ impl Metrics {
         if !ok {
             self.reload_failures.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Reports the faults counted by the database's connections.
+    pub fn watch_store(&self, health: Arc<Health>) {
+        *self.store.write().unwrap_or_else(|p| p.into_inner()) = Some(health);
+    }
+
+    /// How many sends are waiting for the database to take them.
+    pub fn set_unrecorded(&self, waiting: usize) {
+        self.unrecorded.store(waiting as u64, Ordering::Relaxed);
     }
 
     /// The schedules armed now, for the next-fire gauge.
@@ -207,7 +222,42 @@ impl Metrics {
             header(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
+        self.render_store(&mut out);
         out
+    }
+
+    fn render_store(&self, out: &mut String) {
+        let faults = "wecom_notify_database_faults_total";
+        header(
+            out,
+            faults,
+            "counter",
+            "Statements that failed with a storage fault (the connection is reopened after corrupt, io_error and not_a_database; disk_full releases the disk reserve).",
+        );
+        let health = self.store.read().unwrap_or_else(|p| p.into_inner());
+        let counts = FaultKind::ALL.iter().map(|kind| {
+            let n = health.as_ref().map_or(0, |h| h.faults(*kind));
+            (kind.as_str(), n)
+        });
+        labelled(out, faults, "kind", counts);
+        let episode = health.as_ref().is_some_and(|h| h.episode().is_some());
+        drop(health);
+        let open = "wecom_notify_database_fault";
+        header(
+            out,
+            open,
+            "gauge",
+            "1 from a storage fault until the database takes a write again.",
+        );
+        let _ = writeln!(out, "{open} {}", u8::from(episode));
+        let waiting = "wecom_notify_unrecorded_sends";
+        header(
+            out,
+            waiting,
+            "gauge",
+            "Sends the database refused to record, waiting until it takes them.",
+        );
+        let _ = writeln!(out, "{waiting} {}", self.unrecorded.load(Ordering::Relaxed));
     }
 }
 

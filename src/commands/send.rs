@@ -67,11 +67,19 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
             }
             println!("{}", outcome.summary());
             if dispatcher.flush_unwritten().await > 0 {
-                // The outcome is known but not in the history: an auditor would not see it,
-                // and the next daemon start would take the row for a crashed send.
+                // The outcome is known but not in the history yet: an auditor would not see it.
                 dispatcher.log_unwritten();
+                let kept = dispatcher.store().spill_path().map_or_else(
+                    || "it is logged above, and the row stays pending".to_string(),
+                    |file| {
+                        format!(
+                            "it is kept in {}, which the daemon records as soon as the database takes writes",
+                            file.display()
+                        )
+                    },
+                );
                 eprintln!(
-                    "error: the outcome above could not be written to the database; history id {} stays pending",
+                    "error: the outcome above could not be written to the database (history id {}); {kept}",
                     outcome
                         .id
                         .map_or_else(|| "-".to_string(), |id| id.to_string())

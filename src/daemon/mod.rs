@@ -43,7 +43,8 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Rows deleted per statement while pruning, so that sends are never held up for long.
 const PRUNE_BATCH: usize = 500;
 
-/// How often rows the database refused are tried again.
+/// How often sends the database refused are tried again (and the disk reserve and storage
+/// faults looked after).
 const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How far back a re-armed schedule looks for a slot: a slot its old timer was about to fire
@@ -124,6 +125,14 @@ pub async fn run(
         inflight: TaskTracker::new(),
     });
     let notifier = Notifier;
+    if firing.dispatcher.is_dry_run() {
+        tracing::info!("dry run: not recording sends that an earlier run left unrecorded");
+    } else {
+        // What an earlier run sent but could not record goes in first: the missed-slot scan
+        // and crash recovery below must see those slots as sent.
+        store.replay_unrecorded().await?;
+        store.keep_reserve().await;
+    }
     // Read what the previous run left before this run writes anything.
     let downtime = Downtime::read(&store, &config.schedules).await?;
     if !firing.dispatcher.is_dry_run() {
@@ -194,9 +203,7 @@ pub async fn run(
                 }
             }
             _ = retention.tick() => daemon.prune_history(&pruning),
-            _ = flush.tick() => {
-                daemon.firing.dispatcher.flush_unwritten().await;
-            }
+            _ = flush.tick() => daemon.tend_storage().await,
         }
     }
     daemon.shutdown(&mut control.stops).await;
@@ -291,6 +298,32 @@ impl Daemon {
     fn publish_armed(&self) {
         let armed = self.timers.values().map(|t| t.schedule.clone()).collect();
         self.firing.dispatcher.metrics().set_armed(armed);
+    }
+
+    /// Writes the sends the database refused earlier, records the ones other processes left
+    /// behind when they died, keeps the disk reserve, and records a storage fault episode once
+    /// the database takes writes again.
+    async fn tend_storage(&self) {
+        let dispatcher = &self.firing.dispatcher;
+        dispatcher.flush_unwritten().await;
+        if self.dry_run() {
+            return;
+        }
+        let store = dispatcher.store();
+        if let Err(e) = store.replay_unrecorded().await {
+            tracing::debug!("unrecorded sends of other processes wait: {e:#}");
+        }
+        store.keep_reserve().await;
+        let health = store.health();
+        if let Some(episode) = health.episode() {
+            let detail = episode.describe();
+            let recorded = store
+                .record_event(EventKind::DatabaseFault, &self.config.digest, &detail)
+                .await;
+            if recorded.is_ok() && health.end_episode(&episode) {
+                tracing::info!("the database takes writes again: {detail}");
+            }
+        }
     }
 
     /// Deletes history older than `history_retention` in the background (one pass at a time).

@@ -1,41 +1,50 @@
-//! Rows the database refused (locked, read-only, disk full), kept in memory and written as soon
-//! as it takes them again. A send is never reported as recorded while its row is only here.
+//! Sends the database refused to record (locked, read-only, disk full, faulty), kept until it
+//! takes them: in memory, and synced to this process's unrecorded-sends file beside the
+//! database, which the next start replays if this process dies first. A send is never reported
+//! as recorded while it is only here.
+
+use std::sync::atomic::Ordering;
 
 use super::Dispatcher;
-use crate::store::history::{Claim, Finish, NewSend};
+use crate::store::history::Recorded;
+use crate::store::unrecorded::Unrecorded;
 
-/// A write the database refused.
+/// A send waiting for the database.
 #[derive(Debug, Clone)]
-pub(super) enum Unwritten {
-    /// The outcome of a row that was claimed.
-    Finish(i64, Finish),
-    /// A whole row: the send went ahead without one.
-    Row(NewSend, Finish),
+pub(super) struct Waiting {
+    pub send: Unrecorded,
+    /// Also in the unrecorded-sends file (else in memory only: the file was refused too).
+    pub durable: bool,
 }
 
 impl Dispatcher {
-    pub(super) fn keep_unwritten(&self, write: Unwritten, error: &anyhow::Error) {
-        let what = match &write {
-            Unwritten::Finish(id, finish) => {
-                format!("the outcome of send #{id} ({})", finish.status.as_str())
-            }
-            Unwritten::Row(new, finish) => format!(
-                "send of schedule \"{}\" for slot {} ({})",
-                new.schedule,
-                crate::time::to_db(new.scheduled_at),
-                finish.status.as_str()
+    /// Keeps `send` until the database takes it; `error` is why it refused.
+    pub(super) async fn keep_unwritten(&self, send: Unrecorded, error: &anyhow::Error) {
+        let what = describe(&send);
+        // Counted from before the file is written until the send is in memory: the file is
+        // not deleted meanwhile (see flush_unwritten).
+        self.spilling.fetch_add(1, Ordering::SeqCst);
+        let spilled = self.store.spill(send.clone()).await;
+        match &spilled {
+            Ok(file) => tracing::error!(
+                "NOT RECORDED YET: {what}: the database refused the write ({error:#}); it is kept in {} and written to the database once it takes writes again",
+                file.display()
             ),
-        };
-        tracing::error!(
-            "NOT RECORDED YET: {what}: the database refused the write ({error:#}); it is kept in memory and written when the database accepts writes again"
-        );
-        self.unwritten
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(write);
+            Err(e) => tracing::error!(
+                "NOT RECORDED YET: {what}: the database refused the write ({error:#}) and the unrecorded-sends file too ({e}); it is kept in memory and written once the database takes writes again"
+            ),
+        }
+        let mut unwritten = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
+        unwritten.push(Waiting {
+            send,
+            durable: spilled.is_ok(),
+        });
+        self.metrics.set_unrecorded(unwritten.len());
+        drop(unwritten);
+        self.spilling.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// How many writes are waiting for the database.
+    /// How many sends are waiting for the database.
     pub fn unwritten_count(&self) -> usize {
         self.unwritten
             .lock()
@@ -43,33 +52,24 @@ impl Dispatcher {
             .len()
     }
 
-    /// Tries the waiting writes again; returns how many are still waiting.
+    /// Tries the waiting sends again; returns how many are still waiting. Once none is left
+    /// and no send made without a row is in flight, the unrecorded-sends file goes.
     pub async fn flush_unwritten(&self) -> usize {
-        let waiting: Vec<Unwritten> =
+        let waiting: Vec<Waiting> =
             std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|p| p.into_inner()));
-        if waiting.is_empty() {
-            return 0;
-        }
         let total = waiting.len();
         let mut still = Vec::new();
         for write in waiting {
-            let result = match &write {
-                Unwritten::Finish(id, finish) => self.store.finish(*id, finish.clone()).await,
-                Unwritten::Row(new, finish) => match self
-                    .store
-                    .insert_finished(new.clone(), finish.clone())
-                    .await
-                {
-                    Ok(Claim::Taken) => {
-                        tracing::warn!(schedule = %new.schedule, slot = %crate::time::to_db(new.scheduled_at),
-                            "another process recorded this slot meanwhile; keeping its row");
-                        Ok(())
-                    }
-                    other => other.map(|_| ()),
-                },
-            };
-            if result.is_err() {
-                still.push(write);
+            match self.store.record_unrecorded(write.send.clone()).await {
+                Ok(Recorded::Written(_)) => {}
+                Ok(Recorded::Kept(id)) => {
+                    tracing::warn!(
+                        id,
+                        "{}: another process recorded this slot meanwhile; keeping its row",
+                        describe(&write.send)
+                    );
+                }
+                Err(_) => still.push(write),
             }
         }
         let left = still.len();
@@ -80,23 +80,58 @@ impl Dispatcher {
                 "recorded sends the database had refused earlier"
             );
         }
-        self.unwritten
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(still);
+        let left = {
+            let mut unwritten = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
+            unwritten.extend(still);
+            unwritten.len()
+        };
+        self.metrics.set_unrecorded(left);
+        self.store.clear_spill_if(|| {
+            self.spilling.load(Ordering::SeqCst) == 0
+                && self
+                    .unwritten
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty()
+        });
         left
     }
 
-    /// Logs every write still waiting, in full, so that the journal keeps what the database
-    /// could not (called when the daemon stops).
+    /// Logs every send still waiting, at stop: those in the unrecorded-sends file are recorded
+    /// by the next start; the others are logged in full, so the journal keeps what the
+    /// database could not.
     pub fn log_unwritten(&self) {
+        let file = self.store.spill_path();
         for write in self
             .unwritten
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
         {
-            tracing::error!(record = ?write, "UNRECORDED SEND: the database never accepted this row");
+            match (&file, write.durable) {
+                (Some(file), true) => tracing::warn!(
+                    "{}: not in the database yet; kept in {}, which the next start records",
+                    describe(&write.send),
+                    file.display()
+                ),
+                _ => {
+                    tracing::error!(record = ?write.send, "UNRECORDED SEND: the database never accepted this row")
+                }
+            }
         }
     }
+}
+
+/// "send of schedule "standup" for slot 2026-11-30T01:30:00Z (sent)".
+fn describe(send: &Unrecorded) -> String {
+    let status = send
+        .outcome
+        .as_ref()
+        .map_or("in flight", |o| o.finish.status.as_str());
+    let id = send.id.map(|id| format!(" (#{id})")).unwrap_or_default();
+    format!(
+        "send{id} of schedule \"{}\" for slot {} ({status})",
+        send.row.schedule,
+        crate::time::to_db(send.row.scheduled_at)
+    )
 }

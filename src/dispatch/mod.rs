@@ -5,14 +5,20 @@
 //! resends it byte for byte, which is what lets WeCom's duplicate check absorb a retry of a
 //! message that had in fact arrived.
 //!
-//! When the database refuses writes (locked, read-only, disk full), the daemon still sends —
-//! WeCom's duplicate check guards against a second sender of the same body — and keeps the rows
-//! in memory until the database takes them ([`journal`]); the `send` command refuses instead.
+//! A send is made only once its claim is durable. When the database refuses the `pending` row
+//! (locked, read-only, faulty; a full disk first gets the disk reserve), the daemon writes the
+//! claim to its unrecorded-sends file beside the database instead, synced, and sends — WeCom's
+//! duplicate check guards against a second sender of the same body — then keeps the outcome
+//! there and in memory until the database takes it ([`journal`]). If neither will take the
+//! claim, the slot is not sent: a send that leaves no trace is one the next start would take
+//! for missed and send again. It is recorded `missed`, with the reason, once the database takes
+//! writes. The `send` command, with an operator watching, refuses instead.
 
 mod deliver;
 mod journal;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -22,12 +28,13 @@ use crate::gate::{AppGate, Audience};
 use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 use crate::store::Store;
-use crate::store::history::{Claim, Finish, NewSend, PendingRow, Status, Trigger};
+use crate::store::history::{Claim, Finish, NewSend, PendingRow, Recorded, Status, Trigger};
+use crate::store::unrecorded::Unrecorded;
 use crate::wecom::error::describe;
 use crate::wecom::token::TokenCache;
 use crate::wecom::{Client, PerApp};
 use deliver::Delivery;
-use journal::Unwritten;
+use journal::Waiting;
 
 /// What became of one fire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,8 +104,11 @@ pub struct Dispatcher {
     gates: PerApp<AppGate>,
     /// Rows claimed and not yet finished by this process.
     inflight: Mutex<HashSet<i64>>,
-    /// Rows the database refused, kept until it takes them.
-    unwritten: Mutex<Vec<Unwritten>>,
+    /// Sends the database refused, kept until it takes them.
+    unwritten: Mutex<Vec<Waiting>>,
+    /// Sends whose claim or outcome is being written to the unrecorded-sends file, or whose
+    /// claim is only there and is in flight: while any is, the file stays.
+    spilling: AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
@@ -111,6 +121,7 @@ impl Dispatcher {
         dry_run: bool,
     ) -> Dispatcher {
         let metrics = Arc::new(Metrics::default());
+        metrics.watch_store(store.health());
         Dispatcher {
             store,
             client,
@@ -122,6 +133,7 @@ impl Dispatcher {
             gates: PerApp::default(),
             inflight: Mutex::new(HashSet::new()),
             unwritten: Mutex::new(Vec::new()),
+            spilling: AtomicUsize::new(0),
         }
     }
 
@@ -198,16 +210,26 @@ impl Dispatcher {
         let new = NewSend::for_slot(schedule, &app.name, app.agent_id, slot, trigger, status);
         let payload = new.payload.clone();
         let slot_text = crate::time::to_db(slot);
-        let id = match self.store.claim(new.clone()).await {
-            Ok(Claim::Claimed(id)) => Some(id),
+        let claimed_at = Utc::now();
+        let (id, spilled) = match self.store.claim(new.clone()).await {
+            Ok(Claim::Claimed(id)) => (Some(id), None),
             Ok(Claim::Taken) => {
                 tracing::debug!(schedule = %schedule.name, slot = %slot_text, "slot already claimed; not sending it again");
                 return Ok(Fired::Taken);
             }
             Err(e) if self.send_unrecorded && !self.dry_run => {
-                tracing::error!(schedule = %schedule.name, slot = %slot_text,
-                    "cannot write the history row before sending ({e:#}); sending anyway and recording it once the database accepts writes");
-                None
+                match self.claim_elsewhere(new.clone(), claimed_at, &e).await {
+                    Ok(claim) => (None, Some(claim)),
+                    Err(finish) => {
+                        return Ok(Fired::Done(Box::new(self.finished(
+                            &schedule.name,
+                            slot,
+                            None,
+                            payload,
+                            finish,
+                        ))));
+                    }
+                }
             }
             Err(e) => return Err(e),
         };
@@ -245,7 +267,14 @@ impl Dispatcher {
             })
             .await;
         self.metrics.observe_send(started.elapsed());
-        let id = self.record(id, new, &finish).await;
+        let id = match spilled {
+            Some(claim) => {
+                let id = self.record_spilled(claim, &finish).await;
+                self.spilling.fetch_sub(1, Ordering::SeqCst);
+                id
+            }
+            None => self.record(id, new, claimed_at, &finish).await,
+        };
         Ok(Fired::Done(Box::new(self.finished(
             &schedule.name,
             slot,
@@ -309,10 +338,17 @@ impl Dispatcher {
             })
             .await;
         let recorded = self.store.finish(row.id, finish.clone()).await;
-        if let Err(e) = recorded {
-            self.keep_unwritten(Unwritten::Finish(row.id, finish.clone()), &e);
-        }
         self.track(Some(row.id), false);
+        if let Err(e) = recorded {
+            let send = Unrecorded::outcome_of(
+                row.id,
+                row.as_new(),
+                row.created_at,
+                row.pid.unwrap_or_default(),
+                finish.clone(),
+            );
+            self.keep_unwritten(send, &e).await;
+        }
         let slot = crate::time::from_db(&row.scheduled_at).unwrap_or_default();
         self.finished(
             &row.schedule,
@@ -323,33 +359,82 @@ impl Dispatcher {
         )
     }
 
-    /// Writes the outcome: finishes the claimed row, or inserts the whole row if there was none.
-    async fn record(&self, id: Option<i64>, new: NewSend, finish: &Finish) -> Option<i64> {
-        let recorded = match id {
-            Some(id) => self
-                .store
-                .finish(id, finish.clone())
-                .await
-                .map(|()| Some(id)),
-            None => self
-                .store
-                .insert_finished(new.clone(), finish.clone())
-                .await
-                .map(|claim| match claim {
-                    Claim::Claimed(id) => Some(id),
-                    Claim::Taken => None,
-                }),
-        };
-        self.track(id, false);
-        match recorded {
-            Ok(written) => written,
-            Err(e) => {
-                let pending = match id {
-                    Some(id) => Unwritten::Finish(id, finish.clone()),
-                    None => Unwritten::Row(new, finish.clone()),
+    /// Makes the claim of a send durable outside the database, which refused it (`error`): in
+    /// the unrecorded-sends file. If that fails too, the send is not made: the returned finish
+    /// records the slot as `missed`, with the reason, once the database takes writes again.
+    async fn claim_elsewhere(
+        &self,
+        new: NewSend,
+        claimed_at: DateTime<Utc>,
+        error: &anyhow::Error,
+    ) -> Result<Unrecorded, Finish> {
+        let claim = Unrecorded::claim(new, claimed_at);
+        let slot = crate::time::to_db(claim.row.scheduled_at);
+        let schedule = claim.row.schedule.clone();
+        self.spilling.fetch_add(1, Ordering::SeqCst);
+        match self.store.spill(claim.clone()).await {
+            Ok(file) => {
+                tracing::error!(%schedule, %slot,
+                    "cannot write the history row before sending ({error:#}); its claim is kept in {} instead: sending, and recording it once the database takes writes",
+                    file.display());
+                Ok(claim)
+            }
+            Err(spill) => {
+                self.spilling.fetch_sub(1, Ordering::SeqCst);
+                tracing::error!(%schedule, %slot,
+                    "NOT SENT: the database refused the claim of this slot ({error:#}) and the unrecorded-sends file did too ({spill}); a send that leaves no record would be taken for missed and sent again by the next start. It is recorded as missed once the database takes writes");
+                let finish = Finish {
+                    errmsg: Some(format!(
+                        "not sent: its claim could not be recorded (database: {error:#}; unrecorded-sends file: {spill})"
+                    )),
+                    ..Finish::new(Status::Missed, 0)
                 };
-                self.keep_unwritten(pending, &e);
-                id
+                let not_sent = Unrecorded::claim(
+                    NewSend {
+                        status: Status::Missed,
+                        ..claim.row
+                    },
+                    claimed_at,
+                )
+                .finished(finish.clone());
+                self.keep_unwritten(not_sent, error).await;
+                Err(finish)
+            }
+        }
+    }
+
+    /// Writes the outcome into the claimed row, or keeps it until the database takes it.
+    async fn record(
+        &self,
+        id: Option<i64>,
+        new: NewSend,
+        claimed_at: DateTime<Utc>,
+        finish: &Finish,
+    ) -> Option<i64> {
+        let id = id?;
+        let recorded = self.store.finish(id, finish.clone()).await;
+        self.track(Some(id), false);
+        if let Err(e) = recorded {
+            let pid = i64::from(std::process::id());
+            let send = Unrecorded::outcome_of(id, new, claimed_at, pid, finish.clone());
+            self.keep_unwritten(send, &e).await;
+        }
+        Some(id)
+    }
+
+    /// Writes a send whose claim is in the unrecorded-sends file; returns its row's id.
+    async fn record_spilled(&self, claim: Unrecorded, finish: &Finish) -> Option<i64> {
+        let send = claim.finished(finish.clone());
+        match self.store.record_unrecorded(send.clone()).await {
+            Ok(Recorded::Written(id)) => Some(id),
+            Ok(Recorded::Kept(id)) => {
+                tracing::warn!(id, schedule = %send.row.schedule, slot = %crate::time::to_db(send.row.scheduled_at),
+                    "another process recorded this slot meanwhile; keeping its row");
+                None
+            }
+            Err(e) => {
+                self.keep_unwritten(send, &e).await;
+                None
             }
         }
     }

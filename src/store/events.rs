@@ -1,4 +1,4 @@
-//! The `events` table: started, reloaded, reload_failed, stopped.
+//! The `events` table: started, reloaded, reload_failed, database_fault, stopped.
 
 use chrono::{DateTime, Utc};
 use rusqlite::params;
@@ -11,6 +11,8 @@ pub enum EventKind {
     Started,
     Reloaded,
     ReloadFailed,
+    /// Storage faults happened, and the database takes writes again (the detail says which).
+    DatabaseFault,
     Stopped,
 }
 
@@ -20,6 +22,7 @@ impl EventKind {
             EventKind::Started => "started",
             EventKind::Reloaded => "reloaded",
             EventKind::ReloadFailed => "reload_failed",
+            EventKind::DatabaseFault => "database_fault",
             EventKind::Stopped => "stopped",
         }
     }

@@ -3,12 +3,15 @@
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
-use rusqlite::{Connection, ErrorCode, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
 
 use super::Store;
+use super::unrecorded::Unrecorded;
 
 /// Why a row exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Trigger {
     /// The daemon fired a slot on time.
     Cron,
@@ -26,10 +29,20 @@ impl Trigger {
             Trigger::CatchUp => "catch_up",
         }
     }
+
+    pub fn parse(text: &str) -> Option<Trigger> {
+        Some(match text {
+            "cron" => Trigger::Cron,
+            "manual" => Trigger::Manual,
+            "catch_up" => Trigger::CatchUp,
+            _ => return None,
+        })
+    }
 }
 
 /// The `status` column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Status {
     Pending,
     Sent,
@@ -71,7 +84,7 @@ impl Status {
 }
 
 /// A row about to be written.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewSend {
     pub schedule: String,
     pub trigger: Trigger,
@@ -117,7 +130,7 @@ pub enum Claim {
 }
 
 /// How a send ended, for its row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finish {
     pub status: Status,
     pub attempts: u32,
@@ -140,16 +153,63 @@ pub struct PendingRow {
     pub created_at: DateTime<Utc>,
     pub app: String,
     pub agent_id: i64,
+    pub msgtype: String,
     pub payload: String,
     pub attempts: u32,
     pub pid: Option<i64>,
 }
 
-/// Inserts a row; with `finish`, the row is written already finished.
+impl PendingRow {
+    /// The row as it was claimed, to write it again should it have been lost.
+    pub fn as_new(&self) -> NewSend {
+        NewSend {
+            schedule: self.schedule.clone(),
+            trigger: Trigger::parse(&self.trigger).unwrap_or(Trigger::Cron),
+            scheduled_at: crate::time::from_db(&self.scheduled_at).unwrap_or_default(),
+            app: self.app.clone(),
+            agent_id: self.agent_id,
+            msgtype: self.msgtype.clone(),
+            payload: self.payload.clone(),
+            status: Status::Pending,
+        }
+    }
+}
+
+/// What writing an [`Unrecorded`] send did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Its row now says what happened; the row's id.
+    Written(i64),
+    /// A row of that slot already had a final outcome (another process recorded it); kept.
+    Kept(i64),
+}
+
+/// Inserts a row created now by this process; with `finish`, the row is written finished.
 fn insert(conn: &Connection, new: &NewSend, finish: Option<&Finish>) -> rusqlite::Result<Claim> {
-    let now = crate::time::now_db();
-    let finished = (new.status != Status::Pending || finish.is_some()).then(|| now.clone());
-    let status = finish.map_or(new.status, |f| f.status);
+    let now = Utc::now();
+    let finished = (new.status != Status::Pending || finish.is_some()).then_some(now);
+    insert_as(
+        conn,
+        new,
+        now,
+        finish.zip(finished),
+        i64::from(std::process::id()),
+    )
+}
+
+/// Inserts a row as it was created at `created_at` by process `pid`.
+fn insert_as(
+    conn: &Connection,
+    new: &NewSend,
+    created_at: DateTime<Utc>,
+    finish: Option<(&Finish, DateTime<Utc>)>,
+    pid: i64,
+) -> rusqlite::Result<Claim> {
+    let status = finish.map_or(new.status, |(f, _)| f.status);
+    let finished_at = finish
+        .map(|(_, at)| at)
+        .or_else(|| (new.status != Status::Pending).then_some(created_at));
+    let finish = finish.map(|(f, _)| f);
     // Cached statements: the claim, the attempt count and the finish run for every send.
     let result = conn.prepare_cached(
         "INSERT INTO sends (schedule, trigger, scheduled_at, created_at, finished_at, status, attempts, app, agent_id,
@@ -161,8 +221,8 @@ fn insert(conn: &Connection, new: &NewSend, finish: Option<&Finish>) -> rusqlite
             new.schedule,
             new.trigger.as_str(),
             crate::time::to_db(new.scheduled_at),
-            now,
-            finished,
+            crate::time::to_db(created_at),
+            finished_at.map(crate::time::to_db),
             status.as_str(),
             finish.map_or(0, |f| f.attempts),
             new.app,
@@ -176,7 +236,7 @@ fn insert(conn: &Connection, new: &NewSend, finish: Option<&Finish>) -> rusqlite
             finish.and_then(|f| f.invalidparty.clone()),
             finish.and_then(|f| f.invalidtag.clone()),
             finish.and_then(|f| f.unlicenseduser.clone()),
-            std::process::id()
+            pid
         ],
     );
     match result {
@@ -186,6 +246,90 @@ fn insert(conn: &Connection, new: &NewSend, finish: Option<&Finish>) -> rusqlite
         }
         Err(e) => Err(e),
     }
+}
+
+/// Writes `finish` into row `id` (only while it is still `pending`, with `only_pending`);
+/// returns how many rows changed.
+fn update_finish(
+    conn: &Connection,
+    id: i64,
+    finish: &Finish,
+    finished_at: DateTime<Utc>,
+    only_pending: bool,
+) -> rusqlite::Result<usize> {
+    let sql = if only_pending {
+        "UPDATE sends SET finished_at = ?2, status = ?3, attempts = ?4, errcode = ?5, errmsg = ?6, msgid = ?7,
+                invaliduser = ?8, invalidparty = ?9, invalidtag = ?10, unlicenseduser = ?11
+         WHERE id = ?1 AND status IN ('pending', 'missed')"
+    } else {
+        "UPDATE sends SET finished_at = ?2, status = ?3, attempts = ?4, errcode = ?5, errmsg = ?6, msgid = ?7,
+                invaliduser = ?8, invalidparty = ?9, invalidtag = ?10, unlicenseduser = ?11
+         WHERE id = ?1"
+    };
+    conn.prepare_cached(sql)?.execute(params![
+        id,
+        crate::time::to_db(finished_at),
+        finish.status.as_str(),
+        finish.attempts,
+        finish.errcode,
+        finish.errmsg,
+        finish.msgid,
+        finish.invaliduser,
+        finish.invalidparty,
+        finish.invalidtag,
+        finish.unlicenseduser
+    ])
+}
+
+/// Writes a send the database had refused. Its own row, when it has one, gets the outcome; a
+/// row that was never written (or was lost) is written whole; when another row holds its slot,
+/// that row is corrected if it said `pending` or `missed` (this send is what really happened)
+/// and kept otherwise.
+fn write_unrecorded(conn: &mut Connection, send: &Unrecorded) -> rusqlite::Result<Recorded> {
+    let tx = conn.transaction()?;
+    let slot = crate::time::to_db(send.row.scheduled_at);
+    let outcome = send.outcome.as_ref().map(|o| (&o.finish, o.finished_at));
+    if let Some(id) = send.id {
+        let own: Option<String> = tx
+            .query_row(
+                "SELECT status FROM sends WHERE id = ?1 AND schedule = ?2 AND scheduled_at = ?3",
+                params![id, send.row.schedule, slot],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(status) = own {
+            let written = match outcome {
+                Some((finish, at)) if status == Status::Pending.as_str() => {
+                    update_finish(&tx, id, finish, at, false)?;
+                    Recorded::Written(id)
+                }
+                _ => Recorded::Kept(id),
+            };
+            tx.commit()?;
+            return Ok(written);
+        }
+    }
+    let recorded = match insert_as(&tx, &send.row, send.created_at, outcome, send.pid)? {
+        Claim::Claimed(id) => Recorded::Written(id),
+        Claim::Taken => {
+            let (id, status): (i64, String) = tx.query_row(
+                "SELECT id, status FROM sends WHERE schedule = ?1 AND scheduled_at = ?2
+                     AND trigger IN ('cron', 'catch_up') AND status <> 'dry_run'",
+                params![send.row.schedule, slot],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            match outcome {
+                Some((finish, at)) if update_finish(&tx, id, finish, at, true)? > 0 => {
+                    tracing::warn!(id, schedule = %send.row.schedule, %slot,
+                        "the slot's row said {status}, but this send was made: the row now says what happened");
+                    Recorded::Written(id)
+                }
+                _ => Recorded::Kept(id),
+            }
+        }
+    };
+    tx.commit()?;
+    Ok(recorded)
 }
 
 impl Store {
@@ -251,31 +395,21 @@ impl Store {
         .await
     }
 
-    /// Finishes a row with WeCom's answer.
+    /// Finishes a row with WeCom's answer. An error unless the row was there to finish: a
+    /// send is never reported as recorded when its row is missing.
     pub async fn finish(&self, id: i64, finish: Finish) -> anyhow::Result<()> {
-        self.call(move |conn| {
-            conn.prepare_cached(
-                "UPDATE sends SET finished_at = ?2, status = ?3, attempts = ?4, errcode = ?5, errmsg = ?6, msgid = ?7,
-                        invaliduser = ?8, invalidparty = ?9, invalidtag = ?10, unlicenseduser = ?11
-                 WHERE id = ?1",
-            )?
-            .execute(params![
-                    id,
-                    crate::time::now_db(),
-                    finish.status.as_str(),
-                    finish.attempts,
-                    finish.errcode,
-                    finish.errmsg,
-                    finish.msgid,
-                    finish.invaliduser,
-                    finish.invalidparty,
-                    finish.invalidtag,
-                    finish.unlicenseduser
-                ],
-            )
-            .map(|_| ())
-        })
-        .await
+        let changed = self
+            .call(move |conn| update_finish(conn, id, &finish, Utc::now(), false))
+            .await?;
+        if changed == 0 {
+            anyhow::bail!("history row #{id} is missing from the database");
+        }
+        Ok(())
+    }
+
+    /// Writes a send the database had refused (see [`write_unrecorded`]).
+    pub async fn record_unrecorded(&self, send: Unrecorded) -> anyhow::Result<Recorded> {
+        self.call(move |conn| write_unrecorded(conn, &send)).await
     }
 
     /// Marks a row that is still `pending` as `interrupted`; false if it had already finished.
@@ -294,7 +428,7 @@ impl Store {
     pub async fn pending_rows(&self) -> anyhow::Result<Vec<PendingRow>> {
         self.call(|conn| {
             let mut statement = conn.prepare(
-                "SELECT id, schedule, trigger, scheduled_at, created_at, app, agent_id, payload, attempts, pid
+                "SELECT id, schedule, trigger, scheduled_at, created_at, app, agent_id, msgtype, payload, attempts, pid
                  FROM sends WHERE status = 'pending' ORDER BY id",
             )?;
             let rows = statement.query_map([], |r| {
@@ -307,9 +441,10 @@ impl Store {
                     created_at: crate::time::from_db(&created_at).unwrap_or(DateTime::UNIX_EPOCH),
                     app: r.get(5)?,
                     agent_id: r.get(6)?,
-                    payload: r.get(7)?,
-                    attempts: r.get(8)?,
-                    pid: r.get(9)?,
+                    msgtype: r.get(7)?,
+                    payload: r.get(8)?,
+                    attempts: r.get(9)?,
+                    pid: r.get(10)?,
                 })
             })?;
             rows.collect()
@@ -329,10 +464,10 @@ impl Store {
                  WHERE schedule = ?1 AND trigger IN ('cron', 'catch_up') AND status <> 'dry_run'",
             )?;
             let mut last = HashMap::new();
-            for schedule in schedules {
-                let at: Option<String> = statement.query_row([&schedule], |r| r.get(0))?;
+            for schedule in &schedules {
+                let at: Option<String> = statement.query_row([schedule], |r| r.get(0))?;
                 if let Some(at) = at.as_deref().and_then(crate::time::from_db) {
-                    last.insert(schedule, at);
+                    last.insert(schedule.clone(), at);
                 }
             }
             Ok(last)

@@ -1,20 +1,34 @@
-//! SQLite: opening the database (mode 0600, WAL, migrations) and running queries off the async
-//! threads. One connection behind a mutex is plenty for a write-light daemon.
+//! SQLite: opening the database (private files, WAL, migrations) and running queries off the
+//! async threads. One connection on a thread of its own is plenty for a write-light daemon.
+//!
+//! What keeps the history whole: no descriptor of the database's files is ever opened outside
+//! SQLite ([`files`]); a connection that reports a storage fault is replaced ([`worker`],
+//! [`health`]); a full disk finds room kept in [`reserve`]; and sends the database refuses wait
+//! in a file of their own until it takes them ([`unrecorded`]).
 
 pub mod events;
+pub mod files;
+pub mod health;
 pub mod history;
 pub mod query;
+pub mod reserve;
 pub mod tokens;
+pub mod unrecorded;
+mod worker;
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow};
-use rusqlite::Connection;
+use anyhow::Context;
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
+
+use health::Health;
+use reserve::Reserve;
+use unrecorded::UnrecordedFiles;
+use worker::Shared;
+pub use worker::Worker;
 
 /// How long a statement waits for another connection's write lock (another process's token
 /// refresh holds it for at most one gettoken call).
@@ -30,103 +44,74 @@ const MIGRATIONS: &[M<'static>] = &[
 #[derive(Clone)]
 pub struct Store {
     worker: Arc<Worker>,
-    path: PathBuf,
-    busy_timeout: Duration,
-}
-
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
-
-/// A thread that owns a connection and runs queries in order. A burst of a thousand sends
-/// queues here, instead of parking a thousand blocking-pool threads on a mutex (and starving
-/// the pool that other database work would need to finish).
-pub struct Worker {
-    jobs: std::sync::mpsc::Sender<Job>,
-}
-
-impl Worker {
-    /// Starts the thread; it ends when the `Worker` is dropped.
-    pub fn spawn(mut conn: Connection) -> anyhow::Result<Worker> {
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("wecom-notify-db".to_string())
-            .spawn(move || {
-                for job in queue {
-                    job(&mut conn);
-                }
-            })
-            .context("cannot start the database thread")?;
-        Ok(Worker { jobs })
-    }
-
-    /// Runs `f` on the connection and waits for its result without blocking the runtime.
-    pub async fn run<R, F>(&self, f: F) -> anyhow::Result<R>
-    where
-        F: FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
-        R: Send + 'static,
-    {
-        let (done, result) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let _ = done.send(f(conn));
-        });
-        self.jobs
-            .send(job)
-            .map_err(|_| anyhow!("the database thread has stopped"))?;
-        result
-            .await
-            .map_err(|_| anyhow!("the database thread has stopped"))?
-            .map_err(anyhow::Error::from)
-    }
+    shared: Arc<Shared>,
+    unrecorded: Arc<UnrecordedFiles>,
 }
 
 impl Store {
-    /// Opens (creating with mode 0600 if needed) and migrates the database at `path`.
+    /// Opens (creating if needed) and migrates the database at `path`; its files are made
+    /// private (mode 0600) if they were not.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
         Store::open_with_busy_timeout(path, BUSY_TIMEOUT)
     }
 
     /// [`Store::open`] with another [`BUSY_TIMEOUT`] (tests of a locked database).
     pub fn open_with_busy_timeout(path: &Path, busy_timeout: Duration) -> anyhow::Result<Store> {
-        // The file holds live access tokens: nobody else may read it. SQLite gives the -wal
-        // and -shm files the same mode as the database file.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot open or create database {}", path.display()))?;
-        if let Ok(meta) = file.metadata()
-            && meta.permissions().mode() & 0o077 != 0
-        {
-            tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777),
-                "the database holds access tokens but other users may read it; chmod 600 it");
-        }
-        // Two processes opening a new file at once would race for the switch to WAL and for the
-        // migration, which SQLite reports as "busy" without waiting. An flock (independent of
-        // SQLite's own fcntl locks) makes the second wait until the first is done.
-        file.lock()
-            .with_context(|| format!("cannot lock database {}", path.display()))?;
         let mut conn = connect(path, busy_timeout)?;
-        Migrations::from_slice(MIGRATIONS)
-            .to_latest(&mut conn)
+        migrate(&mut conn, busy_timeout)
             .with_context(|| format!("cannot migrate database {}", path.display()))?;
-        drop(file);
-        Ok(Store {
-            worker: Arc::new(Worker::spawn(conn)?),
+        let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             busy_timeout,
+            health: Arc::default(),
+            reserve: Reserve::beside(path),
+        });
+        Ok(Store {
+            worker: Arc::new(Worker::spawn(conn, shared.clone(), true)?),
+            unrecorded: Arc::new(UnrecordedFiles::beside(path)),
+            shared,
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
-    /// Runs `f` on the shared connection, on the database thread.
+    /// The faults this store's connections met (for metrics and the `database_fault` event).
+    pub fn health(&self) -> Arc<Health> {
+        self.shared.health.clone()
+    }
+
+    /// The disk reserve beside the database.
+    pub fn reserve(&self) -> &Reserve {
+        &self.shared.reserve
+    }
+
+    /// Creates the disk reserve if it is missing and there is room (the daemon calls this at
+    /// start and then every few seconds; commands only ever release it).
+    pub async fn keep_reserve(&self) {
+        let store = self.clone();
+        let kept = tokio::task::spawn_blocking(move || store.shared.reserve.replenish()).await;
+        match kept {
+            Ok(Ok(true)) => tracing::info!(
+                reserve = %self.shared.reserve.path().display(),
+                "{} MiB of disk kept in reserve for the history",
+                reserve::RESERVE_BYTES / (1024 * 1024)
+            ),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::debug!(
+                reserve = %self.shared.reserve.path().display(),
+                "cannot keep a disk reserve yet: {e}"
+            ),
+            Err(e) => tracing::debug!("the reserve task failed: {e}"),
+        }
+    }
+
+    /// Runs `f` on the shared connection, on the database thread. `f` runs a second time when
+    /// the disk was full and the reserve was released for it.
     pub async fn call<R, F>(&self, f: F) -> anyhow::Result<R>
     where
-        F: FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+        F: FnMut(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
         self.worker.run(f).await
@@ -135,30 +120,131 @@ impl Store {
     /// A second connection on a thread of its own, for work that must hold a transaction
     /// across an await (the cross-process token refresh) without blocking the shared one.
     pub fn separate_worker(&self) -> anyhow::Result<Worker> {
-        Worker::spawn(connect(&self.path, self.busy_timeout)?)
+        let conn = connect(&self.shared.path, self.shared.busy_timeout)?;
+        Worker::spawn(conn, self.shared.clone(), false)
     }
 }
 
+/// Opens a connection to `path`, in WAL mode.
 fn connect(path: &Path, busy_timeout: Duration) -> anyhow::Result<Connection> {
+    // Files left readable by others are tightened before anything is read from them.
+    files::make_private(path)?;
     let conn = Connection::open(path)
         .with_context(|| format!("cannot open database {}", path.display()))?;
+    // SQLite has just created the file if it was missing, with mode 0644 less the umask, and
+    // it is still empty. It gets 0600 before the switch to WAL creates the -wal and -shm files,
+    // which SQLite gives the database file's mode.
+    files::make_private(path)?;
     conn.busy_timeout(busy_timeout)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    patiently(busy_timeout, || {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(anyhow::Error::from)
+    })
+    .with_context(|| format!("cannot switch database {} to WAL", path.display()))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
 }
 
+/// Brings the schema up to date. Two processes that open a new file at once both find it
+/// unmigrated: the second one's migration fails (busy, or "table already exists") once the
+/// first has committed, and is tried again, finding the schema there.
+fn migrate(conn: &mut Connection, patience: Duration) -> anyhow::Result<()> {
+    let migrations = Migrations::from_slice(MIGRATIONS);
+    // BEGIN IMMEDIATE: the second process waits in SQLite's busy handler for the first.
+    conn.set_transaction_behavior(TransactionBehavior::Immediate);
+    let result = patiently(patience, || {
+        let before = schema_version(conn);
+        migrations.to_latest(conn).map_err(|e| {
+            let raced = schema_version(conn) != before;
+            if raced {
+                anyhow::Error::from(e).context(Busy)
+            } else {
+                anyhow::Error::from(e)
+            }
+        })
+    });
+    conn.set_transaction_behavior(TransactionBehavior::Deferred);
+    result
+}
+
+fn schema_version(conn: &Connection) -> Option<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0)).ok()
+}
+
+/// Marks an error as a race with another process that is worth another try.
+#[derive(Debug)]
+struct Busy;
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("another process was changing the database at the same time")
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for a reason other than another process's lock, or
+/// `patience` is spent.
+fn patiently<T>(
+    patience: Duration,
+    mut attempt: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let started = Instant::now();
+    loop {
+        match attempt() {
+            Ok(value) => return Ok(value),
+            Err(e) if is_busy(&e) && started.elapsed() < patience => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_busy(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<Busy>().is_some()
+        || error.chain().any(|cause| {
+            cause.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
+                matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                )
+            }) || cause
+                .downcast_ref::<rusqlite_migration::Error>()
+                .is_some_and(|e| match e {
+                    rusqlite_migration::Error::RusqliteError { err, .. } => matches!(
+                        err.sqlite_error_code(),
+                        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                    ),
+                    _ => false,
+                })
+        })
+}
+
+/// The path of this store's database with `suffix` appended to its file name.
+fn beside(database: &Path, suffix: &str) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[tokio::test]
     async fn database_is_created_private_and_migrated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         let store = Store::open(&path).unwrap();
-        assert_eq!(path.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+        for file in files::database_files(&path) {
+            assert_eq!(
+                file.metadata().unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{}",
+                file.display()
+            );
+        }
         let (mode, tables) = store
             .call(|conn| {
                 let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
@@ -173,5 +259,26 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
         assert_eq!(tables, 3);
+    }
+
+    #[test]
+    fn processes_opening_a_new_database_at_once_all_succeed() {
+        // Threads with connections of their own race exactly as processes do for SQLite.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut conn = connect(&path, BUSY_TIMEOUT)?;
+                    migrate(&mut conn, BUSY_TIMEOUT)?;
+                    anyhow::Ok(schema_version(&conn))
+                })
+            })
+            .collect();
+        for thread in threads {
+            let version = thread.join().unwrap().unwrap();
+            assert_eq!(version, Some(MIGRATIONS.len() as i64));
+        }
     }
 }

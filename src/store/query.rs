@@ -186,7 +186,7 @@ impl Store {
         since: DateTime<Utc>,
     ) -> anyhow::Result<Vec<ScheduleActivity>> {
         self.call(move |conn| {
-            let mut names = schedules;
+            let mut names = schedules.clone();
             for name in schedule_names(conn)? {
                 if !names.contains(&name) {
                     names.push(name);

@@ -3,6 +3,7 @@
 //! writes, and broken configs sent to a running daemon.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
@@ -359,9 +360,24 @@ async fn a_database_refusing_writes_never_yields_a_false_sent_and_recovers() {
         rows_before,
         "no row could be written, and none claims a send"
     );
-    assert!(
-        daemon.dispatcher.unwritten_count() >= 3,
-        "the outcomes are kept until the database is back"
+    // The fake counts a delivery before the sender has its answer: wait for the outcomes.
+    eventually(WAIT, "the outcomes kept until the database is back", || {
+        daemon.dispatcher.unwritten_count() >= 3
+    })
+    .await;
+    let spill = daemon
+        .dispatcher
+        .store()
+        .spill_path()
+        .expect("the claims and outcomes are in the unrecorded-sends file meanwhile");
+    assert_eq!(
+        spill
+            .metadata()
+            .expect("unrecorded file")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
     );
 
     // Locked by another process as well, then writable again.
@@ -381,6 +397,7 @@ async fn a_database_refusing_writes_never_yields_a_false_sent_and_recovers() {
         daemon.dispatcher.unwritten_count() == 0
     })
     .await;
+    eventually(WAIT, "the unrecorded-sends file gone", || !spill.exists()).await;
     daemon.stop().await;
 
     let sent = env.count("SELECT count(*) FROM sends WHERE status = 'sent'") as usize;

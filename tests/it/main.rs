@@ -10,6 +10,7 @@ mod guarantees;
 mod history;
 mod operating;
 mod properties;
+mod readers;
 mod recall;
 mod send;
 mod systemd;

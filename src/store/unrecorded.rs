@@ -1,0 +1,311 @@
+//! Sends the database refused to record, kept in a file beside it until it takes them.
+//!
+//! Each process that needs one writes its own `<database>.unrecorded-<pid>-<tag>`, JSON Lines,
+//! mode 0600, and holds an flock on it for as long as it lives. A line is either the claim of a
+//! send (written and synced *before* the send, when the database would not take the `pending`
+//! row) or a send with its outcome. Every daemon start replays the files whose lock is free
+//! (their process died) into the database before it reads anything else there, so that a slot
+//! that was delivered is recorded `sent`, not taken for missed and sent again.
+//!
+//! These are separate files, never the database's own: opening and closing them cannot touch
+//! SQLite's locks (see [`super::files`]).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::history::{Finish, NewSend};
+use super::reserve::Reserve;
+
+/// A send the database has not recorded yet: in memory, and as one line of the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unrecorded {
+    /// Pairs the claim and the outcome of one send in the file.
+    pub key: String,
+    /// The row's id, when its claim is in the database and only the outcome is missing.
+    pub id: Option<i64>,
+    pub row: NewSend,
+    pub created_at: DateTime<Utc>,
+    /// The process that made the send.
+    pub pid: i64,
+    /// How the send ended; `None` for a claim (the send is, or was, in flight).
+    pub outcome: Option<Outcome>,
+}
+
+/// How a send ended, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub finish: Finish,
+    pub finished_at: DateTime<Utc>,
+}
+
+impl Unrecorded {
+    /// The claim of a send about to be made without a row in the database.
+    pub fn claim(row: NewSend, created_at: DateTime<Utc>) -> Unrecorded {
+        let key: u64 = rand::rng().random();
+        Unrecorded {
+            key: format!("{key:016x}"),
+            id: None,
+            row,
+            created_at,
+            pid: i64::from(std::process::id()),
+            outcome: None,
+        }
+    }
+
+    /// The outcome of a row already in the database (id) that could not be written.
+    pub fn outcome_of(
+        id: i64,
+        row: NewSend,
+        created_at: DateTime<Utc>,
+        pid: i64,
+        finish: Finish,
+    ) -> Unrecorded {
+        Unrecorded {
+            id: Some(id),
+            pid,
+            ..Unrecorded::claim(row, created_at).finished(finish)
+        }
+    }
+
+    /// This send, ended with `finish` now.
+    pub fn finished(mut self, finish: Finish) -> Unrecorded {
+        self.outcome = Some(Outcome {
+            finish,
+            finished_at: Utc::now(),
+        });
+        self
+    }
+}
+
+/// This process's file (created when first needed), and the way to the files of others.
+#[derive(Debug)]
+pub struct UnrecordedFiles {
+    database: PathBuf,
+    own: Mutex<Option<Own>>,
+}
+
+#[derive(Debug)]
+struct Own {
+    path: PathBuf,
+    file: File,
+}
+
+impl UnrecordedFiles {
+    pub fn beside(database: &Path) -> UnrecordedFiles {
+        UnrecordedFiles {
+            database: database.to_path_buf(),
+            own: Mutex::new(None),
+        }
+    }
+
+    /// `wecom-notify.db.unrecorded-`: how every such file's name begins.
+    fn prefix(&self) -> String {
+        let name = self
+            .database
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!("{name}.unrecorded-")
+    }
+
+    fn dir(&self) -> PathBuf {
+        match self.database.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// Appends `entry` and syncs it to disk; returns the file's path. A full disk releases the
+    /// reserve and tries once more.
+    pub fn append(&self, entry: &Unrecorded, reserve: &Reserve) -> io::Result<PathBuf> {
+        // Each line starts on a line of its own, even after a write that a full disk tore.
+        let line = format!("\n{}\n", serde_json::to_string(entry)?);
+        let mut own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        let attempt = |own: &mut Option<Own>| -> io::Result<PathBuf> {
+            if own.is_none() {
+                *own = Some(self.create()?);
+            }
+            let Some(own) = own.as_mut() else {
+                return Err(io::Error::other("no file"));
+            };
+            own.file.write_all(line.as_bytes())?;
+            own.file.sync_data()?;
+            Ok(own.path.clone())
+        };
+        match attempt(&mut own) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && reserve.release() => {
+                attempt(&mut own)
+            }
+            result => result,
+        }
+    }
+
+    fn create(&self) -> io::Result<Own> {
+        let tag: u32 = rand::rng().random();
+        let path = self
+            .dir()
+            .join(format!("{}{}-{tag:08x}", self.prefix(), std::process::id()));
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        // Held for the life of the process: a free lock tells the next start its owner died.
+        file.try_lock()
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        // The new name must survive a crash as well as the lines written under it.
+        File::open(self.dir())?.sync_all()?;
+        Ok(Own { path, file })
+    }
+
+    /// This process's file, if it has one.
+    pub fn own_path(&self) -> Option<PathBuf> {
+        let own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        own.as_ref().map(|own| own.path.clone())
+    }
+
+    /// Deletes this process's file if `done` says everything in it is in the database now.
+    /// `done` is asked while no line can be appended, so none is deleted unrecorded.
+    pub fn clear_if(&self, done: impl FnOnce() -> bool) {
+        let mut own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        if own.is_none() || !done() {
+            return;
+        }
+        if let Some(own) = own.take()
+            && let Err(e) = std::fs::remove_file(&own.path)
+        {
+            tracing::warn!(file = %own.path.display(), "cannot delete the emptied unrecorded-sends file: {e}");
+        }
+    }
+
+    /// Every such file of this database except this process's own.
+    pub fn others(&self) -> io::Result<Vec<PathBuf>> {
+        let prefix = self.prefix();
+        let own = self.own_path();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(self.dir())? {
+            let path = entry?.path();
+            let ours = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix));
+            if ours && Some(&path) != own.as_ref() {
+                found.push(path);
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+}
+
+/// A file whose process is gone, locked by this one until it is replayed and deleted.
+pub struct Leftover {
+    pub path: PathBuf,
+    _lock: File,
+    /// One entry per send, the last line written for it.
+    pub sends: Vec<Unrecorded>,
+    /// Lines that did not parse (the last one, torn by a crash or a full disk).
+    pub torn_lines: usize,
+}
+
+impl Leftover {
+    /// Takes `path` over if its process is gone; `None` while its owner still runs.
+    pub fn take(path: &Path) -> io::Result<Option<Leftover>> {
+        let file = OpenOptions::new().read(true).append(true).open(path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        let mut sends: Vec<Unrecorded> = Vec::new();
+        let mut torn_lines = 0;
+        for line in BufReader::new(&file).lines() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Unrecorded>(&line) {
+                Ok(entry) => match sends.iter_mut().find(|s| s.key == entry.key) {
+                    // The outcome supersedes the claim.
+                    Some(known) => *known = entry,
+                    None => sends.push(entry),
+                },
+                Err(_) => torn_lines += 1,
+            }
+        }
+        Ok(Some(Leftover {
+            path: path.to_path_buf(),
+            _lock: file,
+            sends,
+            torn_lines,
+        }))
+    }
+
+    /// Deletes the file (every send in it is recorded now).
+    pub fn remove(self) -> io::Result<()> {
+        std::fs::remove_file(&self.path)
+    }
+}
+
+impl super::Store {
+    /// Appends `send` to this process's unrecorded-sends file and syncs it; returns the path.
+    pub async fn spill(&self, send: Unrecorded) -> io::Result<PathBuf> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.unrecorded.append(&send, &store.shared.reserve))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// This process's unrecorded-sends file, if it has one.
+    pub fn spill_path(&self) -> Option<PathBuf> {
+        self.unrecorded.own_path()
+    }
+
+    /// Deletes this process's unrecorded-sends file if `done` says everything in it is in
+    /// the database (asked while no line can be appended).
+    pub fn clear_spill_if(&self, done: impl FnOnce() -> bool) {
+        self.unrecorded.clear_if(done);
+    }
+
+    /// Unrecorded-sends files of other processes (for `history` to mention them).
+    pub fn unrecorded_files(&self) -> Vec<PathBuf> {
+        self.unrecorded.others().unwrap_or_default()
+    }
+
+    /// Writes into the database every send left in the unrecorded-sends files of processes that
+    /// died, then deletes those files; returns how many sends were written. Files whose process
+    /// still runs are left to it. Runs before the daemon reads anything else from the history.
+    pub async fn replay_unrecorded(&self) -> anyhow::Result<usize> {
+        let mut replayed = 0;
+        for path in self.unrecorded.others()? {
+            let Some(leftover) = Leftover::take(&path)? else {
+                tracing::info!(file = %path.display(), "unrecorded sends of a process that still runs; left to it");
+                continue;
+            };
+            if leftover.torn_lines > 0 {
+                tracing::warn!(file = %path.display(), lines = leftover.torn_lines,
+                    "skipped unreadable lines (a write cut short by a crash or a full disk)");
+            }
+            for send in &leftover.sends {
+                let recorded = self.record_unrecorded(send.clone()).await?;
+                tracing::warn!(
+                    file = %path.display(),
+                    schedule = %send.row.schedule,
+                    slot = %crate::time::to_db(send.row.scheduled_at),
+                    status = send.outcome.as_ref().map_or("pending", |o| o.finish.status.as_str()),
+                    row = ?recorded,
+                    "recorded a send that the database had refused while an earlier run made it"
+                );
+                replayed += 1;
+            }
+            leftover.remove()?;
+        }
+        Ok(replayed)
+    }
+}

@@ -1,0 +1,136 @@
+//! The database thread: one connection, jobs run in order. A connection that reports corruption
+//! or an I/O error is closed and opened again before the next job; a job that finds the disk
+//! full runs once more after the disk reserve was released.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use rusqlite::Connection;
+
+use super::connect;
+use super::health::{FaultKind, Health, describe_error};
+use super::reserve::Reserve;
+
+/// What every connection of one [`super::Store`] shares.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub path: PathBuf,
+    pub busy_timeout: Duration,
+    pub health: Arc<Health>,
+    pub reserve: Reserve,
+}
+
+/// How a job went, as far as the connection is concerned.
+enum Ran {
+    Done,
+    /// The job failed with a storage fault (its caller has the error; this is its text).
+    Fault(FaultKind, String),
+    /// The disk was full and the job held its error back: release the reserve, run it again.
+    Full(String),
+    /// There was no connection to run it on.
+    Unavailable,
+}
+
+/// A job gets the connection (or why there is none) and whether it may ask for a second run.
+type Job = Box<dyn FnMut(Result<&mut Connection, &str>, bool) -> Ran + Send>;
+
+/// A thread that owns a connection and runs queries in order. A burst of a thousand sends
+/// queues here, instead of parking a thousand blocking-pool threads on a mutex (and starving
+/// the pool that other database work would need to finish).
+pub struct Worker {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Worker {
+    /// Starts the thread; it ends when the `Worker` is dropped. With `retry_full`, a job that
+    /// finds the disk full is run again once the reserve is released (jobs that are one
+    /// statement of a longer transaction must not be: the transaction is gone by then).
+    pub(super) fn spawn(
+        conn: Connection,
+        shared: Arc<Shared>,
+        retry_full: bool,
+    ) -> anyhow::Result<Worker> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("wecom-notify-db".to_string())
+            .spawn(move || serve(conn, &shared, queue, retry_full))
+            .map_err(|e| anyhow!("cannot start the database thread: {e}"))?;
+        Ok(Worker { jobs })
+    }
+
+    /// Runs `f` on the connection and waits for its result without blocking the runtime.
+    /// `f` may run twice (see [`Worker::spawn`]), so it must not consume what it captures.
+    pub async fn run<R, F>(&self, mut f: F) -> anyhow::Result<R>
+    where
+        F: FnMut(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let mut done = Some(done);
+        let job: Job = Box::new(move |conn, may_run_again| {
+            let outcome = match conn {
+                Ok(conn) => f(conn),
+                Err(why) => {
+                    if let Some(done) = done.take() {
+                        let _ = done.send(Err(anyhow!("the database cannot be opened: {why}")));
+                    }
+                    return Ran::Unavailable;
+                }
+            };
+            let fault = outcome.as_ref().err().and_then(FaultKind::of);
+            if fault == Some(FaultKind::DiskFull)
+                && may_run_again
+                && let Err(e) = outcome
+            {
+                return Ran::Full(describe_error(&e));
+            }
+            let ran = match (&outcome, fault) {
+                (Err(e), Some(kind)) => Ran::Fault(kind, describe_error(e)),
+                _ => Ran::Done,
+            };
+            if let Some(done) = done.take() {
+                let _ = done.send(outcome.map_err(anyhow::Error::from));
+            }
+            ran
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| anyhow!("the database thread has stopped"))?;
+        result
+            .await
+            .map_err(|_| anyhow!("the database thread has stopped"))?
+    }
+}
+
+fn serve(
+    conn: Connection,
+    shared: &Shared,
+    queue: std::sync::mpsc::Receiver<Job>,
+    retry_full: bool,
+) {
+    let mut conn: Result<Connection, String> = Ok(conn);
+    for mut job in queue {
+        if conn.is_err() {
+            conn = connect(&shared.path, shared.busy_timeout).map_err(|e| format!("{e:#}"));
+        }
+        let mut ran = job(conn.as_mut().map_err(|e| e.as_str()), retry_full);
+        if let Ran::Full(error) = ran {
+            shared.health.record(FaultKind::DiskFull, error, false);
+            shared.reserve.release();
+            ran = job(conn.as_mut().map_err(|e| e.as_str()), false);
+        }
+        match ran {
+            Ran::Fault(kind, error) if kind.needs_reopen() => {
+                // Closed before the new one opens: the old one's view of the file (its WAL
+                // index, its cached pages) is what cannot be trusted any more.
+                drop(conn);
+                conn = connect(&shared.path, shared.busy_timeout).map_err(|e| format!("{e:#}"));
+                shared.health.record(kind, error, true);
+            }
+            Ran::Fault(kind, error) => shared.health.record(kind, error, false),
+            Ran::Done | Ran::Full(_) | Ran::Unavailable => {}
+        }
+    }
+}
