@@ -32,7 +32,10 @@ pub fn database_files(database: &Path) -> [PathBuf; 3] {
 /// tightened, with a warning, rather than refused: the owner asked for a database here, and
 /// refusing would stop the schedules over something this process can repair itself. A file it
 /// cannot repair (owned by someone else) is refused, because its tokens would stay exposed.
-pub fn make_private(database: &Path) -> anyhow::Result<()> {
+///
+/// `just_created`: SQLite has just created the database file with its default mode; that is
+/// repaired without a warning.
+pub fn make_private(database: &Path, just_created: bool) -> anyhow::Result<()> {
     for path in database_files(database) {
         let meta = match std::fs::metadata(&path) {
             Ok(meta) => meta,
@@ -44,6 +47,7 @@ pub fn make_private(database: &Path) -> anyhow::Result<()> {
             continue;
         }
         match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(PRIVATE_MODE)) {
+            Ok(()) if just_created => {}
             Ok(()) => tracing::warn!(
                 path = %path.display(),
                 "the file had mode {mode:04o}, which let other users read the access tokens (or write rows); changed it to {PRIVATE_MODE:04o}"
@@ -75,13 +79,13 @@ mod tests {
             std::fs::write(path, b"").unwrap();
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
         }
-        make_private(&db).unwrap();
+        make_private(&db, false).unwrap();
         for path in [&main, &wal, &shm] {
             let mode = path.metadata().unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", path.display());
         }
         // Missing files are SQLite's to create.
-        make_private(&dir.path().join("absent.db")).unwrap();
+        make_private(&dir.path().join("absent.db"), false).unwrap();
         assert!(!dir.path().join("absent.db").exists());
     }
 }

@@ -166,3 +166,75 @@ pub(super) fn describe_error(error: &rusqlite::Error) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn io_error() -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(522),
+            Some("disk I/O error".into()),
+        )
+    }
+
+    #[test]
+    fn an_episode_is_logged_at_error_once_and_a_new_one_after_it_ended() {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let health = Health::default();
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..3 {
+                health.record(FaultKind::IoError, describe_error(&io_error()), true);
+            }
+            let episode = health.episode().expect("an episode");
+            assert_eq!((episode.faults, episode.reopens), (3, 3));
+            assert!(
+                episode.describe().contains("disk I/O error (SystemIoFailure, extended code 522)"),
+                "{}",
+                episode.describe()
+            );
+            assert!(health.end_episode(&episode));
+            assert!(health.episode().is_none());
+            health.record(FaultKind::Corrupt, "database disk image is malformed".into(), true);
+        });
+        let log = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+        assert_eq!(log.matches(" ERROR ").count(), 2, "{log}");
+        assert_eq!(health.faults(FaultKind::IoError), 3);
+        assert_eq!(health.faults(FaultKind::Corrupt), 1);
+        assert_eq!(FaultKind::of(&io_error()), Some(FaultKind::IoError));
+    }
+
+    #[test]
+    fn an_episode_that_grew_meanwhile_is_not_ended() {
+        let health = Health::default();
+        health.record(FaultKind::DiskFull, "database or disk is full".into(), false);
+        let seen = health.episode().expect("an episode");
+        health.record(FaultKind::DiskFull, "database or disk is full".into(), false);
+        assert!(!health.end_episode(&seen), "a fault came after it was read");
+        assert!(health.episode().is_some());
+    }
+}

@@ -128,13 +128,14 @@ impl Store {
 /// Opens a connection to `path`, in WAL mode.
 fn connect(path: &Path, busy_timeout: Duration) -> anyhow::Result<Connection> {
     // Files left readable by others are tightened before anything is read from them.
-    files::make_private(path)?;
+    files::make_private(path, false)?;
+    let existed = path.exists();
     let conn = Connection::open(path)
         .with_context(|| format!("cannot open database {}", path.display()))?;
     // SQLite has just created the file if it was missing, with mode 0644 less the umask, and
     // it is still empty. It gets 0600 before the switch to WAL creates the -wal and -shm files,
     // which SQLite gives the database file's mode.
-    files::make_private(path)?;
+    files::make_private(path, !existed)?;
     conn.busy_timeout(busy_timeout)?;
     patiently(busy_timeout, || {
         conn.pragma_update(None, "journal_mode", "WAL")

@@ -309,3 +309,121 @@ impl super::Store {
         Ok(replayed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::history::{Recorded, Status, Trigger};
+
+    fn row(slot: &str, status: Status) -> NewSend {
+        NewSend {
+            schedule: "standup".into(),
+            trigger: Trigger::Cron,
+            scheduled_at: crate::time::from_db(slot).unwrap(),
+            app: "ops".into(),
+            agent_id: 1,
+            msgtype: "text".into(),
+            payload: format!("{{\"slot\":\"{slot}\"}}"),
+            status,
+        }
+    }
+
+    fn sent() -> Finish {
+        Finish {
+            msgid: Some("msg1".into()),
+            errcode: Some(0),
+            errmsg: Some("ok".into()),
+            ..Finish::new(Status::Sent, 1)
+        }
+    }
+
+    #[test]
+    fn a_live_owners_file_is_left_alone_and_a_dead_ones_read_last_line_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("w.db");
+        let reserve = Reserve::beside(&db);
+        let files = UnrecordedFiles::beside(&db);
+        let claim = Unrecorded::claim(row("2026-11-30T01:30:00Z", Status::Pending), Utc::now());
+        let path = files.append(&claim, &reserve).unwrap();
+        files
+            .append(&claim.clone().finished(sent()), &reserve)
+            .unwrap();
+        assert!(Leftover::take(&path).unwrap().is_none(), "its owner holds it");
+        // A torn line, as a crash mid-write leaves it.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"key\":\"12")
+            .unwrap();
+        drop(files);
+        let leftover = Leftover::take(&path).unwrap().expect("its owner is gone");
+        assert_eq!(leftover.torn_lines, 1);
+        assert_eq!(leftover.sends.len(), 1, "the outcome supersedes the claim");
+        assert_eq!(leftover.sends[0].outcome.as_ref().unwrap().finish, sent());
+        leftover.remove().unwrap();
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn replayed_sends_fill_their_row_correct_a_missed_one_and_keep_a_final_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("w.db")).unwrap();
+        let now = Utc::now();
+        // Claimed in the database, outcome lost: the row gets it.
+        let claimed = row("2026-11-30T01:30:00Z", Status::Pending);
+        let Ok(crate::store::history::Claim::Claimed(id)) = store.claim(claimed.clone()).await
+        else {
+            panic!("claim");
+        };
+        let outcome = Unrecorded::outcome_of(id, claimed, now, 1, sent());
+        assert_eq!(
+            store.record_unrecorded(outcome.clone()).await.unwrap(),
+            Recorded::Written(id)
+        );
+        assert_eq!(
+            store.record_unrecorded(outcome).await.unwrap(),
+            Recorded::Kept(id),
+            "replaying twice changes nothing"
+        );
+        // Never in the database: written whole, as created then.
+        let unseen = Unrecorded::claim(row("2026-11-30T01:31:00Z", Status::Pending), now)
+            .finished(sent());
+        let Recorded::Written(unseen_id) = store.record_unrecorded(unseen).await.unwrap() else {
+            panic!("written");
+        };
+        // A slot a scan took for missed, though it was sent: corrected.
+        let missed = row("2026-11-30T01:32:00Z", Status::Missed);
+        store.record_missed(vec![missed.clone()]).await.unwrap();
+        let truth = Unrecorded::claim(
+            NewSend {
+                status: Status::Pending,
+                ..missed
+            },
+            now,
+        )
+        .finished(sent());
+        assert!(matches!(
+            store.record_unrecorded(truth).await.unwrap(),
+            Recorded::Written(_)
+        ));
+        // A slot already recorded with a final outcome by another process: kept.
+        let failed = Unrecorded::claim(row("2026-11-30T01:30:00Z", Status::Pending), now)
+            .finished(Finish::new(Status::Failed, 6));
+        assert_eq!(
+            store.record_unrecorded(failed).await.unwrap(),
+            Recorded::Kept(id)
+        );
+        let statuses: Vec<(i64, String)> = store
+            .call(|c| {
+                let mut s = c.prepare("SELECT id, status FROM sends ORDER BY scheduled_at")?;
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+            })
+            .await
+            .unwrap();
+        let statuses: Vec<&str> = statuses.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(statuses, ["sent", "sent", "sent"]);
+        assert!(unseen_id > id);
+    }
+}

@@ -13,5 +13,6 @@ mod properties;
 mod readers;
 mod recall;
 mod send;
+mod storage;
 mod systemd;
 mod tokens;

@@ -62,6 +62,21 @@ pub fn every(name: &str, cron: &str, text: &str, extra: &str) -> String {
     )
 }
 
+/// A 6-field cron naming the one instant `at` (whole seconds) in Asia/Shanghai, the zone of
+/// [`Env::write_schedules`].
+pub fn cron_at(at: chrono::DateTime<chrono::Utc>) -> String {
+    use chrono::Timelike;
+    let local = at.with_timezone(&chrono_tz::Asia::Shanghai);
+    format!(
+        "{} {} {} {} {} *",
+        local.second(),
+        local.minute(),
+        local.hour(),
+        chrono::Datelike::day(&local),
+        chrono::Datelike::month(&local)
+    )
+}
+
 /// The binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_wecom-notify")
@@ -90,12 +105,27 @@ impl InProcess {
             .expect("join")
             .expect("the daemon ran");
     }
+
+    /// Ends the daemon as a crash would: nothing more runs, nothing is flushed, and once the
+    /// sends in flight are done every file it held is closed.
+    pub async fn crash(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+        let dispatcher = self.dispatcher;
+        eventually(WAIT, "the crashed daemon's sends to end", || {
+            Arc::strong_count(&dispatcher) == 1
+        })
+        .await;
+        drop(dispatcher);
+    }
 }
 
 /// A temporary folder holding a config, a secret file and a database, and the fake WeCom.
 pub struct Env {
     pub dir: TempDir,
     pub fake: FakeWeCom,
+    /// The database (`wecom-notify.db` in the folder unless a test moved it).
+    db: PathBuf,
 }
 
 impl Env {
@@ -105,7 +135,13 @@ impl Env {
         fake.add_app(CORP, SECRET, AGENT);
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("ops.secret"), format!("{SECRET}\n")).expect("secret file");
-        Env { dir, fake }
+        let db = dir.path().join("wecom-notify.db");
+        Env { dir, fake, db }
+    }
+
+    /// Keeps the database at `path` instead (on a small file system, say).
+    pub fn move_db_to(&mut self, path: PathBuf) {
+        self.db = path;
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -117,7 +153,7 @@ impl Env {
     }
 
     pub fn db_path(&self) -> PathBuf {
-        self.path("wecom-notify.db")
+        self.db.clone()
     }
 
     /// The `apps:` section for the test app, pointing at the fake.
@@ -390,6 +426,61 @@ impl Daemon {
                 .contains(&needle)
         })
         .await;
+    }
+}
+
+/// A tmpfs of a few MiB mounted on a folder for the life of the value (a disk that can be
+/// filled). Needs root, as CI runs; the mount is lazily undone on drop.
+pub struct SmallDisk {
+    pub path: PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(path: PathBuf, mib: u32) -> SmallDisk {
+        std::fs::create_dir_all(&path).expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a {mib} MiB tmpfs on {} failed ({status}): this test needs root (CAP_SYS_ADMIN), as CI has",
+            path.display()
+        );
+        SmallDisk { path }
+    }
+
+    /// Writes a file until the disk is full; returns it (delete it to free the disk).
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path.join(format!("filler-{}", rand_suffix()));
+        let mut file = std::fs::File::create(&filler).expect("filler");
+        let mut chunk = vec![0u8; 1 << 20];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                    if chunk.len() == 512 {
+                        break;
+                    }
+                    chunk.truncate(chunk.len() / 2);
+                }
+                Err(e) => panic!("fill {}: {e}", filler.display()),
+            }
+        }
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
     }
 }
 
