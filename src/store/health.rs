@@ -213,13 +213,19 @@ mod tests {
             let episode = health.episode().expect("an episode");
             assert_eq!((episode.faults, episode.reopens), (3, 3));
             assert!(
-                episode.describe().contains("disk I/O error (SystemIoFailure, extended code 522)"),
+                episode
+                    .describe()
+                    .contains("disk I/O error (SystemIoFailure, extended code 522)"),
                 "{}",
                 episode.describe()
             );
             assert!(health.end_episode(&episode));
             assert!(health.episode().is_none());
-            health.record(FaultKind::Corrupt, "database disk image is malformed".into(), true);
+            health.record(
+                FaultKind::Corrupt,
+                "database disk image is malformed".into(),
+                true,
+            );
         });
         let log = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
         assert_eq!(log.matches(" ERROR ").count(), 2, "{log}");
@@ -231,9 +237,17 @@ mod tests {
     #[test]
     fn an_episode_that_grew_meanwhile_is_not_ended() {
         let health = Health::default();
-        health.record(FaultKind::DiskFull, "database or disk is full".into(), false);
+        health.record(
+            FaultKind::DiskFull,
+            "database or disk is full".into(),
+            false,
+        );
         let seen = health.episode().expect("an episode");
-        health.record(FaultKind::DiskFull, "database or disk is full".into(), false);
+        health.record(
+            FaultKind::DiskFull,
+            "database or disk is full".into(),
+            false,
+        );
         assert!(!health.end_episode(&seen), "a fault came after it was read");
         assert!(health.episode().is_some());
     }

@@ -10,6 +10,7 @@
 //! These are separate files, never the database's own: opening and closing them cannot touch
 //! SQLite's locks (see [`super::files`]).
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -89,6 +90,8 @@ impl Unrecorded {
 pub struct UnrecordedFiles {
     database: PathBuf,
     own: Mutex<Option<Own>>,
+    /// Files of others that could not be read, already reported (once is enough).
+    unreadable: Mutex<HashSet<PathBuf>>,
 }
 
 #[derive(Debug)]
@@ -102,6 +105,7 @@ impl UnrecordedFiles {
         UnrecordedFiles {
             database: database.to_path_buf(),
             own: Mutex::new(None),
+            unreadable: Mutex::new(HashSet::new()),
         }
     }
 
@@ -183,6 +187,14 @@ impl UnrecordedFiles {
         {
             tracing::warn!(file = %own.path.display(), "cannot delete the emptied unrecorded-sends file: {e}");
         }
+    }
+
+    /// True the first time `path` is found unreadable.
+    fn first_complaint(&self, path: &Path) -> bool {
+        self.unreadable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_path_buf())
     }
 
     /// Every such file of this database except this process's own.
@@ -281,12 +293,25 @@ impl super::Store {
     /// Writes into the database every send left in the unrecorded-sends files of processes that
     /// died, then deletes those files; returns how many sends were written. Files whose process
     /// still runs are left to it. Runs before the daemon reads anything else from the history.
+    ///
+    /// A file that cannot be read is logged and left for the next try, rather than keeping
+    /// every schedule from running; a database that refuses the sends is an error.
     pub async fn replay_unrecorded(&self) -> anyhow::Result<usize> {
         let mut replayed = 0;
         for path in self.unrecorded.others()? {
-            let Some(leftover) = Leftover::take(&path)? else {
-                tracing::info!(file = %path.display(), "unrecorded sends of a process that still runs; left to it");
-                continue;
+            let leftover = match Leftover::take(&path) {
+                Ok(Some(leftover)) => leftover,
+                Ok(None) => {
+                    tracing::debug!(file = %path.display(), "unrecorded sends of a process that still runs; left to it");
+                    continue;
+                }
+                Err(e) => {
+                    if self.unrecorded.first_complaint(&path) {
+                        tracing::error!(file = %path.display(),
+                            "cannot read sends an earlier process left unrecorded ({e}); they stay in the file and are tried again every few seconds. Make the file readable by this daemon's user");
+                    }
+                    continue;
+                }
             };
             if leftover.torn_lines > 0 {
                 tracing::warn!(file = %path.display(), lines = leftover.torn_lines,
@@ -349,7 +374,10 @@ mod tests {
         files
             .append(&claim.clone().finished(sent()), &reserve)
             .unwrap();
-        assert!(Leftover::take(&path).unwrap().is_none(), "its owner holds it");
+        assert!(
+            Leftover::take(&path).unwrap().is_none(),
+            "its owner holds it"
+        );
         // A torn line, as a crash mid-write leaves it.
         std::fs::OpenOptions::new()
             .append(true)
@@ -388,8 +416,8 @@ mod tests {
             "replaying twice changes nothing"
         );
         // Never in the database: written whole, as created then.
-        let unseen = Unrecorded::claim(row("2026-11-30T01:31:00Z", Status::Pending), now)
-            .finished(sent());
+        let unseen =
+            Unrecorded::claim(row("2026-11-30T01:31:00Z", Status::Pending), now).finished(sent());
         let Recorded::Written(unseen_id) = store.record_unrecorded(unseen).await.unwrap() else {
             panic!("written");
         };

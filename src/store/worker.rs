@@ -115,7 +115,9 @@ fn serve(
         if conn.is_err() {
             conn = connect(&shared.path, shared.busy_timeout).map_err(|e| format!("{e:#}"));
         }
-        let mut ran = job(conn.as_mut().map_err(|e| e.as_str()), retry_full);
+        // A second run only helps when there is a reserve to release for it.
+        let may_run_again = retry_full && shared.reserve.is_held();
+        let mut ran = job(conn.as_mut().map_err(|e| e.as_str()), may_run_again);
         if let Ran::Full(error) = ran {
             shared.health.record(FaultKind::DiskFull, error, false);
             shared.reserve.release();

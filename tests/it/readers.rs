@@ -78,7 +78,11 @@ impl Readers {
     fn start(env: &Env, with_sends: bool) -> Readers {
         let stop = Arc::new(AtomicBool::new(false));
         let (config, db) = (env.config_path(), env.db_path());
-        let mut tasks = vec![tokio::spawn(read_in_turn(config.clone(), db.clone(), stop.clone()))];
+        let mut tasks = vec![tokio::spawn(read_in_turn(
+            config.clone(),
+            db.clone(),
+            stop.clone(),
+        ))];
         if with_sends {
             tasks.push(tokio::spawn(send_now_and_then(config, db, stop.clone())));
         }
@@ -209,11 +213,26 @@ async fn readers_at_every_phase_of_the_daemons_life_cost_no_row() {
     // One recipient each: WeCom's 30-a-minute limit per member would spread the burst over
     // minutes otherwise (the daemon holds back the excess).
     let mut schedules: String = (0..50)
-        .map(|i| to_user(&every(&format!("burst{i}"), &cron_at(burst), &format!("burst {i}"), ""), i))
+        .map(|i| {
+            to_user(
+                &every(
+                    &format!("burst{i}"),
+                    &cron_at(burst),
+                    &format!("burst {i}"),
+                    "",
+                ),
+                i,
+            )
+        })
         .collect();
     schedules.push_str(&every("refresh", &cron_at(refresh), "after refresh", ""));
     schedules.push_str(&every("held", &cron_at(held), "under a read", ""));
-    schedules.push_str(&every("adhoc", &cron_at(start), "by hand", "enabled: false"));
+    schedules.push_str(&every(
+        "adhoc",
+        &cron_at(start),
+        "by hand",
+        "enabled: false",
+    ));
     env.write_schedules(&schedules);
     let (config, db) = (env.config_path(), env.db_path());
     let mut daemon = env.spawn_daemon(&[]);
@@ -239,7 +258,11 @@ async fn readers_at_every_phase_of_the_daemons_life_cost_no_row() {
     assert_eq!(bursts, 50);
     assert!(env.count("SELECT count(*) FROM sends WHERE trigger = 'manual'") >= 1);
     assert_history_whole(&env, &daemon, "during the burst").await;
-    assert_eq!(env.fake.gettoken_calls(), 1, "one token for the daemon and the sends");
+    assert_eq!(
+        env.fake.gettoken_calls(),
+        1,
+        "one token for the daemon and the sends"
+    );
 
     // Across a token refresh: WeCom expires the token, the next send refreshes it.
     env.fake.expire_all_tokens();
@@ -310,9 +333,15 @@ async fn a_manual_send_beside_a_running_daemon_records_both_with_one_token() {
     wait_recorded(&env, &daemon, 2, "both messages delivered and recorded").await;
     daemon.stop().await;
     assert_eq!(
-        env.column("SELECT schedule || ' ' || trigger || ' ' || status FROM sends ORDER BY schedule"),
+        env.column(
+            "SELECT schedule || ' ' || trigger || ' ' || status FROM sends ORDER BY schedule"
+        ),
         ["adhoc manual sent", "tick cron sent"]
     );
-    assert_eq!(env.fake.gettoken_calls(), 1, "one gettoken for both processes");
+    assert_eq!(
+        env.fake.gettoken_calls(),
+        1,
+        "one gettoken for both processes"
+    );
     assert_history_whole(&env, &daemon, "after both").await;
 }

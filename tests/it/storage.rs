@@ -31,7 +31,10 @@ fn assert_delivered_once_and_recorded_sent(env: &Env) {
     }
     let sent = env.column("SELECT payload FROM sends WHERE status = 'sent'");
     for body in &sent {
-        assert!(delivered.contains_key(body), "a sent row that was not delivered: {body}");
+        assert!(
+            delivered.contains_key(body),
+            "a sent row that was not delivered: {body}"
+        );
     }
     let integrity: String = env
         .db()
@@ -71,7 +74,9 @@ async fn full_disk_then_freed_then_restarted(catch_up: bool) {
     let first_filler = disk.fill();
     let before = env.fake.messages().len();
     let sent_before = env.count("SELECT count(*) FROM sends WHERE status = 'sent'");
-    daemon.wait_log("released the 8 MiB kept in reserve", WAIT).await;
+    daemon
+        .wait_log("released the 8 MiB kept in reserve", WAIT)
+        .await;
     let on_full_disk = env.fake.wait_for_messages(before + 1, WAIT).await[before]
         .raw
         .clone();
@@ -166,7 +171,11 @@ async fn sends_the_database_refused_are_recorded_by_the_next_start_after_a_crash
         daemon.dispatcher.unwritten_count() >= 3
     })
     .await;
-    let spill = daemon.dispatcher.store().spill_path().expect("unrecorded file");
+    let spill = daemon
+        .dispatcher
+        .store()
+        .spill_path()
+        .expect("unrecorded file");
     assert_eq!(env.count("SELECT count(*) FROM sends"), rows);
     // It dies before the database took them.
     daemon.crash().await;
@@ -317,7 +326,11 @@ async fn a_database_others_could_read_is_made_private(mode: u32) {
         "{}",
         text(&output)
     );
-    assert_eq!(env.count("SELECT count(*) FROM access_tokens"), 1, "a token is stored");
+    assert_eq!(
+        env.count("SELECT count(*) FROM access_tokens"),
+        1,
+        "a token is stored"
+    );
     let mut daemon = env.spawn_daemon(&[]);
     eventually(WAIT, "a slot sent by the daemon", || {
         env.count("SELECT count(*) FROM sends WHERE trigger = 'cron' AND status = 'sent'") >= 1

@@ -439,7 +439,13 @@ impl SmallDisk {
     pub fn mount(path: PathBuf, mib: u32) -> SmallDisk {
         std::fs::create_dir_all(&path).expect("mount point");
         let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
             .arg(&path)
             .status()
             .expect("run mount");
