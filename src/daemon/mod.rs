@@ -130,7 +130,7 @@ pub async fn run(
     } else {
         // What an earlier run sent but could not record goes in first: the missed-slot scan
         // and crash recovery below must see those slots as sent.
-        store.replay_unrecorded().await?;
+        store.replay_unrecorded(true).await?;
         store.keep_reserve().await;
     }
     // Read what the previous run left before this run writes anything.
@@ -310,8 +310,14 @@ impl Daemon {
             return;
         }
         let store = dispatcher.store();
-        if let Err(e) = store.replay_unrecorded().await {
-            tracing::debug!("unrecorded sends of other processes wait: {e:#}");
+        match store.replay_unrecorded(false).await {
+            // Sends of another process that died mid-flight, now pending rows: resent or
+            // closed as any crashed send is.
+            Ok(replayed) if !replayed.in_flight.is_empty() => {
+                recovery::resume_rows(&self.firing, &replayed.in_flight, Utc::now()).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("unrecorded sends of other processes wait: {e:#}"),
         }
         store.keep_reserve().await;
         let health = store.health();

@@ -252,6 +252,21 @@ pub async fn resume_pending(firing: &Arc<Firing>, now: DateTime<Utc>) {
     }
 }
 
+/// Resends or closes the rows `ids`, left `pending` by a process known to be gone (its
+/// unrecorded-sends file was replayed while this daemon runs).
+pub async fn resume_rows(firing: &Arc<Firing>, ids: &[i64], now: DateTime<Utc>) {
+    let rows = match firing.dispatcher.store().pending_rows().await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!("cannot read the sends another process left in flight: {e:#}");
+            return;
+        }
+    };
+    for row in rows.into_iter().filter(|row| ids.contains(&row.id)) {
+        resume_one(firing, row, now).await;
+    }
+}
+
 async fn resume_one(firing: &Arc<Firing>, row: PendingRow, now: DateTime<Utc>) {
     let interval = serde_json::from_str::<serde_json::Value>(&row.payload)
         .ok()

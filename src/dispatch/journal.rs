@@ -61,8 +61,11 @@ impl Dispatcher {
         let mut still = Vec::new();
         for write in waiting {
             match self.store.record_unrecorded(write.send.clone()).await {
-                Ok(Recorded::Written(_)) => {}
+                Ok(Recorded::Written(_) | Recorded::Claimed(_)) => {
+                    self.in_the_database(&write.send);
+                }
                 Ok(Recorded::Kept(id)) => {
+                    self.in_the_database(&write.send);
                     tracing::warn!(
                         id,
                         "{}: another process recorded this slot meanwhile; keeping its row",

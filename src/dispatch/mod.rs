@@ -36,6 +36,16 @@ use crate::wecom::{Client, PerApp};
 use deliver::Delivery;
 use journal::Waiting;
 
+/// Where a claim the database refused went.
+enum Elsewhere {
+    /// Into the unrecorded-sends file: send it.
+    Claimed(Unrecorded),
+    /// This process claimed the slot there already.
+    Taken,
+    /// Nowhere: not sent, recorded so.
+    NotSent(Finish),
+}
+
 /// What became of one fire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fired {
@@ -109,6 +119,8 @@ pub struct Dispatcher {
     /// Sends whose claim or outcome is being written to the unrecorded-sends file, or whose
     /// claim is only there and is in flight: while any is, the file stays.
     spilling: AtomicUsize,
+    /// Slots claimed in the unrecorded-sends file and not yet in the database.
+    claimed_elsewhere: Mutex<HashSet<(String, DateTime<Utc>)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -134,6 +146,7 @@ impl Dispatcher {
             inflight: Mutex::new(HashSet::new()),
             unwritten: Mutex::new(Vec::new()),
             spilling: AtomicUsize::new(0),
+            claimed_elsewhere: Mutex::new(HashSet::new()),
         }
     }
 
@@ -157,6 +170,18 @@ impl Dispatcher {
 
     pub fn is_dry_run(&self) -> bool {
         self.dry_run
+    }
+
+    /// The set behind `mutex`, poison or not.
+    fn lock<'a, T>(&self, mutex: &'a Mutex<T>) -> std::sync::MutexGuard<'a, T> {
+        mutex.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `send` is in the database now: its slot's unique index guards it from here on.
+    fn in_the_database(&self, send: &Unrecorded) {
+        if let Some(key) = send.slot_key() {
+            self.lock(&self.claimed_elsewhere).remove(&key);
+        }
     }
 
     fn gate(&self, app: &App) -> Arc<AppGate> {
@@ -219,8 +244,9 @@ impl Dispatcher {
             }
             Err(e) if self.send_unrecorded && !self.dry_run => {
                 match self.claim_elsewhere(new.clone(), claimed_at, &e).await {
-                    Ok(claim) => (None, Some(claim)),
-                    Err(finish) => {
+                    Elsewhere::Claimed(claim) => (None, Some(claim)),
+                    Elsewhere::Taken => return Ok(Fired::Taken),
+                    Elsewhere::NotSent(finish) => {
                         return Ok(Fired::Done(Box::new(self.finished(
                             &schedule.name,
                             slot,
@@ -360,27 +386,39 @@ impl Dispatcher {
     }
 
     /// Makes the claim of a send durable outside the database, which refused it (`error`): in
-    /// the unrecorded-sends file. If that fails too, the send is not made: the returned finish
-    /// records the slot as `missed`, with the reason, once the database takes writes again.
+    /// the unrecorded-sends file. If that fails too, the send is not made: the slot is recorded
+    /// as `missed`, with the reason, once the database takes writes again.
     async fn claim_elsewhere(
         &self,
         new: NewSend,
         claimed_at: DateTime<Utc>,
         error: &anyhow::Error,
-    ) -> Result<Unrecorded, Finish> {
+    ) -> Elsewhere {
         let claim = Unrecorded::claim(new, claimed_at);
         let slot = crate::time::to_db(claim.row.scheduled_at);
         let schedule = claim.row.schedule.clone();
+        // The database's unique slot index cannot guard a claim it never saw: this does, for
+        // this process, until the row is in the database (a doubled tick, a re-armed timer).
+        let key = claim.slot_key();
+        if let Some(key) = &key
+            && !self.lock(&self.claimed_elsewhere).insert(key.clone())
+        {
+            tracing::debug!(%schedule, %slot, "slot already claimed in the unrecorded-sends file; not sending it again");
+            return Elsewhere::Taken;
+        }
         self.spilling.fetch_add(1, Ordering::SeqCst);
         match self.store.spill(claim.clone()).await {
             Ok(file) => {
                 tracing::error!(%schedule, %slot,
                     "cannot write the history row before sending ({error:#}); its claim is kept in {} instead: sending, and recording it once the database takes writes",
                     file.display());
-                Ok(claim)
+                Elsewhere::Claimed(claim)
             }
             Err(spill) => {
                 self.spilling.fetch_sub(1, Ordering::SeqCst);
+                if let Some(key) = &key {
+                    self.lock(&self.claimed_elsewhere).remove(key);
+                }
                 tracing::error!(%schedule, %slot,
                     "NOT SENT: the database refused the claim of this slot ({error:#}) and the unrecorded-sends file did too ({spill}); a send that leaves no record would be taken for missed and sent again by the next start. It is recorded as missed once the database takes writes");
                 let finish = Finish {
@@ -389,16 +427,12 @@ impl Dispatcher {
                     )),
                     ..Finish::new(Status::Missed, 0)
                 };
-                let not_sent = Unrecorded::claim(
-                    NewSend {
-                        status: Status::Missed,
-                        ..claim.row
-                    },
-                    claimed_at,
-                )
-                .finished(finish.clone());
+                // Under the claim's key: should the claim's line have reached the file after
+                // all (a failed sync), this one supersedes it there.
+                let mut not_sent = claim.finished(finish.clone());
+                not_sent.row.status = Status::Missed;
                 self.keep_unwritten(not_sent, error).await;
-                Err(finish)
+                Elsewhere::NotSent(finish)
             }
         }
     }
@@ -425,8 +459,12 @@ impl Dispatcher {
     /// Writes a send whose claim is in the unrecorded-sends file; returns its row's id.
     async fn record_spilled(&self, claim: Unrecorded, finish: &Finish) -> Option<i64> {
         let send = claim.finished(finish.clone());
-        match self.store.record_unrecorded(send.clone()).await {
-            Ok(Recorded::Written(id)) => Some(id),
+        let recorded = self.store.record_unrecorded(send.clone()).await;
+        if recorded.is_ok() {
+            self.in_the_database(&send);
+        }
+        match recorded {
+            Ok(Recorded::Written(id) | Recorded::Claimed(id)) => Some(id),
             Ok(Recorded::Kept(id)) => {
                 tracing::warn!(id, schedule = %send.row.schedule, slot = %crate::time::to_db(send.row.scheduled_at),
                     "another process recorded this slot meanwhile; keeping its row");

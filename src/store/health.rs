@@ -31,7 +31,7 @@ impl FaultKind {
     ];
 
     /// The kind of `error`, if it is a storage fault (not a constraint, a busy lock, ...).
-    pub fn of(error: &rusqlite::Error) -> Option<FaultKind> {
+    pub(super) fn of(error: &rusqlite::Error) -> Option<FaultKind> {
         match error.sqlite_error_code()? {
             ErrorCode::DatabaseCorrupt => Some(FaultKind::Corrupt),
             ErrorCode::SystemIoFailure => Some(FaultKind::IoError),
@@ -113,7 +113,7 @@ impl Health {
                 let action = if reopened {
                     "the connection was closed and opened again"
                 } else {
-                    "the disk reserve, if any, was released"
+                    "the disk reserve, if any, is released and the write tried once more"
                 };
                 tracing::error!(
                     "database fault: {text}; {action}. Rows the database refuses are kept until it takes writes again; further faults are only counted (wecom_notify_database_faults_total) until then"

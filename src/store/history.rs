@@ -180,6 +180,8 @@ impl PendingRow {
 pub enum Recorded {
     /// Its row now says what happened; the row's id.
     Written(i64),
+    /// A bare claim, written as a `pending` row (its sender died with the send in flight).
+    Claimed(i64),
     /// A row of that slot already had a final outcome (another process recorded it); kept.
     Kept(i64),
 }
@@ -188,22 +190,18 @@ pub enum Recorded {
 fn insert(conn: &Connection, new: &NewSend, finish: Option<&Finish>) -> rusqlite::Result<Claim> {
     let now = Utc::now();
     let finished = (new.status != Status::Pending || finish.is_some()).then_some(now);
-    insert_as(
-        conn,
-        new,
-        now,
-        finish.zip(finished),
-        i64::from(std::process::id()),
-    )
+    let pid = Some(i64::from(std::process::id()));
+    insert_as(conn, None, new, now, finish.zip(finished), pid)
 }
 
-/// Inserts a row as it was created at `created_at` by process `pid`.
+/// Inserts a row as it was created at `created_at` by process `pid`, under `id` if given.
 fn insert_as(
     conn: &Connection,
+    id: Option<i64>,
     new: &NewSend,
     created_at: DateTime<Utc>,
     finish: Option<(&Finish, DateTime<Utc>)>,
-    pid: i64,
+    pid: Option<i64>,
 ) -> rusqlite::Result<Claim> {
     let status = finish.map_or(new.status, |(f, _)| f.status);
     let finished_at = finish
@@ -212,12 +210,13 @@ fn insert_as(
     let finish = finish.map(|(f, _)| f);
     // Cached statements: the claim, the attempt count and the finish run for every send.
     let result = conn.prepare_cached(
-        "INSERT INTO sends (schedule, trigger, scheduled_at, created_at, finished_at, status, attempts, app, agent_id,
+        "INSERT INTO sends (id, schedule, trigger, scheduled_at, created_at, finished_at, status, attempts, app, agent_id,
                             msgtype, payload, errcode, errmsg, msgid, invaliduser, invalidparty, invalidtag,
                             unlicenseduser, pid)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
     )?.execute(
         params![
+            id,
             new.schedule,
             new.trigger.as_str(),
             crate::time::to_db(new.scheduled_at),
@@ -248,25 +247,19 @@ fn insert_as(
     }
 }
 
-/// Writes `finish` into row `id` (only while it is still `pending`, with `only_pending`);
-/// returns how many rows changed.
+/// Writes `finish` into row `id`; returns how many rows changed.
 fn update_finish(
     conn: &Connection,
     id: i64,
     finish: &Finish,
     finished_at: DateTime<Utc>,
-    only_pending: bool,
 ) -> rusqlite::Result<usize> {
-    let sql = if only_pending {
+    conn.prepare_cached(
         "UPDATE sends SET finished_at = ?2, status = ?3, attempts = ?4, errcode = ?5, errmsg = ?6, msgid = ?7,
                 invaliduser = ?8, invalidparty = ?9, invalidtag = ?10, unlicenseduser = ?11
-         WHERE id = ?1 AND status IN ('pending', 'missed')"
-    } else {
-        "UPDATE sends SET finished_at = ?2, status = ?3, attempts = ?4, errcode = ?5, errmsg = ?6, msgid = ?7,
-                invaliduser = ?8, invalidparty = ?9, invalidtag = ?10, unlicenseduser = ?11
-         WHERE id = ?1"
-    };
-    conn.prepare_cached(sql)?.execute(params![
+         WHERE id = ?1",
+    )?
+    .execute(params![
         id,
         crate::time::to_db(finished_at),
         finish.status.as_str(),
@@ -281,35 +274,56 @@ fn update_finish(
     ])
 }
 
-/// Writes a send the database had refused. Its own row, when it has one, gets the outcome; a
-/// row that was never written (or was lost) is written whole; when another row holds its slot,
-/// that row is corrected if it said `pending` or `missed` (this send is what really happened)
-/// and kept otherwise.
+/// True for an outcome that says WeCom took the message.
+fn delivered(status: Status) -> bool {
+    matches!(status, Status::Sent | Status::Partial)
+}
+
+/// Writes a send the database had refused, without ever hiding that a slot may have been
+/// delivered:
+/// - its own row (a claim that made it into the database) gets the outcome while it still says
+///   `pending`, or `interrupted` (a stop gave up on it, but it ended after all);
+/// - a send with no row (never written, or lost) is written whole, under its old id if it had
+///   one, so that replaying it again finds it;
+/// - when another row holds its slot: a delivered outcome replaces that row's `pending`,
+///   `missed` or `interrupted`; an undelivered one replaces only `missed`; a bare claim (its
+///   sender died with the send in flight) turns `missed` into `interrupted`; anything else is kept.
 fn write_unrecorded(conn: &mut Connection, send: &Unrecorded) -> rusqlite::Result<Recorded> {
     let tx = conn.transaction()?;
     let slot = crate::time::to_db(send.row.scheduled_at);
     let outcome = send.outcome.as_ref().map(|o| (&o.finish, o.finished_at));
-    if let Some(id) = send.id {
-        let own: Option<String> = tx
-            .query_row(
-                "SELECT status FROM sends WHERE id = ?1 AND schedule = ?2 AND scheduled_at = ?3",
-                params![id, send.row.schedule, slot],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(status) = own {
-            let written = match outcome {
-                Some((finish, at)) if status == Status::Pending.as_str() => {
-                    update_finish(&tx, id, finish, at, false)?;
-                    Recorded::Written(id)
-                }
-                _ => Recorded::Kept(id),
-            };
-            tx.commit()?;
-            return Ok(written);
-        }
+    let status_of = |id: i64| -> rusqlite::Result<Option<Status>> {
+        tx.query_row(
+            "SELECT status FROM sends WHERE id = ?1 AND schedule = ?2 AND scheduled_at = ?3",
+            params![id, send.row.schedule, slot],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()
+        .map(|status| status.as_deref().and_then(Status::parse))
+    };
+    if let Some(id) = send.id
+        && let Some(status) = status_of(id)?
+    {
+        let written = match outcome {
+            Some((finish, at)) if matches!(status, Status::Pending | Status::Interrupted) => {
+                update_finish(&tx, id, finish, at)?;
+                Recorded::Written(id)
+            }
+            _ => Recorded::Kept(id),
+        };
+        tx.commit()?;
+        return Ok(written);
     }
-    let recorded = match insert_as(&tx, &send.row, send.created_at, outcome, send.pid)? {
+    // A bare claim's process is gone (its file's lock was free): no pid, so that crash
+    // recovery resends or closes the row rather than wait for a process that reused the pid.
+    let pid = outcome.map(|_| send.pid);
+    let mut claim = insert_as(&tx, send.id, &send.row, send.created_at, outcome, pid)?;
+    if claim == Claim::Taken && send.id.is_some() {
+        // Its old id went to another row meanwhile.
+        claim = insert_as(&tx, None, &send.row, send.created_at, outcome, pid)?;
+    }
+    let recorded = match claim {
+        Claim::Claimed(id) if outcome.is_none() => Recorded::Claimed(id),
         Claim::Claimed(id) => Recorded::Written(id),
         Claim::Taken => {
             let (id, status): (i64, String) = tx.query_row(
@@ -318,10 +332,35 @@ fn write_unrecorded(conn: &mut Connection, send: &Unrecorded) -> rusqlite::Resul
                 params![send.row.schedule, slot],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
+            let existing = Status::parse(&status);
+            let replace = outcome.is_some_and(|(f, _)| {
+                if delivered(f.status) {
+                    matches!(
+                        existing,
+                        Some(Status::Pending | Status::Missed | Status::Interrupted)
+                    )
+                } else {
+                    existing == Some(Status::Missed)
+                }
+            });
             match outcome {
-                Some((finish, at)) if update_finish(&tx, id, finish, at, true)? > 0 => {
+                Some((finish, at)) if replace => {
+                    update_finish(&tx, id, finish, at)?;
                     tracing::warn!(id, schedule = %send.row.schedule, %slot,
-                        "the slot's row said {status}, but this send was made: the row now says what happened");
+                        "the slot's row said {status}; it now says what happened ({})", finish.status.as_str());
+                    Recorded::Written(id)
+                }
+                None if existing == Some(Status::Missed) => {
+                    let finish = Finish {
+                        errmsg: Some(
+                            "its sender died with the send in flight: it may have been delivered"
+                                .to_string(),
+                        ),
+                        ..Finish::new(Status::Interrupted, 0)
+                    };
+                    update_finish(&tx, id, &finish, send.created_at)?;
+                    tracing::warn!(id, schedule = %send.row.schedule, %slot,
+                        "the slot's row said missed, but a send of it was in flight when its process died: it now says interrupted");
                     Recorded::Written(id)
                 }
                 _ => Recorded::Kept(id),
@@ -337,12 +376,6 @@ impl Store {
     /// `(schedule, scheduled_at)` makes this the at-most-once gate of a slot.
     pub async fn claim(&self, new: NewSend) -> anyhow::Result<Claim> {
         self.call(move |conn| insert(conn, &new, None)).await
-    }
-
-    /// Writes a send that could not be recorded before it was made, with its outcome.
-    pub async fn insert_finished(&self, new: NewSend, finish: Finish) -> anyhow::Result<Claim> {
-        self.call(move |conn| insert(conn, &new, Some(&finish)))
-            .await
     }
 
     /// Writes `missed` rows (already finished) in one transaction; returns how many were new.
@@ -399,7 +432,7 @@ impl Store {
     /// send is never reported as recorded when its row is missing.
     pub async fn finish(&self, id: i64, finish: Finish) -> anyhow::Result<()> {
         let changed = self
-            .call(move |conn| update_finish(conn, id, &finish, Utc::now(), false))
+            .call(move |conn| update_finish(conn, id, &finish, Utc::now()))
             .await?;
         if changed == 0 {
             anyhow::bail!("history row #{id} is missing from the database");

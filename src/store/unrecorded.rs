@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::history::{Finish, NewSend};
+use super::history::{Finish, NewSend, Recorded};
 use super::reserve::Reserve;
 
 /// A send the database has not recorded yet: in memory, and as one line of the file.
@@ -73,6 +73,12 @@ impl Unrecorded {
             pid,
             ..Unrecorded::claim(row, created_at).finished(finish)
         }
+    }
+
+    /// The slot this send claims, for a cron or catch-up send (manual sends claim none).
+    pub fn slot_key(&self) -> Option<(String, DateTime<Utc>)> {
+        (self.row.trigger != super::history::Trigger::Manual)
+            .then(|| (self.row.schedule.clone(), self.row.scheduled_at))
     }
 
     /// This send, ended with `finish` now.
@@ -144,7 +150,10 @@ impl UnrecordedFiles {
             Ok(own.path.clone())
         };
         match attempt(&mut own) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && reserve.release() => {
+            // Once more after the reserve is gone, whoever released it (the database thread
+            // may have, a moment ago).
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                reserve.release();
                 attempt(&mut own)
             }
             result => result,
@@ -153,19 +162,28 @@ impl UnrecordedFiles {
 
     fn create(&self) -> io::Result<Own> {
         let tag: u32 = rand::rng().random();
-        let path = self
-            .dir()
-            .join(format!("{}{}-{tag:08x}", self.prefix(), std::process::id()));
+        let name = format!("{}-{tag:08x}", std::process::id());
+        // Made and locked under a name no replayer looks at, then renamed: a file under the
+        // real name is always locked by its live owner, or free because its owner died.
+        let making = self.dir().join(format!(".{}{name}", self.prefix()));
+        let path = self.dir().join(format!("{}{name}", self.prefix()));
         let file = OpenOptions::new()
             .append(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)?;
-        // Held for the life of the process: a free lock tells the next start its owner died.
-        file.try_lock()
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        // The new name must survive a crash as well as the lines written under it.
-        File::open(self.dir())?.sync_all()?;
+            .open(&making)?;
+        let ready = (|| {
+            // Held for the life of the process: a free lock tells the next start its owner died.
+            file.try_lock()
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            std::fs::rename(&making, &path)?;
+            // The name must survive a crash as well as the lines written under it.
+            File::open(self.dir())?.sync_all()
+        })();
+        if let Err(e) = ready {
+            let _ = std::fs::remove_file(&making);
+            return Err(e);
+        }
         Ok(Own { path, file })
     }
 
@@ -176,9 +194,14 @@ impl UnrecordedFiles {
     }
 
     /// Deletes this process's file if `done` says everything in it is in the database now.
-    /// `done` is asked while no line can be appended, so none is deleted unrecorded.
+    /// `done` is asked while no line can be appended, so none is deleted unrecorded; while a
+    /// line is being written (and synced), this waits for nothing and deletes nothing.
     pub fn clear_if(&self, done: impl FnOnce() -> bool) {
-        let mut own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        let mut own = match self.own.try_lock() {
+            Ok(own) => own,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
         if own.is_none() || !done() {
             return;
         }
@@ -229,7 +252,12 @@ pub struct Leftover {
 impl Leftover {
     /// Takes `path` over if its process is gone; `None` while its owner still runs.
     pub fn take(path: &Path) -> io::Result<Option<Leftover>> {
-        let file = OpenOptions::new().read(true).append(true).open(path)?;
+        let file = match OpenOptions::new().read(true).append(true).open(path) {
+            Ok(file) => file,
+            // Its owner deleted it meanwhile: everything in it is recorded.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
@@ -261,7 +289,10 @@ impl Leftover {
 
     /// Deletes the file (every send in it is recorded now).
     pub fn remove(self) -> io::Result<()> {
-        std::fs::remove_file(&self.path)
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -291,48 +322,73 @@ impl super::Store {
     }
 
     /// Writes into the database every send left in the unrecorded-sends files of processes that
-    /// died, then deletes those files; returns how many sends were written. Files whose process
-    /// still runs are left to it. Runs before the daemon reads anything else from the history.
+    /// died, then deletes those files. Files whose process still runs are left to it. The daemon
+    /// runs this before it reads anything else from the history, and then every few seconds.
     ///
-    /// A file that cannot be read is logged and left for the next try, rather than keeping
-    /// every schedule from running; a database that refuses the sends is an error.
-    pub async fn replay_unrecorded(&self) -> anyhow::Result<usize> {
-        let mut replayed = 0;
-        for path in self.unrecorded.others()? {
-            let leftover = match Leftover::take(&path) {
-                Ok(Some(leftover)) => leftover,
-                Ok(None) => {
-                    tracing::debug!(file = %path.display(), "unrecorded sends of a process that still runs; left to it");
-                    continue;
-                }
-                Err(e) => {
-                    if self.unrecorded.first_complaint(&path) {
-                        tracing::error!(file = %path.display(),
-                            "cannot read sends an earlier process left unrecorded ({e}); they stay in the file and are tried again every few seconds. Make the file readable by this daemon's user");
+    /// `at_start`: a file that cannot be read is an error, because the missed-slot scan that
+    /// follows would take the slots it records for missed (and `catch_up` would send them
+    /// again); later, it is reported once and tried again.
+    pub async fn replay_unrecorded(&self, at_start: bool) -> anyhow::Result<Replayed> {
+        let files = self.unrecorded.clone();
+        let leftovers = tokio::task::spawn_blocking(move || {
+            let mut taken = Vec::new();
+            for path in files.others()? {
+                match Leftover::take(&path) {
+                    Ok(Some(leftover)) => taken.push(leftover),
+                    Ok(None) => {
+                        tracing::debug!(file = %path.display(), "unrecorded sends of a process that still runs; left to it");
                     }
-                    continue;
+                    Err(e) if at_start => {
+                        anyhow::bail!(
+                            "cannot read {}, which holds sends an earlier process made but could not record ({e}). Make it readable and writable by this daemon's user; moving it away instead would let this start take those sends for missed (and send them again with catch_up)",
+                            path.display()
+                        );
+                    }
+                    Err(e) => {
+                        if files.first_complaint(&path) {
+                            tracing::error!(file = %path.display(),
+                                "cannot read sends an earlier process left unrecorded ({e}); tried again every few seconds. Make the file readable and writable by this daemon's user");
+                        }
+                    }
                 }
-            };
+            }
+            anyhow::Ok(taken)
+        })
+        .await??;
+        let mut replayed = Replayed::default();
+        for leftover in leftovers {
             if leftover.torn_lines > 0 {
-                tracing::warn!(file = %path.display(), lines = leftover.torn_lines,
+                tracing::warn!(file = %leftover.path.display(), lines = leftover.torn_lines,
                     "skipped unreadable lines (a write cut short by a crash or a full disk)");
             }
             for send in &leftover.sends {
                 let recorded = self.record_unrecorded(send.clone()).await?;
                 tracing::warn!(
-                    file = %path.display(),
+                    file = %leftover.path.display(),
                     schedule = %send.row.schedule,
                     slot = %crate::time::to_db(send.row.scheduled_at),
-                    status = send.outcome.as_ref().map_or("pending", |o| o.finish.status.as_str()),
+                    status = send.outcome.as_ref().map_or("in flight", |o| o.finish.status.as_str()),
                     row = ?recorded,
-                    "recorded a send that the database had refused while an earlier run made it"
+                    "recorded a send that the database had refused while an earlier process made it"
                 );
-                replayed += 1;
+                replayed.sends += 1;
+                if let Recorded::Claimed(id) = recorded {
+                    replayed.in_flight.push(id);
+                }
             }
-            leftover.remove()?;
+            tokio::task::spawn_blocking(move || leftover.remove()).await??;
         }
         Ok(replayed)
     }
+}
+
+/// What [`super::Store::replay_unrecorded`] wrote.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    pub sends: usize,
+    /// Rows written `pending` from bare claims: their senders died with the send in flight,
+    /// and crash recovery must resend or close them.
+    pub in_flight: Vec<i64>,
 }
 
 #[cfg(test)]
@@ -453,5 +509,129 @@ mod tests {
         let statuses: Vec<&str> = statuses.iter().map(|(_, s)| s.as_str()).collect();
         assert_eq!(statuses, ["sent", "sent", "sent"]);
         assert!(unseen_id > id);
+    }
+}
+
+#[cfg(test)]
+mod rules {
+    //! What a replayed send may change in a row that holds its slot.
+    use super::*;
+    use crate::store::Store;
+    use crate::store::history::{Claim, Recorded, Status, Trigger};
+
+    fn row(minute: u32, trigger: Trigger) -> NewSend {
+        let slot = format!("2026-11-30T01:{minute:02}:00Z");
+        NewSend {
+            schedule: "standup".into(),
+            trigger,
+            scheduled_at: crate::time::from_db(&slot).unwrap(),
+            app: "ops".into(),
+            agent_id: 1,
+            msgtype: "text".into(),
+            payload: format!("{{\"slot\":\"{slot}\"}}"),
+            status: Status::Pending,
+        }
+    }
+
+    async fn statuses(store: &Store) -> Vec<String> {
+        store
+            .call(|c| {
+                let mut s = c.prepare("SELECT status FROM sends ORDER BY scheduled_at, id")?;
+                s.query_map([], |r| r.get(0))?.collect()
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn claimed(store: &Store, new: NewSend) -> i64 {
+        match store.claim(new).await.unwrap() {
+            Claim::Claimed(id) => id,
+            Claim::Taken => panic!("taken"),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_delivery_replaces_another_senders_pending_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("w.db")).unwrap();
+        let id = claimed(&store, row(30, Trigger::Cron)).await;
+        for undelivered in [Status::Missed, Status::Failed] {
+            let send = Unrecorded::claim(row(30, Trigger::Cron), Utc::now())
+                .finished(Finish::new(undelivered, 1));
+            assert_eq!(
+                store.record_unrecorded(send).await.unwrap(),
+                Recorded::Kept(id)
+            );
+        }
+        assert_eq!(
+            statuses(&store).await,
+            ["pending"],
+            "still evidence of a send"
+        );
+        let sent = Unrecorded::claim(row(30, Trigger::Cron), Utc::now())
+            .finished(Finish::new(Status::Sent, 1));
+        assert_eq!(
+            store.record_unrecorded(sent).await.unwrap(),
+            Recorded::Written(id)
+        );
+        assert_eq!(statuses(&store).await, ["sent"]);
+    }
+
+    #[tokio::test]
+    async fn a_bare_claim_over_a_missed_row_makes_it_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("w.db")).unwrap();
+        let missed = NewSend {
+            status: Status::Missed,
+            ..row(30, Trigger::Cron)
+        };
+        store.record_missed(vec![missed]).await.unwrap();
+        let claim = Unrecorded::claim(row(30, Trigger::Cron), Utc::now());
+        assert!(matches!(
+            store.record_unrecorded(claim).await.unwrap(),
+            Recorded::Written(_)
+        ));
+        assert_eq!(statuses(&store).await, ["interrupted"]);
+        // A bare claim with no row of its slot becomes a pending row, with no pid to wait for.
+        let claim = Unrecorded::claim(row(31, Trigger::Cron), Utc::now());
+        let Recorded::Claimed(id) = store.record_unrecorded(claim).await.unwrap() else {
+            panic!("claimed");
+        };
+        let pending = store.pending_rows().await.unwrap();
+        assert_eq!((pending[0].id, pending[0].pid), (id, None));
+    }
+
+    #[tokio::test]
+    async fn a_late_outcome_corrects_its_own_interrupted_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("w.db")).unwrap();
+        let new = row(30, Trigger::Cron);
+        let id = claimed(&store, new.clone()).await;
+        assert!(store.interrupt(id).await.unwrap());
+        let outcome = Unrecorded::outcome_of(id, new, Utc::now(), 1, Finish::new(Status::Sent, 1));
+        assert_eq!(
+            store.record_unrecorded(outcome).await.unwrap(),
+            Recorded::Written(id)
+        );
+        assert_eq!(statuses(&store).await, ["sent"]);
+    }
+
+    #[tokio::test]
+    async fn a_vanished_manual_row_replayed_twice_is_written_once_under_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("w.db")).unwrap();
+        let new = row(30, Trigger::Manual);
+        let id = claimed(&store, new.clone()).await;
+        claimed(&store, row(40, Trigger::Manual)).await;
+        store
+            .call(move |c| c.execute("DELETE FROM sends WHERE id = ?1", [id]))
+            .await
+            .unwrap();
+        let outcome = Unrecorded::outcome_of(id, new, Utc::now(), 1, Finish::new(Status::Sent, 1));
+        for _ in 0..2 {
+            let recorded = store.record_unrecorded(outcome.clone()).await.unwrap();
+            assert!(matches!(recorded, Recorded::Written(i) | Recorded::Kept(i) if i == id));
+        }
+        assert_eq!(statuses(&store).await, ["sent", "pending"]);
     }
 }

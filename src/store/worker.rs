@@ -25,16 +25,26 @@ pub(super) struct Shared {
 /// How a job went, as far as the connection is concerned.
 enum Ran {
     Done,
-    /// The job failed with a storage fault (its caller has the error; this is its text).
-    Fault(FaultKind, String),
+    /// The job failed with a storage fault (its caller has the error).
+    Fault(FaultKind),
     /// The disk was full and the job held its error back: release the reserve, run it again.
-    Full(String),
+    Full,
     /// There was no connection to run it on.
     Unavailable,
 }
 
-/// A job gets the connection (or why there is none) and whether it may ask for a second run.
-type Job = Box<dyn FnMut(Result<&mut Connection, &str>, bool) -> Ran + Send>;
+/// Which run of a job this is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Run {
+    /// The first; with a reserve to release, a full disk asks for a second one.
+    First { may_run_again: bool },
+    /// The second, after the reserve was released (its full disk was counted already).
+    Again,
+}
+
+/// A job gets the connection (or why there is none), which run this is, and the health
+/// record, where it counts a fault before its caller hears of it.
+type Job = Box<dyn FnMut(Result<&mut Connection, &str>, Run, &Health) -> Ran + Send>;
 
 /// A thread that owns a connection and runs queries in order. A burst of a thousand sends
 /// queues here, instead of parking a thousand blocking-pool threads on a mutex (and starving
@@ -69,7 +79,7 @@ impl Worker {
     {
         let (done, result) = tokio::sync::oneshot::channel();
         let mut done = Some(done);
-        let job: Job = Box::new(move |conn, may_run_again| {
+        let job: Job = Box::new(move |conn, run, health| {
             let outcome = match conn {
                 Ok(conn) => f(conn),
                 Err(why) => {
@@ -80,20 +90,24 @@ impl Worker {
                 }
             };
             let fault = outcome.as_ref().err().and_then(FaultKind::of);
-            if fault == Some(FaultKind::DiskFull)
-                && may_run_again
-                && let Err(e) = outcome
-            {
-                return Ran::Full(describe_error(&e));
+            if let (Err(e), Some(kind)) = (&outcome, fault) {
+                let counted = kind == FaultKind::DiskFull && run == Run::Again;
+                if !counted {
+                    health.record(kind, describe_error(e), kind.needs_reopen());
+                }
+                if kind == FaultKind::DiskFull
+                    && run
+                        == (Run::First {
+                            may_run_again: true,
+                        })
+                {
+                    return Ran::Full;
+                }
             }
-            let ran = match (&outcome, fault) {
-                (Err(e), Some(kind)) => Ran::Fault(kind, describe_error(e)),
-                _ => Ran::Done,
-            };
             if let Some(done) = done.take() {
                 let _ = done.send(outcome.map_err(anyhow::Error::from));
             }
-            ran
+            fault.map_or(Ran::Done, Ran::Fault)
         });
         self.jobs
             .send(job)
@@ -117,22 +131,26 @@ fn serve(
         }
         // A second run only helps when there is a reserve to release for it.
         let may_run_again = retry_full && shared.reserve.is_held();
-        let mut ran = job(conn.as_mut().map_err(|e| e.as_str()), may_run_again);
-        if let Ran::Full(error) = ran {
-            shared.health.record(FaultKind::DiskFull, error, false);
+        let mut ran = job(
+            conn.as_mut().map_err(|e| e.as_str()),
+            Run::First { may_run_again },
+            &shared.health,
+        );
+        if let Ran::Full = ran {
             shared.reserve.release();
-            ran = job(conn.as_mut().map_err(|e| e.as_str()), false);
+            ran = job(
+                conn.as_mut().map_err(|e| e.as_str()),
+                Run::Again,
+                &shared.health,
+            );
         }
-        match ran {
-            Ran::Fault(kind, error) if kind.needs_reopen() => {
-                // Closed before the new one opens: the old one's view of the file (its WAL
-                // index, its cached pages) is what cannot be trusted any more.
-                drop(conn);
-                conn = connect(&shared.path, shared.busy_timeout).map_err(|e| format!("{e:#}"));
-                shared.health.record(kind, error, true);
-            }
-            Ran::Fault(kind, error) => shared.health.record(kind, error, false),
-            Ran::Done | Ran::Full(_) | Ran::Unavailable => {}
+        if let Ran::Fault(kind) = ran
+            && kind.needs_reopen()
+        {
+            // Closed before the new one opens: the old one's view of the file (its WAL
+            // index, its cached pages) is what cannot be trusted any more.
+            drop(conn);
+            conn = connect(&shared.path, shared.busy_timeout).map_err(|e| format!("{e:#}"));
         }
     }
 }
