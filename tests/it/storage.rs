@@ -415,3 +415,27 @@ async fn a_doubled_fire_while_the_database_refuses_writes_sends_once() {
         ["cron sent"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_unrecorded_file_stops_the_start_rather_than_hide_its_sends() {
+    let env = Env::new().await;
+    env.write_schedules(&every("tick", "*/2 * * * * *", "tick", "catch_up: 1m"));
+    // Unreadable even for root: a folder where the file should be.
+    let blocked = env.path("wecom-notify.db.unrecorded-4242-0badf00d");
+    std::fs::create_dir(&blocked).expect("folder");
+    let mut daemon = env.spawn_daemon(&[]);
+    let status = daemon.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(1), "{}", daemon.logs());
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("holds sends an earlier process made but could not record")
+            && logs.contains("Make it readable and writable by this daemon's user"),
+        "{logs}"
+    );
+    assert_eq!(env.fake.send_calls(), 0, "nothing was sent");
+    assert_eq!(
+        env.count("SELECT count(*) FROM sends"),
+        0,
+        "nothing recorded missed"
+    );
+}
