@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use chrono::{DateTime, Utc};
+use clap::{CommandFactory, Parser, Subcommand};
 use wecom_notify::commands::{self, Globals};
 use wecom_notify::config::DEFAULT_CONFIG_PATH;
 use wecom_notify::logging::{self, LogFormat};
@@ -22,6 +23,9 @@ struct Cli {
     /// Log format on stderr (filter with RUST_LOG).
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// For tests: the instant check and history take as now (RFC 3339).
+    #[arg(long, global = true, hide = true, value_name = "TIMESTAMP", value_parser = commands::parse_instant)]
+    now: Option<DateTime<Utc>>,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,10 +66,21 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.now.is_some() && !matches!(cli.command, Command::Check { .. } | Command::History(_)) {
+        // run, send and recall act on the real clock: a test passing --now to them would be
+        // misled, so say so instead of ignoring it.
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--now applies to check and history only",
+            )
+            .exit();
+    }
     logging::init(cli.log_format);
     let globals = Globals {
         config: cli.config,
         db: cli.db,
+        now: cli.now,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

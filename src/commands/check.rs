@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::{EXIT_OK, Globals};
 use crate::config::{Config, Schedule, Secrets};
@@ -12,16 +12,18 @@ use crate::wecom::message::Content;
 /// Runs `check`. With `dry_run`, secrets need not be readable (as for `run --dry-run`).
 pub fn run(globals: &Globals, next: usize, dry_run: bool) -> ExitCode {
     let secrets = Secrets::for_dry_run(dry_run);
-    let config = match globals.load(secrets) {
+    // One instant for validation and the listing: both then sample the very same slots.
+    let now = globals.now();
+    let config = match globals.load_at(secrets, now) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    print!("{}", report(&config, next));
+    print!("{}", report(&config, next, now));
     ExitCode::from(EXIT_OK)
 }
 
-/// The text `check` prints for a valid config.
-pub fn report(config: &Config, next: usize) -> String {
+/// The text `check` prints for a valid config, listing the `next` slots after `now`.
+pub fn report(config: &Config, next: usize, now: DateTime<Utc>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -35,7 +37,6 @@ pub fn report(config: &Config, next: usize) -> String {
     for warning in &config.warnings {
         let _ = writeln!(out, "warning: {warning}");
     }
-    let now = Utc::now();
     for schedule in &config.schedules {
         out.push('\n');
         describe(&mut out, config, schedule, now, next);
@@ -47,7 +48,7 @@ fn describe(
     out: &mut String,
     config: &Config,
     schedule: &Schedule,
-    now: chrono::DateTime<Utc>,
+    now: DateTime<Utc>,
     next: usize,
 ) {
     let app = config.app(&schedule.app);

@@ -9,6 +9,8 @@ pub mod send;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use chrono::{DateTime, Utc};
+
 use crate::config::{self, Config, ConfigError, Secrets};
 use crate::store::Store;
 
@@ -26,13 +28,35 @@ pub const EXIT_CONFIG: u8 = 3;
 pub struct Globals {
     pub config: PathBuf,
     pub db: Option<PathBuf>,
+    /// `--now`: the instant `check` and `history` take as now, so that a test can compute what
+    /// they must print from the very instant they used. `None`: the clock.
+    pub now: Option<DateTime<Utc>>,
+}
+
+/// `--now`: an RFC 3339 timestamp.
+pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text.trim())
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|e| {
+            format!("{e}; expected an RFC 3339 timestamp such as 2026-11-30T09:30:00+08:00")
+        })
 }
 
 impl Globals {
+    /// The instant `check` and `history` take as now: `--now` when given, else the clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.now.unwrap_or_else(Utc::now)
+    }
+
     /// Loads the config, printing every problem (and warning) on failure. On success the
     /// warnings are logged, except for `check`, which prints them in its report.
     pub fn load(&self, secrets: Secrets) -> Result<Config, ExitCode> {
-        match config::load(&self.config, secrets) {
+        self.load_at(secrets, Utc::now())
+    }
+
+    /// [`Globals::load`], validating the slots after `now` (see [`config::load_at`]).
+    pub fn load_at(&self, secrets: Secrets, now: DateTime<Utc>) -> Result<Config, ExitCode> {
+        match config::load_at(&self.config, secrets, now) {
             Ok(config) => Ok(config),
             Err(error) => {
                 eprintln!("error: {error}");
@@ -60,5 +84,26 @@ impl Globals {
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_FAILED)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn now_takes_an_rfc_3339_timestamp_in_any_offset() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 30, 1, 30, 0).unwrap();
+        assert_eq!(parse_instant("2026-11-30T09:30:00+08:00"), Ok(at));
+        assert_eq!(parse_instant("2026-11-30T01:30:00Z"), Ok(at));
+        assert_eq!(
+            parse_instant("2026-11-30T01:30:00.25Z"),
+            Ok(at + chrono::Duration::milliseconds(250))
+        );
+        for bad in ["", "2026-11-30", "2026-11-30 09:30", "now", "1764466200"] {
+            let error = parse_instant(bad).unwrap_err();
+            assert!(error.contains("RFC 3339"), "{bad}: {error}");
+        }
     }
 }

@@ -340,18 +340,34 @@ fn bullet(problems: &[Problem]) -> String {
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path, secrets: Secrets) -> Result<Config, ConfigError> {
+    load_at(path, secrets, Utc::now())
+}
+
+/// [`load`], with the slots that validation samples taken after `now` instead of the clock's
+/// instant, so that `check --now` validates and lists the same slots.
+pub fn load_at(path: &Path, secrets: Secrets, now: DateTime<Utc>) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, path, secrets)
+    parse_at(&text, path, secrets, now)
 }
 
 /// Validates config text; `path` names the file in messages and anchors relative paths.
 pub fn parse(text: &str, path: &Path, secrets: Secrets) -> Result<Config, ConfigError> {
+    parse_at(text, path, secrets, Utc::now())
+}
+
+/// [`parse`] as of `now` (see [`load_at`]).
+pub fn parse_at(
+    text: &str,
+    path: &Path,
+    secrets: Secrets,
+    now: DateTime<Utc>,
+) -> Result<Config, ConfigError> {
     let digest = digest(text.as_bytes());
     let base = path.parent().unwrap_or(Path::new("."));
-    let (config, problems, warnings) = validate::validate(text, base, secrets, Utc::now());
+    let (config, problems, warnings) = validate::validate(text, base, secrets, now);
     match config {
         Some(mut config) if problems.is_empty() => {
             config.path = path.to_path_buf();

@@ -3,15 +3,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{Datelike, NaiveDate, Utc, Weekday};
+use chrono::{Datelike, NaiveDate, SecondsFormat, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
 use wecom_notify::calendar::Calendar;
 
 use crate::support::*;
 
+fn shanghai() -> Tz {
+    "Asia/Shanghai".parse().unwrap()
+}
+
 fn shanghai_today() -> NaiveDate {
-    let zone: Tz = "Asia/Shanghai".parse().unwrap();
-    Utc::now().with_timezone(&zone).date_naive()
+    Utc::now().with_timezone(&shanghai()).date_naive()
 }
 
 /// The first date after `from` that falls on `weekday`.
@@ -25,40 +28,55 @@ fn next(from: NaiveDate, weekday: Weekday) -> NaiveDate {
 #[tokio::test]
 async fn check_shows_skipped_holidays_and_make_up_workdays() {
     let env = Env::new().await;
-    let today = shanghai_today();
+    let zone = shanghai();
+    // `check` takes this instant as now (`--now`), and every expectation below derives from it.
+    let now = Utc::now();
+    let today = now.with_timezone(&zone).date_naive();
     let monday = next(today, Weekday::Mon);
     let saturday = next(monday, Weekday::Sat);
+    let monday_after = next(saturday, Weekday::Mon);
     env.write_config(&format!(
         "timezone: Asia/Shanghai\n{}calendars:\n  cn: {{ skip: [{monday}], workdays: [{saturday}] }}\nschedules:\n  - {{ name: standup, cron: '30 9 * * 1-5', calendar: cn, to: {{ users: [u] }}, text: {{ content: hi }} }}\n  - {{ name: weekly, cron: '0 16 * * Fri', calendar: cn, to: {{ users: [u] }}, text: {{ content: hi }} }}\n",
         env.apps_yaml()
     ));
-    let output = env.cli_ok(&["check", "--next", "8"]).await;
+    // Every 09:30 of a weekday or of the make-up Saturday after now, up to the Monday after that
+    // Saturday: the skipped Monday is listed with its note, the Sunday between is not listed.
+    let expected: Vec<String> = today
+        .iter_days()
+        .take_while(|date| *date <= monday_after)
+        .filter(|date| date.weekday().num_days_from_monday() < 5 || *date == saturday)
+        .map(|date| {
+            (
+                date,
+                zone.from_local_datetime(&date.and_hms_opt(9, 30, 0).unwrap())
+                    .unwrap(),
+            )
+        })
+        .filter(|(_, slot)| slot.with_timezone(&Utc) > now)
+        .map(|(date, slot)| {
+            let note = if date == monday {
+                " (skipped: a holiday in calendar cn)"
+            } else if date == saturday {
+                " (make-up workday in calendar cn)"
+            } else {
+                ""
+            };
+            format!("  next: {}{note}", slot.format("%Y-%m-%d %a %H:%M:%S %:z"))
+        })
+        .collect();
+    let now_arg = now.to_rfc3339_opts(SecondsFormat::Nanos, true);
+    let count = expected.len().to_string();
+    let output = env
+        .cli_ok(&["--now", &now_arg, "check", "--next", &count])
+        .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let standup: Vec<&str> = stdout
+    let listed: Vec<&str> = stdout
         .lines()
         .skip_while(|l| *l != "standup")
         .take_while(|l| !l.is_empty())
+        .filter(|l| l.starts_with("  next: "))
         .collect();
-    let line = |date: NaiveDate| {
-        standup
-            .iter()
-            .find(|l| l.contains(&date.to_string()))
-            .map(|l| l.to_string())
-    };
-    assert!(
-        line(monday).is_some_and(|l| l.ends_with("(skipped: a holiday in calendar cn)")),
-        "{stdout}"
-    );
-    assert!(
-        line(saturday).is_some_and(
-            |l| l.contains("Sat 09:30:00") && l.ends_with("(make-up workday in calendar cn)")
-        ),
-        "{stdout}"
-    );
-    assert!(
-        line(next(saturday, Weekday::Sun)).is_none(),
-        "an ordinary Sunday does not fire: {stdout}"
-    );
+    assert_eq!(listed, expected, "check --now {now_arg}:\n{stdout}");
     // A Friday-only schedule is not a workday schedule: make-up days do not apply to it.
     assert!(
         stdout.contains(
@@ -95,7 +113,7 @@ async fn a_skipped_date_records_skipped_rows_and_sends_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_make_up_workday_fires_a_schedule_whose_weekdays_exclude_it() {
     let env = Env::new().await;
-    let zone: Tz = "Asia/Shanghai".parse().unwrap();
+    let zone = shanghai();
     let today = shanghai_today();
     // A cron that never matches today's weekday; its every-day form is what a make-up day uses.
     let not_today = (today.weekday().num_days_from_sunday() + 1) % 7;

@@ -7,10 +7,12 @@
 //! - `# expect: TEXT`: TEXT appears (every such line, at least one per file);
 //! - `# absent: TEXT`: TEXT does not appear.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use chrono::{Datelike, NaiveDate, Weekday};
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, TimeZone, Utc, Weekday};
+use chrono_tz::Tz;
 use tempfile::TempDir;
 
 use crate::support::{Env, binary, text};
@@ -313,13 +315,15 @@ fn section<'a>(stdout: &'a str, schedule: &str) -> Vec<&'a str> {
     lines.take_while(|line| !line.is_empty()).collect()
 }
 
-/// One `  next: 2026-11-30 Mon 09:30:00 +08:00` line.
+/// One `  next: 2026-11-30 Mon 09:30:00 +08:00` line, with its calendar note if any.
 #[derive(Debug, PartialEq, Eq)]
 struct Next {
     date: NaiveDate,
     weekday: String,
     time: String,
     offset: String,
+    /// `skipped: a holiday in calendar NAME` or `make-up workday in calendar NAME`.
+    note: Option<String>,
 }
 
 /// The `next:` lines of `schedule`, parsed; the weekday shown must be the date's.
@@ -328,10 +332,23 @@ fn next_times(stdout: &str, schedule: &str) -> Vec<Next> {
         .into_iter()
         .filter_map(|line| line.trim_start().strip_prefix("next: "))
         .map(|rest| {
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let [date, weekday, time, offset] = fields[..] else {
+            let fields: Vec<&str> = rest.splitn(5, ' ').collect();
+            let (&[date, weekday, time, offset], note) = fields.split_at(fields.len().min(4))
+            else {
                 panic!("unexpected next line {rest:?}");
             };
+            let note = note.first().map(|note| {
+                let inner = note
+                    .strip_prefix('(')
+                    .and_then(|n| n.strip_suffix(')'))
+                    .filter(|n| {
+                        n.starts_with("skipped: a holiday in calendar ")
+                            || n.starts_with("make-up workday in calendar ")
+                    });
+                inner
+                    .unwrap_or_else(|| panic!("unexpected note in next line {rest:?}"))
+                    .to_string()
+            });
             let date = NaiveDate::parse_from_str(date, "%Y-%m-%d")
                 .unwrap_or_else(|e| panic!("bad date in {rest:?}: {e}"));
             let weekday_of_date: Weekday = weekday.parse().expect("weekday name");
@@ -341,6 +358,7 @@ fn next_times(stdout: &str, schedule: &str) -> Vec<Next> {
                 weekday: weekday.to_string(),
                 time: time.to_string(),
                 offset: offset.to_string(),
+                note,
             }
         })
         .collect()
@@ -356,25 +374,192 @@ async fn check_schedules(env: &Env, schedules: &str, args: &[&str]) -> Output {
     output
 }
 
-#[tokio::test]
-async fn the_example_config_passes_a_dry_run_check_and_lists_every_schedule() {
-    let env = Env::new().await;
-    env.write_config(&crate::support::read(Path::new(EXAMPLE)));
+/// The zone of every schedule in the example config.
+fn shanghai() -> Tz {
+    "Asia/Shanghai".parse().unwrap()
+}
+
+/// `--now` for the binary: `now` to the nanosecond, so that `check` takes the very instant the
+/// test derives its expectations from.
+fn now_arg(now: DateTime<Utc>) -> String {
+    now.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+/// `next:` as `check` prints it.
+fn next_line(slot: DateTime<Tz>, note: Option<String>) -> String {
+    let note = note.map_or_else(String::new, |n| format!(" ({n})"));
+    format!("next: {}{note}", slot.format("%Y-%m-%d %a %H:%M:%S %:z"))
+}
+
+/// The first `n` slots after `now` at `hour:minute` in Shanghai, on the dates `fires` accepts.
+fn daily_slots(
+    now: DateTime<Utc>,
+    (hour, minute): (u32, u32),
+    n: usize,
+    fires: impl Fn(NaiveDate) -> bool,
+) -> Vec<DateTime<Tz>> {
+    let zone = shanghai();
+    now.with_timezone(&zone)
+        .date_naive()
+        .iter_days()
+        .filter(|date| fires(*date))
+        .map(|date| {
+            zone.from_local_datetime(&date.and_hms_opt(hour, minute, 0).unwrap())
+                .unwrap()
+        })
+        .filter(|slot| slot.with_timezone(&Utc) > now)
+        .take(n)
+        .collect()
+}
+
+/// A `YYYY-MM-DD` list of the example's YAML, e.g. `calendars.cn-holidays.skip`.
+fn yaml_dates(value: &serde_yaml::Value) -> BTreeSet<NaiveDate> {
+    value
+        .as_sequence()
+        .expect("a list of dates")
+        .iter()
+        .map(|date| {
+            let text = date.as_str().expect("a date as text");
+            NaiveDate::parse_from_str(text, "%Y-%m-%d").expect("YYYY-MM-DD")
+        })
+        .collect()
+}
+
+/// What `check --now NOW --next 3` must list for each schedule of the example config, whose
+/// schedules are all in Asia/Shanghai: `(schedule, next: lines)`.
+fn example_next_lines(now: DateTime<Utc>) -> Vec<(&'static str, Vec<String>)> {
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&crate::support::read(Path::new(EXAMPLE))).expect("example YAML");
+    let calendar = &yaml["calendars"]["cn-holidays"];
+    let (skip, workdays) = (
+        yaml_dates(&calendar["skip"]),
+        yaml_dates(&calendar["workdays"]),
+    );
+    let weekday = |date: NaiveDate| date.weekday().num_days_from_monday() < 5;
+    // standup: 09:30 Mon-Fri and on make-up workdays; a holiday is listed with its note.
+    let standup = daily_slots(now, (9, 30), 3, |d| weekday(d) || workdays.contains(&d))
+        .into_iter()
+        .map(|slot| {
+            let date = slot.date_naive();
+            let note = if skip.contains(&date) {
+                Some("skipped: a holiday in calendar cn-holidays".to_string())
+            } else if workdays.contains(&date) {
+                Some("make-up workday in calendar cn-holidays".to_string())
+            } else {
+                None
+            };
+            next_line(slot, note)
+        })
+        .collect();
+    // weekly-report: 16:00 on Fridays, no calendar.
+    let weekly = daily_slots(now, (16, 0), 3, |d| d.weekday() == Weekday::Fri)
+        .into_iter()
+        .map(|slot| next_line(slot, None))
+        .collect();
+    // demo-heartbeat: every 20 seconds (Shanghai's offset is whole hours, so UTC's multiples).
+    let first = (now.timestamp().div_euclid(20) + 1) * 20;
+    let heartbeat = (0..3)
+        .map(|i| {
+            let slot = DateTime::from_timestamp(first + 20 * i, 0).unwrap();
+            next_line(slot.with_timezone(&shanghai()), None)
+        })
+        .collect();
+    vec![
+        ("standup", standup),
+        ("weekly-report", weekly),
+        ("demo-heartbeat", heartbeat),
+    ]
+}
+
+/// Checks the example config as of `now` and compares every `next:` line with what it must be.
+async fn check_example_at(env: &Env, now: DateTime<Utc>) -> Vec<(&'static str, Vec<String>)> {
+    let at = now_arg(now);
     let output = env
-        .command(&["check", "--next", "3", "--dry-run"])
+        .command(&["--now", &at, "check", "--next", "3", "--dry-run"])
         .env_remove("WECOM_OPS_SECRET")
         .output()
         .await
         .unwrap();
     assert_exit(&output, 0);
     let stdout = stdout(&output);
-    for schedule in ["standup", "weekly-report", "demo-heartbeat"] {
+    let expected = example_next_lines(now);
+    for (schedule, lines) in &expected {
+        let listed: Vec<&str> = section(&stdout, schedule)
+            .into_iter()
+            .map(str::trim_start)
+            .filter(|line| line.starts_with("next: "))
+            .collect();
+        assert_eq!(&listed, lines, "{schedule} at --now {at}:\n{stdout}");
         assert_eq!(next_times(&stdout, schedule).len(), 3, "{stdout}");
     }
     assert!(
         stdout.contains("warning: app \"ops\", field secret_env:"),
         "the unreadable secret is a warning in a dry run:\n{stdout}"
     );
+    expected
+}
+
+#[tokio::test]
+async fn the_example_config_passes_a_dry_run_check_and_lists_every_schedule() {
+    let env = Env::new().await;
+    env.write_config(&crate::support::read(Path::new(EXAMPLE)));
+    check_example_at(&env, Utc::now()).await;
+}
+
+#[tokio::test]
+async fn the_example_config_lists_its_first_holiday_as_skipped_on_the_eve_of_it() {
+    // Whatever today is, the note on a skipped slot is parsed and checked: noon of the day
+    // before the example calendar's first holiday.
+    let env = Env::new().await;
+    let example = crate::support::read(Path::new(EXAMPLE));
+    env.write_config(&example);
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&example).expect("example YAML");
+    let holiday = *yaml_dates(&yaml["calendars"]["cn-holidays"]["skip"])
+        .first()
+        .expect("the example lists a holiday");
+    let eve = shanghai()
+        .from_local_datetime(&holiday.pred_opt().unwrap().and_hms_opt(12, 0, 0).unwrap())
+        .unwrap()
+        .with_timezone(&Utc);
+    let expected = check_example_at(&env, eve).await;
+    let standup = &expected[0].1;
+    assert!(
+        standup[0].starts_with(&format!("next: {holiday} "))
+            && standup[0].ends_with(" (skipped: a holiday in calendar cn-holidays)"),
+        "the holiday is the first slot after its eve: {standup:?}"
+    );
+}
+
+#[tokio::test]
+async fn now_is_a_usage_error_when_malformed_or_given_to_a_command_on_the_clock() {
+    let env = Env::new().await;
+    env.write_schedules(
+        "  - name: standup\n    cron: \"30 9 * * 1-5\"\n    to: {users: [ZhangSan]}\n    text: {content: 站会}\n",
+    );
+    let malformed = env.cli(&["--now", "2026-11-30 09:30", "check"]).await;
+    assert_exit(&malformed, 2);
+    assert!(
+        stderr(&malformed).contains("RFC 3339"),
+        "{}",
+        text(&malformed)
+    );
+    // run, send and recall act on the real clock: --now would mislead a test, so it is refused.
+    let send = env
+        .cli(&[
+            "--now",
+            "2026-11-30T09:30:00+08:00",
+            "send",
+            "standup",
+            "--dry-run",
+        ])
+        .await;
+    assert_exit(&send, 2);
+    assert!(
+        stderr(&send).contains("--now applies to check and history only"),
+        "{}",
+        text(&send)
+    );
+    assert!(!env.db_path().exists(), "nothing was sent or recorded");
 }
 
 #[tokio::test]

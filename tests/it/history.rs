@@ -1,7 +1,7 @@
 //! `history`: filters, newest first, the JSON Lines keys, slots in each schedule's zone, the
 //! summary, usage errors, and working without a config — against a seeded database.
 
-use chrono::{DateTime, Duration, SubsecRound, TimeZone, Utc};
+use chrono::{DateTime, Duration, SecondsFormat, SubsecRound, TimeZone, Utc};
 use serde_json::Value;
 use wecom_notify::store::Store;
 
@@ -70,6 +70,11 @@ async fn ids(env: &Env, args: &[&str]) -> Vec<i64> {
         .collect()
 }
 
+/// `--now` for the binary: the instant `history` takes as now.
+fn now_arg(now: DateTime<Utc>) -> String {
+    now.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
 async fn stdout_of(env: &Env, args: &[&str]) -> String {
     let output = env.cli_ok(args).await;
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -110,7 +115,10 @@ async fn since_filters_on_the_slot_by_duration_date_or_timestamp() {
     let env = Env::new().await;
     env.write_schedules(STANDUP); // top-level zone Asia/Shanghai
     create_schema(&env);
+    // `history` takes this instant as now (`--now`): the rows are placed around it exactly.
     let now = Utc::now().trunc_subsecs(0);
+    let at = now_arg(now);
+    let since = |when: &'static str| ["--now", at.as_str(), "--since", when];
     let hour_ago = insert(&env, "standup", "cron", now - Duration::hours(1), "sent");
     let days_ago = insert(&env, "standup", "cron", now - Duration::days(2), "sent");
     let week_ago = insert(&env, "standup", "cron", now - Duration::days(10), "sent");
@@ -138,15 +146,21 @@ async fn since_filters_on_the_slot_by_duration_date_or_timestamp() {
         &format!("created_at = '{}'", wecom_notify::time::to_db(now)),
     );
 
-    assert_eq!(ids(&env, &["--since", "30m"]).await, Vec::<i64>::new());
-    assert_eq!(ids(&env, &["--since", "12h"]).await, [hour_ago]);
-    assert_eq!(ids(&env, &["--since", "3d"]).await, [days_ago, hour_ago]);
+    assert_eq!(ids(&env, &since("30m")).await, Vec::<i64>::new());
+    assert_eq!(ids(&env, &since("12h")).await, [hour_ago]);
+    assert_eq!(ids(&env, &since("3d")).await, [days_ago, hour_ago]);
     assert_eq!(
-        ids(&env, &["--since", "2w"]).await,
+        ids(&env, &since("2w")).await,
         [week_ago, days_ago, hour_ago]
     );
+    // A duration counts back from --now to the second: a slot exactly that long ago is in.
+    assert_eq!(ids(&env, &since("1h")).await, [hour_ago]);
     let from_midnight = [caught_up, midnight, week_ago, days_ago, hour_ago];
     assert_eq!(ids(&env, &["--since", "2020-03-10"]).await, from_midnight);
+    // A duration counts back from --now, not from the clock: half an hour after that midnight,
+    // 30m reaches back to it exactly.
+    let after_midnight = ["--now", "2020-03-10T00:30:00+08:00", "--since", "30m"];
+    assert_eq!(ids(&env, &after_midnight).await, from_midnight);
     assert_eq!(
         ids(&env, &["--since", "2020-03-10T00:00:00+08:00"]).await,
         from_midnight
@@ -156,7 +170,11 @@ async fn since_filters_on_the_slot_by_duration_date_or_timestamp() {
         from_midnight
     );
     assert_eq!(
-        ids(&env, &["--since", "12h", "--schedule", "other"]).await,
+        ids(
+            &env,
+            &["--now", &at, "--since", "12h", "--schedule", "other"]
+        )
+        .await,
         Vec::<i64>::new()
     );
 }
@@ -296,10 +314,22 @@ async fn summary_shows_last_slot_next_fire_and_failures_of_the_last_day() {
     let env = Env::new().await;
     env.write_schedules(&format!("{STANDUP}{PAUSED}"));
     create_schema(&env);
+    // `history` takes this instant as now (`--now`): the next fire and the failure window
+    // follow from it exactly.
     let now = Utc::now().trunc_subsecs(0);
+    let at = now_arg(now);
     let ago = |hours| now - Duration::hours(hours);
     insert(&env, "standup", "cron", ago(50), "failed"); // too old to count
     insert(&env, "standup", "cron", ago(26), "sent");
+    // The window is the 24 h up to --now, its start included.
+    insert(
+        &env,
+        "standup",
+        "cron",
+        ago(24) - Duration::seconds(1),
+        "failed",
+    );
+    insert(&env, "standup", "cron", ago(24), "failed");
     let last = insert(&env, "standup", "catch_up", ago(5), "partial");
     insert(&env, "standup", "manual", ago(2), "failed"); // manual: counts, but is no slot
     insert(&env, "standup", "manual", ago(1), "failed");
@@ -307,9 +337,8 @@ async fn summary_shows_last_slot_next_fire_and_failures_of_the_last_day() {
 
     let config = env.load();
     let standup = config.schedule("standup").expect("standup");
-    let next_before = standup.cron.next_after(Utc::now(), standup.zone);
-    let lines = json_lines(&env, &["--summary"]).await;
-    let next_after = standup.cron.next_after(Utc::now(), standup.zone);
+    let next = standup.cron.next_after(now, standup.zone).expect("next");
+    let lines = json_lines(&env, &["--now", &at, "--summary"]).await;
 
     let names: Vec<&str> = lines
         .iter()
@@ -325,15 +354,8 @@ async fn summary_shows_last_slot_next_fire_and_failures_of_the_last_day() {
     assert_eq!(s["last_id"], last);
     assert_eq!(s["last_slot"], wecom_notify::time::to_db(ago(5)));
     assert_eq!(s["last_status"], "partial");
-    assert_eq!(s["failed_24h"], 2);
-    let next = s["next_fire"].as_str().expect("next fire");
-    assert!(
-        [next_before, next_after]
-            .iter()
-            .flatten()
-            .any(|at| wecom_notify::time::to_db(*at) == next),
-        "{next} vs {next_before:?}"
-    );
+    assert_eq!(s["failed_24h"], 3);
+    assert_eq!(s["next_fire"], wecom_notify::time::to_db(next));
     let p = &lines[1];
     assert_eq!(
         (p["enabled"].clone(), p["next_fire"].clone()),
@@ -346,7 +368,7 @@ async fn summary_shows_last_slot_next_fire_and_failures_of_the_last_day() {
     assert_eq!(r["next_fire"], Value::Null);
     assert_eq!(r["failed_24h"], 1);
 
-    let table = stdout_of(&env, &["history", "--summary"]).await;
+    let table = stdout_of(&env, &["--now", &at, "history", "--summary"]).await;
     assert!(table.starts_with("SCHEDULE"), "{table}");
     let row = |name: &str| {
         table
@@ -355,22 +377,31 @@ async fn summary_shows_last_slot_next_fire_and_failures_of_the_last_day() {
             .unwrap_or_else(|| panic!("no {name}: {table}"))
             .to_string()
     };
-    let local_next = next_after
-        .expect("next")
+    let local_next = next
         .with_timezone(&standup.zone)
         .format("%Y-%m-%d %H:%M %:z")
         .to_string();
     assert!(
-        row("standup").contains("partial") && row("standup").ends_with(" 2"),
+        row("standup").contains("partial") && row("standup").ends_with(" 3"),
         "{table}"
     );
     assert!(row("standup").contains(&local_next), "{table}");
     assert!(row("paused").contains("- (disabled)"), "{table}");
     assert!(row("retired").contains("- (not in config)"), "{table}");
 
-    let only = json_lines(&env, &["--summary", "--schedule", "retired"]).await;
+    let only = json_lines(&env, &["--now", &at, "--summary", "--schedule", "retired"]).await;
     assert_eq!(only.len(), 1);
     assert_eq!(only[0]["schedule"], "retired");
+
+    // 23 hours on, the window holds only the last hour's failure, and the next fire moves on:
+    // both follow --now, not the clock.
+    let later = now + Duration::hours(23);
+    let lines = json_lines(&env, &["--now", &now_arg(later), "--summary"]).await;
+    let s = &lines[0];
+    assert_eq!(s["schedule"], "standup");
+    assert_eq!(s["failed_24h"], 1);
+    let next = standup.cron.next_after(later, standup.zone).expect("next");
+    assert_eq!(s["next_fire"], wecom_notify::time::to_db(next));
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
@@ -69,15 +69,17 @@ pub struct Options {
 
 /// Runs `history`.
 pub async fn run(globals: &Globals, options: &Options) -> ExitCode {
-    let config = load_config(globals);
+    // One instant for `--since`, the next fire times and the failure window.
+    let now = globals.now();
+    let config = load_config(globals, now);
     let store = match globals.open_store(&globals.database(config.as_ref())) {
         Ok(store) => store,
         Err(code) => return code,
     };
     let printed = if options.summary {
-        summary(&store, config.as_ref(), options).await
+        summary(&store, config.as_ref(), options, now).await
     } else {
-        list(&store, config.as_ref(), options).await
+        list(&store, config.as_ref(), options, now).await
     };
     match printed {
         Ok(()) => ExitCode::from(EXIT_OK),
@@ -96,8 +98,8 @@ pub async fn run(globals: &Globals, options: &Options) -> ExitCode {
 }
 
 /// The config for zones and next fire times, if it can be read; history works without it.
-fn load_config(globals: &Globals) -> Option<Config> {
-    match config::load(&globals.config, Secrets::Optional) {
+fn load_config(globals: &Globals, now: DateTime<Utc>) -> Option<Config> {
+    match config::load_at(&globals.config, Secrets::Optional, now) {
         Ok(config) => Some(config),
         Err(error) => {
             let why = match &error {
@@ -114,12 +116,17 @@ fn load_config(globals: &Globals) -> Option<Config> {
     }
 }
 
-async fn list(store: &Store, config: Option<&Config>, options: &Options) -> anyhow::Result<()> {
+async fn list(
+    store: &Store,
+    config: Option<&Config>,
+    options: &Options,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
     let default_zone = config.map_or(Tz::UTC, |c| c.timezone);
     let filter = HistoryFilter {
         schedule: options.schedule.clone(),
         status: options.status,
-        since: options.since.map(|s| s.resolve(Utc::now(), default_zone)),
+        since: options.since.map(|s| s.resolve(now, default_zone)),
         limit: options.limit,
     };
     let rows = store.history(filter).await?;
@@ -189,8 +196,12 @@ struct SummaryLine<'a> {
     failed_24h: i64,
 }
 
-async fn summary(store: &Store, config: Option<&Config>, options: &Options) -> anyhow::Result<()> {
-    let now = Utc::now();
+async fn summary(
+    store: &Store,
+    config: Option<&Config>,
+    options: &Options,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
     let wanted = |name: &str| options.schedule.as_deref().is_none_or(|w| w == name);
     let names = config
         .map(|c| {
