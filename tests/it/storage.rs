@@ -194,6 +194,15 @@ async fn sends_the_database_refused_are_recorded_by_the_next_start_after_a_crash
     // It dies before the database took them.
     daemon.crash().await;
     assert!(spill.exists(), "the file outlives its process");
+    let output = env.cli_ok(&["history"]).await;
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(&format!(
+            "sends made while the database refused writes wait in {}",
+            spill.display()
+        )),
+        "history tells the auditor: {}",
+        text(&output)
+    );
 
     let mut restarted = env.spawn_daemon(&[]);
     restarted

@@ -76,6 +76,7 @@ pub async fn run(globals: &Globals, options: &Options) -> ExitCode {
         Ok(store) => store,
         Err(code) => return code,
     };
+    warn_of_unrecorded(&store);
     let printed = if options.summary {
         summary(&store, config.as_ref(), options, now).await
     } else {
@@ -95,6 +96,20 @@ pub async fn run(globals: &Globals, options: &Options) -> ExitCode {
             ExitCode::from(EXIT_FAILED)
         }
     }
+}
+
+/// Says so when sends wait beside the database in unrecorded-sends files: an auditor must not
+/// take the listing for all there is.
+fn warn_of_unrecorded(store: &Store) {
+    let files = store.unrecorded_files();
+    if files.is_empty() {
+        return;
+    }
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    eprintln!(
+        "warning: sends made while the database refused writes wait in {} and are not listed here yet; the daemon writes them into the database as soon as it takes writes (its next start at the latest)",
+        names.join(", ")
+    );
 }
 
 /// The config for zones and next fire times, if it can be read; history works without it.
