@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use super::Dispatcher;
-use crate::store::history::Recorded;
+use crate::store::replay::Recorded;
 use crate::store::unrecorded::Unrecorded;
 
 /// A send waiting for the database.

@@ -3,11 +3,10 @@
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, params};
 use serde::{Deserialize, Serialize};
 
 use super::Store;
-use super::unrecorded::Unrecorded;
 
 /// Why a row exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,17 +174,6 @@ impl PendingRow {
     }
 }
 
-/// What writing an [`Unrecorded`] send did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recorded {
-    /// Its row now says what happened; the row's id.
-    Written(i64),
-    /// A bare claim, written as a `pending` row (its sender died with the send in flight).
-    Claimed(i64),
-    /// A row of that slot already had a final outcome (another process recorded it); kept.
-    Kept(i64),
-}
-
 /// Inserts a row created now by this process; with `finish`, the row is written finished.
 fn insert(conn: &Connection, new: &NewSend, finish: Option<&Finish>) -> rusqlite::Result<Claim> {
     let now = Utc::now();
@@ -195,7 +183,7 @@ fn insert(conn: &Connection, new: &NewSend, finish: Option<&Finish>) -> rusqlite
 }
 
 /// Inserts a row as it was created at `created_at` by process `pid`, under `id` if given.
-fn insert_as(
+pub(super) fn insert_as(
     conn: &Connection,
     id: Option<i64>,
     new: &NewSend,
@@ -248,7 +236,7 @@ fn insert_as(
 }
 
 /// Writes `finish` into row `id`; returns how many rows changed.
-fn update_finish(
+pub(super) fn update_finish(
     conn: &Connection,
     id: i64,
     finish: &Finish,
@@ -272,103 +260,6 @@ fn update_finish(
         finish.invalidtag,
         finish.unlicenseduser
     ])
-}
-
-/// True for an outcome that says WeCom took the message.
-fn delivered(status: Status) -> bool {
-    matches!(status, Status::Sent | Status::Partial)
-}
-
-/// Writes a send the database had refused, without ever hiding that a slot may have been
-/// delivered:
-/// - its own row (a claim that made it into the database) gets the outcome while it still says
-///   `pending`, or `interrupted` (a stop gave up on it, but it ended after all);
-/// - a send with no row (never written, or lost) is written whole, under its old id if it had
-///   one, so that replaying it again finds it;
-/// - when another row holds its slot: a delivered outcome replaces that row's `pending`,
-///   `missed` or `interrupted`; an undelivered one replaces only `missed`; a bare claim (its
-///   sender died with the send in flight) turns `missed` into `interrupted`; anything else is kept.
-fn write_unrecorded(conn: &mut Connection, send: &Unrecorded) -> rusqlite::Result<Recorded> {
-    let tx = conn.transaction()?;
-    let slot = crate::time::to_db(send.row.scheduled_at);
-    let outcome = send.outcome.as_ref().map(|o| (&o.finish, o.finished_at));
-    let status_of = |id: i64| -> rusqlite::Result<Option<Status>> {
-        tx.query_row(
-            "SELECT status FROM sends WHERE id = ?1 AND schedule = ?2 AND scheduled_at = ?3",
-            params![id, send.row.schedule, slot],
-            |r| r.get::<_, String>(0),
-        )
-        .optional()
-        .map(|status| status.as_deref().and_then(Status::parse))
-    };
-    if let Some(id) = send.id
-        && let Some(status) = status_of(id)?
-    {
-        let written = match outcome {
-            Some((finish, at)) if matches!(status, Status::Pending | Status::Interrupted) => {
-                update_finish(&tx, id, finish, at)?;
-                Recorded::Written(id)
-            }
-            _ => Recorded::Kept(id),
-        };
-        tx.commit()?;
-        return Ok(written);
-    }
-    // A bare claim's process is gone (its file's lock was free): no pid, so that crash
-    // recovery resends or closes the row rather than wait for a process that reused the pid.
-    let pid = outcome.map(|_| send.pid);
-    let mut claim = insert_as(&tx, send.id, &send.row, send.created_at, outcome, pid)?;
-    if claim == Claim::Taken && send.id.is_some() {
-        // Its old id went to another row meanwhile.
-        claim = insert_as(&tx, None, &send.row, send.created_at, outcome, pid)?;
-    }
-    let recorded = match claim {
-        Claim::Claimed(id) if outcome.is_none() => Recorded::Claimed(id),
-        Claim::Claimed(id) => Recorded::Written(id),
-        Claim::Taken => {
-            let (id, status): (i64, String) = tx.query_row(
-                "SELECT id, status FROM sends WHERE schedule = ?1 AND scheduled_at = ?2
-                     AND trigger IN ('cron', 'catch_up') AND status <> 'dry_run'",
-                params![send.row.schedule, slot],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            let existing = Status::parse(&status);
-            let replace = outcome.is_some_and(|(f, _)| {
-                if delivered(f.status) {
-                    matches!(
-                        existing,
-                        Some(Status::Pending | Status::Missed | Status::Interrupted)
-                    )
-                } else {
-                    existing == Some(Status::Missed)
-                }
-            });
-            match outcome {
-                Some((finish, at)) if replace => {
-                    update_finish(&tx, id, finish, at)?;
-                    tracing::warn!(id, schedule = %send.row.schedule, %slot,
-                        "the slot's row said {status}; it now says what happened ({})", finish.status.as_str());
-                    Recorded::Written(id)
-                }
-                None if existing == Some(Status::Missed) => {
-                    let finish = Finish {
-                        errmsg: Some(
-                            "its sender died with the send in flight: it may have been delivered"
-                                .to_string(),
-                        ),
-                        ..Finish::new(Status::Interrupted, 0)
-                    };
-                    update_finish(&tx, id, &finish, send.created_at)?;
-                    tracing::warn!(id, schedule = %send.row.schedule, %slot,
-                        "the slot's row said missed, but a send of it was in flight when its process died: it now says interrupted");
-                    Recorded::Written(id)
-                }
-                _ => Recorded::Kept(id),
-            }
-        }
-    };
-    tx.commit()?;
-    Ok(recorded)
 }
 
 impl Store {
@@ -438,11 +329,6 @@ impl Store {
             anyhow::bail!("history row #{id} is missing from the database");
         }
         Ok(())
-    }
-
-    /// Writes a send the database had refused (see [`write_unrecorded`]).
-    pub async fn record_unrecorded(&self, send: Unrecorded) -> anyhow::Result<Recorded> {
-        self.call(move |conn| write_unrecorded(conn, &send)).await
     }
 
     /// Marks a row that is still `pending` as `interrupted`; false if it had already finished.

@@ -4,13 +4,14 @@
 //! What keeps the history whole: no descriptor of the database's files is ever opened outside
 //! SQLite ([`files`]); a connection that reports a storage fault is replaced ([`worker`],
 //! [`health`]); a full disk finds room kept in [`reserve`]; and sends the database refuses wait
-//! in a file of their own until it takes them ([`unrecorded`]).
+//! in a file of their own until it takes them ([`unrecorded`], written back by [`replay`]).
 
 pub mod events;
 pub mod files;
 pub mod health;
 pub mod history;
 pub mod query;
+pub mod replay;
 pub mod reserve;
 pub mod tokens;
 pub mod unrecorded;

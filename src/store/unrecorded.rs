@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::history::{Finish, NewSend, Recorded};
+use super::history::{Finish, NewSend};
 use super::reserve::Reserve;
 
 /// A send the database has not recorded yet: in memory, and as one line of the file.
@@ -213,7 +213,7 @@ impl UnrecordedFiles {
     }
 
     /// True the first time `path` is found unreadable.
-    fn first_complaint(&self, path: &Path) -> bool {
+    pub(super) fn first_complaint(&self, path: &Path) -> bool {
         self.unreadable
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -320,82 +320,12 @@ impl super::Store {
     pub fn unrecorded_files(&self) -> Vec<PathBuf> {
         self.unrecorded.others().unwrap_or_default()
     }
-
-    /// Writes into the database every send left in the unrecorded-sends files of processes that
-    /// died, then deletes those files. Files whose process still runs are left to it. The daemon
-    /// runs this before it reads anything else from the history, and then every few seconds.
-    ///
-    /// `at_start`: a file that cannot be read is an error, because the missed-slot scan that
-    /// follows would take the slots it records for missed (and `catch_up` would send them
-    /// again); later, it is reported once and tried again.
-    pub async fn replay_unrecorded(&self, at_start: bool) -> anyhow::Result<Replayed> {
-        let files = self.unrecorded.clone();
-        let leftovers = tokio::task::spawn_blocking(move || {
-            let mut taken = Vec::new();
-            for path in files.others()? {
-                match Leftover::take(&path) {
-                    Ok(Some(leftover)) => taken.push(leftover),
-                    Ok(None) => {
-                        tracing::debug!(file = %path.display(), "unrecorded sends of a process that still runs; left to it");
-                    }
-                    Err(e) if at_start => {
-                        anyhow::bail!(
-                            "cannot read {}, which holds sends an earlier process made but could not record ({e}). Make it readable and writable by this daemon's user; moving it away instead would let this start take those sends for missed (and send them again with catch_up)",
-                            path.display()
-                        );
-                    }
-                    Err(e) => {
-                        if files.first_complaint(&path) {
-                            tracing::error!(file = %path.display(),
-                                "cannot read sends an earlier process left unrecorded ({e}); tried again every few seconds. Make the file readable and writable by this daemon's user");
-                        }
-                    }
-                }
-            }
-            anyhow::Ok(taken)
-        })
-        .await??;
-        let mut replayed = Replayed::default();
-        for leftover in leftovers {
-            if leftover.torn_lines > 0 {
-                tracing::warn!(file = %leftover.path.display(), lines = leftover.torn_lines,
-                    "skipped unreadable lines (a write cut short by a crash or a full disk)");
-            }
-            for send in &leftover.sends {
-                let recorded = self.record_unrecorded(send.clone()).await?;
-                tracing::warn!(
-                    file = %leftover.path.display(),
-                    schedule = %send.row.schedule,
-                    slot = %crate::time::to_db(send.row.scheduled_at),
-                    status = send.outcome.as_ref().map_or("in flight", |o| o.finish.status.as_str()),
-                    row = ?recorded,
-                    "recorded a send that the database had refused while an earlier process made it"
-                );
-                replayed.sends += 1;
-                if let Recorded::Claimed(id) = recorded {
-                    replayed.in_flight.push(id);
-                }
-            }
-            tokio::task::spawn_blocking(move || leftover.remove()).await??;
-        }
-        Ok(replayed)
-    }
-}
-
-/// What [`super::Store::replay_unrecorded`] wrote.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Replayed {
-    pub sends: usize,
-    /// Rows written `pending` from bare claims: their senders died with the send in flight,
-    /// and crash recovery must resend or close them.
-    pub in_flight: Vec<i64>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
-    use crate::store::history::{Recorded, Status, Trigger};
+    use crate::store::history::{Status, Trigger};
 
     fn row(slot: &str, status: Status) -> NewSend {
         NewSend {
@@ -448,190 +378,5 @@ mod tests {
         assert_eq!(leftover.sends[0].outcome.as_ref().unwrap().finish, sent());
         leftover.remove().unwrap();
         assert!(!path.exists());
-    }
-
-    #[tokio::test]
-    async fn replayed_sends_fill_their_row_correct_a_missed_one_and_keep_a_final_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.db")).unwrap();
-        let now = Utc::now();
-        // Claimed in the database, outcome lost: the row gets it.
-        let claimed = row("2026-11-30T01:30:00Z", Status::Pending);
-        let Ok(crate::store::history::Claim::Claimed(id)) = store.claim(claimed.clone()).await
-        else {
-            panic!("claim");
-        };
-        let outcome = Unrecorded::outcome_of(id, claimed, now, 1, sent());
-        assert_eq!(
-            store.record_unrecorded(outcome.clone()).await.unwrap(),
-            Recorded::Written(id)
-        );
-        assert_eq!(
-            store.record_unrecorded(outcome).await.unwrap(),
-            Recorded::Kept(id),
-            "replaying twice changes nothing"
-        );
-        // Never in the database: written whole, as created then.
-        let unseen =
-            Unrecorded::claim(row("2026-11-30T01:31:00Z", Status::Pending), now).finished(sent());
-        let Recorded::Written(unseen_id) = store.record_unrecorded(unseen).await.unwrap() else {
-            panic!("written");
-        };
-        // A slot a scan took for missed, though it was sent: corrected.
-        let missed = row("2026-11-30T01:32:00Z", Status::Missed);
-        store.record_missed(vec![missed.clone()]).await.unwrap();
-        let truth = Unrecorded::claim(
-            NewSend {
-                status: Status::Pending,
-                ..missed
-            },
-            now,
-        )
-        .finished(sent());
-        assert!(matches!(
-            store.record_unrecorded(truth).await.unwrap(),
-            Recorded::Written(_)
-        ));
-        // A slot already recorded with a final outcome by another process: kept.
-        let failed = Unrecorded::claim(row("2026-11-30T01:30:00Z", Status::Pending), now)
-            .finished(Finish::new(Status::Failed, 6));
-        assert_eq!(
-            store.record_unrecorded(failed).await.unwrap(),
-            Recorded::Kept(id)
-        );
-        let statuses: Vec<(i64, String)> = store
-            .call(|c| {
-                let mut s = c.prepare("SELECT id, status FROM sends ORDER BY scheduled_at")?;
-                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
-            })
-            .await
-            .unwrap();
-        let statuses: Vec<&str> = statuses.iter().map(|(_, s)| s.as_str()).collect();
-        assert_eq!(statuses, ["sent", "sent", "sent"]);
-        assert!(unseen_id > id);
-    }
-}
-
-#[cfg(test)]
-mod rules {
-    //! What a replayed send may change in a row that holds its slot.
-    use super::*;
-    use crate::store::Store;
-    use crate::store::history::{Claim, Recorded, Status, Trigger};
-
-    fn row(minute: u32, trigger: Trigger) -> NewSend {
-        let slot = format!("2026-11-30T01:{minute:02}:00Z");
-        NewSend {
-            schedule: "standup".into(),
-            trigger,
-            scheduled_at: crate::time::from_db(&slot).unwrap(),
-            app: "ops".into(),
-            agent_id: 1,
-            msgtype: "text".into(),
-            payload: format!("{{\"slot\":\"{slot}\"}}"),
-            status: Status::Pending,
-        }
-    }
-
-    async fn statuses(store: &Store) -> Vec<String> {
-        store
-            .call(|c| {
-                let mut s = c.prepare("SELECT status FROM sends ORDER BY scheduled_at, id")?;
-                s.query_map([], |r| r.get(0))?.collect()
-            })
-            .await
-            .unwrap()
-    }
-
-    async fn claimed(store: &Store, new: NewSend) -> i64 {
-        match store.claim(new).await.unwrap() {
-            Claim::Claimed(id) => id,
-            Claim::Taken => panic!("taken"),
-        }
-    }
-
-    #[tokio::test]
-    async fn only_a_delivery_replaces_another_senders_pending_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.db")).unwrap();
-        let id = claimed(&store, row(30, Trigger::Cron)).await;
-        for undelivered in [Status::Missed, Status::Failed] {
-            let send = Unrecorded::claim(row(30, Trigger::Cron), Utc::now())
-                .finished(Finish::new(undelivered, 1));
-            assert_eq!(
-                store.record_unrecorded(send).await.unwrap(),
-                Recorded::Kept(id)
-            );
-        }
-        assert_eq!(
-            statuses(&store).await,
-            ["pending"],
-            "still evidence of a send"
-        );
-        let sent = Unrecorded::claim(row(30, Trigger::Cron), Utc::now())
-            .finished(Finish::new(Status::Sent, 1));
-        assert_eq!(
-            store.record_unrecorded(sent).await.unwrap(),
-            Recorded::Written(id)
-        );
-        assert_eq!(statuses(&store).await, ["sent"]);
-    }
-
-    #[tokio::test]
-    async fn a_bare_claim_over_a_missed_row_makes_it_interrupted() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.db")).unwrap();
-        let missed = NewSend {
-            status: Status::Missed,
-            ..row(30, Trigger::Cron)
-        };
-        store.record_missed(vec![missed]).await.unwrap();
-        let claim = Unrecorded::claim(row(30, Trigger::Cron), Utc::now());
-        assert!(matches!(
-            store.record_unrecorded(claim).await.unwrap(),
-            Recorded::Written(_)
-        ));
-        assert_eq!(statuses(&store).await, ["interrupted"]);
-        // A bare claim with no row of its slot becomes a pending row, with no pid to wait for.
-        let claim = Unrecorded::claim(row(31, Trigger::Cron), Utc::now());
-        let Recorded::Claimed(id) = store.record_unrecorded(claim).await.unwrap() else {
-            panic!("claimed");
-        };
-        let pending = store.pending_rows().await.unwrap();
-        assert_eq!((pending[0].id, pending[0].pid), (id, None));
-    }
-
-    #[tokio::test]
-    async fn a_late_outcome_corrects_its_own_interrupted_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.db")).unwrap();
-        let new = row(30, Trigger::Cron);
-        let id = claimed(&store, new.clone()).await;
-        assert!(store.interrupt(id).await.unwrap());
-        let outcome = Unrecorded::outcome_of(id, new, Utc::now(), 1, Finish::new(Status::Sent, 1));
-        assert_eq!(
-            store.record_unrecorded(outcome).await.unwrap(),
-            Recorded::Written(id)
-        );
-        assert_eq!(statuses(&store).await, ["sent"]);
-    }
-
-    #[tokio::test]
-    async fn a_vanished_manual_row_replayed_twice_is_written_once_under_its_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.db")).unwrap();
-        let new = row(30, Trigger::Manual);
-        let id = claimed(&store, new.clone()).await;
-        claimed(&store, row(40, Trigger::Manual)).await;
-        store
-            .call(move |c| c.execute("DELETE FROM sends WHERE id = ?1", [id]))
-            .await
-            .unwrap();
-        let outcome = Unrecorded::outcome_of(id, new, Utc::now(), 1, Finish::new(Status::Sent, 1));
-        for _ in 0..2 {
-            let recorded = store.record_unrecorded(outcome.clone()).await.unwrap();
-            assert!(matches!(recorded, Recorded::Written(i) | Recorded::Kept(i) if i == id));
-        }
-        assert_eq!(statuses(&store).await, ["sent", "pending"]);
     }
 }
