@@ -411,3 +411,34 @@ impl Store {
         .map(|at| at.as_deref().and_then(crate::time::from_db))
     }
 }
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Rows for the store's unit tests.
+    use super::*;
+
+    /// A pending `standup` row of `trigger` for the slot 2026-11-30T01:MM:00Z.
+    pub fn row(minute: u32, trigger: Trigger) -> NewSend {
+        let slot = format!("2026-11-30T01:{minute:02}:00Z");
+        NewSend {
+            schedule: "standup".into(),
+            trigger,
+            scheduled_at: crate::time::from_db(&slot).unwrap_or_default(),
+            app: "ops".into(),
+            agent_id: 1,
+            msgtype: "text".into(),
+            payload: format!("{{\"slot\":\"{slot}\"}}"),
+            status: Status::Pending,
+        }
+    }
+
+    /// WeCom's answer to a send it took.
+    pub fn sent() -> Finish {
+        Finish {
+            msgid: Some("msg1".into()),
+            errcode: Some(0),
+            errmsg: Some("ok".into()),
+            ..Finish::new(Status::Sent, 1)
+        }
+    }
+}

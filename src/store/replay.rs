@@ -194,30 +194,9 @@ pub struct Replayed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::history::fixtures::{row, sent};
     use crate::store::history::{NewSend, Trigger};
     use chrono::Utc;
-
-    fn row(slot: &str, status: Status) -> NewSend {
-        NewSend {
-            schedule: "standup".into(),
-            trigger: Trigger::Cron,
-            scheduled_at: crate::time::from_db(slot).unwrap(),
-            app: "ops".into(),
-            agent_id: 1,
-            msgtype: "text".into(),
-            payload: format!("{{\"slot\":\"{slot}\"}}"),
-            status,
-        }
-    }
-
-    fn sent() -> Finish {
-        Finish {
-            msgid: Some("msg1".into()),
-            errcode: Some(0),
-            errmsg: Some("ok".into()),
-            ..Finish::new(Status::Sent, 1)
-        }
-    }
 
     #[tokio::test]
     async fn replayed_sends_fill_their_row_correct_a_missed_one_and_keep_a_final_one() {
@@ -225,7 +204,7 @@ mod tests {
         let store = Store::open(&dir.path().join("w.db")).unwrap();
         let now = Utc::now();
         // Claimed in the database, outcome lost: the row gets it.
-        let claimed = row("2026-11-30T01:30:00Z", Status::Pending);
+        let claimed = row(30, Trigger::Cron);
         let Ok(crate::store::history::Claim::Claimed(id)) = store.claim(claimed.clone()).await
         else {
             panic!("claim");
@@ -241,13 +220,15 @@ mod tests {
             "replaying twice changes nothing"
         );
         // Never in the database: written whole, as created then.
-        let unseen =
-            Unrecorded::claim(row("2026-11-30T01:31:00Z", Status::Pending), now).finished(sent());
+        let unseen = Unrecorded::claim(row(31, Trigger::Cron), now).finished(sent());
         let Recorded::Written(unseen_id) = store.record_unrecorded(unseen).await.unwrap() else {
             panic!("written");
         };
         // A slot a scan took for missed, though it was sent: corrected.
-        let missed = row("2026-11-30T01:32:00Z", Status::Missed);
+        let missed = NewSend {
+            status: Status::Missed,
+            ..row(32, Trigger::Cron)
+        };
         store.record_missed(vec![missed.clone()]).await.unwrap();
         let truth = Unrecorded::claim(
             NewSend {
@@ -262,8 +243,8 @@ mod tests {
             Recorded::Written(_)
         ));
         // A slot already recorded with a final outcome by another process: kept.
-        let failed = Unrecorded::claim(row("2026-11-30T01:30:00Z", Status::Pending), now)
-            .finished(Finish::new(Status::Failed, 6));
+        let failed =
+            Unrecorded::claim(row(30, Trigger::Cron), now).finished(Finish::new(Status::Failed, 6));
         assert_eq!(
             store.record_unrecorded(failed).await.unwrap(),
             Recorded::Kept(id)
@@ -285,23 +266,9 @@ mod tests {
 mod rules {
     //! What a replayed send may change in a row that holds its slot.
     use super::*;
-    use crate::store::history::NewSend;
-    use crate::store::history::Trigger;
+    use crate::store::history::fixtures::row;
+    use crate::store::history::{NewSend, Trigger};
     use chrono::Utc;
-
-    fn row(minute: u32, trigger: Trigger) -> NewSend {
-        let slot = format!("2026-11-30T01:{minute:02}:00Z");
-        NewSend {
-            schedule: "standup".into(),
-            trigger,
-            scheduled_at: crate::time::from_db(&slot).unwrap(),
-            app: "ops".into(),
-            agent_id: 1,
-            msgtype: "text".into(),
-            payload: format!("{{\"slot\":\"{slot}\"}}"),
-            status: Status::Pending,
-        }
-    }
 
     async fn statuses(store: &Store) -> Vec<String> {
         store

@@ -325,29 +325,8 @@ impl super::Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::history::{Status, Trigger};
-
-    fn row(slot: &str, status: Status) -> NewSend {
-        NewSend {
-            schedule: "standup".into(),
-            trigger: Trigger::Cron,
-            scheduled_at: crate::time::from_db(slot).unwrap(),
-            app: "ops".into(),
-            agent_id: 1,
-            msgtype: "text".into(),
-            payload: format!("{{\"slot\":\"{slot}\"}}"),
-            status,
-        }
-    }
-
-    fn sent() -> Finish {
-        Finish {
-            msgid: Some("msg1".into()),
-            errcode: Some(0),
-            errmsg: Some("ok".into()),
-            ..Finish::new(Status::Sent, 1)
-        }
-    }
+    use crate::store::history::Trigger;
+    use crate::store::history::fixtures::{row, sent};
 
     #[test]
     fn a_live_owners_file_is_left_alone_and_a_dead_ones_read_last_line_first() {
@@ -355,7 +334,7 @@ mod tests {
         let db = dir.path().join("w.db");
         let reserve = Reserve::beside(&db);
         let files = UnrecordedFiles::beside(&db);
-        let claim = Unrecorded::claim(row("2026-11-30T01:30:00Z", Status::Pending), Utc::now());
+        let claim = Unrecorded::claim(row(30, Trigger::Cron), Utc::now());
         let path = files.append(&claim, &reserve).unwrap();
         files
             .append(&claim.clone().finished(sent()), &reserve)

@@ -338,17 +338,10 @@ async fn a_database_refusing_writes_never_yields_a_false_sent_and_recovers() {
     let env = Env::new().await;
     env.write_schedules(&every("tick", "* * * * * *", "tick", ""));
     let daemon = env.start_in_process(fast_policy(), Duration::from_millis(200));
-    eventually(WAIT, "a first recorded send", || {
-        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 1
-    })
-    .await;
+    daemon.wait_first_sent(&env).await;
 
     // Read-only, as on a remounted file system: every write fails with SQLITE_READONLY.
-    let store = daemon.dispatcher.store().clone();
-    store
-        .call(|c| c.pragma_update(None, "query_only", true))
-        .await
-        .expect("query_only on");
+    daemon.refuse_writes(true).await;
     let rows_before = env.count("SELECT count(*) FROM sends");
     let delivered_before = env.fake.messages().len();
     eventually(WAIT, "sends during the outage", || {
@@ -360,16 +353,7 @@ async fn a_database_refusing_writes_never_yields_a_false_sent_and_recovers() {
         rows_before,
         "no row could be written, and none claims a send"
     );
-    // The fake counts a delivery before the sender has its answer: wait for the outcomes.
-    eventually(WAIT, "the outcomes kept until the database is back", || {
-        daemon.dispatcher.unwritten_count() >= 3
-    })
-    .await;
-    let spill = daemon
-        .dispatcher
-        .store()
-        .spill_path()
-        .expect("the claims and outcomes are in the unrecorded-sends file meanwhile");
+    let spill = daemon.wait_unrecorded(3).await;
     assert_eq!(
         spill
             .metadata()
@@ -383,10 +367,7 @@ async fn a_database_refusing_writes_never_yields_a_false_sent_and_recovers() {
     // Locked by another process as well, then writable again.
     let locker = env.db();
     locker.execute_batch("BEGIN EXCLUSIVE").expect("lock");
-    store
-        .call(|c| c.pragma_update(None, "query_only", false))
-        .await
-        .expect("query_only off");
+    daemon.refuse_writes(false).await;
     let delivered = env.fake.messages().len();
     eventually(WAIT, "a send while the database is locked", || {
         env.fake.messages().len() > delivered

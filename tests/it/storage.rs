@@ -167,29 +167,13 @@ async fn sends_the_database_refused_are_recorded_by_the_next_start_after_a_crash
         "catch_up: 1m, duplicate_check_interval: 1",
     ));
     let daemon = env.start_in_process(fast_policy(), Duration::from_millis(200));
-    eventually(WAIT, "a first recorded send", || {
-        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 1
-    })
-    .await;
-    let store = daemon.dispatcher.store().clone();
+    daemon.wait_first_sent(&env).await;
     // Every write refused from now on: the claims and outcomes go to the unrecorded file.
-    store
-        .call(|c| c.pragma_update(None, "query_only", true))
-        .await
-        .expect("query_only on");
-    drop(store);
+    daemon.refuse_writes(true).await;
     let rows = env.count("SELECT count(*) FROM sends");
     let delivered = env.fake.messages().len();
     env.fake.wait_for_messages(delivered + 3, WAIT).await;
-    eventually(WAIT, "the outcomes kept", || {
-        daemon.dispatcher.unwritten_count() >= 3
-    })
-    .await;
-    let spill = daemon
-        .dispatcher
-        .store()
-        .spill_path()
-        .expect("unrecorded file");
+    let spill = daemon.wait_unrecorded(3).await;
     assert_eq!(env.count("SELECT count(*) FROM sends"), rows);
     // It dies before the database took them.
     daemon.crash().await;
@@ -249,10 +233,7 @@ async fn a_storage_fault_reopens_the_connection_and_is_counted_and_recorded() {
     let env = Env::new().await;
     env.write_schedules(&every("tick", "* * * * * *", "tick", ""));
     let daemon = env.start_in_process(fast_policy(), Duration::from_secs(5));
-    eventually(WAIT, "a first recorded send", || {
-        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 1
-    })
-    .await;
+    daemon.wait_first_sent(&env).await;
     let store = daemon.dispatcher.store().clone();
     // A mark that lives and dies with the connection.
     store

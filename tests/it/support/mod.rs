@@ -96,6 +96,37 @@ impl InProcess {
         self.reload.send(()).expect("daemon running");
     }
 
+    /// Waits until a send is recorded `sent`.
+    pub async fn wait_first_sent(&self, env: &Env) {
+        eventually(WAIT, "a first recorded send", || {
+            env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 1
+        })
+        .await;
+    }
+
+    /// Makes the daemon's database connection refuse every write (SQLITE_READONLY, as on a
+    /// file system remounted read-only), or take writes again.
+    pub async fn refuse_writes(&self, refuse: bool) {
+        self.dispatcher
+            .store()
+            .call(move |c| c.pragma_update(None, "query_only", refuse))
+            .await
+            .expect("query_only");
+    }
+
+    /// Waits until `n` sends wait for the database (the fake counts a delivery before the
+    /// sender has its answer); returns the unrecorded-sends file that holds them meanwhile.
+    pub async fn wait_unrecorded(&self, n: usize) -> PathBuf {
+        eventually(WAIT, "sends kept until the database takes them", || {
+            self.dispatcher.unwritten_count() >= n
+        })
+        .await;
+        self.dispatcher
+            .store()
+            .spill_path()
+            .expect("the claims and outcomes are in the unrecorded-sends file meanwhile")
+    }
+
     /// Stops the daemon gracefully and waits for it.
     pub async fn stop(self) {
         self.stop.send(()).expect("daemon running");
