@@ -37,14 +37,16 @@ use crate::wecom::{Client, PerApp};
 use deliver::Delivery;
 use journal::Waiting;
 
-/// Where a claim the database refused went.
-enum Elsewhere {
-    /// Into the unrecorded-sends file: send it.
-    Claimed(Unrecorded),
-    /// This process claimed the slot there already.
+/// Where the claim of a fire went.
+enum Claimed {
+    /// Its row in the database.
+    Row(i64),
+    /// The unrecorded-sends file, the database having refused the row: send it.
+    File(Unrecorded),
+    /// Another fire holds this slot already (in the database, or in this process's file).
     Taken,
-    /// Nowhere: not sent, recorded so.
-    NotSent(Finish),
+    /// Nowhere: not sent; the finish records that once the database takes writes.
+    Nowhere(Finish),
 }
 
 /// What became of one fire.
@@ -237,28 +239,17 @@ impl Dispatcher {
         let payload = new.payload.clone();
         let slot_text = crate::time::to_db(slot);
         let claimed_at = Utc::now();
-        let (id, spilled) = match self.store.claim(new.clone()).await {
-            Ok(Claim::Claimed(id)) => (Some(id), None),
-            Ok(Claim::Taken) => {
+        let (id, spilled) = match self.claim(&new, claimed_at).await? {
+            Claimed::Row(id) => (Some(id), None),
+            Claimed::File(claim) => (None, Some(claim)),
+            Claimed::Taken => {
                 tracing::debug!(schedule = %schedule.name, slot = %slot_text, "slot already claimed; not sending it again");
                 return Ok(Fired::Taken);
             }
-            Err(e) if self.send_unrecorded && !self.dry_run => {
-                match self.claim_elsewhere(new.clone(), claimed_at, &e).await {
-                    Elsewhere::Claimed(claim) => (None, Some(claim)),
-                    Elsewhere::Taken => return Ok(Fired::Taken),
-                    Elsewhere::NotSent(finish) => {
-                        return Ok(Fired::Done(Box::new(self.finished(
-                            &schedule.name,
-                            slot,
-                            None,
-                            payload,
-                            finish,
-                        ))));
-                    }
-                }
+            Claimed::Nowhere(finish) => {
+                let outcome = self.finished(&schedule.name, slot, None, payload, finish);
+                return Ok(Fired::Done(Box::new(outcome)));
             }
-            Err(e) => return Err(e),
         };
         if self.dry_run {
             tracing::info!(schedule = %schedule.name, slot = %slot_text, id, body = %payload, "dry run: not sending");
@@ -386,6 +377,19 @@ impl Dispatcher {
         )
     }
 
+    /// Claims the slot of `new` before its send: its row, or, when the database refuses it and
+    /// sending unrecorded is allowed, a line of the unrecorded-sends file.
+    async fn claim(&self, new: &NewSend, claimed_at: DateTime<Utc>) -> anyhow::Result<Claimed> {
+        match self.store.claim(new.clone()).await {
+            Ok(Claim::Claimed(id)) => Ok(Claimed::Row(id)),
+            Ok(Claim::Taken) => Ok(Claimed::Taken),
+            Err(e) if self.send_unrecorded && !self.dry_run => {
+                Ok(self.claim_elsewhere(new.clone(), claimed_at, &e).await)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Makes the claim of a send durable outside the database, which refused it (`error`): in
     /// the unrecorded-sends file. If that fails too, the send is not made: the slot is recorded
     /// as `missed`, with the reason, once the database takes writes again.
@@ -394,7 +398,7 @@ impl Dispatcher {
         new: NewSend,
         claimed_at: DateTime<Utc>,
         error: &anyhow::Error,
-    ) -> Elsewhere {
+    ) -> Claimed {
         let claim = Unrecorded::claim(new, claimed_at);
         let slot = crate::time::to_db(claim.row.scheduled_at);
         let schedule = claim.row.schedule.clone();
@@ -405,7 +409,7 @@ impl Dispatcher {
             && !self.lock(&self.claimed_elsewhere).insert(key.clone())
         {
             tracing::debug!(%schedule, %slot, "slot already claimed in the unrecorded-sends file; not sending it again");
-            return Elsewhere::Taken;
+            return Claimed::Taken;
         }
         self.spilling.fetch_add(1, Ordering::SeqCst);
         match self.store.spill(claim.clone()).await {
@@ -413,7 +417,7 @@ impl Dispatcher {
                 tracing::error!(%schedule, %slot,
                     "cannot write the history row before sending ({error:#}); its claim is kept in {} instead: sending, and recording it once the database takes writes",
                     file.display());
-                Elsewhere::Claimed(claim)
+                Claimed::File(claim)
             }
             Err(spill) => {
                 self.spilling.fetch_sub(1, Ordering::SeqCst);
@@ -433,7 +437,7 @@ impl Dispatcher {
                 let mut not_sent = claim.finished(finish.clone());
                 not_sent.row.status = Status::Missed;
                 self.keep_unwritten(not_sent, error).await;
-                Elsewhere::NotSent(finish)
+                Claimed::Nowhere(finish)
             }
         }
     }
