@@ -12,9 +12,13 @@ use chrono::{SubsecRound, Utc};
 
 use crate::support::*;
 
-/// `sqlite3 DB SQL` as an auditor types it: read-write, no `-readonly`.
+/// `sqlite3 DB SQL` as an auditor's script runs it: read-write, no `-readonly`, and with a busy
+/// timeout, as any script should have (SQLite answers "database is locked" at once without
+/// one when a reader's turn to take a read mark collides with another connection's; Python and
+/// rusqlite wait 5 s by default).
 async fn sqlite3(db: &Path, sql: &str) -> String {
     let output = tokio::process::Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
         .arg(db)
         .arg(sql)
         .output()
