@@ -78,7 +78,7 @@ pub struct Metrics {
     reload_failures: AtomicU64,
     armed: RwLock<Vec<Arc<Schedule>>>,
     /// The database's fault counts.
-    store: RwLock<Option<Arc<Health>>>,
+    store: Arc<Health>,
     /// Sends waiting for the database to take them.
     unrecorded: AtomicU64,
 }
@@ -127,9 +127,12 @@ impl Metrics {
         }
     }
 
-    /// Reports the faults counted by the database's connections.
-    pub fn watch_store(&self, health: Arc<Health>) {
-        *self.store.write().unwrap_or_else(|p| p.into_inner()) = Some(health);
+    /// Metrics that report the faults counted by the database's connections.
+    pub fn for_store(health: Arc<Health>) -> Metrics {
+        Metrics {
+            store: health,
+            ..Metrics::default()
+        }
     }
 
     /// How many sends are waiting for the database to take them.
@@ -234,14 +237,11 @@ impl Metrics {
             "counter",
             "Statements that failed with a storage fault (the connection is reopened after corrupt, io_error and not_a_database; disk_full releases the disk reserve).",
         );
-        let health = self.store.read().unwrap_or_else(|p| p.into_inner());
-        let counts = FaultKind::ALL.iter().map(|kind| {
-            let n = health.as_ref().map_or(0, |h| h.faults(*kind));
-            (kind.as_str(), n)
-        });
+        let counts = FaultKind::ALL
+            .iter()
+            .map(|kind| (kind.as_str(), self.store.faults(*kind)));
         labelled(out, faults, "kind", counts);
-        let episode = health.as_ref().is_some_and(|h| h.episode().is_some());
-        drop(health);
+        let episode = self.store.episode().is_some();
         let open = "wecom_notify_database_fault";
         header(
             out,

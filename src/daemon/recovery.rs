@@ -277,7 +277,9 @@ async fn resume_one(firing: &Arc<Firing>, row: PendingRow, now: DateTime<Utc>) {
     let safe_until = row.created_at + Duration::seconds(i64::from(interval)) - RESEND_MARGIN;
     let what = format!(
         "send #{} of schedule \"{}\" (slot {})",
-        row.id, row.schedule, row.scheduled_at
+        row.id,
+        row.schedule,
+        crate::time::to_db(row.scheduled_at)
     );
     match app {
         Some(app) if now < safe_until => {

@@ -23,7 +23,7 @@ impl Dispatcher {
         let what = describe(&send);
         // Counted from before the file is written until the send is in memory: the file is
         // not deleted meanwhile (see flush_unwritten).
-        self.spilling.fetch_add(1, Ordering::SeqCst);
+        self.keeping.fetch_add(1, Ordering::SeqCst);
         let spilled = self.store.spill(send.clone()).await;
         match &spilled {
             Ok(file) => tracing::error!(
@@ -41,7 +41,7 @@ impl Dispatcher {
         });
         self.metrics.set_unrecorded(unwritten.len());
         drop(unwritten);
-        self.spilling.fetch_sub(1, Ordering::SeqCst);
+        self.keeping.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// How many sends are waiting for the database.
@@ -53,7 +53,7 @@ impl Dispatcher {
     }
 
     /// Tries the waiting sends again; returns how many are still waiting. Once none is left
-    /// and no send made without a row is in flight, the unrecorded-sends file goes.
+    /// and no send claimed in the unrecorded-sends file is in flight, the file goes.
     pub async fn flush_unwritten(&self) -> usize {
         let waiting: Vec<Waiting> =
             std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|p| p.into_inner()));
@@ -61,11 +61,8 @@ impl Dispatcher {
         let mut still = Vec::new();
         for write in waiting {
             match self.store.record_unrecorded(write.send.clone()).await {
-                Ok(Recorded::Written(_) | Recorded::Claimed(_)) => {
-                    self.in_the_database(&write.send);
-                }
+                Ok(Recorded::Written(_) | Recorded::Claimed(_)) => {}
                 Ok(Recorded::Kept(id)) => {
-                    self.in_the_database(&write.send);
                     tracing::warn!(
                         id,
                         "{}: another process recorded this slot meanwhile; keeping its row",
@@ -90,7 +87,7 @@ impl Dispatcher {
         };
         self.metrics.set_unrecorded(left);
         self.store.clear_spill_if(|| {
-            self.spilling.load(Ordering::SeqCst) == 0
+            self.keeping.load(Ordering::SeqCst) == 0
                 && self
                     .unwritten
                     .lock()

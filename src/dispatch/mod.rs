@@ -18,7 +18,7 @@ mod deliver;
 mod journal;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -39,14 +39,30 @@ use journal::Waiting;
 
 /// Where the claim of a fire went.
 enum Claimed {
-    /// Its row in the database.
-    Row(i64),
-    /// The unrecorded-sends file, the database having refused the row: send it.
-    File(Unrecorded),
+    /// Somewhere durable: send it.
+    Held(Held),
     /// Another fire holds this slot already (in the database, or in this process's file).
     Taken,
     /// Nowhere: not sent; the finish records that once the database takes writes.
     Nowhere(Finish),
+}
+
+/// A claim that holds its slot.
+enum Held {
+    /// Its row in the database.
+    Row(i64),
+    /// The unrecorded-sends file, the database having refused the row.
+    File(Box<Unrecorded>),
+}
+
+impl Held {
+    /// The history id, when the claim is a row.
+    fn id(&self) -> Option<i64> {
+        match self {
+            Held::Row(id) => Some(*id),
+            Held::File(_) => None,
+        }
+    }
 }
 
 /// What became of one fire.
@@ -119,11 +135,9 @@ pub struct Dispatcher {
     inflight: Mutex<HashSet<i64>>,
     /// Sends the database refused, kept until it takes them.
     unwritten: Mutex<Vec<Waiting>>,
-    /// Sends whose claim or outcome is being written to the unrecorded-sends file, or whose
-    /// claim is only there and is in flight: while any is, the file stays.
-    spilling: AtomicUsize,
-    /// Slots claimed in the unrecorded-sends file and not yet in the database.
-    claimed_elsewhere: Mutex<HashSet<(String, DateTime<Utc>)>>,
+    /// Sends being written to the unrecorded-sends file on their way into `unwritten`: while
+    /// any is, the file stays.
+    keeping: AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
@@ -135,8 +149,7 @@ impl Dispatcher {
         policy: RetryPolicy,
         dry_run: bool,
     ) -> Dispatcher {
-        let metrics = Arc::new(Metrics::default());
-        metrics.watch_store(store.health());
+        let metrics = Arc::new(Metrics::for_store(store.health()));
         Dispatcher {
             store,
             client,
@@ -148,8 +161,7 @@ impl Dispatcher {
             gates: PerApp::default(),
             inflight: Mutex::new(HashSet::new()),
             unwritten: Mutex::new(Vec::new()),
-            spilling: AtomicUsize::new(0),
-            claimed_elsewhere: Mutex::new(HashSet::new()),
+            keeping: AtomicUsize::new(0),
         }
     }
 
@@ -173,18 +185,6 @@ impl Dispatcher {
 
     pub fn is_dry_run(&self) -> bool {
         self.dry_run
-    }
-
-    /// The set behind `mutex`, poison or not.
-    fn lock<'a, T>(&self, mutex: &'a Mutex<T>) -> std::sync::MutexGuard<'a, T> {
-        mutex.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// `send` is in the database now: its slot's unique index guards it from here on.
-    fn in_the_database(&self, send: &Unrecorded) {
-        if let Some(key) = send.slot_key() {
-            self.lock(&self.claimed_elsewhere).remove(&key);
-        }
     }
 
     fn gate(&self, app: &App) -> Arc<AppGate> {
@@ -239,9 +239,8 @@ impl Dispatcher {
         let payload = new.payload.clone();
         let slot_text = crate::time::to_db(slot);
         let claimed_at = Utc::now();
-        let (id, spilled) = match self.claim(&new, claimed_at).await? {
-            Claimed::Row(id) => (Some(id), None),
-            Claimed::File(claim) => (None, Some(claim)),
+        let held = match self.claim(&new, claimed_at).await? {
+            Claimed::Held(held) => held,
             Claimed::Taken => {
                 tracing::debug!(schedule = %schedule.name, slot = %slot_text, "slot already claimed; not sending it again");
                 return Ok(Fired::Taken);
@@ -251,6 +250,7 @@ impl Dispatcher {
                 return Ok(Fired::Done(Box::new(outcome)));
             }
         };
+        let id = held.id();
         if self.dry_run {
             tracing::info!(schedule = %schedule.name, slot = %slot_text, id, body = %payload, "dry run: not sending");
             let finish = Finish::new(Status::DryRun, 0);
@@ -285,13 +285,9 @@ impl Dispatcher {
             })
             .await;
         self.metrics.observe_send(started.elapsed());
-        let id = match spilled {
-            Some(claim) => {
-                let id = self.record_spilled(claim, &finish).await;
-                self.spilling.fetch_sub(1, Ordering::SeqCst);
-                id
-            }
-            None => self.record(id, new, claimed_at, &finish).await,
+        let id = match held {
+            Held::Row(id) => Some(self.record(id, new, claimed_at, &finish).await),
+            Held::File(claim) => self.record_spilled(*claim, &finish).await,
         };
         Ok(Fired::Done(Box::new(self.finished(
             &schedule.name,
@@ -362,15 +358,14 @@ impl Dispatcher {
                 row.id,
                 row.as_new(),
                 row.created_at,
-                row.pid.unwrap_or_default(),
+                row.pid,
                 finish.clone(),
             );
             self.keep_unwritten(send, &e).await;
         }
-        let slot = crate::time::from_db(&row.scheduled_at).unwrap_or_default();
         self.finished(
             &row.schedule,
-            slot,
+            row.scheduled_at,
             Some(row.id),
             row.payload.clone(),
             finish,
@@ -381,7 +376,7 @@ impl Dispatcher {
     /// sending unrecorded is allowed, a line of the unrecorded-sends file.
     async fn claim(&self, new: &NewSend, claimed_at: DateTime<Utc>) -> anyhow::Result<Claimed> {
         match self.store.claim(new.clone()).await {
-            Ok(Claim::Claimed(id)) => Ok(Claimed::Row(id)),
+            Ok(Claim::Claimed(id)) => Ok(Claimed::Held(Held::Row(id))),
             Ok(Claim::Taken) => Ok(Claimed::Taken),
             Err(e) if self.send_unrecorded && !self.dry_run => {
                 Ok(self.claim_elsewhere(new.clone(), claimed_at, &e).await)
@@ -402,28 +397,15 @@ impl Dispatcher {
         let claim = Unrecorded::claim(new, claimed_at);
         let slot = crate::time::to_db(claim.row.scheduled_at);
         let schedule = claim.row.schedule.clone();
-        // The database's unique slot index cannot guard a claim it never saw: this does, for
-        // this process, until the row is in the database (a doubled tick, a re-armed timer).
-        let key = claim.slot_key();
-        if let Some(key) = &key
-            && !self.lock(&self.claimed_elsewhere).insert(key.clone())
-        {
-            tracing::debug!(%schedule, %slot, "slot already claimed in the unrecorded-sends file; not sending it again");
-            return Claimed::Taken;
-        }
-        self.spilling.fetch_add(1, Ordering::SeqCst);
-        match self.store.spill(claim.clone()).await {
-            Ok(file) => {
+        match self.store.spill_claim(claim.clone()).await {
+            Ok(Some(file)) => {
                 tracing::error!(%schedule, %slot,
                     "cannot write the history row before sending ({error:#}); its claim is kept in {} instead: sending, and recording it once the database takes writes",
                     file.display());
-                Claimed::File(claim)
+                Claimed::Held(Held::File(Box::new(claim)))
             }
+            Ok(None) => Claimed::Taken,
             Err(spill) => {
-                self.spilling.fetch_sub(1, Ordering::SeqCst);
-                if let Some(key) = &key {
-                    self.lock(&self.claimed_elsewhere).remove(key);
-                }
                 tracing::error!(%schedule, %slot,
                     "NOT SENT: the database refused the claim of this slot ({error:#}) and the unrecorded-sends file did too ({spill}); a send that leaves no record would be taken for missed and sent again by the next start. It is recorded as missed once the database takes writes");
                 let finish = Finish {
@@ -442,33 +424,28 @@ impl Dispatcher {
         }
     }
 
-    /// Writes the outcome into the claimed row, or keeps it until the database takes it.
+    /// Writes the outcome into the claimed row `id`, or keeps it until the database takes it.
     async fn record(
         &self,
-        id: Option<i64>,
+        id: i64,
         new: NewSend,
         claimed_at: DateTime<Utc>,
         finish: &Finish,
-    ) -> Option<i64> {
-        let id = id?;
+    ) -> i64 {
         let recorded = self.store.finish(id, finish.clone()).await;
         self.track(Some(id), false);
         if let Err(e) = recorded {
-            let pid = i64::from(std::process::id());
+            let pid = Some(i64::from(std::process::id()));
             let send = Unrecorded::outcome_of(id, new, claimed_at, pid, finish.clone());
             self.keep_unwritten(send, &e).await;
         }
-        Some(id)
+        id
     }
 
     /// Writes a send whose claim is in the unrecorded-sends file; returns its row's id.
     async fn record_spilled(&self, claim: Unrecorded, finish: &Finish) -> Option<i64> {
         let send = claim.finished(finish.clone());
-        let recorded = self.store.record_unrecorded(send.clone()).await;
-        if recorded.is_ok() {
-            self.in_the_database(&send);
-        }
-        match recorded {
+        match self.store.record_unrecorded(send.clone()).await {
             Ok(Recorded::Written(id) | Recorded::Claimed(id)) => Some(id),
             Ok(Recorded::Kept(id)) => {
                 tracing::warn!(id, schedule = %send.row.schedule, slot = %crate::time::to_db(send.row.scheduled_at),

@@ -26,43 +26,59 @@ pub fn database_files(database: &Path) -> [PathBuf; 3] {
     ]
 }
 
-/// Makes each existing file of the database readable and writable by its owner only.
+/// Makes each existing file of the database readable and writable by its owner only; returns
+/// whether the database file itself exists.
 ///
 /// A file that others may read (an old 0644 database, or one an operator created by hand) is
 /// tightened, with a warning, rather than refused: the owner asked for a database here, and
 /// refusing would stop the schedules over something this process can repair itself. A file it
 /// cannot repair (owned by someone else) is refused, because its tokens would stay exposed.
-///
-/// `just_created`: SQLite has just created the database file with its default mode; that is
-/// repaired without a warning.
-pub fn make_private(database: &Path, just_created: bool) -> anyhow::Result<()> {
-    for path in database_files(database) {
-        let meta = match std::fs::metadata(&path) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => bail!("cannot inspect {}: {e}", path.display()),
-        };
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 == 0 {
+pub fn make_private(database: &Path) -> anyhow::Result<bool> {
+    let mut existed = false;
+    for (i, path) in database_files(database).iter().enumerate() {
+        let Some(mode) = tighten(path)? else {
             continue;
-        }
-        match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(PRIVATE_MODE)) {
-            Ok(()) if just_created => {}
-            Ok(()) => tracing::warn!(
+        };
+        existed |= i == 0;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
                 path = %path.display(),
                 "the file had mode {mode:04o}, which let other users read the access tokens (or write rows); changed it to {PRIVATE_MODE:04o}"
-            ),
-            Err(e) => bail!(
-                "{} has mode {mode:04o}: other users can read the access tokens in it, and this process (uid {}) cannot change that (the file belongs to uid {}: {e}); run `chmod 600 {}` as its owner",
-                path.display(),
-                // SAFETY: getuid has no preconditions and cannot fail.
-                unsafe { libc::getuid() },
-                meta.uid(),
-                path.display()
-            ),
+            );
         }
     }
-    Ok(())
+    Ok(existed)
+}
+
+/// [`make_private`] for a database file SQLite has just created with its default mode: that
+/// is repaired without a warning.
+pub fn make_new_private(database: &Path) -> anyhow::Result<()> {
+    tighten(database).map(|_| ())
+}
+
+/// Sets `path` to [`PRIVATE_MODE`] if others may read or write it; returns its mode before,
+/// `None` when there is no such file.
+fn tighten(path: &Path) -> anyhow::Result<Option<u32>> {
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => bail!("cannot inspect {}: {e}", path.display()),
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0
+        && let Err(e) =
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(PRIVATE_MODE))
+    {
+        bail!(
+            "{} has mode {mode:04o}: other users can read the access tokens in it, and this process (uid {}) cannot change that (the file belongs to uid {}: {e}); run `chmod 600 {}` as its owner",
+            path.display(),
+            // SAFETY: getuid has no preconditions and cannot fail.
+            unsafe { libc::getuid() },
+            meta.uid(),
+            path.display()
+        );
+    }
+    Ok(Some(mode))
 }
 
 #[cfg(test)]
@@ -79,13 +95,13 @@ mod tests {
             std::fs::write(path, b"").unwrap();
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
         }
-        make_private(&db, false).unwrap();
+        assert!(make_private(&db).unwrap(), "the database exists");
         for path in [&main, &wal, &shm] {
             let mode = path.metadata().unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", path.display());
         }
         // Missing files are SQLite's to create.
-        make_private(&dir.path().join("absent.db"), false).unwrap();
+        assert!(!make_private(&dir.path().join("absent.db")).unwrap());
         assert!(!dir.path().join("absent.db").exists());
     }
 }

@@ -98,7 +98,8 @@ pub struct Health {
 
 impl Health {
     /// Counts a fault; the first of an episode is logged at ERROR, the rest at DEBUG.
-    pub(super) fn record(&self, kind: FaultKind, text: String, reopened: bool) {
+    pub(super) fn record(&self, kind: FaultKind, text: String) {
+        let reopened = kind.needs_reopen();
         self.faults[kind.index()].fetch_add(1, Ordering::Relaxed);
         let now = Utc::now();
         let mut episode = self.episode.lock().unwrap_or_else(|p| p.into_inner());
@@ -208,7 +209,7 @@ mod tests {
         let health = Health::default();
         tracing::subscriber::with_default(subscriber, || {
             for _ in 0..3 {
-                health.record(FaultKind::IoError, describe_error(&io_error()), true);
+                health.record(FaultKind::IoError, describe_error(&io_error()));
             }
             let episode = health.episode().expect("an episode");
             assert_eq!((episode.faults, episode.reopens), (3, 3));
@@ -224,7 +225,6 @@ mod tests {
             health.record(
                 FaultKind::Corrupt,
                 "database disk image is malformed".into(),
-                true,
             );
         });
         let log = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
@@ -237,17 +237,9 @@ mod tests {
     #[test]
     fn an_episode_that_grew_meanwhile_is_not_ended() {
         let health = Health::default();
-        health.record(
-            FaultKind::DiskFull,
-            "database or disk is full".into(),
-            false,
-        );
+        health.record(FaultKind::DiskFull, "database or disk is full".into());
         let seen = health.episode().expect("an episode");
-        health.record(
-            FaultKind::DiskFull,
-            "database or disk is full".into(),
-            false,
-        );
+        health.record(FaultKind::DiskFull, "database or disk is full".into());
         assert!(!health.end_episode(&seen), "a fault came after it was read");
         assert!(health.episode().is_some());
     }

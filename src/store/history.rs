@@ -147,8 +147,8 @@ pub struct Finish {
 pub struct PendingRow {
     pub id: i64,
     pub schedule: String,
-    pub trigger: String,
-    pub scheduled_at: String,
+    pub trigger: Trigger,
+    pub scheduled_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub app: String,
     pub agent_id: i64,
@@ -163,8 +163,8 @@ impl PendingRow {
     pub fn as_new(&self) -> NewSend {
         NewSend {
             schedule: self.schedule.clone(),
-            trigger: Trigger::parse(&self.trigger).unwrap_or(Trigger::Cron),
-            scheduled_at: crate::time::from_db(&self.scheduled_at).unwrap_or_default(),
+            trigger: self.trigger,
+            scheduled_at: self.scheduled_at,
             app: self.app.clone(),
             agent_id: self.agent_id,
             msgtype: self.msgtype.clone(),
@@ -174,12 +174,26 @@ impl PendingRow {
     }
 }
 
+/// A column of ours that does not read back as written.
+fn unreadable(column: usize, what: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        column,
+        rusqlite::types::Type::Text,
+        format!("not a {what} this program writes").into(),
+    )
+}
+
+/// A timestamp column.
+fn timestamp(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<DateTime<Utc>> {
+    let text: String = row.get(column)?;
+    crate::time::from_db(&text).ok_or_else(|| unreadable(column, "timestamp"))
+}
+
 /// Inserts a row created now by this process; with `finish`, the row is written finished.
 fn insert(conn: &Connection, new: &NewSend, finish: Option<&Finish>) -> rusqlite::Result<Claim> {
     let now = Utc::now();
-    let finished = (new.status != Status::Pending || finish.is_some()).then_some(now);
     let pid = Some(i64::from(std::process::id()));
-    insert_as(conn, None, new, now, finish.zip(finished), pid)
+    insert_as(conn, None, new, now, finish.map(|f| (f, now)), pid)
 }
 
 /// Inserts a row as it was created at `created_at` by process `pid`, under `id` if given.
@@ -351,13 +365,13 @@ impl Store {
                  FROM sends WHERE status = 'pending' ORDER BY id",
             )?;
             let rows = statement.query_map([], |r| {
-                let created_at: String = r.get(4)?;
+                let trigger: String = r.get(2)?;
                 Ok(PendingRow {
                     id: r.get(0)?,
                     schedule: r.get(1)?,
-                    trigger: r.get(2)?,
-                    scheduled_at: r.get(3)?,
-                    created_at: crate::time::from_db(&created_at).unwrap_or(DateTime::UNIX_EPOCH),
+                    trigger: Trigger::parse(&trigger).ok_or_else(|| unreadable(2, "trigger"))?,
+                    scheduled_at: timestamp(r, 3)?,
+                    created_at: timestamp(r, 4)?,
                     app: r.get(5)?,
                     agent_id: r.get(6)?,
                     msgtype: r.get(7)?,
@@ -430,6 +444,13 @@ pub(crate) mod fixtures {
             payload: format!("{{\"slot\":\"{slot}\"}}"),
             status: Status::Pending,
         }
+    }
+
+    /// A new database in a folder of its own (kept as long as the folder is).
+    pub fn fresh_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let store = Store::open(&dir.path().join("w.db")).unwrap_or_else(|e| panic!("{e:#}"));
+        (dir, store)
     }
 
     /// WeCom's answer to a send it took.

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
 
@@ -83,11 +84,6 @@ impl Store {
         self.shared.health.clone()
     }
 
-    /// The disk reserve beside the database.
-    pub fn reserve(&self) -> &Reserve {
-        &self.shared.reserve
-    }
-
     /// Creates the disk reserve if it is missing and there is room (the daemon calls this at
     /// start and then every few seconds; commands only ever release it).
     pub async fn keep_reserve(&self) {
@@ -129,14 +125,19 @@ impl Store {
 /// Opens a connection to `path`, in WAL mode.
 fn connect(path: &Path, busy_timeout: Duration) -> anyhow::Result<Connection> {
     // Files left readable by others are tightened before anything is read from them.
-    files::make_private(path, false)?;
-    let existed = path.exists();
+    let existed = files::make_private(path)?;
     let conn = Connection::open(path)
         .with_context(|| format!("cannot open database {}", path.display()))?;
-    // SQLite has just created the file if it was missing, with mode 0644 less the umask, and
-    // it is still empty. It gets 0600 before the switch to WAL creates the -wal and -shm files,
-    // which SQLite gives the database file's mode.
-    files::make_private(path, !existed)?;
+    if !existed {
+        // SQLite has just created the file, with mode 0644 less the umask, and it is still
+        // empty. It gets 0600 before the switch to WAL creates the -wal and -shm files, which
+        // SQLite gives the database file's mode.
+        files::make_new_private(path)?;
+    }
+    // Closing a connection must not try for an exclusive lock to checkpoint: a reader opening
+    // at that moment would be told "database is locked". The daemon's writes checkpoint the
+    // WAL as it grows; a closing `history` or `send` has nothing to add.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     conn.busy_timeout(busy_timeout)?;
     patiently(busy_timeout, || {
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -203,22 +204,19 @@ fn patiently<T>(
 }
 
 fn is_busy(error: &anyhow::Error) -> bool {
+    let locked = |e: &rusqlite::Error| {
+        matches!(
+            e.sqlite_error_code(),
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+        )
+    };
     error.downcast_ref::<Busy>().is_some()
         || error.chain().any(|cause| {
-            cause.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
-                matches!(
-                    e.sqlite_error_code(),
-                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+            cause.downcast_ref::<rusqlite::Error>().is_some_and(locked)
+                || matches!(
+                    cause.downcast_ref::<rusqlite_migration::Error>(),
+                    Some(rusqlite_migration::Error::RusqliteError { err, .. }) if locked(err)
                 )
-            }) || cause
-                .downcast_ref::<rusqlite_migration::Error>()
-                .is_some_and(|e| match e {
-                    rusqlite_migration::Error::RusqliteError { err, .. } => matches!(
-                        err.sqlite_error_code(),
-                        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-                    ),
-                    _ => false,
-                })
         })
 }
 
@@ -227,6 +225,14 @@ fn beside(database: &Path, suffix: &str) -> PathBuf {
     let mut name = database.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
+}
+
+/// The folder that holds `path` (`.` for a bare file name).
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
 }
 
 #[cfg(test)]
@@ -261,6 +267,24 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
         assert_eq!(tables, 3);
+    }
+
+    #[test]
+    fn a_closing_connection_does_not_take_the_lock_that_readers_would_run_into() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let conn = connect(&path, BUSY_TIMEOUT).unwrap();
+        conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1)")
+            .unwrap();
+        drop(conn);
+        // The only connection closed: had it tried for the exclusive lock, it would have got
+        // it, checkpointed and deleted the WAL.
+        assert!(beside(&path, "-wal").exists(), "no checkpoint on close");
+        let reader = connect(&path, BUSY_TIMEOUT).unwrap();
+        let x: i64 = reader
+            .query_row("SELECT x FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(x, 1, "the WAL left behind is read");
     }
 
     #[test]

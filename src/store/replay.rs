@@ -36,20 +36,20 @@ fn write_unrecorded(conn: &mut Connection, send: &Unrecorded) -> rusqlite::Resul
     let tx = conn.transaction()?;
     let slot = crate::time::to_db(send.row.scheduled_at);
     let outcome = send.outcome.as_ref().map(|o| (&o.finish, o.finished_at));
-    let status_of = |id: i64| -> rusqlite::Result<Option<Status>> {
-        tx.query_row(
-            "SELECT status FROM sends WHERE id = ?1 AND schedule = ?2 AND scheduled_at = ?3",
-            params![id, send.row.schedule, slot],
-            |r| r.get::<_, String>(0),
-        )
-        .optional()
-        .map(|status| status.as_deref().and_then(Status::parse))
+    let own_status = match send.id {
+        Some(id) => tx
+            .query_row(
+                "SELECT status FROM sends WHERE id = ?1 AND schedule = ?2 AND scheduled_at = ?3",
+                params![id, send.row.schedule, slot],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .map(|status| (id, Status::parse(&status))),
+        None => None,
     };
-    if let Some(id) = send.id
-        && let Some(status) = status_of(id)?
-    {
+    if let Some((id, status)) = own_status {
         let written = match outcome {
-            Some((finish, at)) if matches!(status, Status::Pending | Status::Interrupted) => {
+            Some((finish, at)) if matches!(status, Some(Status::Pending | Status::Interrupted)) => {
                 update_finish(&tx, id, finish, at)?;
                 Recorded::Written(id)
             }
@@ -60,7 +60,7 @@ fn write_unrecorded(conn: &mut Connection, send: &Unrecorded) -> rusqlite::Resul
     }
     // A bare claim's process is gone (its file's lock was free): no pid, so that crash
     // recovery resends or closes the row rather than wait for a process that reused the pid.
-    let pid = outcome.map(|_| send.pid);
+    let pid = send.pid.filter(|_| outcome.is_some());
     let mut claim = insert_as(&tx, send.id, &send.row, send.created_at, outcome, pid)?;
     if claim == Claim::Taken && send.id.is_some() {
         // Its old id went to another row meanwhile.
@@ -77,37 +77,31 @@ fn write_unrecorded(conn: &mut Connection, send: &Unrecorded) -> rusqlite::Resul
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             let existing = Status::parse(&status);
-            let replace = outcome.is_some_and(|(f, _)| {
-                if delivered(f.status) {
-                    matches!(
-                        existing,
-                        Some(Status::Pending | Status::Missed | Status::Interrupted)
-                    )
-                } else {
-                    existing == Some(Status::Missed)
+            let bare_claim = Finish {
+                errmsg: Some(
+                    "its sender died with the send in flight: it may have been delivered".into(),
+                ),
+                ..Finish::new(Status::Interrupted, 0)
+            };
+            // What the row holding the slot is to say instead, if anything.
+            let correction = match (outcome, existing) {
+                (Some((finish, at)), Some(Status::Pending | Status::Interrupted))
+                    if delivered(finish.status) =>
+                {
+                    Some((finish, at))
                 }
-            });
-            match outcome {
-                Some((finish, at)) if replace => {
+                (Some((finish, at)), Some(Status::Missed)) => Some((finish, at)),
+                (None, Some(Status::Missed)) => Some((&bare_claim, send.created_at)),
+                _ => None,
+            };
+            match correction {
+                Some((finish, at)) => {
                     update_finish(&tx, id, finish, at)?;
                     tracing::warn!(id, schedule = %send.row.schedule, %slot,
-                        "the slot's row said {status}; it now says what happened ({})", finish.status.as_str());
+                        "the slot's row said {status}; it now says {} (a send the database had refused)", finish.status.as_str());
                     Recorded::Written(id)
                 }
-                None if existing == Some(Status::Missed) => {
-                    let finish = Finish {
-                        errmsg: Some(
-                            "its sender died with the send in flight: it may have been delivered"
-                                .to_string(),
-                        ),
-                        ..Finish::new(Status::Interrupted, 0)
-                    };
-                    update_finish(&tx, id, &finish, send.created_at)?;
-                    tracing::warn!(id, schedule = %send.row.schedule, %slot,
-                        "the slot's row said missed, but a send of it was in flight when its process died: it now says interrupted");
-                    Recorded::Written(id)
-                }
-                _ => Recorded::Kept(id),
+                None => Recorded::Kept(id),
             }
         }
     };
@@ -118,7 +112,11 @@ fn write_unrecorded(conn: &mut Connection, send: &Unrecorded) -> rusqlite::Resul
 impl Store {
     /// Writes a send the database had refused (see [`write_unrecorded`]).
     pub async fn record_unrecorded(&self, send: Unrecorded) -> anyhow::Result<Recorded> {
-        self.call(move |conn| write_unrecorded(conn, &send)).await
+        let key = send.key.clone();
+        let recorded = self.call(move |conn| write_unrecorded(conn, &send)).await?;
+        // From here on the database's unique slot index guards its slot.
+        self.unrecorded.recorded(&key);
+        Ok(recorded)
     }
 
     /// Writes into the database every send left in the unrecorded-sends files of processes that
@@ -171,7 +169,6 @@ impl Store {
                     row = ?recorded,
                     "recorded a send that the database had refused while an earlier process made it"
                 );
-                replayed.sends += 1;
                 if let Recorded::Claimed(id) = recorded {
                     replayed.in_flight.push(id);
                 }
@@ -185,7 +182,6 @@ impl Store {
 /// What [`Store::replay_unrecorded`] wrote.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Replayed {
-    pub sends: usize,
     /// Rows written `pending` from bare claims: their senders died with the send in flight,
     /// and crash recovery must resend or close them.
     pub in_flight: Vec<i64>,
@@ -194,14 +190,13 @@ pub struct Replayed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::history::fixtures::{row, sent};
+    use crate::store::history::fixtures::{fresh_store, row, sent};
     use crate::store::history::{NewSend, Trigger};
     use chrono::Utc;
 
     #[tokio::test]
     async fn replayed_sends_fill_their_row_correct_a_missed_one_and_keep_a_final_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.db")).unwrap();
+        let (_dir, store) = fresh_store();
         let now = Utc::now();
         // Claimed in the database, outcome lost: the row gets it.
         let claimed = row(30, Trigger::Cron);
@@ -209,7 +204,7 @@ mod tests {
         else {
             panic!("claim");
         };
-        let outcome = Unrecorded::outcome_of(id, claimed, now, 1, sent());
+        let outcome = Unrecorded::outcome_of(id, claimed, now, Some(1), sent());
         assert_eq!(
             store.record_unrecorded(outcome.clone()).await.unwrap(),
             Recorded::Written(id)
@@ -266,7 +261,7 @@ mod tests {
 mod rules {
     //! What a replayed send may change in a row that holds its slot.
     use super::*;
-    use crate::store::history::fixtures::row;
+    use crate::store::history::fixtures::{fresh_store, row};
     use crate::store::history::{NewSend, Trigger};
     use chrono::Utc;
 
@@ -289,8 +284,7 @@ mod rules {
 
     #[tokio::test]
     async fn only_a_delivery_replaces_another_senders_pending_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.db")).unwrap();
+        let (_dir, store) = fresh_store();
         let id = claimed(&store, row(30, Trigger::Cron)).await;
         for undelivered in [Status::Missed, Status::Failed] {
             let send = Unrecorded::claim(row(30, Trigger::Cron), Utc::now())
@@ -316,8 +310,7 @@ mod rules {
 
     #[tokio::test]
     async fn a_bare_claim_over_a_missed_row_makes_it_interrupted() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.db")).unwrap();
+        let (_dir, store) = fresh_store();
         let missed = NewSend {
             status: Status::Missed,
             ..row(30, Trigger::Cron)
@@ -340,12 +333,12 @@ mod rules {
 
     #[tokio::test]
     async fn a_late_outcome_corrects_its_own_interrupted_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.db")).unwrap();
+        let (_dir, store) = fresh_store();
         let new = row(30, Trigger::Cron);
         let id = claimed(&store, new.clone()).await;
         assert!(store.interrupt(id).await.unwrap());
-        let outcome = Unrecorded::outcome_of(id, new, Utc::now(), 1, Finish::new(Status::Sent, 1));
+        let outcome =
+            Unrecorded::outcome_of(id, new, Utc::now(), Some(1), Finish::new(Status::Sent, 1));
         assert_eq!(
             store.record_unrecorded(outcome).await.unwrap(),
             Recorded::Written(id)
@@ -355,8 +348,7 @@ mod rules {
 
     #[tokio::test]
     async fn a_vanished_manual_row_replayed_twice_is_written_once_under_its_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.db")).unwrap();
+        let (_dir, store) = fresh_store();
         let new = row(30, Trigger::Manual);
         let id = claimed(&store, new.clone()).await;
         claimed(&store, row(40, Trigger::Manual)).await;
@@ -364,7 +356,8 @@ mod rules {
             .call(move |c| c.execute("DELETE FROM sends WHERE id = ?1", [id]))
             .await
             .unwrap();
-        let outcome = Unrecorded::outcome_of(id, new, Utc::now(), 1, Finish::new(Status::Sent, 1));
+        let outcome =
+            Unrecorded::outcome_of(id, new, Utc::now(), Some(1), Finish::new(Status::Sent, 1));
         for _ in 0..2 {
             let recorded = store.record_unrecorded(outcome.clone()).await.unwrap();
             assert!(matches!(recorded, Recorded::Written(i) | Recorded::Kept(i) if i == id));

@@ -63,11 +63,7 @@ impl Reserve {
         if self.is_held() {
             return Ok(false);
         }
-        let dir = match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        if free_bytes(dir)? < 2 * RESERVE_BYTES {
+        if free_bytes(super::folder_of(&self.path))? < 2 * RESERVE_BYTES {
             return Ok(false);
         }
         // Built under another name and renamed, so a reserve is never half there.

@@ -10,7 +10,7 @@
 //! These are separate files, never the database's own: opening and closing them cannot touch
 //! SQLite's locks (see [`super::files`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -33,8 +33,8 @@ pub struct Unrecorded {
     pub id: Option<i64>,
     pub row: NewSend,
     pub created_at: DateTime<Utc>,
-    /// The process that made the send.
-    pub pid: i64,
+    /// The process that made the send (unknown for a row that had none).
+    pub pid: Option<i64>,
     /// How the send ended; `None` for a claim (the send is, or was, in flight).
     pub outcome: Option<Outcome>,
 }
@@ -55,7 +55,7 @@ impl Unrecorded {
             id: None,
             row,
             created_at,
-            pid: i64::from(std::process::id()),
+            pid: Some(i64::from(std::process::id())),
             outcome: None,
         }
     }
@@ -65,7 +65,7 @@ impl Unrecorded {
         id: i64,
         row: NewSend,
         created_at: DateTime<Utc>,
-        pid: i64,
+        pid: Option<i64>,
         finish: Finish,
     ) -> Unrecorded {
         Unrecorded {
@@ -76,7 +76,7 @@ impl Unrecorded {
     }
 
     /// The slot this send claims, for a cron or catch-up send (manual sends claim none).
-    pub fn slot_key(&self) -> Option<(String, DateTime<Utc>)> {
+    fn slot_key(&self) -> Option<SlotKey> {
         (self.row.trigger != super::history::Trigger::Manual)
             .then(|| (self.row.schedule.clone(), self.row.scheduled_at))
     }
@@ -91,11 +91,18 @@ impl Unrecorded {
     }
 }
 
+/// A schedule and one of its slots.
+type SlotKey = (String, DateTime<Utc>);
+
 /// This process's file (created when first needed), and the way to the files of others.
 #[derive(Debug)]
 pub struct UnrecordedFiles {
     database: PathBuf,
     own: Mutex<Option<Own>>,
+    /// Claims in this process's file whose send has no row in the database yet, by key, with
+    /// the slot each holds: the file's part of the database's unique slot index (a doubled
+    /// tick, a re-armed timer), and what keeps the file while a send it claims is in flight.
+    claims: Mutex<HashMap<String, Option<SlotKey>>>,
     /// Files of others that could not be read, already reported (once is enough).
     unreadable: Mutex<HashSet<PathBuf>>,
 }
@@ -111,6 +118,7 @@ impl UnrecordedFiles {
         UnrecordedFiles {
             database: database.to_path_buf(),
             own: Mutex::new(None),
+            claims: Mutex::new(HashMap::new()),
             unreadable: Mutex::new(HashSet::new()),
         }
     }
@@ -125,11 +133,8 @@ impl UnrecordedFiles {
         format!("{name}.unrecorded-")
     }
 
-    fn dir(&self) -> PathBuf {
-        match self.database.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-            _ => PathBuf::from("."),
-        }
+    fn dir(&self) -> &Path {
+        super::folder_of(&self.database)
     }
 
     /// Appends `entry` and syncs it to disk; returns the file's path. A full disk releases the
@@ -158,6 +163,36 @@ impl UnrecordedFiles {
             }
             result => result,
         }
+    }
+
+    /// Appends the claim of a send like [`UnrecordedFiles::append`]; `None` when this process
+    /// claimed the same slot in the file already.
+    pub fn append_claim(
+        &self,
+        claim: &Unrecorded,
+        reserve: &Reserve,
+    ) -> io::Result<Option<PathBuf>> {
+        let slot = claim.slot_key();
+        {
+            let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_some() && claims.values().any(|held| *held == slot) {
+                return Ok(None);
+            }
+            claims.insert(claim.key.clone(), slot);
+        }
+        let appended = self.append(claim, reserve);
+        if appended.is_err() {
+            self.recorded(&claim.key);
+        }
+        appended.map(Some)
+    }
+
+    /// The send `key` is in the database now (or its claim never made it to the file).
+    pub fn recorded(&self, key: &str) {
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 
     fn create(&self) -> io::Result<Own> {
@@ -193,16 +228,22 @@ impl UnrecordedFiles {
         own.as_ref().map(|own| own.path.clone())
     }
 
-    /// Deletes this process's file if `done` says everything in it is in the database now.
-    /// `done` is asked while no line can be appended, so none is deleted unrecorded; while a
-    /// line is being written (and synced), this waits for nothing and deletes nothing.
+    /// Deletes this process's file once no claim in it lacks its row and `done` says the rest
+    /// is in the database. Both are asked while no line can be appended, so none is deleted
+    /// unrecorded; while a line is being written (and synced), this waits for nothing and
+    /// deletes nothing.
     pub fn clear_if(&self, done: impl FnOnce() -> bool) {
         let mut own = match self.own.try_lock() {
             Ok(own) => own,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return,
         };
-        if own.is_none() || !done() {
+        let claims_open = !self
+            .claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        if own.is_none() || claims_open || !done() {
             return;
         }
         if let Some(own) = own.take()
@@ -305,13 +346,24 @@ impl super::Store {
             .map_err(io::Error::other)?
     }
 
+    /// Appends the claim of a send about to be made without a row; `None` when this process
+    /// claimed that slot in the file already (it must not be sent twice).
+    pub async fn spill_claim(&self, claim: Unrecorded) -> io::Result<Option<PathBuf>> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            store.unrecorded.append_claim(&claim, &store.shared.reserve)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
     /// This process's unrecorded-sends file, if it has one.
     pub fn spill_path(&self) -> Option<PathBuf> {
         self.unrecorded.own_path()
     }
 
-    /// Deletes this process's unrecorded-sends file if `done` says everything in it is in
-    /// the database (asked while no line can be appended).
+    /// Deletes this process's unrecorded-sends file once every claim in it has its row and
+    /// `done` says the rest is in the database (asked while no line can be appended).
     pub fn clear_spill_if(&self, done: impl FnOnce() -> bool) {
         self.unrecorded.clear_if(done);
     }

@@ -36,10 +36,12 @@ enum Ran {
 /// Which run of a job this is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Run {
-    /// The first; with a reserve to release, a full disk asks for a second one.
+    /// The first; with `retry_full`, a full disk holds its error back and asks for another.
     First { may_run_again: bool },
     /// The second, after the reserve was released (its full disk was counted already).
     Again,
+    /// No reserve was there to release: hand over the error the first run held back.
+    GiveUp,
 }
 
 /// A job gets the connection (or why there is none), which run this is, and the health
@@ -79,7 +81,14 @@ impl Worker {
     {
         let (done, result) = tokio::sync::oneshot::channel();
         let mut done = Some(done);
+        let mut held_back = None;
         let job: Job = Box::new(move |conn, run, health| {
+            if run == Run::GiveUp {
+                if let (Some(done), Some(error)) = (done.take(), held_back.take()) {
+                    let _ = done.send(Err(anyhow::Error::from(error)));
+                }
+                return Ran::Fault(FaultKind::DiskFull);
+            }
             let outcome = match conn {
                 Ok(conn) => f(conn),
                 Err(why) => {
@@ -93,16 +102,18 @@ impl Worker {
             if let (Err(e), Some(kind)) = (&outcome, fault) {
                 let counted = kind == FaultKind::DiskFull && run == Run::Again;
                 if !counted {
-                    health.record(kind, describe_error(e), kind.needs_reopen());
+                    health.record(kind, describe_error(e));
                 }
-                if kind == FaultKind::DiskFull
-                    && run
-                        == (Run::First {
-                            may_run_again: true,
-                        })
-                {
-                    return Ran::Full;
-                }
+            }
+            if fault == Some(FaultKind::DiskFull)
+                && run
+                    == (Run::First {
+                        may_run_again: true,
+                    })
+                && let Err(e) = outcome
+            {
+                held_back = Some(e);
+                return Ran::Full;
             }
             if let Some(done) = done.take() {
                 let _ = done.send(outcome.map_err(anyhow::Error::from));
@@ -129,20 +140,21 @@ fn serve(
         if conn.is_err() {
             conn = connect(&shared.path, shared.busy_timeout).map_err(|e| format!("{e:#}"));
         }
-        // A second run only helps when there is a reserve to release for it.
-        let may_run_again = retry_full && shared.reserve.is_held();
         let mut ran = job(
             conn.as_mut().map_err(|e| e.as_str()),
-            Run::First { may_run_again },
+            Run::First {
+                may_run_again: retry_full,
+            },
             &shared.health,
         );
         if let Ran::Full = ran {
-            shared.reserve.release();
-            ran = job(
-                conn.as_mut().map_err(|e| e.as_str()),
-                Run::Again,
-                &shared.health,
-            );
+            // A second run only helps when there was a reserve to release for it.
+            let run = if shared.reserve.release() {
+                Run::Again
+            } else {
+                Run::GiveUp
+            };
+            ran = job(conn.as_mut().map_err(|e| e.as_str()), run, &shared.health);
         }
         if let Ran::Fault(kind) = ran
             && kind.needs_reopen()

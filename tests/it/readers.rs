@@ -161,21 +161,19 @@ async fn assert_history_whole(env: &Env, daemon: &Daemon, phase: &str) {
 
 /// Waits until the fake delivered `n` messages and each has its `sent` row.
 async fn wait_recorded(env: &Env, daemon: &Daemon, n: usize, what: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    loop {
-        let delivered = env.fake.messages().len();
-        let sent = env.count("SELECT count(*) FROM sends WHERE status = 'sent'") as usize;
-        let pending = env.count("SELECT count(*) FROM sends WHERE status = 'pending'");
-        if delivered >= n && sent >= delivered && pending == 0 {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {delivered} delivered, {sent} sent rows, {pending} pending; log:\n{}",
-            daemon.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    daemon
+        .eventually(Duration::from_secs(40), || {
+            let delivered = env.fake.messages().len();
+            let sent = env.count("SELECT count(*) FROM sends WHERE status = 'sent'") as usize;
+            let pending = env.count("SELECT count(*) FROM sends WHERE status = 'pending'");
+            if delivered >= n && sent >= delivered && pending == 0 {
+                return Ok(());
+            }
+            Err(format!(
+                "{what}: {delivered} delivered, {sent} sent rows, {pending} pending"
+            ))
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,24 +239,20 @@ async fn readers_at_every_phase_of_the_daemons_life_cost_no_row() {
         ..Chaos::default()
     });
     let readers = Readers::start(&env, true);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let bursts = env
-            .fake
-            .messages()
-            .iter()
-            .filter(|m| m.raw.contains("burst "))
-            .count();
-        if bursts == 50 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{bursts} of the 50 burst messages delivered within 60 s; log:\n{}",
-            daemon.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    daemon
+        .eventually(Duration::from_secs(60), || {
+            let bursts = env
+                .fake
+                .messages()
+                .iter()
+                .filter(|m| m.raw.contains("burst "))
+                .count();
+            if bursts == 50 {
+                return Ok(());
+            }
+            Err(format!("{bursts} of the 50 burst messages delivered"))
+        })
+        .await;
     // The readers and the manual sends stop, and WeCom answers normally again, before the
     // history is compared: sends still retrying would keep rows pending.
     let reads = readers.stop().await;
@@ -334,12 +328,14 @@ async fn a_manual_send_beside_a_running_daemon_records_both_with_one_token() {
         every("tick", &cron_at(slot), "from the daemon", ""),
         every("adhoc", &cron_at(slot), "by hand", "enabled: false")
     ));
-    // A slow gettoken, so that the daemon's and the command's need of a token overlap.
+    // A slow gettoken: the command starts while the daemon's fetch of the token is in
+    // flight, so that both need the token at once.
     env.fake.set_gettoken_delay(Duration::from_millis(800));
     let mut daemon = env.spawn_daemon(&[]);
-    daemon.wait_log("schedules armed", WAIT).await;
-    let until_slot = (slot - Utc::now()).to_std().unwrap_or_default();
-    tokio::time::sleep(until_slot.saturating_sub(Duration::from_millis(300))).await;
+    eventually(WAIT, "the daemon's gettoken in flight", || {
+        env.fake.gettoken_calls() == 1
+    })
+    .await;
     let output = env.cli(&["send", "adhoc"]).await;
     assert!(output.status.success(), "{}", text(&output));
     wait_recorded(&env, &daemon, 2, "both messages delivered and recorded").await;

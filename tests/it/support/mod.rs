@@ -447,6 +447,23 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Polls `state` every 20 ms until it says `Ok`; after `timeout`, fails the test with the
+    /// last state it described and the daemon's log.
+    pub async fn eventually(
+        &self,
+        timeout: Duration,
+        mut state: impl FnMut() -> Result<(), String>,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Err(why) = state() else { return };
+            if Instant::now() > deadline {
+                panic!("timed out after {timeout:?}: {why}; log:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until the log contains `needle`.
     pub async fn wait_log(&self, needle: &str, timeout: Duration) {
         let log = self.log.clone();
