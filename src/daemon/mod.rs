@@ -3,7 +3,9 @@
 //! Signals are read at the edge ([`signals`]) and arrive here as two channels, so the daemon
 //! runs the same inside a test as under systemd.
 
+mod clock;
 pub mod notify;
+mod progress;
 mod recovery;
 pub mod reload;
 pub mod signals;
@@ -47,6 +49,10 @@ const PRUNE_BATCH: usize = 500;
 /// faults looked after).
 const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
+/// A reload that has not produced a config within this long is reported as stuck (a config or
+/// secret file on a stalled mount, a named pipe nobody writes); the next SIGHUP starts afresh.
+pub const DEFAULT_RELOAD_LIMIT: Duration = Duration::from_secs(30);
+
 /// How far back a re-armed schedule looks for a slot: a slot its old timer was about to fire
 /// when the reload cancelled it is fired by the new one (the database refuses a second send).
 const REARM_OVERLAP: chrono::Duration = chrono::Duration::seconds(2);
@@ -58,6 +64,8 @@ pub struct Options {
     pub stop_timeout: Duration,
     /// See [`DEFAULT_SCHEDULER_MIN_WAIT`].
     pub scheduler_min_wait: Duration,
+    /// See [`DEFAULT_RELOAD_LIMIT`].
+    pub reload_limit: Duration,
 }
 
 impl Default for Options {
@@ -65,6 +73,7 @@ impl Default for Options {
         Options {
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             scheduler_min_wait: DEFAULT_SCHEDULER_MIN_WAIT,
+            reload_limit: DEFAULT_RELOAD_LIMIT,
         }
     }
 }
@@ -84,16 +93,44 @@ struct Loading {
     /// Another SIGHUP came while this load ran: the file may have changed after it was read,
     /// so one more load follows this one.
     again: bool,
+    /// It was reported stuck: it has not finished within [`Options::reload_limit`], and the
+    /// next SIGHUP starts a new one instead of waiting for it.
+    stuck: bool,
+    /// When the reload limit passes.
+    deadline: tokio::time::Instant,
 }
 
-/// The result of the reload in progress; never ready when there is none.
-async fn loaded(
-    loading: &mut Option<Loading>,
-) -> Result<Result<Config, ConfigError>, oneshot::error::RecvError> {
-    match loading {
-        Some(loading) => (&mut loading.result).await,
-        None => std::future::pending().await,
+/// What became of the reload in progress.
+enum Loaded {
+    Done(Box<Result<Result<Config, ConfigError>, oneshot::error::RecvError>>),
+    /// It passed its limit (reported once).
+    Stuck,
+}
+
+/// The result of the reload in progress, or its passing its limit; never ready when there is
+/// none.
+async fn loaded(loading: &mut Option<Loading>) -> Loaded {
+    let Some(loading) = loading else {
+        return std::future::pending().await;
+    };
+    if loading.stuck {
+        return Loaded::Done(Box::new((&mut loading.result).await));
     }
+    tokio::select! {
+        result = &mut loading.result => Loaded::Done(Box::new(result)),
+        _ = tokio::time::sleep_until(loading.deadline) => {
+            loading.stuck = true;
+            Loaded::Stuck
+        }
+    }
+}
+
+/// Ready when the wall clock steps (never if the watch has ended).
+async fn stepped(steps: &mut clock::Steps) -> clock::Step {
+    if steps.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    *steps.borrow_and_update()
 }
 
 struct Daemon {
@@ -102,6 +139,8 @@ struct Daemon {
     timers: BTreeMap<String, Timer>,
     notifier: Notifier,
     options: Options,
+    /// For the heartbeat row.
+    started_at: chrono::DateTime<Utc>,
 }
 
 /// Runs until a stop is requested. Returns an error only when the daemon cannot start.
@@ -123,7 +162,10 @@ pub async fn run(
         apps: RwLock::new(config.apps.clone()),
         dispatcher,
         inflight: TaskTracker::new(),
+        progress: Arc::default(),
+        steps: clock::watch(),
     });
+    let mut steps = firing.steps.clone();
     let notifier = Notifier;
     if firing.dispatcher.is_dry_run() {
         tracing::info!("dry run: not recording sends that an earlier run left unrecorded");
@@ -135,7 +177,19 @@ pub async fn run(
     }
     // Read what the previous run left before this run writes anything.
     let downtime = Downtime::read(&store, &config.schedules).await?;
+    let started_at = Utc::now();
     if !firing.dispatcher.is_dry_run() {
+        // This run's heartbeat takes over from the dead ones' before anything else is
+        // written: a crash before the past is settled leaves the next start the same point to
+        // look from, and a daemon starting beside this one sees it running.
+        store
+            .beat(
+                started_at,
+                downtime.fired_through(started_at),
+                false,
+                downtime.gone(),
+            )
+            .await?;
         let version = format!("version {}", env!("CARGO_PKG_VERSION"));
         store
             .record_event(EventKind::Started, &config.digest, &version)
@@ -147,6 +201,7 @@ pub async fn run(
         timers: BTreeMap::new(),
         notifier,
         options,
+        started_at,
     };
     // One instant divides the past (settled here) from the future (armed below), so that no
     // slot is both missed and fired, or neither.
@@ -165,6 +220,7 @@ pub async fn run(
             daemon.arm(schedule, now);
         }
     }
+    daemon.beat(false).await;
     daemon.publish_armed();
     release_freed_memory();
     if let Some(address) = daemon.config.metrics_listen {
@@ -192,16 +248,29 @@ pub async fn run(
             _ = control.stops.recv() => break,
             _ = tick(&mut watchdog) => daemon.notifier.watchdog(),
             Some(()) = control.reloads.recv() => match &mut loading {
+                // A stuck load may never end: this SIGHUP starts a new one, and whatever the
+                // stuck one reads is thrown away.
+                Some(stuck) if stuck.stuck => loading = daemon.start_reload().await,
                 Some(loading) => loading.again = true,
                 None => loading = daemon.start_reload().await,
             },
-            result = loaded(&mut loading) => {
-                let again = loading.take().is_some_and(|l| l.again);
-                daemon.finish_reload(result).await;
-                if again {
-                    loading = daemon.start_reload().await;
+            step = stepped(&mut steps) => daemon.clock_stepped(step).await,
+            progress = loaded(&mut loading) => match progress {
+                Loaded::Done(result) => {
+                    let again = loading.take().is_some_and(|l| l.again);
+                    daemon.finish_reload(*result).await;
+                    if again {
+                        loading = daemon.start_reload().await;
+                    }
                 }
-            }
+                Loaded::Stuck => {
+                    daemon.reload_stuck().await;
+                    // A SIGHUP that came meanwhile was waiting for this load: it starts anew.
+                    if loading.as_ref().is_some_and(|l| l.again) {
+                        loading = daemon.start_reload().await;
+                    }
+                }
+            },
             _ = retention.tick() => daemon.prune_history(&pruning),
             _ = flush.tick() => daemon.tend_storage().await,
         }
@@ -300,6 +369,56 @@ impl Daemon {
         self.firing.dispatcher.metrics().set_armed(armed);
     }
 
+    /// Writes this daemon's heartbeat: how far it has fired. Not while a send waits in
+    /// memory for the database: that send's slot would then have no row and no claim that the
+    /// next start could see, so the heartbeat stays where it was.
+    async fn beat(&self, stopped: bool) {
+        let dispatcher = &self.firing.dispatcher;
+        if self.dry_run() || !dispatcher.all_written() {
+            return;
+        }
+        let through = self.firing.progress.fired_through(Utc::now());
+        if let Err(e) = dispatcher
+            .store()
+            .beat(self.started_at, through, stopped, Vec::new())
+            .await
+        {
+            tracing::debug!("cannot write the heartbeat yet: {e:#}");
+        }
+    }
+
+    /// Logs and records a step of the wall clock (the timers have started their waits again).
+    async fn clock_stepped(&self, step: clock::Step) {
+        let what = step.describe();
+        if step.by < chrono::Duration::zero() {
+            tracing::warn!(
+                "the wall clock stepped {what}; slots already fired are not fired again, the next slot fires when the clock reaches it"
+            );
+        } else {
+            tracing::warn!(
+                "the wall clock stepped {what}; the slots it jumped over are fired late, or recorded missed beyond 60 s late"
+            );
+        }
+        self.event(
+            EventKind::ClockStep,
+            &format!("the wall clock stepped {what}"),
+        )
+        .await;
+    }
+
+    /// Reports a reload that has not finished within its limit. The config in force stays;
+    /// the next SIGHUP starts a new reload.
+    async fn reload_stuck(&self) {
+        let limit = self.options.reload_limit.as_secs();
+        let why = format!(
+            "the config has not been read within {limit} s (is the config file, or a secret_file, a named pipe or on a stalled mount?); the previous config stays in force, and the next SIGHUP starts a new reload"
+        );
+        tracing::error!("reload stuck: {why}");
+        self.firing.dispatcher.metrics().count_reload(false);
+        self.event(EventKind::ReloadFailed, &why).await;
+        self.notifier.ready(&self.status_line());
+    }
+
     /// Writes the sends the database refused earlier, records the ones other processes left
     /// behind when they died, keeps the disk reserve, and records a storage fault episode once
     /// the database takes writes again.
@@ -320,6 +439,7 @@ impl Daemon {
             Err(e) => tracing::debug!("unrecorded sends of other processes wait: {e:#}"),
         }
         store.keep_reserve().await;
+        self.beat(false).await;
         let health = store.health();
         if let Some(episode) = health.episode() {
             let detail = episode.describe();
@@ -372,6 +492,8 @@ impl Daemon {
             Ok(_) => Some(Loading {
                 result,
                 again: false,
+                stuck: false,
+                deadline: tokio::time::Instant::now() + self.options.reload_limit,
             }),
             Err(e) => {
                 tracing::error!(
@@ -476,6 +598,7 @@ impl Daemon {
         // From this instant on, slots are no longer this daemon's: the next start's missed-slot
         // scan counts from here, however long the wait for sends in flight takes.
         let disarmed_at = Utc::now();
+        self.firing.progress.stop_at(disarmed_at);
         self.timers.clear();
         self.firing.alarms.shutdown().await;
         self.firing.inflight.close();
@@ -496,6 +619,7 @@ impl Daemon {
         if dispatcher.flush_unwritten().await > 0 {
             dispatcher.log_unwritten();
         }
+        self.beat(true).await;
         self.event_at(EventKind::Stopped, disarmed_at, &detail)
             .await;
         tracing::info!("stopped ({detail})");

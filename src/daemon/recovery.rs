@@ -30,11 +30,15 @@ const RESEND_MARGIN: Duration = Duration::seconds(10);
 /// Upper bound on slots examined per schedule and gap (a guard against absurd expressions).
 const SCAN_LIMIT: usize = if cfg!(test) { 10_000 } else { 1_000_000 };
 
-/// What the database remembers of the previous run, read before this run writes anything.
+/// What the database remembers of the previous runs, read before this run writes anything.
 pub struct Downtime {
-    /// When a daemon last showed signs of life here; `None` on the very first start.
-    last_alive: Option<DateTime<Utc>>,
+    /// The first slot that a previous run may have left without a row (inclusive); `None`
+    /// when there is nothing to settle (the very first start, or another daemon is running
+    /// on this database and fires these schedules itself).
+    from: Option<DateTime<Utc>>,
     last_slots: HashMap<String, DateTime<Utc>>,
+    /// The heartbeat rows of processes that are gone, taken over by this start.
+    gone: Vec<i64>,
 }
 
 impl Downtime {
@@ -44,10 +48,48 @@ impl Downtime {
             .filter(|s| s.enabled)
             .map(|s| s.name.clone())
             .collect();
+        let me = i64::from(std::process::id());
+        let mut gone = Vec::new();
+        let mut fired_through: Option<DateTime<Utc>> = None;
+        let mut another_runs = false;
+        for beat in store.heartbeats().await? {
+            // A row with this process's own pid is a predecessor's (a container restarts
+            // its daemon under the same pid).
+            if beat.pid != me && beat.stopped_at.is_none() && process_alive(beat.pid) {
+                another_runs = true;
+                continue;
+            }
+            gone.push(beat.pid);
+            fired_through =
+                Some(fired_through.map_or(beat.fired_through, |t| t.max(beat.fired_through)));
+        }
+        let from = if another_runs {
+            // That daemon settled what lay before its own start, and claims every slot of
+            // these schedules as they fall: a slot it is about to claim is not missed.
+            None
+        } else if fired_through.is_some() {
+            fired_through
+        } else {
+            // A database written by a version without heartbeats: its last sign of life.
+            // The slot at that very second may not have been claimed yet.
+            store.last_alive().await?
+        };
         Ok(Downtime {
-            last_alive: store.last_alive().await?,
+            from,
             last_slots: store.last_slots(names).await?,
+            gone,
         })
+    }
+
+    /// Where this run's heartbeat starts: until its own start-up has settled the past, a
+    /// crash must leave the next start the same point to look from.
+    pub fn fired_through(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        self.from.map_or(now, |from| from.min(now))
+    }
+
+    /// The heartbeat rows this start takes over (removed once its own row is written).
+    pub fn gone(&self) -> Vec<i64> {
+        self.gone.clone()
     }
 
     /// Records the slots every schedule missed since the previous run (see [`settle`]).
@@ -57,21 +99,22 @@ impl Downtime {
         schedules: &[Arc<Schedule>],
         now: DateTime<Utc>,
     ) {
-        let Some(last_alive) = self.last_alive else {
+        let Some(from) = self.from else {
             return;
         };
         for schedule in schedules.iter().filter(|s| s.enabled) {
-            // A slot before the daemon's last sign of life was its to fire; a slot after the
-            // schedule's own last row cannot have been fired.
+            // Every slot before `from` has its row, or was no slot of an armed schedule; a
+            // slot after the schedule's own last row cannot have been fired. (Slots are whole
+            // seconds, so one second after the last row is the first slot not fired.)
             let since = self
                 .last_slots
                 .get(&schedule.name)
-                .map_or(last_alive, |last| (*last).max(last_alive));
+                .map_or(from, |last| (*last + Duration::seconds(1)).max(from));
             settle(
                 firing,
                 schedule,
                 since,
-                false,
+                true,
                 now,
                 "while the daemon was not running",
             )
@@ -204,6 +247,11 @@ pub async fn settle(
             crate::time::to_db(latest)
         ));
     }
+    if recorded.is_err() {
+        // Until the process ends, its heartbeat stays before these slots: the next start
+        // records them.
+        firing.progress.pin(first);
+    }
     match recorded {
         Ok(written) => {
             tracing::warn!("{note}");
@@ -218,11 +266,13 @@ pub async fn settle(
         Err(e) => tracing::error!("{note}; and the missed slots could not be recorded: {e:#}"),
     }
     if let Some(latest) = catch_up {
+        let hold = firing.progress.hold(latest);
         firing.inflight.spawn(fire(
             firing.clone(),
             schedule.clone(),
             latest,
             Trigger::CatchUp,
+            hold,
         ));
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Waiting is two-stage. tokio-cron-scheduler is the coarse alarm: a one-shot job about two
 //! seconds before the slot. It compares against the wall clock every 500 ms, so a long wait
-//! survives suspend and clock corrections, where a monotonic sleep of hours would drift. The
+//! survives suspend and clock corrections, where a monotonic sleep of hours would drift; and a
+//! step of the wall clock ([`super::clock`]) starts every wait again, measured anew. The
 //! last stretch is a precise sleep to the exact slot. This sidesteps the crate's traps: its
 //! 500 ms poll no longer shows in the fire time, zone offsets are computed per slot (so
 //! daylight-saving changes are right), the slot is known exactly (it is the one armed), and its
@@ -20,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use super::clock::Steps;
+use super::progress::{Hold, Progress};
 use super::recovery;
 use crate::config::{App, Schedule};
 use crate::dispatch::{Dispatcher, Fired};
@@ -125,6 +128,10 @@ pub struct Firing {
     pub dispatcher: Arc<Dispatcher>,
     /// Fires in flight; shutdown waits for them.
     pub inflight: TaskTracker,
+    /// The slots not yet claimed (the heartbeat's watermark).
+    pub progress: Arc<Progress>,
+    /// Steps of the wall clock: every wait starts again when one happens.
+    pub steps: Steps,
 }
 
 impl Firing {
@@ -149,7 +156,10 @@ impl Timer {
     /// belong to the missed-slot scan (at start) or to the timer this one replaces (reload).
     pub fn arm(schedule: Arc<Schedule>, firing: Arc<Firing>, not_before: DateTime<Utc>) -> Timer {
         let cancel = CancellationToken::new();
-        tokio::spawn(run(schedule.clone(), firing, not_before, cancel.clone()));
+        // Held from now on, not from when the task first runs: the heartbeat must never pass
+        // a slot that an armed schedule has yet to fire.
+        let first = first_due(&schedule, not_before).map(|slot| firing.progress.hold(slot));
+        tokio::spawn(run(schedule.clone(), firing, first, cancel.clone()));
         Timer { schedule, cancel }
     }
 }
@@ -170,14 +180,16 @@ fn first_due(schedule: &Schedule, not_before: DateTime<Utc>) -> Option<DateTime<
     next
 }
 
+/// Fires the slots of `schedule` from the one `held` on. The timer always holds its next slot
+/// (see [`Progress`]); a fire takes the hold of its slot along and drops it once claimed.
 async fn run(
     schedule: Arc<Schedule>,
     firing: Arc<Firing>,
-    not_before: DateTime<Utc>,
+    mut held: Option<Hold>,
     cancel: CancellationToken,
 ) {
-    let mut next = first_due(&schedule, not_before);
-    while let Some(slot) = next {
+    while let Some(hold) = held.take() {
+        let slot = hold.slot();
         let due = schedule.due(slot);
         if !wait_for(&firing, due, &cancel).await {
             return;
@@ -195,38 +207,59 @@ async fn run(
                 "because the clock jumped or the machine was suspended",
             )
             .await;
-            next = first_due(&schedule, now);
+            held = first_due(&schedule, now).map(|next| firing.progress.hold(next));
             continue;
         }
         let lag_ms = (now - due).num_milliseconds();
         tracing::debug!(schedule = %schedule.name, slot = %crate::time::to_db(slot), lag_ms, "firing");
-        firing
-            .inflight
-            .spawn(fire(firing.clone(), schedule.clone(), slot, Trigger::Cron));
-        next = schedule.next_after(slot);
+        // The next slot is held before this one is handed over, so the watermark never skips.
+        held = schedule
+            .next_after(slot)
+            .map(|next| firing.progress.hold(next));
+        firing.inflight.spawn(fire(
+            firing.clone(),
+            schedule.clone(),
+            slot,
+            Trigger::Cron,
+            hold,
+        ));
     }
     tracing::info!(schedule = %schedule.name, "the cron expression names no further slot; timer ends");
 }
 
-/// Fires one slot through the dispatcher, with the app as currently configured.
+/// Fires one slot through the dispatcher, with the app as currently configured. `hold` keeps
+/// the heartbeat before `slot` until the slot's claim is durable.
 pub async fn fire(
     firing: Arc<Firing>,
     schedule: Arc<Schedule>,
     slot: DateTime<Utc>,
     trigger: Trigger,
+    hold: Hold,
 ) {
     let Some(app) = firing.app(&schedule.app) else {
+        firing.progress.pin(slot);
         tracing::error!(schedule = %schedule.name, app = %schedule.app, "the schedule's app is not configured; slot not sent");
         return;
     };
     let fired = if schedule.skips(slot) {
-        firing
-            .dispatcher
-            .skip(&schedule, &app, slot)
-            .await
-            .map(|_| Fired::Taken)
+        let skipped = firing.dispatcher.skip(&schedule, &app, slot).await;
+        if skipped.is_err() {
+            firing.progress.pin(slot);
+        }
+        drop(hold);
+        skipped.map(|_| Fired::Taken)
     } else {
-        firing.dispatcher.fire(&schedule, &app, slot, trigger).await
+        let mut hold = Some(hold);
+        let fired = firing
+            .dispatcher
+            .fire_then(&schedule, &app, slot, trigger, || drop(hold.take()))
+            .await;
+        if fired.is_err() {
+            // Pinned before the hold goes: the watermark never passes this slot.
+            firing.progress.pin(slot);
+        }
+        drop(hold);
+        fired
     };
     match fired {
         Ok(Fired::Done(_)) | Ok(Fired::Taken) => {}
@@ -236,18 +269,47 @@ pub async fn fire(
     }
 }
 
-/// Waits until the wall clock reaches `slot`; false when cancelled first.
+/// Why a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Woke {
+    /// Its time came.
+    Due,
+    /// The wall clock stepped: the wait is to be measured again.
+    Stepped,
+    Cancelled,
+}
+
+/// Waits until the wall clock reaches `slot`; false when cancelled first. A step of the wall
+/// clock starts the wait again, measured on the new clock.
 async fn wait_for(firing: &Firing, slot: DateTime<Utc>, cancel: &CancellationToken) -> bool {
+    let mut steps = firing.steps.clone();
+    loop {
+        // Marked seen before the clock is read: a step after this read wakes the wait.
+        steps.borrow_and_update();
+        match wait_once(firing, slot, cancel, &mut steps).await {
+            Woke::Due => return true,
+            Woke::Cancelled => return false,
+            Woke::Stepped => continue,
+        }
+    }
+}
+
+async fn wait_once(
+    firing: &Firing,
+    slot: DateTime<Utc>,
+    cancel: &CancellationToken,
+    steps: &mut Steps,
+) -> Woke {
     if let Ok(until_alarm) = (slot - ALARM_LEAD - Utc::now()).to_std() {
-        let rang = if until_alarm > firing.scheduler_min_wait {
-            alarm(&firing.alarms, until_alarm, cancel).await
+        let woke = if until_alarm > firing.scheduler_min_wait {
+            alarm(&firing.alarms, until_alarm, cancel, steps).await
         } else {
             // A short wait cannot drift noticeably from the wall clock (and if the machine
             // sleeps through it, the late-fire check catches that): no job needed.
-            sleep_unless_cancelled(until_alarm, cancel).await
+            sleep_unless_woken(until_alarm, cancel, steps).await
         };
-        if !rang {
-            return false;
+        if woke != Woke::Due {
+            return woke;
         }
     }
     // Re-read the wall clock after each sleep: monotonic and wall time drift apart slowly.
@@ -255,25 +317,36 @@ async fn wait_for(firing: &Firing, slot: DateTime<Utc>, cancel: &CancellationTok
         if remaining.is_zero() {
             break;
         }
-        if !sleep_unless_cancelled(remaining, cancel).await {
-            return false;
+        let woke = sleep_unless_woken(remaining, cancel, steps).await;
+        if woke != Woke::Due {
+            return woke;
         }
     }
-    true
+    Woke::Due
 }
 
-async fn sleep_unless_cancelled(duration: Duration, cancel: &CancellationToken) -> bool {
+async fn sleep_unless_woken(
+    duration: Duration,
+    cancel: &CancellationToken,
+    steps: &mut Steps,
+) -> Woke {
     tokio::select! {
-        _ = tokio::time::sleep(duration) => true,
-        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(duration) => Woke::Due,
+        _ = cancel.cancelled() => Woke::Cancelled,
+        Ok(()) = steps.changed() => Woke::Stepped,
     }
 }
 
 /// A tokio-cron-scheduler one-shot job `after` from now, raced against a monotonic sleep of
-/// the same length: the wall-clock alarm wins after a suspend or a clock step, the sleep wins
-/// if the scheduler ever drops the job (its channels can lag under a burst of jobs). False
-/// when cancelled first. A job that did not ring is removed, however the wait ended.
-async fn alarm(alarms: &Alarms, after: Duration, cancel: &CancellationToken) -> bool {
+/// the same length: the wall-clock alarm wins after a suspend, the sleep wins if the scheduler
+/// ever drops the job (its channels can lag under a burst of jobs), and a clock step ends the
+/// wait to be measured again. A job that did not ring is removed, however the wait ended.
+async fn alarm(
+    alarms: &Alarms,
+    after: Duration,
+    cancel: &CancellationToken,
+    steps: &mut Steps,
+) -> Woke {
     let rang = Arc::new(Notify::new());
     let ring = rang.clone();
     let job = Job::new_one_shot_at_instant_async(std::time::Instant::now() + after, move |_, _| {
@@ -281,25 +354,27 @@ async fn alarm(alarms: &Alarms, after: Duration, cancel: &CancellationToken) -> 
         Box::pin(async move { ring.notify_one() })
     });
     let Ok(job) = job else {
-        return sleep_unless_cancelled(after, cancel).await;
+        return sleep_unless_woken(after, cancel, steps).await;
     };
     // The id is known before the add, so the job is removed even if the wait ends first.
     let id = job.guid();
     let sleep = tokio::time::sleep(after + ALARM_GRACE);
     tokio::pin!(sleep);
-    let (due, by_alarm) = tokio::select! {
+    let (woke, by_alarm) = tokio::select! {
         // Waiting in the queue to add counts against this wait, not in addition to it.
         _ = alarms.add(job) => tokio::select! {
-            _ = rang.notified() => (true, true),
-            _ = &mut sleep => (true, false),
-            _ = cancel.cancelled() => (false, false),
+            _ = rang.notified() => (Woke::Due, true),
+            _ = &mut sleep => (Woke::Due, false),
+            _ = cancel.cancelled() => (Woke::Cancelled, false),
+            Ok(()) = steps.changed() => (Woke::Stepped, false),
         },
-        _ = &mut sleep => (true, false),
-        _ = cancel.cancelled() => (false, false),
+        _ = &mut sleep => (Woke::Due, false),
+        _ = cancel.cancelled() => (Woke::Cancelled, false),
+        Ok(()) = steps.changed() => (Woke::Stepped, false),
     };
     // A one-shot job that ran is deleted by the scheduler itself.
     if !by_alarm {
         alarms.remove(id);
     }
-    due
+    woke
 }

@@ -52,6 +52,12 @@ impl Dispatcher {
             .len()
     }
 
+    /// Whether every send this process made or refused is in the database (none waits in
+    /// memory, none is on its way there).
+    pub fn all_written(&self) -> bool {
+        self.keeping.load(Ordering::SeqCst) == 0 && self.unwritten_count() == 0
+    }
+
     /// Tries the waiting sends again; returns how many are still waiting. Once none is left
     /// and no send claimed in the unrecorded-sends file is in flight, the file goes.
     pub async fn flush_unwritten(&self) -> usize {

@@ -230,6 +230,19 @@ impl Dispatcher {
         slot: DateTime<Utc>,
         trigger: Trigger,
     ) -> anyhow::Result<Fired> {
+        self.fire_then(schedule, app, slot, trigger, || {}).await
+    }
+
+    /// [`Dispatcher::fire`], calling `claimed` as soon as the slot's claim is durable (or
+    /// known to be another fire's, or recorded as not sent), before the send itself.
+    pub async fn fire_then(
+        &self,
+        schedule: &Schedule,
+        app: &App,
+        slot: DateTime<Utc>,
+        trigger: Trigger,
+        claimed: impl FnOnce(),
+    ) -> anyhow::Result<Fired> {
         let status = if self.dry_run {
             Status::DryRun
         } else {
@@ -239,7 +252,9 @@ impl Dispatcher {
         let payload = new.payload.clone();
         let slot_text = crate::time::to_db(slot);
         let claimed_at = Utc::now();
-        let held = match self.claim(&new, claimed_at).await? {
+        let claim = self.claim(&new, claimed_at).await?;
+        claimed();
+        let held = match claim {
             Claimed::Held(held) => held,
             Claimed::Taken => {
                 tracing::debug!(schedule = %schedule.name, slot = %slot_text, "slot already claimed; not sending it again");

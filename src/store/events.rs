@@ -1,4 +1,4 @@
-//! The `events` table: started, reloaded, reload_failed, database_fault, stopped.
+//! The `events` table: started, reloaded, reload_failed, database_fault, clock_step, stopped.
 
 use chrono::{DateTime, Utc};
 use rusqlite::params;
@@ -13,6 +13,8 @@ pub enum EventKind {
     ReloadFailed,
     /// Storage faults happened, and the database takes writes again (the detail says which).
     DatabaseFault,
+    /// The wall clock stepped (the detail says which way and how far).
+    ClockStep,
     Stopped,
 }
 
@@ -23,6 +25,7 @@ impl EventKind {
             EventKind::Reloaded => "reloaded",
             EventKind::ReloadFailed => "reload_failed",
             EventKind::DatabaseFault => "database_fault",
+            EventKind::ClockStep => "clock_step",
             EventKind::Stopped => "stopped",
         }
     }

@@ -67,8 +67,9 @@ async fn two_daemons_on_one_database_send_each_slot_once() {
     assert_eq!(
         env.fake.send_calls(),
         rows,
-        "one request per slot: {:?}",
-        env.texts()
+        "one request per slot: {:?}; rows: {:?}",
+        env.texts(),
+        env.column("SELECT scheduled_at || ' ' || status || ' ' || pid FROM sends ORDER BY id")
     );
     let mut per_text: BTreeMap<String, usize> = BTreeMap::new();
     for text in env.texts() {
@@ -488,5 +489,102 @@ async fn slots_kept_by_tokio_cron_scheduler_alarms_fire_on_time() {
             chrono::DateTime::<Utc>::from(message.at) >= slot,
             "sent before its slot {slot}"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_reload_is_reported_and_a_later_sighup_applies_the_fixed_config() {
+    let env = Env::new().await;
+    let tick = every_two_seconds("tick", "tick");
+    let tock = every_two_seconds("tock", "tock");
+    let tack = every_two_seconds("tack", "tack");
+    env.write_schedules(&tick);
+    let options = wecom_notify::daemon::Options {
+        reload_limit: std::time::Duration::from_secs(2),
+        ..Default::default()
+    };
+    let daemon = env.start_in_process_with_options(
+        env.load(),
+        fast_policy(),
+        std::time::Duration::from_secs(5),
+        options,
+    );
+    let events = |kind: &str| {
+        env.column(&format!(
+            "SELECT detail FROM events WHERE kind = '{kind}' ORDER BY id"
+        ))
+    };
+    // A reload that can never read its file: a named pipe nobody writes (as a secret_file on
+    // a stalled mount would be). Kept under another name afterwards, to be closed at the end.
+    let stuck = |n: usize| {
+        let pipe = env.path(&format!("stuck-{n}.fifo"));
+        make_fifo(&pipe);
+        std::fs::remove_file(env.config_path()).expect("config out of the way");
+        std::fs::hard_link(&pipe, env.config_path()).expect("pipe in place");
+        daemon.reload();
+        pipe
+    };
+    let fixed = |schedules: String| {
+        let staged = env.path("fixed.yaml");
+        std::fs::write(
+            &staged,
+            format!(
+                "timezone: Asia/Shanghai\n{}schedules:\n{schedules}",
+                env.apps_yaml()
+            ),
+        )
+        .expect("fixed config");
+        std::fs::rename(&staged, env.config_path()).expect("fixed config in place");
+    };
+
+    // Stuck, reported, then a SIGHUP after the fix applies it.
+    let first = stuck(1);
+    eventually(WAIT, "the stuck reload reported", || {
+        events("reload_failed").len() == 1
+    })
+    .await;
+    assert!(
+        events("reload_failed")[0].contains("has not been read within 2 s"),
+        "{:?}",
+        events("reload_failed")
+    );
+    let sent = env.fake.send_calls();
+    eventually(WAIT, "sends go on meanwhile", || {
+        env.fake.send_calls() > sent
+    })
+    .await;
+    fixed(format!("{tick}{tock}"));
+    daemon.reload();
+    eventually(WAIT, "the fixed config applied", || {
+        events("reloaded") == ["added tock; 1 unchanged"]
+    })
+    .await;
+
+    // Stuck again, and fixed with a SIGHUP before the limit: that one is not left waiting
+    // behind the stuck read either.
+    let second = stuck(2);
+    // Time for the reload's thread to block on the pipe (were it slower, it would read the
+    // fixed file at once, and the test would pass without the point being made).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    fixed(format!("{tick}{tack}"));
+    daemon.reload();
+    eventually(WAIT, "the second fix applied", || {
+        events("reloaded").last().map(String::as_str)
+            == Some("added tack; removed tock; 1 unchanged")
+    })
+    .await;
+    assert_eq!(
+        events("reload_failed").len(),
+        2,
+        "the second stuck reload reported too"
+    );
+    eventually(WAIT, "a message from the schedule added last", || {
+        env.texts().iter().any(|t| t.starts_with("tack"))
+    })
+    .await;
+    daemon.stop().await;
+    // Let the abandoned reads end (their results go nowhere).
+    for pipe in [first, second] {
+        let _ = std::fs::OpenOptions::new().write(true).open(&pipe);
     }
 }

@@ -5,6 +5,8 @@ mod support;
 
 mod calendar;
 mod check;
+mod clock;
+mod crashes;
 mod daemon;
 mod guarantees;
 mod history;

@@ -283,6 +283,24 @@ impl Env {
         policy: RetryPolicy,
         busy_timeout: Duration,
     ) -> InProcess {
+        // Every wait that can goes through tokio-cron-scheduler, so that in-process tests
+        // exercise the wall-clock alarm that the binary keeps for waits over a minute.
+        let options = daemon::Options {
+            stop_timeout: Duration::from_secs(20),
+            scheduler_min_wait: Duration::ZERO,
+            ..Default::default()
+        };
+        self.start_in_process_with_options(config, policy, busy_timeout, options)
+    }
+
+    /// [`Env::start_in_process_with`] with the daemon's options too.
+    pub fn start_in_process_with_options(
+        &self,
+        config: Config,
+        policy: RetryPolicy,
+        busy_timeout: Duration,
+        options: daemon::Options,
+    ) -> InProcess {
         let store =
             Store::open_with_busy_timeout(&self.db_path(), busy_timeout).expect("open store");
         let client = Client::new().expect("http client");
@@ -292,12 +310,6 @@ impl Env {
         );
         let (reload, reloads) = mpsc::unbounded_channel();
         let (stop, stops) = mpsc::unbounded_channel();
-        // Every wait that can goes through tokio-cron-scheduler, so that in-process tests
-        // exercise the wall-clock alarm that the binary keeps for waits over a minute.
-        let options = daemon::Options {
-            stop_timeout: Duration::from_secs(20),
-            scheduler_min_wait: Duration::ZERO,
-        };
         let handle = tokio::spawn(daemon::run(
             config,
             dispatcher.clone(),
@@ -565,4 +577,53 @@ pub fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// A wall clock the test steps, for the binary under libfaketime (Debian package `faketime`):
+/// the offset lives in a file the library reads on every call; the monotonic clock stays real.
+pub struct FakeClock {
+    file: PathBuf,
+    library: PathBuf,
+}
+
+impl FakeClock {
+    /// A clock at the real time, in `env`'s folder.
+    pub fn new(env: &Env) -> FakeClock {
+        let library = [
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+            "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+            "/usr/lib/faketime/libfaketime.so.1",
+            "/usr/local/lib/faketime/libfaketime.so.1",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("libfaketime is needed for this test (apt-get install faketime)")
+        });
+        let clock = FakeClock {
+            file: env.path("faketime"),
+            library,
+        };
+        clock.set_offset(0);
+        clock
+    }
+
+    /// Steps the binary's wall clock to the real time plus `seconds`.
+    pub fn set_offset(&self, seconds: i64) {
+        let spec = format!("{seconds:+}\n");
+        let staged = self.file.with_extension("new");
+        std::fs::write(&staged, spec).expect("write faketime file");
+        std::fs::rename(&staged, &self.file).expect("rename faketime file");
+    }
+
+    /// Makes `command` run on this clock.
+    pub fn apply(&self, command: &mut tokio::process::Command) {
+        command
+            .env("LD_PRELOAD", &self.library)
+            .env("FAKETIME_TIMESTAMP_FILE", &self.file)
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .env_remove("FAKETIME");
+    }
 }

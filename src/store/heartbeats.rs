@@ -1,0 +1,142 @@
+//! The `heartbeats` table: how far each daemon has fired, so that the start after a crash
+//! knows from which slot on a slot without a row was never claimed.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
+
+use super::Store;
+
+/// A daemon's row, as the next start reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub pid: i64,
+    /// Every slot before this instant had a durable claim (whole seconds, rounded down).
+    pub fired_through: DateTime<Utc>,
+    /// When it stopped cleanly; `None` while it runs, or when it crashed.
+    pub stopped_at: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    /// Every daemon's row.
+    pub async fn heartbeats(&self) -> anyhow::Result<Vec<Heartbeat>> {
+        self.call(|conn| {
+            let mut statement =
+                conn.prepare("SELECT pid, fired_through, stopped_at FROM heartbeats")?;
+            let rows = statement.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .await
+        .map(|rows| {
+            rows.into_iter()
+                .filter_map(|(pid, through, stopped)| {
+                    Some(Heartbeat {
+                        pid,
+                        fired_through: crate::time::from_db(&through)?,
+                        stopped_at: stopped.as_deref().and_then(crate::time::from_db),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Writes this process's row: alive now, every slot before `fired_through` claimed, and
+    /// whether it has stopped. With `forget`, the rows of those processes go in the same
+    /// transaction (a start that has taken over what they left).
+    pub async fn beat(
+        &self,
+        started_at: DateTime<Utc>,
+        fired_through: DateTime<Utc>,
+        stopped: bool,
+        forget: Vec<i64>,
+    ) -> anyhow::Result<()> {
+        let pid = i64::from(std::process::id());
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            for gone in &forget {
+                tx.execute("DELETE FROM heartbeats WHERE pid = ?1", [gone])?;
+            }
+            let now = crate::time::now_db();
+            tx.execute(
+                "INSERT INTO heartbeats (pid, started_at, alive_at, fired_through, stopped_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (pid) DO UPDATE SET started_at = excluded.started_at,
+                     alive_at = excluded.alive_at, fired_through = excluded.fired_through,
+                     stopped_at = excluded.stopped_at",
+                params![
+                    pid,
+                    crate::time::to_db(started_at),
+                    now,
+                    crate::time::to_db(fired_through),
+                    stopped.then_some(now.clone()),
+                ],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
+    /// This process's `fired_through`, as written (tests).
+    pub async fn own_heartbeat(&self) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let pid = i64::from(std::process::id());
+        self.call(move |conn| {
+            conn.query_row(
+                "SELECT fired_through FROM heartbeats WHERE pid = ?1",
+                [pid],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+        })
+        .await
+        .map(|at| at.as_deref().and_then(crate::time::from_db))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::history::fixtures::fresh_store;
+
+    #[tokio::test]
+    async fn a_beat_replaces_the_processes_own_row_and_forgets_the_dead() {
+        let (_dir, store) = fresh_store();
+        let at = |s: &str| crate::time::from_db(s).unwrap();
+        store
+            .call(|conn| {
+                conn.execute(
+                    "INSERT INTO heartbeats VALUES (1, '2026-12-01T00:00:00Z', '2026-12-01T00:00:05Z', '2026-12-01T00:00:04Z', NULL)",
+                    [],
+                )
+            })
+            .await
+            .unwrap();
+        let started = at("2026-12-01T10:00:00Z");
+        store
+            .beat(started, at("2026-12-01T10:00:07.900Z"), false, vec![])
+            .await
+            .unwrap();
+        assert_eq!(store.heartbeats().await.unwrap().len(), 2);
+        store
+            .beat(started, at("2026-12-01T10:00:12Z"), true, vec![1])
+            .await
+            .unwrap();
+        let rows = store.heartbeats().await.unwrap();
+        assert_eq!(rows.len(), 1, "the dead process's row is gone: {rows:?}");
+        assert_eq!(rows[0].pid, i64::from(std::process::id()));
+        assert_eq!(rows[0].fired_through, at("2026-12-01T10:00:12Z"));
+        assert!(rows[0].stopped_at.is_some());
+        store
+            .beat(started, at("2026-12-01T10:00:13.999Z"), false, vec![])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.own_heartbeat().await.unwrap(),
+            Some(at("2026-12-01T10:00:13Z")),
+            "rounded down, never up"
+        );
+    }
+}
