@@ -6,6 +6,7 @@
 mod fields;
 pub mod secret;
 mod validate;
+mod yaml;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,7 +21,8 @@ use crate::calendar::Calendar;
 use crate::cron::CronSpec;
 use crate::template::{SlotContext, Template};
 use crate::wecom::message::{Content, Envelope, Recipients, render_body};
-pub use secret::{Secret, SecretSource};
+pub use secret::{MAX_SECRET_BYTES, Secret, SecretSource};
+pub use yaml::{MAX_CONFIG_BYTES, MAX_DEPTH};
 
 /// The default WeCom API address.
 pub const DEFAULT_API_BASE: &str = "https://qyapi.weixin.qq.com";
@@ -55,7 +57,7 @@ pub struct App {
     pub corp_id: String,
     pub agent_id: i64,
     pub secret_source: SecretSource,
-    /// `None` only when secrets were not required (`--dry-run`) and could not be read.
+    /// `None` only when secrets were not read ([`Secrets::Unneeded`]: `--dry-run`, `history`).
     pub secret: Option<Secret>,
     /// Without a trailing slash.
     pub api_base: String,
@@ -245,10 +247,10 @@ impl Config {
 }
 
 impl Secrets {
-    /// Optional for a dry run (it never calls WeCom), required otherwise.
+    /// Not read for a dry run (it never calls WeCom), required otherwise.
     pub fn for_dry_run(dry_run: bool) -> Secrets {
         if dry_run {
-            Secrets::Optional
+            Secrets::Unneeded
         } else {
             Secrets::Required
         }
@@ -260,8 +262,9 @@ impl Secrets {
 pub enum Secrets {
     /// Every app's secret must be readable now (a real run).
     Required,
-    /// An unreadable secret is a warning (`--dry-run` never calls WeCom).
-    Optional,
+    /// Secrets are not read at all: `--dry-run` and `history` never call WeCom, so a secret
+    /// source that is slow, huge or broken must not stop (or stall) them.
+    Unneeded,
 }
 
 /// What a problem is about.
@@ -346,11 +349,35 @@ pub fn load(path: &Path, secrets: Secrets) -> Result<Config, ConfigError> {
 /// [`load`], with the slots that validation samples taken after `now` instead of the clock's
 /// instant, so that `check --now` validates and lists the same slots.
 pub fn load_at(path: &Path, secrets: Secrets, now: DateTime<Utc>) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = read_text(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     parse_at(&text, path, secrets, now)
+}
+
+/// Reads at most [`MAX_CONFIG_BYTES`] (`--config /dev/zero` must not fill memory).
+fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "it is larger than {} MiB, the most a schedules file may be",
+                MAX_CONFIG_BYTES / (1024 * 1024)
+            ),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "it is not UTF-8 text; save it as UTF-8",
+        )
+    })
 }
 
 /// Validates config text; `path` names the file in messages and anchors relative paths.

@@ -163,21 +163,17 @@ pub(super) fn resolve_secret(
     if let SecretSource::Inline(_) = source {
         report.warn(subject, "secret", "the secret is written in the config file, where anyone who can read the file can send as this app; prefer secret_file or secret_credential");
     }
+    if secrets == Secrets::Unneeded {
+        return None;
+    }
     match source.resolve() {
         Ok(secret) => Some(secret),
         Err(message) => {
-            match secrets {
-                Secrets::Required => report.error(
-                    subject,
-                    source.field(),
-                    format!("{message} (or validate with --dry-run, which needs no secret)"),
-                ),
-                Secrets::Optional => report.warn(
-                    subject,
-                    source.field(),
-                    format!("{message} (ignored: a dry run does not call WeCom)"),
-                ),
-            }
+            report.error(
+                subject,
+                source.field(),
+                format!("{message} (or validate with --dry-run, which needs no secret)"),
+            );
             None
         }
     }

@@ -87,6 +87,8 @@ pub(super) fn validate(
     now: DateTime<Utc>,
 ) -> (Option<Config>, Vec<Problem>, Vec<Problem>) {
     let mut report = Report::default();
+    // Editors on Windows start UTF-8 files with a byte order mark; it is not content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
         report.error(
             &Subject::File,
@@ -107,11 +109,11 @@ fn read(
     report: &mut Report,
 ) -> Option<Config> {
     let file = Subject::File;
-    let value: Value = match serde_yaml::from_str(text) {
+    let value: Value = match super::yaml::parse(text) {
         Ok(value) => value,
-        // serde_yaml's message carries the line and column.
-        Err(e) => {
-            report.error(&file, "yaml", e.to_string());
+        // The message carries the line (and serde_yaml's the column).
+        Err(message) => {
+            report.error(&file, "yaml", message);
             return None;
         }
     };
