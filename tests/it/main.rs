@@ -8,6 +8,7 @@ mod check;
 mod daemon;
 mod guarantees;
 mod history;
+mod hostile;
 mod operating;
 mod properties;
 mod readers;
