@@ -286,27 +286,40 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.subject {
-            Subject::File => write!(f, "{}: {}", self.field, self.message),
-            Subject::App(name) => {
-                write!(f, "app \"{name}\", field {}: {}", self.field, self.message)
-            }
-            Subject::Calendar(name) => {
-                write!(
-                    f,
-                    "calendar \"{name}\", field {}: {}",
-                    self.field, self.message
-                )
-            }
-            Subject::Schedule(name) => {
-                write!(
-                    f,
-                    "schedule \"{name}\", field {}: {}",
-                    self.field, self.message
-                )
-            }
+        let (kind, name) = match &self.subject {
+            Subject::File => return write!(f, "{}: {}", self.field, self.message),
+            Subject::App(name) => ("app", name),
+            Subject::Calendar(name) => ("calendar", name),
+            Subject::Schedule(name) => ("schedule", name),
+        };
+        // The name comes from the file: a control character in it must not reach the terminal.
+        let name = escaped(name);
+        write!(
+            f,
+            "{kind} \"{name}\", field {}: {}",
+            self.field, self.message
+        )
+    }
+}
+
+/// True for the characters refused in ids: control characters, and the invisible format
+/// characters that reorder or hide text (U+202E RIGHT-TO-LEFT OVERRIDE, zero-width spaces).
+pub fn is_hidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
+/// `text` with every [`is_hidden_char`] written as a Rust escape (`\u{202e}`).
+pub fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if is_hidden_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
         }
     }
+    out
 }
 
 /// Why a config could not be used.

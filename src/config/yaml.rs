@@ -3,6 +3,7 @@
 //! and an integer too large for 64 bits becomes a value that its field reports (not a failure of
 //! the whole file that names `schedules[1]` instead of the schedule).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess};
@@ -165,6 +166,60 @@ impl Scan {
             }
         }
         Ok(())
+    }
+}
+
+/// The apps whose `agent_id` is written as a hexadecimal, octal, binary or `+` number, with
+/// its spelling. YAML reads `0x10` as 16, so the tree cannot tell; a second, narrow parse that
+/// keeps the scalar's text runs only when the text has such a spelling at all.
+pub(super) fn non_decimal_agent_ids(text: &str) -> BTreeMap<String, String> {
+    let suspicious = text.match_indices("agent_id").any(|(at, key)| {
+        let rest = text[at + key.len()..].trim_start_matches([' ', '\t']);
+        let Some(value) = rest.strip_prefix(':') else {
+            return false;
+        };
+        let value = value.trim_start_matches([' ', '\t']);
+        value.starts_with('+') || ["0x", "0o", "0b"].iter().any(|p| value.starts_with(p))
+    });
+    if !suspicious {
+        return BTreeMap::new();
+    }
+    #[derive(serde::Deserialize)]
+    struct Shadow {
+        #[serde(default)]
+        apps: BTreeMap<String, ShadowApp>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ShadowApp {
+        #[serde(default)]
+        agent_id: Option<Spelling>,
+    }
+    // A file whose apps do not have this shape has other problems, reported by the main pass.
+    let Ok(shadow) = serde_yaml::from_str::<Shadow>(text.strip_prefix('\u{feff}').unwrap_or(text))
+    else {
+        return BTreeMap::new();
+    };
+    shadow
+        .apps
+        .into_iter()
+        .filter_map(|(name, app)| {
+            let written = app.agent_id?.0;
+            let digits = written.strip_prefix('+').unwrap_or(&written);
+            let decimal = !digits.starts_with("0x")
+                && !digits.starts_with("0o")
+                && !digits.starts_with("0b")
+                && !written.starts_with('+');
+            (!decimal).then_some((name, written))
+        })
+        .collect()
+}
+
+/// A scalar's text as written (serde_yaml hands a plain scalar's text to `deserialize_str`).
+struct Spelling(String);
+
+impl<'de> Deserialize<'de> for Spelling {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Spelling, D::Error> {
+        String::deserialize(deserializer).map(Spelling)
     }
 }
 

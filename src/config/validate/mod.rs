@@ -202,7 +202,8 @@ fn read(
         .iter()
         .filter_map(|(name, _)| name.clone())
         .collect();
-    let apps = validate_apps(raw_apps, base, secrets, report);
+    let non_decimal = super::yaml::non_decimal_agent_ids(text);
+    let apps = validate_apps(raw_apps, base, secrets, &non_decimal, report);
     let context = Context {
         default_zone: timezone,
         default_catch_up,
@@ -326,11 +327,27 @@ fn optional<T>(field: Field<T>, default: T) -> Option<T> {
     }
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
+/// What is wrong with a schedule, app or calendar name, if anything.
+fn name_problem(name: &str) -> Option<String> {
+    if let Some(hidden) = hidden_char_problem(name) {
+        return Some(hidden);
+    }
+    let ok = !name.is_empty()
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    (!ok).then(|| "may use only letters, digits, '_', '.' and '-'".to_string())
+}
+
+/// The message for an id that holds a control or invisible character: such an id forges log
+/// lines or reorders terminal text, and is never what the operator meant to type.
+fn hidden_char_problem(id: &str) -> Option<String> {
+    let c = id.chars().find(|c| super::is_hidden_char(*c))?;
+    Some(format!(
+        "\"{}\" contains {}, a control or invisible character; ids are plain text: retype it without that character",
+        super::escaped(id),
+        super::escaped(&c.to_string())
+    ))
 }
 
 /// Parses an IANA zone name, suggesting the right spelling for a case mismatch.
@@ -341,7 +358,10 @@ pub(crate) fn parse_zone(name: &str) -> Result<Tz, String> {
             .find(|tz| tz.name().eq_ignore_ascii_case(name))
             .map(|tz| format!(" (did you mean {}?)", tz.name()))
             .unwrap_or_default();
-        format!("\"{name}\" is not an IANA time zone{hint}; use a name such as Asia/Shanghai")
+        format!(
+            "\"{}\" is not an IANA time zone{hint}; use a name such as Asia/Shanghai",
+            super::escaped(name)
+        )
     })
 }
 
