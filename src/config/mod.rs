@@ -7,6 +7,7 @@ mod fields;
 pub mod secret;
 mod validate;
 mod yaml;
+mod zone;
 
 use std::collections::BTreeMap;
 use std::fmt;

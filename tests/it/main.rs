@@ -17,3 +17,4 @@ mod send;
 mod storage;
 mod systemd;
 mod tokens;
+mod zones;

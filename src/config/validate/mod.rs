@@ -365,17 +365,17 @@ pub(crate) fn parse_zone(name: &str) -> Result<Tz, String> {
     })
 }
 
-/// The system's zone: `$TZ`, else the zone /etc/localtime points to, else UTC with a warning.
+/// The system's zone (see `zone.rs`): a `TZ` or `/etc/localtime` that cannot be resolved is an
+/// error, because schedules would fire hours off; with neither, UTC (as glibc), with a warning.
 fn local_zone(report: &mut Report) -> Tz {
-    let name = std::env::var("TZ")
-        .ok()
-        .map(|tz| tz.trim_start_matches(':').to_string())
-        .filter(|tz| !tz.is_empty())
-        .or_else(|| iana_time_zone::get_timezone().ok());
-    match name.as_deref().map(str::parse::<Tz>) {
-        Some(Ok(zone)) => zone,
-        _ => {
-            report.warn(&Subject::File, "timezone", "the system's time zone could not be determined; schedules use UTC. Set timezone: (e.g. Asia/Shanghai) at the top of the file");
+    match super::zone::system_zone() {
+        Ok(Some(zone)) => zone,
+        Ok(None) => {
+            report.warn(&Subject::File, "timezone", "the system has no time zone (no TZ, no /etc/localtime); schedules use UTC. Set timezone: (e.g. Asia/Shanghai) at the top of the file");
+            Tz::UTC
+        }
+        Err(message) => {
+            report.error(&Subject::File, "timezone", message);
             Tz::UTC
         }
     }
