@@ -31,6 +31,28 @@ const FIELD_NAMES: [&str; 6] = [
     "day-of-week",
 ];
 
+/// The largest useful step of each field (in [`FIELD_NAMES`] order): its range's width. A
+/// larger step (`*/99` seconds) names only the first value, which is never what was meant.
+const MAX_STEPS: [u32; 6] = [59, 59, 23, 30, 11, 6];
+
+/// Refuses a step (`/N`) larger than the field's range; croner would take it as the first value.
+fn check_steps(expr: &str, name: &str, max: u32, field: &str) -> Result<(), String> {
+    for element in field.split(',') {
+        let Some((_, step)) = element.split_once('/') else {
+            continue;
+        };
+        // A step that is not a number is croner's to explain.
+        if let Ok(n) = step.parse::<u64>()
+            && n > u64::from(max)
+        {
+            return Err(format!(
+                "\"{expr}\": the {name} field \"{field}\" steps by {n}, more than the field's range allows (at most /{max}); it would name only the first value: write that value instead, or a smaller step"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Width of the window in which a zone's offset is assumed to change at most once. Real zones
 /// change it at most twice a year, months apart.
 const TRANSITION_STEP: Duration = Duration::hours(6);
@@ -89,6 +111,12 @@ impl CronSpec {
                 "\"{expr}\": the {} field \"{field}\" has an empty list element",
                 FIELD_NAMES[i + offset]
             ));
+        }
+        if !trimmed.starts_with('@') {
+            let offset = if fields.len() == 5 { 1 } else { 0 };
+            for (i, field) in fields.iter().enumerate() {
+                check_steps(expr, FIELD_NAMES[i + offset], MAX_STEPS[i + offset], field)?;
+            }
         }
         let cron = parser()
             .parse(trimmed)

@@ -44,6 +44,8 @@ pub fn parse_duration(text: &str) -> Result<chrono::Duration, String> {
     let mut total = chrono::Duration::zero();
     let mut digits = String::new();
     let mut parts = 0;
+    // Units in descending order, each at most once: `1h30m`, not `1h1h` or `30m1h`.
+    let mut previous_unit = i64::MAX;
     for c in text.trim().chars() {
         if c.is_ascii_digit() {
             digits.push(c);
@@ -57,6 +59,12 @@ pub fn parse_duration(text: &str) -> Result<chrono::Duration, String> {
             'w' => 604_800,
             _ => return Err(invalid()),
         };
+        if unit >= previous_unit {
+            return Err(format!(
+                "\"{text}\" repeats a unit or puts a smaller one first; write each unit once, largest first, e.g. 1h30m"
+            ));
+        }
+        previous_unit = unit;
         let n: i64 = digits.parse().map_err(|_| invalid())?;
         // A hundred years is more than any schedule or retention needs, and keeps date
         // arithmetic with the result far from overflowing.
@@ -103,6 +111,9 @@ mod tests {
             "-5m",
             "10000000000000000s",
             "99999999999999999999d",
+            "1h1h",
+            "30m1h",
+            "1s1s",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }

@@ -6,6 +6,8 @@
 mod fields;
 pub mod secret;
 mod validate;
+mod yaml;
+mod zone;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,7 +22,8 @@ use crate::calendar::Calendar;
 use crate::cron::CronSpec;
 use crate::template::{SlotContext, Template};
 use crate::wecom::message::{Content, Envelope, Recipients, render_body};
-pub use secret::{Secret, SecretSource};
+pub use secret::{MAX_SECRET_BYTES, Secret, SecretSource};
+pub use yaml::{MAX_CONFIG_BYTES, MAX_DEPTH};
 
 /// The default WeCom API address.
 pub const DEFAULT_API_BASE: &str = "https://qyapi.weixin.qq.com";
@@ -55,7 +58,7 @@ pub struct App {
     pub corp_id: String,
     pub agent_id: i64,
     pub secret_source: SecretSource,
-    /// `None` only when secrets were not required (`--dry-run`) and could not be read.
+    /// `None` only when secrets were not read ([`Secrets::Unneeded`]: `--dry-run`, `history`).
     pub secret: Option<Secret>,
     /// Without a trailing slash.
     pub api_base: String,
@@ -245,10 +248,10 @@ impl Config {
 }
 
 impl Secrets {
-    /// Optional for a dry run (it never calls WeCom), required otherwise.
+    /// Not read for a dry run (it never calls WeCom), required otherwise.
     pub fn for_dry_run(dry_run: bool) -> Secrets {
         if dry_run {
-            Secrets::Optional
+            Secrets::Unneeded
         } else {
             Secrets::Required
         }
@@ -260,8 +263,9 @@ impl Secrets {
 pub enum Secrets {
     /// Every app's secret must be readable now (a real run).
     Required,
-    /// An unreadable secret is a warning (`--dry-run` never calls WeCom).
-    Optional,
+    /// Secrets are not read at all: `--dry-run` and `history` never call WeCom, so a secret
+    /// source that is slow, huge or broken must not stop (or stall) them.
+    Unneeded,
 }
 
 /// What a problem is about.
@@ -283,27 +287,40 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.subject {
-            Subject::File => write!(f, "{}: {}", self.field, self.message),
-            Subject::App(name) => {
-                write!(f, "app \"{name}\", field {}: {}", self.field, self.message)
-            }
-            Subject::Calendar(name) => {
-                write!(
-                    f,
-                    "calendar \"{name}\", field {}: {}",
-                    self.field, self.message
-                )
-            }
-            Subject::Schedule(name) => {
-                write!(
-                    f,
-                    "schedule \"{name}\", field {}: {}",
-                    self.field, self.message
-                )
-            }
+        let (kind, name) = match &self.subject {
+            Subject::File => return write!(f, "{}: {}", self.field, self.message),
+            Subject::App(name) => ("app", name),
+            Subject::Calendar(name) => ("calendar", name),
+            Subject::Schedule(name) => ("schedule", name),
+        };
+        // The name comes from the file: a control character in it must not reach the terminal.
+        let name = escaped(name);
+        write!(
+            f,
+            "{kind} \"{name}\", field {}: {}",
+            self.field, self.message
+        )
+    }
+}
+
+/// True for the characters refused in ids: control characters, and the invisible format
+/// characters that reorder or hide text (U+202E RIGHT-TO-LEFT OVERRIDE, zero-width spaces).
+pub fn is_hidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
+/// `text` with every [`is_hidden_char`] written as a Rust escape (`\u{202e}`).
+pub fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if is_hidden_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
         }
     }
+    out
 }
 
 /// Why a config could not be used.
@@ -346,11 +363,35 @@ pub fn load(path: &Path, secrets: Secrets) -> Result<Config, ConfigError> {
 /// [`load`], with the slots that validation samples taken after `now` instead of the clock's
 /// instant, so that `check --now` validates and lists the same slots.
 pub fn load_at(path: &Path, secrets: Secrets, now: DateTime<Utc>) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = read_text(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     parse_at(&text, path, secrets, now)
+}
+
+/// Reads at most [`MAX_CONFIG_BYTES`] (`--config /dev/zero` must not fill memory).
+fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "it is larger than {} MiB, the most a schedules file may be",
+                MAX_CONFIG_BYTES / (1024 * 1024)
+            ),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "it is not UTF-8 text; save it as UTF-8",
+        )
+    })
 }
 
 /// Validates config text; `path` names the file in messages and anchors relative paths.

@@ -1,7 +1,14 @@
 //! Where an app's secret comes from, and the `Secret` newtype that never prints its value.
 
 use std::fmt;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+/// The most bytes read from a secret file or credential. A WeCom secret is 43 bytes; anything
+/// longer than this is not a secret file (`/dev/zero`, a log, a disk image) and is refused
+/// before it can fill memory.
+pub const MAX_SECRET_BYTES: u64 = 4096;
 
 /// A value that must never reach a log line, an error message or a history row.
 /// `Debug` and `Display` print a mask; only [`Secret::expose`] gives the value.
@@ -67,8 +74,9 @@ impl SecretSource {
                     let name = shown(name);
                     format!("CREDENTIALS_DIRECTORY is not set, so credential {name} cannot be read; run under systemd with LoadCredential=NAME:/path/to/secret, or use secret_file")
                 })?;
-                std::fs::read_to_string(Path::new(&dir).join(name)).map_err(|e| {
-                    format!("credential {} cannot be read from $CREDENTIALS_DIRECTORY: {e}; check the unit's LoadCredential=", shown(name))
+                read_bounded(&Path::new(&dir).join(name)).map_err(|e| match e {
+                    Unreadable::Io(e) => format!("credential {} cannot be read from $CREDENTIALS_DIRECTORY: {e}; check the unit's LoadCredential=", shown(name)),
+                    refused => format!("credential {} in $CREDENTIALS_DIRECTORY is refused: {refused}", shown(name)),
                 })?
             }
             SecretSource::Inline(secret) => secret.expose().to_string(),
@@ -100,12 +108,81 @@ fn shown(name: &str) -> String {
 }
 
 fn read_secret_file(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| {
-        format!(
+    read_bounded(path).map_err(|e| match e {
+        Unreadable::Io(e) => format!(
             "cannot read {}: {e}; check the path and that this user may read it",
             path.display()
-        )
+        ),
+        refused => format!("{} is refused: {refused}", path.display()),
     })
+}
+
+/// Why a secret file was not read.
+#[derive(Debug)]
+enum Unreadable {
+    Io(std::io::Error),
+    NotRegular(&'static str),
+    TooLong,
+    NotText,
+}
+
+impl fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unreadable::Io(e) => write!(f, "{e}"),
+            Unreadable::NotRegular(kind) => write!(
+                f,
+                "it is {kind}, not a regular file; point it at a file that holds only the secret"
+            ),
+            Unreadable::TooLong => write!(
+                f,
+                "it is longer than {MAX_SECRET_BYTES} bytes, which no secret is (a WeCom secret is 43 characters); point it at a file that holds only the secret"
+            ),
+            Unreadable::NotText => write!(
+                f,
+                "it is not UTF-8 text; point it at a file that holds only the secret"
+            ),
+        }
+    }
+}
+
+/// Reads a small regular file. Opening never blocks (`O_NONBLOCK`: a FIFO with no writer
+/// would otherwise hang `check` and a reload forever), the type is taken from the opened
+/// descriptor (no stat-then-open race), and at most [`MAX_SECRET_BYTES`] are read.
+fn read_bounded(path: &Path) -> Result<String, Unreadable> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(Unreadable::Io)?;
+    let kind = file.metadata().map_err(Unreadable::Io)?.file_type();
+    if !kind.is_file() {
+        return Err(Unreadable::NotRegular(describe(&kind)));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRET_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(Unreadable::Io)?;
+    if bytes.len() as u64 > MAX_SECRET_BYTES {
+        return Err(Unreadable::TooLong);
+    }
+    String::from_utf8(bytes).map_err(|_| Unreadable::NotText)
+}
+
+fn describe(kind: &std::fs::FileType) -> &'static str {
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
 }
 
 #[cfg(test)]

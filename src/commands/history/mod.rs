@@ -114,7 +114,7 @@ fn warn_of_unrecorded(store: &Store) {
 
 /// The config for zones and next fire times, if it can be read; history works without it.
 fn load_config(globals: &Globals, now: DateTime<Utc>) -> Option<Config> {
-    match config::load_at(&globals.config, Secrets::Optional, now) {
+    match config::load_at(&globals.config, Secrets::Unneeded, now) {
         Ok(config) => Some(config),
         Err(error) => {
             let why = match &error {

@@ -2,10 +2,13 @@
 
 use super::*;
 
+/// `non_decimal` maps the apps whose `agent_id` is written as a hexadecimal, octal, binary or
+/// signed number to its spelling (the YAML tree only has the value).
 pub(super) fn validate_apps(
     raw: Vec<(Option<String>, Value)>,
     base: &Path,
     secrets: Secrets,
+    non_decimal: &BTreeMap<String, String>,
     report: &mut Report,
 ) -> BTreeMap<String, Arc<App>> {
     let mut apps = BTreeMap::new();
@@ -15,7 +18,7 @@ pub(super) fn validate_apps(
             report.error(&Subject::File, "apps", "app names must be strings");
             continue;
         };
-        let Some(app) = validate_app(&name, value, base, secrets, report) else {
+        let Some(app) = validate_app(&name, value, base, secrets, non_decimal, report) else {
             continue;
         };
         if let Some(other) = identities.insert((app.corp_id.clone(), app.agent_id), name.clone()) {
@@ -36,19 +39,21 @@ pub(super) fn validate_app(
     value: Value,
     base: &Path,
     secrets: Secrets,
+    non_decimal: &BTreeMap<String, String>,
     report: &mut Report,
 ) -> Option<App> {
     let subject = Subject::App(name.to_string());
-    let name_ok = valid_name(name);
-    if !name_ok {
-        report.error(
-            &subject,
-            "name",
-            "may use only letters, digits, '_', '.' and '-'",
-        );
+    let name_problem = name_problem(name);
+    let name_ok = name_problem.is_none();
+    if let Some(problem) = name_problem {
+        report.error(&subject, "name", problem);
     }
     let entry = Entry::open(value, APP_KEYS, &subject, "", report)?;
     let corp_id = match entry.get::<String>("corp_id", report) {
+        Field::Value(id) if let Some(problem) = hidden_char_problem(&id) => {
+            report.error(&subject, "corp_id", problem);
+            None
+        }
         Field::Value(id) if !id.trim().is_empty() => Some(id),
         Field::Invalid => None,
         _ => {
@@ -57,6 +62,14 @@ pub(super) fn validate_app(
         }
     };
     let agent_id = match entry.get::<i64>("agent_id", report) {
+        Field::Value(_) if let Some(written) = non_decimal.get(name) => {
+            report.error(
+                &subject,
+                "agent_id",
+                format!("is written {written}; write the AgentId in plain decimal digits, such as 1000002 (YAML reads 0x, 0o, 0b and + forms as other numbers)"),
+            );
+            None
+        }
         Field::Value(id) if id > 0 => Some(id),
         Field::Value(id) => {
             report.error(
@@ -79,22 +92,10 @@ pub(super) fn validate_app(
     let source = secret_source(&entry, base, report)?;
     let secret = resolve_secret(&source, &subject, secrets, report);
     let api_base = match entry.get::<String>("api_base", report) {
-        Field::Value(url) => Some(url.trim_end_matches('/').to_string()),
+        Field::Value(url) => api_base(url.trim_end_matches('/'), &subject, report),
         Field::Missing => Some(DEFAULT_API_BASE.to_string()),
         Field::Invalid => None,
-    }
-    .filter(|url| {
-        let ok = reqwest::Url::parse(url)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-        if !ok {
-            report.error(
-                &subject,
-                "api_base",
-                format!("\"{url}\" is not an http(s) URL; leave it out to use {DEFAULT_API_BASE}"),
-            );
-        }
-        ok
-    });
+    };
     if !name_ok {
         return None;
     }
@@ -106,6 +107,61 @@ pub(super) fn validate_app(
         secret,
         api_base: api_base?,
     })
+}
+
+/// `api_base`: an http(s) URL with a host and nothing that would change where the secret goes:
+/// no user name or password (reqwest would send them as Basic auth to whoever answers), no
+/// query or fragment (the API path is appended to the URL: after a `?` or `#` it is no longer
+/// a path, and the secret goes to the bare address).
+fn api_base(url: &str, subject: &Subject, report: &mut Report) -> Option<String> {
+    let parsed = reqwest::Url::parse(url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+    let Some(mut parsed) = parsed else {
+        // An unparsable URL is shown only when it cannot be hiding a password.
+        let shown = if url.contains('@') {
+            "the URL (not shown: it contains '@' and may hold a password)".to_string()
+        } else {
+            format!("\"{}\"", super::super::escaped(url))
+        };
+        report.error(
+            subject,
+            "api_base",
+            format!("{shown} is not an http(s) URL; leave it out to use {DEFAULT_API_BASE}"),
+        );
+        return None;
+    };
+    let mut wrong = Vec::new();
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        wrong.push("a user name or password (they would be sent as Basic auth); a proxy that needs credentials is configured outside the config file");
+    }
+    if parsed.query().is_some() {
+        wrong.push(
+            "a query (?...): the API path would be dropped and the secret sent to the wrong URL",
+        );
+    }
+    if parsed.fragment().is_some() {
+        wrong.push(
+            "a fragment (#...): the API path would be dropped and the secret sent to the wrong URL",
+        );
+    }
+    if wrong.is_empty() {
+        return Some(url.to_string());
+    }
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    parsed.set_query(None);
+    parsed.set_fragment(None);
+    let bare = parsed.as_str().trim_end_matches('/').to_string();
+    report.error(
+        subject,
+        "api_base",
+        format!(
+            "has {}; write only scheme, host, port and path, e.g. {bare}",
+            wrong.join(", and ")
+        ),
+    );
+    None
 }
 
 /// Exactly one of the four secret keys.
@@ -163,21 +219,17 @@ pub(super) fn resolve_secret(
     if let SecretSource::Inline(_) = source {
         report.warn(subject, "secret", "the secret is written in the config file, where anyone who can read the file can send as this app; prefer secret_file or secret_credential");
     }
+    if secrets == Secrets::Unneeded {
+        return None;
+    }
     match source.resolve() {
         Ok(secret) => Some(secret),
         Err(message) => {
-            match secrets {
-                Secrets::Required => report.error(
-                    subject,
-                    source.field(),
-                    format!("{message} (or validate with --dry-run, which needs no secret)"),
-                ),
-                Secrets::Optional => report.warn(
-                    subject,
-                    source.field(),
-                    format!("{message} (ignored: a dry run does not call WeCom)"),
-                ),
-            }
+            report.error(
+                subject,
+                source.field(),
+                format!("{message} (or validate with --dry-run, which needs no secret)"),
+            );
             None
         }
     }

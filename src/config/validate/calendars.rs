@@ -18,12 +18,9 @@ pub(super) fn validate_calendars(
             continue;
         };
         let subject = Subject::Calendar(name.clone());
-        if !valid_name(&name) {
-            report.error(
-                &subject,
-                "name",
-                "may use only letters, digits, '_', '.' and '-'",
-            );
+        let name_problem = name_problem(&name);
+        if let Some(problem) = &name_problem {
+            report.error(&subject, "name", problem.clone());
         }
         let calendar = Entry::open(value.clone(), CALENDAR_KEYS, &subject, "", report).and_then(|entry| {
             let skip = dates(&entry, "skip", report);
@@ -33,7 +30,7 @@ pub(super) fn validate_calendars(
                 report.error(&subject, "workdays", format!("{both} is also listed under skip; a date is either a holiday or a make-up workday"));
                 return None;
             }
-            valid_name(&name).then(|| Arc::new(Calendar { name: name.clone(), skip, workdays }))
+            name_problem.is_none().then(|| Arc::new(Calendar { name: name.clone(), skip, workdays }))
         });
         calendars.insert(name, calendar);
     }

@@ -24,8 +24,16 @@ pub(super) fn validate_recipients(to: &Entry<'_>, report: &mut Report) -> Option
             report.error(subject, &to.name(key), format!("lists {} ids; WeCom accepts at most {max} per message (use a party or tag, or split the schedule)", ids.len()));
             ok = false;
         }
+        for id in ids {
+            if let Some(problem) = hidden_char_problem(id) {
+                report.error(subject, &to.name(key), problem);
+                ok = false;
+            }
+        }
         for id in ids.iter().filter(|id| {
-            id.trim().is_empty() || id.contains('|') || id.contains(char::is_whitespace)
+            id.trim().is_empty()
+                || id.contains('|')
+                || id.contains(char::is_whitespace) && !id.contains(super::super::is_hidden_char)
         }) {
             report.error(
                 subject,

@@ -87,6 +87,8 @@ pub(super) fn validate(
     now: DateTime<Utc>,
 ) -> (Option<Config>, Vec<Problem>, Vec<Problem>) {
     let mut report = Report::default();
+    // Editors on Windows start UTF-8 files with a byte order mark; it is not content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
         report.error(
             &Subject::File,
@@ -107,11 +109,11 @@ fn read(
     report: &mut Report,
 ) -> Option<Config> {
     let file = Subject::File;
-    let value: Value = match serde_yaml::from_str(text) {
+    let value: Value = match super::yaml::parse(text) {
         Ok(value) => value,
-        // serde_yaml's message carries the line and column.
-        Err(e) => {
-            report.error(&file, "yaml", e.to_string());
+        // The message carries the line (and serde_yaml's the column).
+        Err(message) => {
+            report.error(&file, "yaml", message);
             return None;
         }
     };
@@ -200,7 +202,8 @@ fn read(
         .iter()
         .filter_map(|(name, _)| name.clone())
         .collect();
-    let apps = validate_apps(raw_apps, base, secrets, report);
+    let non_decimal = super::yaml::non_decimal_agent_ids(text);
+    let apps = validate_apps(raw_apps, base, secrets, &non_decimal, report);
     let context = Context {
         default_zone: timezone,
         default_catch_up,
@@ -324,11 +327,27 @@ fn optional<T>(field: Field<T>, default: T) -> Option<T> {
     }
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
+/// What is wrong with a schedule, app or calendar name, if anything.
+fn name_problem(name: &str) -> Option<String> {
+    if let Some(hidden) = hidden_char_problem(name) {
+        return Some(hidden);
+    }
+    let ok = !name.is_empty()
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    (!ok).then(|| "may use only letters, digits, '_', '.' and '-'".to_string())
+}
+
+/// The message for an id that holds a control or invisible character: such an id forges log
+/// lines or reorders terminal text, and is never what the operator meant to type.
+fn hidden_char_problem(id: &str) -> Option<String> {
+    let c = id.chars().find(|c| super::is_hidden_char(*c))?;
+    Some(format!(
+        "\"{}\" contains {}, a control or invisible character; ids are plain text: retype it without that character",
+        super::escaped(id),
+        super::escaped(&c.to_string())
+    ))
 }
 
 /// Parses an IANA zone name, suggesting the right spelling for a case mismatch.
@@ -339,21 +358,24 @@ pub(crate) fn parse_zone(name: &str) -> Result<Tz, String> {
             .find(|tz| tz.name().eq_ignore_ascii_case(name))
             .map(|tz| format!(" (did you mean {}?)", tz.name()))
             .unwrap_or_default();
-        format!("\"{name}\" is not an IANA time zone{hint}; use a name such as Asia/Shanghai")
+        format!(
+            "\"{}\" is not an IANA time zone{hint}; use a name such as Asia/Shanghai",
+            super::escaped(name)
+        )
     })
 }
 
-/// The system's zone: `$TZ`, else the zone /etc/localtime points to, else UTC with a warning.
+/// The system's zone (see `zone.rs`): a `TZ` or `/etc/localtime` that cannot be resolved is an
+/// error, because schedules would fire hours off; with neither, UTC (as glibc), with a warning.
 fn local_zone(report: &mut Report) -> Tz {
-    let name = std::env::var("TZ")
-        .ok()
-        .map(|tz| tz.trim_start_matches(':').to_string())
-        .filter(|tz| !tz.is_empty())
-        .or_else(|| iana_time_zone::get_timezone().ok());
-    match name.as_deref().map(str::parse::<Tz>) {
-        Some(Ok(zone)) => zone,
-        _ => {
-            report.warn(&Subject::File, "timezone", "the system's time zone could not be determined; schedules use UTC. Set timezone: (e.g. Asia/Shanghai) at the top of the file");
+    match super::zone::system_zone() {
+        Ok(Some(zone)) => zone,
+        Ok(None) => {
+            report.warn(&Subject::File, "timezone", "the system has no time zone (no TZ, no /etc/localtime); schedules use UTC. Set timezone: (e.g. Asia/Shanghai) at the top of the file");
+            Tz::UTC
+        }
+        Err(message) => {
+            report.error(&Subject::File, "timezone", message);
             Tz::UTC
         }
     }

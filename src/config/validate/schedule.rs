@@ -17,12 +17,8 @@ pub(super) fn validate_schedule(
     let subject = Subject::Schedule(label);
     let entry = Entry::open(value, SCHEDULE_KEYS, &subject, "", report)?;
     let name = match entry.get::<String>("name", report) {
-        Field::Value(name) if !valid_name(&name) => {
-            report.error(
-                &subject,
-                "name",
-                "may use only letters, digits, '_', '.' and '-'",
-            );
+        Field::Value(name) if let Some(problem) = name_problem(&name) => {
+            report.error(&subject, "name", problem);
             None
         }
         Field::Value(name) if !names.insert(name.clone()) => {
@@ -87,21 +83,7 @@ pub(super) fn validate_schedule(
             "WeCom supports confidential (safe) messages for text only; remove safe or send text",
         );
     }
-    let duplicate_check_interval = match entry.get::<i64>("duplicate_check_interval", report) {
-        Field::Missing => Some(DEFAULT_DUPLICATE_CHECK_INTERVAL),
-        Field::Invalid => None,
-        Field::Value(seconds) => u32::try_from(seconds)
-            .ok()
-            .filter(|s| DUPLICATE_CHECK_INTERVAL.contains(s))
-            .or_else(|| {
-                report.error(
-                    &subject,
-                    "duplicate_check_interval",
-                    format!("is {seconds}; WeCom accepts 1 to 14400 seconds (4 hours)"),
-                );
-                None
-            }),
-    };
+    let duplicate_check_interval = interval(&entry, report);
     let enable_id_trans = entry.get::<bool>("enable_id_trans", report);
     let enabled = entry.get::<bool>("enabled", report);
     let catch_up = match duration(&entry, "catch_up", report) {
@@ -122,7 +104,8 @@ pub(super) fn validate_schedule(
                     &subject,
                     "calendar",
                     format!(
-                        "\"{name}\" is not defined under calendars (defined: {})",
+                        "\"{}\" is not defined under calendars (defined: {})",
+                        super::super::escaped(&name),
                         if known.is_empty() {
                             "none".to_string()
                         } else {
@@ -201,6 +184,34 @@ pub(super) fn validate_schedule(
     Some(schedule)
 }
 
+/// `duplicate_check_interval`, within WeCom's range.
+fn interval(entry: &Entry<'_>, report: &mut Report) -> Option<u32> {
+    let out_of_range = |seconds: &dyn std::fmt::Display, report: &mut Report| {
+        report.error(
+            entry.subject,
+            "duplicate_check_interval",
+            format!("is {seconds}; WeCom accepts 1 to 14400 seconds (4 hours)"),
+        );
+        None
+    };
+    // An integer beyond 64 bits arrives as a float (see `yaml.rs`): it is out of range too.
+    if entry
+        .raw("duplicate_check_interval")
+        .and_then(Value::as_f64)
+        .is_some_and(|f| f.fract() == 0.0 && f.abs() > i64::MAX as f64)
+    {
+        return out_of_range(&"far beyond 14400", report);
+    }
+    match entry.get::<i64>("duplicate_check_interval", report) {
+        Field::Missing => Some(DEFAULT_DUPLICATE_CHECK_INTERVAL),
+        Field::Invalid => None,
+        Field::Value(seconds) => match u32::try_from(seconds) {
+            Ok(s) if DUPLICATE_CHECK_INTERVAL.contains(&s) => Some(s),
+            _ => out_of_range(&seconds, report),
+        },
+    }
+}
+
 /// Rules about how often a schedule fires: jitter must not reorder slots, and WeCom's
 /// per-member limits (30 a minute, 1000 an hour) must not be exceeded by one schedule alone.
 pub(super) fn check_timing(
@@ -258,7 +269,10 @@ pub(super) fn resolve_app(
             report.error(
                 entry.subject,
                 "app",
-                format!("\"{name}\" is not defined under apps (defined: {defined})"),
+                format!(
+                    "\"{}\" is not defined under apps (defined: {defined})",
+                    super::super::escaped(&name)
+                ),
             );
             return None;
         }
