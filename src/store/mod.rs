@@ -11,6 +11,7 @@ pub mod files;
 pub mod health;
 pub mod history;
 pub mod query;
+pub mod recall;
 pub mod replay;
 pub mod reserve;
 pub mod tokens;
@@ -40,6 +41,7 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/01-initial/up.sql")),
     M::up(include_str!("../../migrations/02-recall/up.sql")),
+    M::up(include_str!("../../migrations/04-recall-claim/up.sql")),
 ];
 
 /// The database, shared by every task of the process: one connection on a thread of its own.

@@ -198,6 +198,10 @@ struct Inner {
     /// Delivered msgids not recalled yet.
     recallable: HashSet<String>,
     recalls: Vec<String>,
+    /// Every `message/recall` that arrived, answered ok or not.
+    recall_arrivals: usize,
+    recall_script: VecDeque<Reply>,
+    recall_delay: Duration,
     /// (corp_id, agent_id, json_hash) → indexes of delivered entries of `requests`.
     delivered_index: HashMap<(String, i64, u64), Vec<usize>>,
     waiting: usize,
@@ -369,6 +373,21 @@ impl FakeWeCom {
         }
     }
 
+    /// `message/recall` requests that arrived, whatever their answer.
+    pub fn recall_arrivals(&self) -> usize {
+        self.shared.lock().recall_arrivals
+    }
+
+    /// The next `message/recall` is answered with `r` (nothing is recalled).
+    pub fn script_recall(&self, r: Reply) {
+        self.shared.lock().recall_script.push_back(r);
+    }
+
+    /// Every `message/recall` waits `d` after arriving, before it is processed.
+    pub fn set_recall_delay(&self, d: Duration) {
+        self.shared.lock().recall_delay = d;
+    }
+
     /// Msgids successfully recalled, in order.
     pub fn recall_calls(&self) -> Vec<String> {
         self.shared.lock().recalls.clone()
@@ -497,18 +516,33 @@ async fn send(
 
 async fn recall(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
     Query(q): Params,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let _in_flight = InFlight::enter(&shared);
-    let mut inner = shared.lock();
-    let result = inner.try_recall(q.get("access_token"), &headers, &body);
-    let v = match result {
-        Ok(()) => json!({"errcode": 0, "errmsg": "ok"}),
-        Err((code, reason)) => err_json(code, &reason),
+    let delay = {
+        let mut inner = shared.lock();
+        inner.recall_arrivals += 1;
+        inner.recall_delay
     };
-    json_response(&v)
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let reply = {
+        let mut inner = shared.lock();
+        match inner.recall_script.pop_front() {
+            Some(scripted) => scripted,
+            None => Reply::Json(
+                match inner.try_recall(q.get("access_token"), &headers, &body) {
+                    Ok(()) => json!({"errcode": 0, "errmsg": "ok"}),
+                    Err((code, reason)) => err_json(code, &reason),
+                },
+            ),
+        }
+    };
+    render(reply, &conn).await
 }
 
 async fn wait_while_held(shared: &Shared) {
