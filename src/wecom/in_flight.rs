@@ -13,11 +13,27 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::App;
 
+/// One app's semaphore and the bound it was made for.
+#[derive(Debug)]
+struct Bound {
+    permits: usize,
+    semaphore: Arc<Semaphore>,
+}
+
+impl Bound {
+    fn new(permits: usize) -> Bound {
+        Bound {
+            permits,
+            semaphore: Arc::new(Semaphore::new(permits)),
+        }
+    }
+}
+
 /// The apps' semaphores, shared by every clone of the [`Client`](super::Client).
 #[derive(Debug, Default)]
 pub struct InFlight {
-    /// Keyed by (corp id, agent id); each with the bound it was made for.
-    apps: Mutex<HashMap<(String, i64), (usize, Arc<Semaphore>)>>,
+    /// Keyed by (corp id, agent id).
+    apps: Mutex<HashMap<(String, i64), Bound>>,
 }
 
 impl InFlight {
@@ -27,19 +43,13 @@ impl InFlight {
         let semaphore = {
             let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
             let key = (app.corp_id.clone(), app.agent_id);
-            let entry = apps.entry(key).or_insert_with(|| {
-                (
-                    app.max_in_flight,
-                    Arc::new(Semaphore::new(app.max_in_flight)),
-                )
-            });
-            if entry.0 != app.max_in_flight {
-                *entry = (
-                    app.max_in_flight,
-                    Arc::new(Semaphore::new(app.max_in_flight)),
-                );
+            let bound = apps
+                .entry(key)
+                .or_insert_with(|| Bound::new(app.max_in_flight));
+            if bound.permits != app.max_in_flight {
+                *bound = Bound::new(app.max_in_flight);
             }
-            entry.1.clone()
+            bound.semaphore.clone()
         };
         // The semaphore is never closed, so this is always a permit; were it closed, the call
         // would go ahead unbounded rather than fail.
