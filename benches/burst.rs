@@ -1,7 +1,9 @@
 //! Burst fan-out: N schedules sharing every slot (`0/P * * * * *`), each to its own user (so
 //! the per-member limiter never holds one back), with the fake WeCom answering after each
 //! delay in turn. Per slot: slot → first and last arrival, sends per second, the daemon's CPU;
-//! then gettoken calls, peak RSS, and whether every slot of every schedule has exactly one row.
+//! then gettoken calls, the most requests the fake had in flight at once and the TCP
+//! connections it accepted, peak RSS, and whether every slot of every schedule has exactly one
+//! row.
 //!
 //! ```sh
 //! cargo bench --bench burst -- --schedules 1000 --slots 3 --period 10 --delays 0,50
@@ -187,6 +189,11 @@ fn one_delay(n: usize, slots: usize, period: u64, delay_ms: u64, trace: bool, ke
             }
         }
     }
+    println!(
+        "fake WeCom: at most {} requests in flight at once, {} TCP connections accepted",
+        fake.fake.max_in_flight(),
+        fake.fake.connections()
+    );
     println!(
         "over the measured slots: daemon CPU {total_cpu:.2} s{}; gettoken calls: {}; RSS at the end {:.1} MiB, peak (VmHWM) {:.1} MiB, {threads} threads; stop took {}",
         per_thousand(total_cpu, total_sends),

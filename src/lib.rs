@@ -23,6 +23,7 @@ pub mod gate;
 pub mod logging;
 pub mod metrics;
 pub mod retry;
+pub mod shown;
 pub mod store;
 pub mod template;
 pub mod time;

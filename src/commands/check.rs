@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 
 use super::{EXIT_OK, Globals};
 use crate::config::{Config, Schedule, Secrets};
+use crate::shown::shown;
 use crate::wecom::message::Content;
 
 /// Runs `check`. With `dry_run`, secrets need not be readable (as for `run --dry-run`).
@@ -18,7 +19,10 @@ pub fn run(globals: &Globals, next: usize, dry_run: bool) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    print!("{}", report(&config, next, now));
+    // Names, crons, texts and warnings come from the config: escaped, each line on its own.
+    for line in report(&config, next, now).lines() {
+        println!("{}", shown(line));
+    }
     ExitCode::from(EXIT_OK)
 }
 

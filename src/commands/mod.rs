@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 
 use crate::config::{self, Config, ConfigError, Secrets};
+use crate::shown::shown;
 use crate::store::Store;
 
 /// Exit code: the command did what was asked.
@@ -22,6 +23,8 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code: the config file is missing or invalid.
 pub const EXIT_CONFIG: u8 = 3;
+/// Exit code: `recall` found another recall of the row in progress, and did nothing.
+pub const EXIT_IN_PROGRESS: u8 = 4;
 
 /// The options every command shares.
 #[derive(Debug, Clone)]
@@ -59,10 +62,19 @@ impl Globals {
         match config::load_at(&self.config, secrets, now) {
             Ok(config) => Ok(config),
             Err(error) => {
-                eprintln!("error: {error}");
+                // One line per problem: the config's own text inside them is escaped.
+                for (n, line) in error.to_string().lines().enumerate() {
+                    let lead = match n {
+                        0 => "error: ",
+                        _ if line.starts_with("  - ") => "",
+                        // A problem quoting config text that holds a line break.
+                        _ => "    ",
+                    };
+                    eprintln!("{lead}{}", shown(line));
+                }
                 if let ConfigError::Invalid { warnings, .. } = &error {
                     for warning in warnings {
-                        eprintln!("warning: {warning}");
+                        eprintln!("warning: {}", shown(&warning.to_string()));
                     }
                 }
                 Err(ExitCode::from(EXIT_CONFIG))

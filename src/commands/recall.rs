@@ -8,9 +8,12 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::{EXIT_FAILED, EXIT_OK, Globals};
+use super::{EXIT_FAILED, EXIT_IN_PROGRESS, EXIT_OK, Globals};
 use crate::config::{App, Config, Secrets};
+use crate::shown::shown;
+use crate::store::Store;
 use crate::store::query::SendRow;
+use crate::store::recall::RecallClaim;
 use crate::wecom::Client;
 use crate::wecom::error::{ErrorClass, classify, describe};
 use crate::wecom::token::TokenCache;
@@ -18,7 +21,13 @@ use crate::wecom::token::TokenCache;
 /// WeCom recalls a message only this long after it was sent.
 pub const RECALL_WINDOW: Duration = Duration::hours(24);
 
-/// Runs `recall`: exits 0 only when WeCom withdrew the message and the row records it.
+/// How old a claim must be before another `recall` takes it over: its process died in the
+/// call. A recall takes at most two gettoken and two recall calls of 20 s each (connect and
+/// request timeouts); this is well past that.
+pub const RECALL_CLAIM_STALE: Duration = Duration::minutes(5);
+
+/// Runs `recall`: exits 0 only when WeCom withdrew the message and the row records it; exit 4
+/// when another `recall` of the row is in progress.
 pub async fn run(globals: &Globals, id: i64) -> ExitCode {
     let config = match globals.load(Secrets::Required) {
         Ok(config) => config,
@@ -30,12 +39,7 @@ pub async fn run(globals: &Globals, id: i64) -> ExitCode {
     };
     let row = match store.send_row(id).await {
         Ok(Some(row)) => row,
-        Ok(None) => {
-            return refuse(format!(
-                "there is no history id {id} in {} (`wecom-notify history` lists them)",
-                store.path().display()
-            ));
-        }
+        Ok(None) => return refuse(no_row(&store, id)),
         Err(e) => return refuse(format!("{e:#}")),
     };
     let (msgid, app) = match check(&row, &config, Utc::now()) {
@@ -46,35 +50,32 @@ pub async fn run(globals: &Globals, id: i64) -> ExitCode {
         Ok(client) => client,
         Err(e) => return refuse(format!("cannot set up the HTTP client: {e:#}")),
     };
-    let tokens = TokenCache::new(store.clone(), client.clone());
-    let mut refreshed = false;
-    loop {
-        let token = match tokens.get(app).await {
-            Ok(token) => token,
-            Err(e) => return refuse(format!("history id {id} was not recalled: {e}")),
-        };
-        let reply = match client.recall(app, &token, msgid).await {
-            Ok(reply) => reply,
-            Err(e) => {
-                return refuse(format!(
-                    "history id {id} was not recalled: {e}; run the command again"
-                ));
-            }
-        };
-        match classify(reply.errcode) {
-            ErrorClass::Ok => break,
-            // WeCom may invalidate a token early: fetch a new one and try once more.
-            ErrorClass::RefreshToken if !refreshed => {
-                refreshed = true;
-                tokens.invalidate(app, &token).await;
-            }
-            _ => {
-                return refuse(format!(
-                    "WeCom did not recall history id {id} (msgid {msgid}): {}",
-                    recall_error(reply.errcode, &reply.errmsg)
-                ));
-            }
+    // The claim makes this process the only one to call WeCom for this row: five `recall 1`
+    // at once make one call, and the other four say so.
+    let claimed = match store.claim_recall(id, Utc::now(), RECALL_CLAIM_STALE).await {
+        Ok(RecallClaim::Claimed(at)) => at,
+        Ok(RecallClaim::AlreadyRecalled(at)) => {
+            return refuse(format!("history id {id} was already recalled at {at}"));
         }
+        Ok(RecallClaim::InProgress(since)) => {
+            let since = since.map_or_else(String::new, |at| format!(" since {at}"));
+            eprintln!(
+                "error: a recall of history id {id} is in progress{since} in another process; \
+                 run `wecom-notify history` to see its outcome, or this command again once it \
+                 has ended (a claim left by a process that died is taken over after {} minutes)",
+                RECALL_CLAIM_STALE.num_minutes()
+            );
+            return ExitCode::from(EXIT_IN_PROGRESS);
+        }
+        Ok(RecallClaim::NoRow) => return refuse(no_row(&store, id)),
+        Err(e) => return refuse(format!("{e:#}")),
+    };
+    if let Err(reason) = call_wecom(&store, &client, app, id, msgid).await {
+        // Nothing was recalled: let the next try go ahead at once.
+        if let Err(e) = store.release_recall(id, &claimed).await {
+            tracing::warn!(id, "could not release the recall's claim: {e:#}");
+        }
+        return refuse(reason);
     }
     let now = Utc::now();
     if let Err(e) = store.mark_recalled(id, now).await {
@@ -84,15 +85,59 @@ pub async fn run(globals: &Globals, id: i64) -> ExitCode {
     }
     tracing::info!(id, msgid, schedule = %row.schedule, "recalled");
     println!(
-        "history id {id} ({}, msgid {msgid}): recalled at {}",
-        row.schedule,
+        "history id {id} ({}, msgid {}): recalled at {}",
+        shown(&row.schedule),
+        shown(msgid),
         crate::time::to_db(now)
     );
     ExitCode::from(EXIT_OK)
 }
 
+/// Calls `message/recall`, fetching a new token once if WeCom rejects the cached one.
+async fn call_wecom(
+    store: &Store,
+    client: &Client,
+    app: &App,
+    id: i64,
+    msgid: &str,
+) -> Result<(), String> {
+    let tokens = TokenCache::new(store.clone(), client.clone());
+    let mut refreshed = false;
+    loop {
+        let token = tokens
+            .get(app)
+            .await
+            .map_err(|e| format!("history id {id} was not recalled: {e}"))?;
+        let reply = client
+            .recall(app, &token, msgid)
+            .await
+            .map_err(|e| format!("history id {id} was not recalled: {e}; run the command again"))?;
+        match classify(reply.errcode) {
+            ErrorClass::Ok => return Ok(()),
+            // WeCom may invalidate a token early: fetch a new one and try once more.
+            ErrorClass::RefreshToken if !refreshed => {
+                refreshed = true;
+                tokens.invalidate(app, &token).await;
+            }
+            _ => {
+                return Err(format!(
+                    "WeCom did not recall history id {id} (msgid {msgid}): {}",
+                    recall_error(reply.errcode, &reply.errmsg)
+                ));
+            }
+        }
+    }
+}
+
+fn no_row(store: &Store, id: i64) -> String {
+    format!(
+        "there is no history id {id} in {} (`wecom-notify history` lists them)",
+        store.path().display()
+    )
+}
+
 fn refuse(reason: String) -> ExitCode {
-    eprintln!("error: {reason}");
+    eprintln!("error: {}", shown(&reason));
     ExitCode::from(EXIT_FAILED)
 }
 

@@ -9,6 +9,7 @@ use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, Globals};
 use crate::config::{Schedule, Secrets};
 use crate::dispatch::{Dispatcher, Fired};
 use crate::retry::RetryPolicy;
+use crate::shown::shown;
 use crate::store::history::{Status, Trigger};
 use crate::wecom::Client;
 use crate::wecom::token::TokenCache;
@@ -63,7 +64,7 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
     match dispatcher.fire(&schedule, &app, now, Trigger::Manual).await {
         Ok(Fired::Done(outcome)) => {
             if dry_run {
-                println!("{}", outcome.payload);
+                println!("{}", shown(&outcome.payload));
             }
             println!("{}", outcome.summary());
             if dispatcher.flush_unwritten().await > 0 {

@@ -27,6 +27,11 @@ pub use yaml::{MAX_CONFIG_BYTES, MAX_DEPTH};
 
 /// The default WeCom API address.
 pub const DEFAULT_API_BASE: &str = "https://qyapi.weixin.qq.com";
+/// The default `max_in_flight`: requests one app has in flight at once (WeCom limits concurrent
+/// calls, 45033; a handful of kept-alive connections sends a burst about as fast as hundreds).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
+/// The largest `max_in_flight` accepted.
+pub const MAX_MAX_IN_FLIGHT: usize = 64;
 /// The default `duplicate_check_interval`, WeCom's own default.
 pub const DEFAULT_DUPLICATE_CHECK_INTERVAL: u32 = 1800;
 
@@ -62,6 +67,8 @@ pub struct App {
     pub secret: Option<Secret>,
     /// Without a trailing slash.
     pub api_base: String,
+    /// `max_in_flight`: HTTP calls of this app in flight at once (gettoken included).
+    pub max_in_flight: usize,
 }
 
 /// One schedule.

@@ -110,10 +110,17 @@ impl Dispatcher {
                         format!("the app's secret ({field}) is not available"),
                     );
                 }
+                Attempt::Token(TokenError::Transport(transport)) if transport.permanent => {
+                    return Finish::local_error(attempts, format!("gettoken: {transport}"));
+                }
                 Attempt::Token(failure) => (
                     self.policy.backoff(attempts),
                     Finish::local_error(attempts, failure.to_string()),
                 ),
+                // A redirect or a 4xx answers the same to every retry.
+                Attempt::Transport(transport) if transport.permanent => {
+                    return Finish::local_error(attempts, transport.detail);
+                }
                 Attempt::Transport(transport) => {
                     if transport.maybe_delivered {
                         first_ambiguous.get_or_insert(attempt_started);

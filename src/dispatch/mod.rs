@@ -27,6 +27,7 @@ use crate::config::{App, Schedule};
 use crate::gate::{AppGate, Audience};
 use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
+use crate::shown::shown;
 use crate::store::Store;
 use crate::store::history::{Claim, Finish, NewSend, PendingRow, Status, Trigger};
 use crate::store::replay::Recorded;
@@ -84,8 +85,13 @@ pub struct SendOutcome {
 }
 
 impl SendOutcome {
-    /// One line for the terminal and the log, with advice for a known errcode.
+    /// One line for the terminal and the log, with advice for a known errcode. WeCom's text
+    /// in it is escaped ([`shown`]): an errmsg cannot add a line or a terminal sequence.
     pub fn summary(&self) -> String {
+        shown(&self.raw_summary()).into_owned()
+    }
+
+    fn raw_summary(&self) -> String {
         let f = &self.finish;
         let id = self
             .id

@@ -12,6 +12,7 @@ pub mod health;
 pub mod heartbeats;
 pub mod history;
 pub mod query;
+pub mod recall;
 pub mod replay;
 pub mod reserve;
 pub mod tokens;
@@ -42,6 +43,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/01-initial/up.sql")),
     M::up(include_str!("../../migrations/02-recall/up.sql")),
     M::up(include_str!("../../migrations/03-heartbeats/up.sql")),
+    M::up(include_str!("../../migrations/04-recall-claim/up.sql")),
 ];
 
 /// The database, shared by every task of the process: one connection on a thread of its own.

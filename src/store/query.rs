@@ -223,7 +223,8 @@ impl Store {
     pub async fn mark_recalled(&self, id: i64, at: DateTime<Utc>) -> anyhow::Result<bool> {
         self.call(move |conn| {
             conn.execute(
-                "UPDATE sends SET recalled_at = ?2 WHERE id = ?1 AND recalled_at IS NULL",
+                "UPDATE sends SET recalled_at = ?2, recall_started_at = NULL
+                 WHERE id = ?1 AND recalled_at IS NULL",
                 params![id, crate::time::to_db(at)],
             )
             .map(|n| n > 0)

@@ -2,18 +2,26 @@
 //!
 //! The access token travels in the query string, so every error that leaves this module is
 //! stripped of its URL (`reqwest::Error::without_url`) and answers are read with a size cap.
+//!
+//! One `reqwest::Client` (one pool of kept-alive connections) serves every app, and each call
+//! holds a permit of its app's bound on requests in flight ([`InFlight`]) for the HTTP exchange
+//! only, so a burst reuses a handful of connections instead of opening one per message.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::in_flight::InFlight;
 use crate::config::{App, Secret};
 
 /// How long connecting to WeCom may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a whole request (connect, send, answer) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an idle kept-alive connection waits for the next call before it is closed.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// WeCom's answers are a few hundred bytes; anything beyond this is not WeCom talking.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -45,6 +53,9 @@ pub struct Transport {
     /// False only when the request certainly never reached WeCom (it could not connect), so
     /// a retry cannot deliver twice whatever the duplicate check does.
     pub maybe_delivered: bool,
+    /// True when a retry cannot help: an HTTP status that says the request is wrong or went
+    /// to the wrong place (a redirect, 404, 403...), as opposed to a busy or failing server.
+    pub permanent: bool,
 }
 
 /// A readable WeCom answer (errcode may be non-zero).
@@ -97,6 +108,7 @@ pub enum TokenError {
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
+    in_flight: Arc<InFlight>,
 }
 
 impl Client {
@@ -107,8 +119,14 @@ impl Client {
             .user_agent(concat!("wecom-notify/", env!("CARGO_PKG_VERSION")))
             // A redirect would carry the secret or the token, in the query, to another host.
             .redirect(reqwest::redirect::Policy::none())
+            // Idle connections stay for the next burst; the bound on calls in flight is what
+            // keeps their number small, so the pool needs no cap of its own.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()?;
-        Ok(Client { http })
+        Ok(Client {
+            http,
+            in_flight: Arc::default(),
+        })
     }
 
     /// `GET /cgi-bin/gettoken`.
@@ -124,7 +142,10 @@ impl Client {
                 ("corpid", app.corp_id.as_str()),
                 ("corpsecret", secret.expose()),
             ]);
-        let answer: TokenAnswer = read_json(request).await.map_err(TokenError::Transport)?;
+        let answer: TokenAnswer = self
+            .call(app, request)
+            .await
+            .map_err(TokenError::Transport)?;
         match (answer.errcode, answer.access_token) {
             (0, Some(token)) if !token.is_empty() => Ok(FreshToken {
                 token: AccessToken(token),
@@ -134,6 +155,7 @@ impl Client {
             (0, _) => Err(TokenError::Transport(Transport {
                 detail: "gettoken answered errcode 0 without an access_token".to_string(),
                 maybe_delivered: false,
+                permanent: false,
             })),
             (errcode, _) => Err(TokenError::WeCom {
                 errcode,
@@ -177,7 +199,23 @@ impl Client {
             .query(&[("access_token", token.expose())])
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        read_json(request).await
+        self.call(app, request).await
+    }
+
+    /// Makes the call under a permit of `app`'s bound on requests in flight, held until the
+    /// answer is read.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        app: &App,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, Transport> {
+        let _permit = self.in_flight.permit(app).await;
+        let answer = read_json(request).await;
+        // hyper's pool takes the connection back in a task of its own once the answer is read:
+        // let that run before the permit lets the next call look for an idle connection, or
+        // that call would open a new one.
+        tokio::task::yield_now().await;
+        answer
     }
 }
 
@@ -202,20 +240,56 @@ async fn read_json<T: serde::de::DeserializeOwned>(
                     "HTTP {status}: the answer is larger than {MAX_ANSWER_BYTES} bytes, which is not a WeCom answer"
                 ),
                 maybe_delivered: true,
+                permanent: false,
             });
         }
         bytes.extend_from_slice(&chunk);
     }
     if !status.is_success() {
-        return Err(Transport {
-            detail: format!("HTTP {status}: {}", excerpt(&bytes)),
-            maybe_delivered: true,
-        });
+        return Err(http_status(status, response.headers(), &bytes));
     }
     serde_json::from_slice::<T>(&bytes).map_err(|e| Transport {
         detail: format!("unreadable answer ({e}): {}", excerpt(&bytes)),
         maybe_delivered: true,
+        permanent: false,
     })
+}
+
+/// A non-2xx answer. WeCom answers every call with HTTP 200, errors included, so another status
+/// comes from something in between. Only a busy or failing server (5xx, 429 Too Many Requests,
+/// 408 Request Timeout) is worth retrying; a redirect or another 4xx answers the same way
+/// every time, and is recorded as a failure at once.
+fn http_status(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &[u8],
+) -> Transport {
+    let transient = status.is_server_error()
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT;
+    let detail = if status.is_redirection() {
+        // Never followed (it would carry the token to another host): say where it pointed,
+        // without the token or the secret it may echo.
+        let location = headers
+            .get(reqwest::header::LOCATION)
+            .map(|l| excerpt(l.as_bytes()))
+            .unwrap_or_else(|| "(no Location)".to_string());
+        format!(
+            "HTTP {status} to {location}: WeCom does not redirect, so api_base points at something else (a proxy, a login page, http instead of https?); the redirect is not followed and the send is not retried. Check api_base"
+        )
+    } else if transient {
+        format!("HTTP {status}: {}", excerpt(body))
+    } else {
+        format!(
+            "HTTP {status}: {}; a retry would get the same answer, so the send is not retried. Check api_base",
+            excerpt(body)
+        )
+    };
+    Transport {
+        detail,
+        maybe_delivered: true,
+        permanent: !transient,
+    }
 }
 
 fn transport(error: reqwest::Error, what: &str) -> Transport {
@@ -238,6 +312,7 @@ fn transport(error: reqwest::Error, what: &str) -> Transport {
     Transport {
         detail,
         maybe_delivered,
+        permanent: false,
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod error;
+pub mod in_flight;
 pub mod message;
 pub mod token;
 

@@ -5,6 +5,7 @@ mod support;
 
 mod calendar;
 mod check;
+mod client;
 mod clock;
 mod crashes;
 mod daemon;

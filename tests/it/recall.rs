@@ -170,3 +170,68 @@ async fn a_wecom_error_is_explained_and_leaves_the_row_unrecalled() {
     );
     assert_eq!(recalled_at(&env, 1), "NULL");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_concurrent_recalls_make_one_call_and_one_reports_success() {
+    let env = Env::new().await;
+    let msgid = send_one(&env).await;
+    // Each recall stays at WeCom a while, so that the five processes overlap.
+    env.fake
+        .set_recall_delay(std::time::Duration::from_millis(500));
+    let outputs = futures::future::join_all((0..5).map(|_| env.cli(&["recall", "1"]))).await;
+
+    assert_eq!(env.fake.recall_arrivals(), 1, "WeCom was asked once");
+    assert_eq!(env.fake.recall_calls(), [msgid]);
+    let (succeeded, others): (Vec<_>, Vec<_>) = outputs.iter().partition(|o| o.status.success());
+    assert_eq!(succeeded.len(), 1, "one process recalled it: {outputs:#?}");
+    for output in others {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let in_progress = output.status.code() == Some(4) && stderr.contains("in progress");
+        let done = output.status.code() == Some(1) && stderr.contains("already recalled at");
+        assert!(in_progress || done, "{}", text(output));
+    }
+    assert_ne!(recalled_at(&env, 1), "NULL");
+}
+
+#[tokio::test]
+async fn a_recall_whose_call_fails_releases_its_claim_for_the_next_try() {
+    let env = Env::new().await;
+    let msgid = send_one(&env).await;
+    env.fake
+        .script_recall(Reply::Http(503, "<html>503</html>".into()));
+    let stderr = refused(&env, "1").await;
+    assert!(stderr.contains("was not recalled"), "{stderr}");
+    env.fake.script_recall(Reply::Errcode(-1));
+    let stderr = refused(&env, "1").await;
+    assert!(stderr.contains("errcode -1"), "{stderr}");
+    assert_eq!(recalled_at(&env, 1), "NULL");
+
+    env.cli_ok(&["recall", "1"]).await;
+    assert_eq!(env.fake.recall_arrivals(), 3);
+    assert_eq!(env.fake.recall_calls(), [msgid]);
+}
+
+#[tokio::test]
+async fn a_recall_in_progress_is_reported_and_one_left_by_a_crash_is_taken_over() {
+    let env = Env::new().await;
+    let msgid = send_one(&env).await;
+    let claim = |at: chrono::DateTime<Utc>| {
+        env.db()
+            .execute(
+                "UPDATE sends SET recall_started_at = ?1 WHERE id = 1",
+                [wecom_notify::time::to_db(at)],
+            )
+            .expect("claim the recall");
+    };
+    claim(Utc::now());
+    let output = env.cli(&["recall", "1"]).await;
+    assert_eq!(output.status.code(), Some(4), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("in progress"), "{stderr}");
+    assert_eq!(env.fake.recall_arrivals(), 0);
+
+    // A claim older than any recall can take was left by a process that died in it.
+    claim(Utc::now() - Duration::minutes(10));
+    env.cli_ok(&["recall", "1"]).await;
+    assert_eq!(env.fake.recall_calls(), [msgid]);
+}

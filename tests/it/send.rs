@@ -440,3 +440,54 @@ async fn a_connection_error_leaks_no_secret_either() {
         "the secret leaked:\n{everything}"
     );
 }
+
+/// Characters that must never reach a terminal or a log line raw (a line's own end aside).
+fn raw_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|&c| {
+            c != '\n'
+                && (c.is_control()
+                    || ('\u{202a}'..='\u{202e}').contains(&c)
+                    || ('\u{2066}'..='\u{2069}').contains(&c))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_hostile_errmsg_forges_no_log_line_and_prints_no_control_character() {
+    let env = Env::new().await;
+    env.write_schedules(STANDUP);
+    let forged = "2026-12-01T00:00:00.000000Z  INFO wecom_notify::dispatch: sent schedule=x";
+    let errmsg = format!("invalid\n{forged}\n\u{1b}[2J\u{1b}]0;owned\u{7}\0\u{202e}desrever");
+    for args in [
+        &["send", "standup"][..],
+        &["--log-format", "json", "send", "standup"][..],
+    ] {
+        env.fake
+            .script_send(Reply::Json(json!({ "errcode": 40003, "errmsg": errmsg })));
+        let output = env.cli(args).await;
+        assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !stderr
+                .lines()
+                .chain(stdout.lines())
+                .any(|l| l.starts_with(forged)),
+            "a forged line: {}",
+            text(&output)
+        );
+        assert_eq!(raw_controls(&stdout), Vec::<char>::new(), "{stdout}");
+        assert_eq!(raw_controls(&stderr), Vec::<char>::new(), "{stderr}");
+        assert!(
+            stdout.contains("\\u{1b}[2J"),
+            "escaped, not dropped: {stdout}"
+        );
+    }
+    for args in [&["history"][..], &["history", "--json"][..]] {
+        let output = env.cli_ok(args).await;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(raw_controls(&stdout), Vec::<char>::new(), "{stdout}");
+        assert!(!stdout.lines().any(|l| l.starts_with(forged)), "{stdout}");
+    }
+}

@@ -1,5 +1,6 @@
 //! How `history` shows a row: slots in the schedule's zone, errcodes in words, aligned tables.
 
+use crate::shown::shown;
 use chrono::Timelike;
 use chrono_tz::Tz;
 
@@ -95,6 +96,12 @@ pub(super) fn invalid(row: &SendRow) -> String {
 
 /// Left-aligned columns two spaces apart, widths counted in characters.
 pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    // Cells hold text from WeCom and the config: escaped here, once for every table.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| shown(cell).into_owned()).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

@@ -4,6 +4,7 @@
 //! History is for auditors, who may have the database but not a working config: the config only
 //! lends zones and next fire times, and a missing or invalid one is a warning, not an error.
 
+use crate::shown::json_safe;
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 
@@ -148,7 +149,7 @@ async fn list(
     let mut out = BufWriter::new(io::stdout().lock());
     if options.json {
         for row in &rows {
-            serde_json::to_writer(&mut out, row)?;
+            out.write_all(json_safe(&serde_json::to_string(row)?).as_bytes())?;
             out.write_all(b"\n")?;
         }
         return Ok(out.flush()?);
@@ -251,7 +252,7 @@ async fn summary(
             failed_24h: a.failed,
         };
         if options.json {
-            serde_json::to_writer(&mut out, &line)?;
+            out.write_all(json_safe(&serde_json::to_string(&line)?).as_bytes())?;
             out.write_all(b"\n")?;
             continue;
         }

@@ -1,6 +1,7 @@
 //! `apps:` entries: identity, exactly one secret source, the secret itself, the API address.
 
 use super::*;
+use crate::config::{DEFAULT_MAX_IN_FLIGHT, MAX_MAX_IN_FLIGHT};
 
 /// `non_decimal` maps the apps whose `agent_id` is written as a hexadecimal, octal, binary or
 /// signed number to its spelling (the YAML tree only has the value).
@@ -96,6 +97,7 @@ pub(super) fn validate_app(
         Field::Missing => Some(DEFAULT_API_BASE.to_string()),
         Field::Invalid => None,
     };
+    let max_in_flight = max_in_flight(&entry, report);
     if !name_ok {
         return None;
     }
@@ -106,6 +108,7 @@ pub(super) fn validate_app(
         secret_source: source,
         secret,
         api_base: api_base?,
+        max_in_flight: max_in_flight?,
     })
 }
 
@@ -162,6 +165,23 @@ fn api_base(url: &str, subject: &Subject, report: &mut Report) -> Option<String>
         ),
     );
     None
+}
+
+/// `max_in_flight`: 1..=[`MAX_MAX_IN_FLIGHT`], default [`DEFAULT_MAX_IN_FLIGHT`].
+fn max_in_flight(entry: &Entry<'_>, report: &mut Report) -> Option<usize> {
+    match entry.get::<i64>("max_in_flight", report) {
+        Field::Missing => Some(DEFAULT_MAX_IN_FLIGHT),
+        Field::Value(n) if (1..=MAX_MAX_IN_FLIGHT as i64).contains(&n) => Some(n as usize),
+        Field::Value(n) => {
+            report.error(
+                entry.subject,
+                "max_in_flight",
+                format!("is {n}; it bounds the app's requests in flight at once and must be 1 to {MAX_MAX_IN_FLIGHT} (default {DEFAULT_MAX_IN_FLIGHT}; WeCom refuses too many concurrent calls with 45033)"),
+            );
+            None
+        }
+        Field::Invalid => None,
+    }
 }
 
 /// Exactly one of the four secret keys.

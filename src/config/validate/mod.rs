@@ -49,6 +49,7 @@ const APP_KEYS: &[&str] = &[
     "secret_credential",
     "secret",
     "api_base",
+    "max_in_flight",
 ];
 const SCHEDULE_KEYS: &[&str] = &[
     "name",

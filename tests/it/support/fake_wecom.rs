@@ -12,6 +12,9 @@
 //!   although its answer is never read (this is what makes duplicate-check retries observable).
 //! - `send_calls` counts arrivals immediately; the request enters `all_requests` once its outcome
 //!   is known (after any hold is released).
+//! - Every request of any endpoint counts as in flight from its arrival until its answer is
+//!   ready (`max_in_flight` keeps the most seen at once), and every accepted TCP connection is
+//!   counted (`connections`): the two figures a concurrency limit like WeCom's 45033 looks at.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -19,7 +22,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -77,6 +80,8 @@ pub enum Reply {
     Json(Value),
     /// That status with that raw body.
     Http(u16, String),
+    /// That status (a 3xx) with this `Location`, as a proxy or a login page would answer.
+    Redirect(u16, String),
     /// HTTP 200, `application/json`, this raw body.
     Raw(String),
     /// HTTP 200, a streamed body of that many bytes (spaces, then `{}`).
@@ -124,6 +129,28 @@ struct Shared {
     inner: Mutex<Inner>,
     /// Number of live `Hold`s.
     holds: watch::Sender<usize>,
+    /// Requests (any endpoint) between arrival and answer, and the most seen at once.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    /// TCP connections accepted so far.
+    connections: Arc<AtomicUsize>,
+}
+
+/// Counts one request as in flight for as long as it lives.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn enter(shared: &Arc<Shared>) -> InFlight {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -171,6 +198,10 @@ struct Inner {
     /// Delivered msgids not recalled yet.
     recallable: HashSet<String>,
     recalls: Vec<String>,
+    /// Every `message/recall` that arrived, answered ok or not.
+    recall_arrivals: usize,
+    recall_script: VecDeque<Reply>,
+    recall_delay: Duration,
     /// (corp_id, agent_id, json_hash) → indexes of delivered entries of `requests`.
     delivered_index: HashMap<(String, i64, u64), Vec<usize>>,
     waiting: usize,
@@ -190,9 +221,13 @@ impl FakeWeCom {
             ttl: 7200,
             ..Inner::default()
         };
+        let connections = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(Shared {
             inner: Mutex::new(inner),
             holds: watch::Sender::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            connections: connections.clone(),
         });
         let app = Router::new()
             .route("/cgi-bin/gettoken", get(gettoken))
@@ -202,7 +237,10 @@ impl FakeWeCom {
             .with_state(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let server = axum::serve(
-            KillListener(listener),
+            KillListener {
+                listener,
+                connections,
+            },
             app.into_make_service_with_connect_info::<Conn>(),
         )
         .with_graceful_shutdown(async {
@@ -242,6 +280,16 @@ impl FakeWeCom {
 
     pub fn send_calls(&self) -> usize {
         self.shared.lock().send_calls
+    }
+
+    /// The most requests (gettoken, send and recall together) that were in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     pub fn messages(&self) -> Vec<Received> {
@@ -325,6 +373,21 @@ impl FakeWeCom {
         }
     }
 
+    /// `message/recall` requests that arrived, whatever their answer.
+    pub fn recall_arrivals(&self) -> usize {
+        self.shared.lock().recall_arrivals
+    }
+
+    /// The next `message/recall` is answered with `r` (nothing is recalled).
+    pub fn script_recall(&self, r: Reply) {
+        self.shared.lock().recall_script.push_back(r);
+    }
+
+    /// Every `message/recall` waits `d` after arriving, before it is processed.
+    pub fn set_recall_delay(&self, d: Duration) {
+        self.shared.lock().recall_delay = d;
+    }
+
     /// Msgids successfully recalled, in order.
     pub fn recall_calls(&self) -> Vec<String> {
         self.shared.lock().recalls.clone()
@@ -361,6 +424,7 @@ async fn gettoken(
     ConnectInfo(conn): ConnectInfo<Conn>,
     Query(q): Params,
 ) -> Response {
+    let _in_flight = InFlight::enter(&shared);
     let reply = {
         let mut inner = shared.lock();
         let corp_id = q.get("corpid").cloned().unwrap_or_default();
@@ -389,6 +453,7 @@ async fn send(
     body: Bytes,
 ) -> Response {
     let at = SystemTime::now();
+    let in_flight = InFlight::enter(&shared);
     let scripted = {
         let mut inner = shared.lock();
         inner.send_calls += 1;
@@ -444,22 +509,40 @@ async fn send(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await; // even a zero sleep costs a 1 ms timer tick
     }
-    render(reply, &conn).await
+    let response = render(reply, &conn).await;
+    drop(in_flight);
+    response
 }
 
 async fn recall(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
     Query(q): Params,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut inner = shared.lock();
-    let result = inner.try_recall(q.get("access_token"), &headers, &body);
-    let v = match result {
-        Ok(()) => json!({"errcode": 0, "errmsg": "ok"}),
-        Err((code, reason)) => err_json(code, &reason),
+    let _in_flight = InFlight::enter(&shared);
+    let delay = {
+        let mut inner = shared.lock();
+        inner.recall_arrivals += 1;
+        inner.recall_delay
     };
-    json_response(&v)
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let reply = {
+        let mut inner = shared.lock();
+        match inner.recall_script.pop_front() {
+            Some(scripted) => scripted,
+            None => Reply::Json(
+                match inner.try_recall(q.get("access_token"), &headers, &body) {
+                    Ok(()) => json!({"errcode": 0, "errmsg": "ok"}),
+                    Err((code, reason)) => err_json(code, &reason),
+                },
+            ),
+        }
+    };
+    render(reply, &conn).await
 }
 
 async fn wait_while_held(shared: &Shared) {
@@ -870,6 +953,10 @@ async fn render(mut reply: Reply, conn: &Conn) -> Response {
                     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 (status, [(header::CONTENT_TYPE, "text/html")], body).into_response()
             }
+            Reply::Redirect(status, location) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+                (status, [(header::LOCATION, location)], "").into_response()
+            }
             Reply::Raw(body) => {
                 ([(header::CONTENT_TYPE, "application/json")], body).into_response()
             }
@@ -893,7 +980,10 @@ async fn render(mut reply: Reply, conn: &Conn) -> Response {
 
 // ---------------------------------------------------------------- killable connections
 
-struct KillListener(TcpListener);
+struct KillListener {
+    listener: TcpListener,
+    connections: Arc<AtomicUsize>,
+}
 
 /// Per-connection kill switch, reaching handlers as `ConnectInfo<Conn>`.
 #[derive(Clone, Debug, Default)]
@@ -913,8 +1003,9 @@ impl Listener for KillListener {
 
     async fn accept(&mut self) -> (KillIo, Conn) {
         loop {
-            match self.0.accept().await {
+            match self.listener.accept().await {
                 Ok((tcp, _)) => {
+                    self.connections.fetch_add(1, Ordering::SeqCst);
                     let _ = tcp.set_nodelay(true);
                     let conn = Conn::default();
                     let kill = conn.kill.clone();
