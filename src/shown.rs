@@ -59,7 +59,6 @@ fn push_shown(out: &mut String, c: char) {
         '\n' => out.push_str("\\n"),
         '\r' => out.push_str("\\r"),
         '\t' => out.push_str("\\t"),
-        '\0' => out.push_str("\\0"),
         c if is_dangerous(c) => {
             let _ = write!(out, "\\u{{{:x}}}", c as u32);
         }
@@ -70,16 +69,16 @@ fn push_shown(out: &mut String, c: char) {
 /// C0 controls (newline, ESC, NUL...), DEL and C1 controls (U+0080–U+009F, CSI among them);
 /// the bidirectional controls that reorder what a terminal shows (U+061C, U+200E, U+200F,
 /// U+202A–U+202E, U+2066–U+2069); the line and paragraph separators that some viewers break
-/// lines at (U+2028, U+2029); and the invisible U+FEFF.
+/// lines at (U+2028, U+2029); and the invisible characters that make two ids look alike
+/// (U+200B–U+200D, U+2060–U+2065, U+FEFF). The config refuses all of them in ids.
 pub fn is_dangerous(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
             '\u{061c}'
-                | '\u{200e}'
-                | '\u{200f}'
+                | '\u{200b}'..='\u{200f}'
                 | '\u{202a}'..='\u{202e}'
-                | '\u{2066}'..='\u{2069}'
+                | '\u{2060}'..='\u{2069}'
                 | '\u{2028}'
                 | '\u{2029}'
                 | '\u{feff}'
@@ -95,7 +94,7 @@ mod tests {
         assert!(matches!(shown("站会 ok"), Cow::Borrowed("站会 ok")));
         assert_eq!(
             shown("a\n INFO sent\r\t\0\u{1b}[31m\u{7f}\u{9b}\u{202e}txt\u{2066}"),
-            "a\\n INFO sent\\r\\t\\0\\u{1b}[31m\\u{7f}\\u{9b}\\u{202e}txt\\u{2066}"
+            "a\\n INFO sent\\r\\t\\u{0}\\u{1b}[31m\\u{7f}\\u{9b}\\u{202e}txt\\u{2066}"
         );
         let mut out = String::new();
         write_shown(&mut out, "x\u{2028}y\u{feff}").unwrap();

@@ -310,24 +310,14 @@ impl fmt::Display for Problem {
     }
 }
 
-/// True for the characters refused in ids: control characters, and the invisible format
-/// characters that reorder or hide text (U+202E RIGHT-TO-LEFT OVERRIDE, zero-width spaces).
+/// A control or invisible character (see [`crate::shown::is_dangerous`]): refused in ids.
 pub fn is_hidden_char(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    crate::shown::is_dangerous(c)
 }
 
-/// `text` with every [`is_hidden_char`] written as a Rust escape (`\u{202e}`).
+/// `text` with every [`is_hidden_char`] written as an escape (`\u{202e}`, `\n`).
 pub fn escaped(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if is_hidden_char(c) {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::shown::shown(text).into_owned()
 }
 
 /// Why a config could not be used.
