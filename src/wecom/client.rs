@@ -143,7 +143,7 @@ impl Client {
                 ("corpsecret", secret.expose()),
             ]);
         let answer: TokenAnswer = self
-            .call(app, request)
+            .call(app, request, &[secret.expose()])
             .await
             .map_err(TokenError::Transport)?;
         match (answer.errcode, answer.access_token) {
@@ -199,29 +199,35 @@ impl Client {
             .query(&[("access_token", token.expose())])
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        self.call(app, request).await
+        self.call(app, request, &[token.expose()]).await
     }
 
     /// Makes the call under a permit of `app`'s bound on requests in flight, held until the
-    /// answer is read.
+    /// answer is read. `hidden` are the secret values the request carries: whatever a proxy or
+    /// a login page echoes of them (raw or percent-encoded) is masked in the error.
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
         app: &App,
         request: reqwest::RequestBuilder,
+        hidden: &[&str],
     ) -> Result<T, Transport> {
         let _permit = self.in_flight.permit(app).await;
-        let answer = read_json(request).await;
+        let answer = read_json(request, hidden).await;
         // hyper's pool takes the connection back in a task of its own once the answer is read:
         // let that run before the permit lets the next call look for an idle connection, or
         // that call would open a new one.
         tokio::task::yield_now().await;
-        answer
+        answer.map_err(|mut failed| {
+            failed.detail = mask(&failed.detail, hidden);
+            failed
+        })
     }
 }
 
 /// Sends the request and parses a capped JSON answer that must carry an `errcode`.
 async fn read_json<T: serde::de::DeserializeOwned>(
     request: reqwest::RequestBuilder,
+    hidden: &[&str],
 ) -> Result<T, Transport> {
     let mut response = request
         .send()
@@ -246,10 +252,10 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         bytes.extend_from_slice(&chunk);
     }
     if !status.is_success() {
-        return Err(http_status(status, response.headers(), &bytes));
+        return Err(http_status(status, response.headers(), &bytes, hidden));
     }
     serde_json::from_slice::<T>(&bytes).map_err(|e| Transport {
-        detail: format!("unreadable answer ({e}): {}", excerpt(&bytes)),
+        detail: format!("unreadable answer ({e}): {}", excerpt(&bytes, hidden)),
         maybe_delivered: true,
         permanent: false,
     })
@@ -263,6 +269,7 @@ fn http_status(
     status: reqwest::StatusCode,
     headers: &reqwest::header::HeaderMap,
     body: &[u8],
+    hidden: &[&str],
 ) -> Transport {
     let transient = status.is_server_error()
         || status == reqwest::StatusCode::TOO_MANY_REQUESTS
@@ -270,19 +277,24 @@ fn http_status(
     let detail = if status.is_redirection() {
         // Never followed (it would carry the token to another host): say where it pointed,
         // without the token or the secret it may echo.
+        // Its query is left out: a login page's `next=` may carry the whole request URL.
         let location = headers
             .get(reqwest::header::LOCATION)
-            .map(|l| excerpt(l.as_bytes()))
+            .map(|l| {
+                let l = String::from_utf8_lossy(l.as_bytes());
+                let bare = l.split(['?', '#']).next().unwrap_or_default();
+                excerpt(bare.as_bytes(), hidden)
+            })
             .unwrap_or_else(|| "(no Location)".to_string());
         format!(
             "HTTP {status} to {location}: WeCom does not redirect, so api_base points at something else (a proxy, a login page, http instead of https?); the redirect is not followed and the send is not retried. Check api_base"
         )
     } else if transient {
-        format!("HTTP {status}: {}", excerpt(body))
+        format!("HTTP {status}: {}", excerpt(body, hidden))
     } else {
         format!(
             "HTTP {status}: {}; a retry would get the same answer, so the send is not retried. Check api_base",
-            excerpt(body)
+            excerpt(body, hidden)
         )
     };
     Transport {
@@ -317,15 +329,55 @@ fn transport(error: reqwest::Error, what: &str) -> Transport {
 }
 
 /// The start of an unexpected answer, for the error message (an HTML error page, say).
-fn excerpt(bytes: &[u8]) -> String {
-    // A proxy's error page may echo the request URL: cut the token and the secret out.
-    let text = redact(&String::from_utf8_lossy(bytes));
+fn excerpt(bytes: &[u8], hidden: &[&str]) -> String {
+    // A proxy's error page may echo the request URL, encoded any way: decoded first, then the
+    // token and the secret are cut out, and only then is it shortened (a cut secret would
+    // still show its start).
+    let text = redact(&mask(
+        &String::from_utf8_lossy(&percent_decoded(bytes)),
+        hidden,
+    ));
     let text: String = text.chars().filter(|c| !c.is_control()).take(120).collect();
     if text.is_empty() {
         "(empty body)".to_string()
     } else {
         text
     }
+}
+
+/// `text` with every occurrence of the `hidden` values, as written or percent-encoded in any
+/// way, replaced by `***`.
+fn mask(text: &str, hidden: &[&str]) -> String {
+    let mut out = String::from_utf8_lossy(&percent_decoded(text.as_bytes())).into_owned();
+    for value in hidden.iter().filter(|v| !v.is_empty()) {
+        out = out.replace(value, "***");
+    }
+    out
+}
+
+/// `bytes` with every `%XX` escape (twice over: `%252F` too) turned back into its byte.
+fn percent_decoded(bytes: &[u8]) -> Vec<u8> {
+    let mut current = bytes.to_vec();
+    for _ in 0..2 {
+        let mut out = Vec::with_capacity(current.len());
+        let mut i = 0;
+        while i < current.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            match (current[i], current.get(i + 1), current.get(i + 2)) {
+                (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                    let value = hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0);
+                    out.push(value as u8);
+                    i += 3;
+                }
+                (b, _, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        current = out;
+    }
+    current
 }
 
 /// Replaces the values of `access_token=` and `corpsecret=` (in a URL) and of
@@ -356,9 +408,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn echoed_secrets_are_masked_raw_or_percent_encoded() {
+        let secret = "S3cr/t+x";
+        let text = "next=%2Fgettoken%3Fcorpsecret%3DS3cr%2Ft%2Bx and S3cr/t+x and %53%33cr%2ft%2bx and S3cr%252Ft+x";
+        let masked = mask(text, &[secret]);
+        assert!(!masked.contains("S3cr"), "{masked}");
+        assert_eq!(masked.matches("***").count(), 4, "{masked}");
+    }
+
+    #[test]
     fn excerpts_never_carry_a_token_or_a_secret() {
         let page = b"<html>502 for /cgi-bin/message/send?access_token=TOKEN123&x=1 and gettoken?corpid=ww&corpsecret=SECRET456</html>";
-        let text = excerpt(page);
+        let text = excerpt(page, &[]);
         assert!(
             !text.contains("TOKEN123") && !text.contains("SECRET456"),
             "{text}"
@@ -373,7 +434,7 @@ mod tests {
             &br#"{"errcode":0,"errmsg":"ok","access_token":"TOKEN789","expires_in":"7200"}"#[..],
             &br#"{"errcode": 0, "access_token": "TOKEN789", "expires_in": "7200"}"#[..],
         ] {
-            let text = excerpt(answer);
+            let text = excerpt(answer, &[]);
             assert!(!text.contains("TOKEN789"), "{text}");
             assert!(
                 text.contains("access_token\":\"***\"") || text.contains("access_token\": \"***\""),

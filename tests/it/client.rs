@@ -172,3 +172,35 @@ async fn a_4xx_is_a_failure_at_once_and_429_or_5xx_is_retried() {
         assert_eq!(env.fake.send_calls(), attempts as usize, "{case}");
     }
 }
+
+#[tokio::test]
+async fn a_login_page_echoing_the_gettoken_url_leaks_no_secret() {
+    // The secret as a login page's `next=` would carry it: percent-encoded, inside the query.
+    let echoed = format!(
+        "%2Fcgi-bin%2Fgettoken%3Fcorpid%3D{CORP}%26corpsecret%3D{}",
+        SECRET.replace('-', "%2D")
+    );
+    for reply in [
+        Reply::Redirect(302, format!("https://sso.example/login?next={echoed}")),
+        Reply::Http(403, format!("<html>denied: {echoed} and {SECRET}</html>")),
+    ] {
+        let env = Env::new().await;
+        env.write_schedules(STANDUP);
+        env.fake.script_gettoken(reply.clone());
+        let output = env.cli(&["send", "standup"]).await;
+        assert_ne!(output.status.code(), Some(0), "{}", text(&output));
+        let everything = format!(
+            "{}\n{}",
+            text(&output),
+            env.column("SELECT coalesce(errmsg, '') FROM sends")
+                .join("\n")
+        );
+        assert!(everything.contains("HTTP"), "{reply:?}: {everything}");
+        for leak in [SECRET, "S3cr3t%2Ddo", "corpsecret%3DS3"] {
+            assert!(
+                !everything.contains(leak),
+                "{reply:?} leaked {leak}: {everything}"
+            );
+        }
+    }
+}
