@@ -176,7 +176,7 @@ pub async fn run(
         store.keep_reserve().await;
     }
     // Read what the previous run left before this run writes anything.
-    let downtime = Downtime::read(&store, &config.schedules).await?;
+    let downtime = Downtime::read(&store).await?;
     let started_at = Utc::now();
     if !firing.dispatcher.is_dry_run() {
         // This run's heartbeat takes over from the dead ones' before anything else is
@@ -185,7 +185,7 @@ pub async fn run(
         store
             .beat(
                 started_at,
-                downtime.fired_through(started_at),
+                Some(downtime.fired_through(started_at)),
                 false,
                 downtime.gone(),
             )
@@ -274,6 +274,11 @@ pub async fn run(
             _ = retention.tick() => daemon.prune_history(&pruning),
             _ = flush.tick() => daemon.tend_storage().await,
         }
+    }
+    // A step seen by the timers just before the stop request won the race is recorded too.
+    if steps.has_changed().unwrap_or(false) {
+        let step = *steps.borrow_and_update();
+        daemon.clock_stepped(step).await;
     }
     daemon.shutdown(&mut control.stops).await;
     Ok(())
@@ -369,15 +374,18 @@ impl Daemon {
         self.firing.dispatcher.metrics().set_armed(armed);
     }
 
-    /// Writes this daemon's heartbeat: how far it has fired. Not while a send waits in
-    /// memory for the database: that send's slot would then have no row and no claim that the
-    /// next start could see, so the heartbeat stays where it was.
+    /// Writes this daemon's heartbeat: alive now, and how far it has fired. While a send waits
+    /// in memory for the database, only `alive_at` moves: that send's slot has no row and no
+    /// claim that the next start could see, so `fired_through` stays where it was.
     async fn beat(&self, stopped: bool) {
         let dispatcher = &self.firing.dispatcher;
-        if self.dry_run() || !dispatcher.all_written() {
+        if self.dry_run() {
             return;
         }
-        let through = self.firing.progress.fired_through(Utc::now());
+        // Measured before the check: a fire that hands its slot to memory in between is then
+        // still held, or already counted as unwritten.
+        let through = Some(self.firing.progress.fired_through(Utc::now()))
+            .filter(|_| dispatcher.all_written());
         if let Err(e) = dispatcher
             .store()
             .beat(self.started_at, through, stopped, Vec::new())
@@ -574,13 +582,22 @@ impl Daemon {
             }
         }
         *self.firing.apps.write().unwrap_or_else(|p| p.into_inner()) = new.apps.clone();
-        for name in diff.removed.iter().chain(&diff.changed) {
-            self.timers.remove(name);
-        }
         let resume_from = Utc::now() - REARM_OVERLAP;
+        let mut replaced = BTreeMap::new();
+        for name in diff.removed.iter().chain(&diff.changed) {
+            if let Some(timer) = self.timers.remove(name) {
+                replaced.insert(name.clone(), timer.next_slot());
+            }
+        }
         for name in diff.added.iter().chain(&diff.changed) {
             if let Some(schedule) = new.schedule(name).cloned() {
-                self.arm(schedule, resume_from);
+                // A timer running late hands over the slot it had yet to fire.
+                let from = replaced
+                    .get(name)
+                    .copied()
+                    .flatten()
+                    .map_or(resume_from, |next| next.min(resume_from));
+                self.arm(schedule, from);
             }
         }
         self.config = new;
@@ -598,7 +615,9 @@ impl Daemon {
         // From this instant on, slots are no longer this daemon's: the next start's missed-slot
         // scan counts from here, however long the wait for sends in flight takes.
         let disarmed_at = Utc::now();
-        self.firing.progress.stop_at(disarmed_at);
+        // Before the timers go, with the holds of any slot one of them had yet to fire.
+        let progress = &self.firing.progress;
+        progress.stop_at(progress.fired_through(disarmed_at));
         self.timers.clear();
         self.firing.alarms.shutdown().await;
         self.firing.inflight.close();

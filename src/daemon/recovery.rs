@@ -6,7 +6,7 @@
 //! - slots that fell while no daemon ran, or while the clock jumped (suspend, NTP step): one
 //!   `missed` row each, and with `catch_up` the latest one sent late as `catch_up`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
@@ -24,6 +24,10 @@ pub const MISSED_ROWS_MAX: usize = 100;
 /// clock jumped or the machine was suspended.
 pub const LATE_LIMIT: Duration = Duration::seconds(60);
 
+/// A heartbeat row older than this belongs to no running daemon, whatever its pid (a running
+/// one rewrites it every 5 s, or at least its `alive_at`).
+const HEARTBEAT_STALE: Duration = Duration::seconds(60);
+
 /// A crashed send is resent only this long before its duplicate-check interval ends.
 const RESEND_MARGIN: Duration = Duration::seconds(10);
 
@@ -36,32 +40,32 @@ pub struct Downtime {
     /// when there is nothing to settle (the very first start, or another daemon is running
     /// on this database and fires these schedules itself).
     from: Option<DateTime<Utc>>,
-    last_slots: HashMap<String, DateTime<Utc>>,
     /// The heartbeat rows of processes that are gone, taken over by this start.
     gone: Vec<i64>,
 }
 
 impl Downtime {
-    pub async fn read(store: &Store, schedules: &[Arc<Schedule>]) -> anyhow::Result<Downtime> {
-        let names = schedules
-            .iter()
-            .filter(|s| s.enabled)
-            .map(|s| s.name.clone())
-            .collect();
+    pub async fn read(store: &Store) -> anyhow::Result<Downtime> {
         let me = i64::from(std::process::id());
+        let now = Utc::now();
         let mut gone = Vec::new();
         let mut fired_through: Option<DateTime<Utc>> = None;
         let mut another_runs = false;
         for beat in store.heartbeats().await? {
             // A row with this process's own pid is a predecessor's (a container restarts
             // its daemon under the same pid).
-            if beat.pid != me && beat.stopped_at.is_none() && process_alive(beat.pid) {
+            // A running daemon writes its row every few seconds: a live pid behind a stale
+            // row is another process that got the dead daemon's pid (after a reboot, say).
+            let fresh = now - beat.alive_at < HEARTBEAT_STALE;
+            if beat.pid != me && beat.stopped_at.is_none() && fresh && process_alive(beat.pid) {
                 another_runs = true;
                 continue;
             }
             gone.push(beat.pid);
+            // The earliest of them: a daemon that died while settling its own start left its
+            // row where the one before it had been.
             fired_through =
-                Some(fired_through.map_or(beat.fired_through, |t| t.max(beat.fired_through)));
+                Some(fired_through.map_or(beat.fired_through, |t| t.min(beat.fired_through)));
         }
         let from = if another_runs {
             // That daemon settled what lay before its own start, and claims every slot of
@@ -74,11 +78,7 @@ impl Downtime {
             // The slot at that very second may not have been claimed yet.
             store.last_alive().await?
         };
-        Ok(Downtime {
-            from,
-            last_slots: store.last_slots(names).await?,
-            gone,
-        })
+        Ok(Downtime { from, gone })
     }
 
     /// Where this run's heartbeat starts: until its own start-up has settled the past, a
@@ -102,21 +102,28 @@ impl Downtime {
         let Some(from) = self.from else {
             return;
         };
+        let store = firing.dispatcher.store();
         for schedule in schedules.iter().filter(|s| s.enabled) {
-            // Every slot before `from` has its row, or was no slot of an armed schedule; a
-            // slot after the schedule's own last row cannot have been fired. (Slots are whole
-            // seconds, so one second after the last row is the first slot not fired.)
-            let since = self
-                .last_slots
-                .get(&schedule.name)
-                .map_or(from, |last| (*last + Duration::seconds(1)).max(from));
+            // Every slot before `from` has its row, or was no slot of an armed schedule; of
+            // the later ones, those without a row were never claimed. (Not just those after
+            // the schedule's last row: a slot whose row could not be written is followed by
+            // slots that were.)
+            let recorded = match store.recorded_slots(&schedule.name, from).await {
+                Ok(recorded) => recorded,
+                Err(e) => {
+                    tracing::error!(schedule = %schedule.name, "cannot read which slots have rows, so the slots missed since {} are not recorded now: {e:#}", crate::time::to_db(from));
+                    firing.progress.pin(from);
+                    continue;
+                }
+            };
             settle(
                 firing,
                 schedule,
-                since,
+                from,
                 true,
                 now,
                 "while the daemon was not running",
+                &recorded,
             )
             .await;
         }
@@ -182,6 +189,7 @@ fn scan(
 
 /// Records the overdue slots of `schedule` as `missed`, except the latest when it is still
 /// inside the schedule's `catch_up` window: that one is sent now, late, as `catch_up`.
+/// Slots in `recorded` have their row already and are left out.
 pub async fn settle(
     firing: &Arc<Firing>,
     schedule: &Arc<Schedule>,
@@ -189,8 +197,16 @@ pub async fn settle(
     inclusive: bool,
     now: DateTime<Utc>,
     why: &str,
+    recorded: &HashSet<DateTime<Utc>>,
 ) {
-    let (slots, total) = overdue(schedule, from, inclusive, now);
+    let (mut slots, total) = overdue(schedule, from, inclusive, now);
+    let total = total.saturating_sub(
+        recorded
+            .iter()
+            .filter(|s| **s >= from && schedule.due(**s) < now)
+            .count(),
+    );
+    slots.retain(|slot| !recorded.contains(slot));
     let (Some(first), Some(last)) = (slots.first().copied(), slots.last().copied()) else {
         return;
     };

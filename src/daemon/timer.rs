@@ -11,6 +11,7 @@
 //! 6-field-only parser is never used.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -149,6 +150,8 @@ impl Firing {
 pub struct Timer {
     pub schedule: Arc<Schedule>,
     cancel: CancellationToken,
+    /// The slot it holds, to fire next (Unix seconds; `i64::MAX` when none).
+    next: Arc<AtomicI64>,
 }
 
 impl Timer {
@@ -159,8 +162,29 @@ impl Timer {
         // Held from now on, not from when the task first runs: the heartbeat must never pass
         // a slot that an armed schedule has yet to fire.
         let first = first_due(&schedule, not_before).map(|slot| firing.progress.hold(slot));
-        tokio::spawn(run(schedule.clone(), firing, first, cancel.clone()));
-        Timer { schedule, cancel }
+        let next = Arc::new(AtomicI64::new(i64::MAX));
+        note_next(&next, &first);
+        tokio::spawn(run(
+            schedule.clone(),
+            firing,
+            first,
+            cancel.clone(),
+            next.clone(),
+        ));
+        Timer {
+            schedule,
+            cancel,
+            next,
+        }
+    }
+
+    /// The slot this timer is to fire next, if any: a timer replaced on reload hands it to its
+    /// successor, which must not start after it (a timer running late would lose it).
+    pub fn next_slot(&self) -> Option<DateTime<Utc>> {
+        match self.next.load(Ordering::SeqCst) {
+            i64::MAX => None,
+            at => DateTime::from_timestamp(at, 0),
+        }
     }
 }
 
@@ -187,6 +211,7 @@ async fn run(
     firing: Arc<Firing>,
     mut held: Option<Hold>,
     cancel: CancellationToken,
+    next: Arc<AtomicI64>,
 ) {
     while let Some(hold) = held.take() {
         let slot = hold.slot();
@@ -205,9 +230,11 @@ async fn run(
                 true,
                 now,
                 "because the clock jumped or the machine was suspended",
+                &Default::default(),
             )
             .await;
             held = first_due(&schedule, now).map(|next| firing.progress.hold(next));
+            note_next(&next, &held);
             continue;
         }
         let lag_ms = (now - due).num_milliseconds();
@@ -216,6 +243,7 @@ async fn run(
         held = schedule
             .next_after(slot)
             .map(|next| firing.progress.hold(next));
+        note_next(&next, &held);
         firing.inflight.spawn(fire(
             firing.clone(),
             schedule.clone(),
@@ -225,6 +253,11 @@ async fn run(
         ));
     }
     tracing::info!(schedule = %schedule.name, "the cron expression names no further slot; timer ends");
+}
+
+fn note_next(next: &AtomicI64, held: &Option<Hold>) {
+    let at = held.as_ref().map_or(i64::MAX, |h| h.slot().timestamp());
+    next.store(at, Ordering::SeqCst);
 }
 
 /// Fires one slot through the dispatcher, with the app as currently configured. `hold` keeps

@@ -10,6 +10,8 @@ use super::Store;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
     pub pid: i64,
+    /// When it last wrote its row.
+    pub alive_at: DateTime<Utc>,
     /// Every slot before this instant had a durable claim (whole seconds, rounded down).
     pub fired_through: DateTime<Utc>,
     /// When it stopped cleanly; `None` while it runs, or when it crashed.
@@ -21,12 +23,13 @@ impl Store {
     pub async fn heartbeats(&self) -> anyhow::Result<Vec<Heartbeat>> {
         self.call(|conn| {
             let mut statement =
-                conn.prepare("SELECT pid, fired_through, stopped_at FROM heartbeats")?;
+                conn.prepare("SELECT pid, alive_at, fired_through, stopped_at FROM heartbeats")?;
             let rows = statement.query_map([], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
                 ))
             })?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
@@ -34,9 +37,10 @@ impl Store {
         .await
         .map(|rows| {
             rows.into_iter()
-                .filter_map(|(pid, through, stopped)| {
+                .filter_map(|(pid, alive, through, stopped)| {
                     Some(Heartbeat {
                         pid,
+                        alive_at: crate::time::from_db(&alive)?,
                         fired_through: crate::time::from_db(&through)?,
                         stopped_at: stopped.as_deref().and_then(crate::time::from_db),
                     })
@@ -45,13 +49,14 @@ impl Store {
         })
     }
 
-    /// Writes this process's row: alive now, every slot before `fired_through` claimed, and
-    /// whether it has stopped. With `forget`, the rows of those processes go in the same
-    /// transaction (a start that has taken over what they left).
+    /// Writes this process's row: alive now, every slot before `fired_through` claimed (or,
+    /// with `None`, as far as it last said), and whether it has stopped. With `forget`, the
+    /// rows of those processes go in the same transaction (a start that has taken over what
+    /// they left).
     pub async fn beat(
         &self,
         started_at: DateTime<Utc>,
-        fired_through: DateTime<Utc>,
+        fired_through: Option<DateTime<Utc>>,
         stopped: bool,
         forget: Vec<i64>,
     ) -> anyhow::Result<()> {
@@ -62,6 +67,13 @@ impl Store {
                 tx.execute("DELETE FROM heartbeats WHERE pid = ?1", [gone])?;
             }
             let now = crate::time::now_db();
+            let Some(fired_through) = fired_through else {
+                tx.execute(
+                    "UPDATE heartbeats SET alive_at = ?2 WHERE pid = ?1",
+                    params![pid, now],
+                )?;
+                return tx.commit();
+            };
             tx.execute(
                 "INSERT INTO heartbeats (pid, started_at, alive_at, fired_through, stopped_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)
@@ -116,12 +128,12 @@ mod tests {
             .unwrap();
         let started = at("2026-12-01T10:00:00Z");
         store
-            .beat(started, at("2026-12-01T10:00:07.900Z"), false, vec![])
+            .beat(started, Some(at("2026-12-01T10:00:07.900Z")), false, vec![])
             .await
             .unwrap();
         assert_eq!(store.heartbeats().await.unwrap().len(), 2);
         store
-            .beat(started, at("2026-12-01T10:00:12Z"), true, vec![1])
+            .beat(started, Some(at("2026-12-01T10:00:12Z")), true, vec![1])
             .await
             .unwrap();
         let rows = store.heartbeats().await.unwrap();
@@ -130,13 +142,19 @@ mod tests {
         assert_eq!(rows[0].fired_through, at("2026-12-01T10:00:12Z"));
         assert!(rows[0].stopped_at.is_some());
         store
-            .beat(started, at("2026-12-01T10:00:13.999Z"), false, vec![])
+            .beat(started, Some(at("2026-12-01T10:00:13.999Z")), false, vec![])
             .await
             .unwrap();
         assert_eq!(
             store.own_heartbeat().await.unwrap(),
             Some(at("2026-12-01T10:00:13Z")),
             "rounded down, never up"
+        );
+        store.beat(started, None, false, vec![]).await.unwrap();
+        assert_eq!(
+            store.own_heartbeat().await.unwrap(),
+            Some(at("2026-12-01T10:00:13Z")),
+            "only alive_at is refreshed"
         );
     }
 }

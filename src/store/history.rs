@@ -1,7 +1,7 @@
 //! The `sends` table: a row claimed before the HTTP call, finished with WeCom's answer.
 
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use rusqlite::{Connection, ErrorCode, params};
 use serde::{Deserialize, Serialize};
@@ -385,27 +385,30 @@ impl Store {
         .await
     }
 
-    /// The latest slot recorded for each of `schedules` (cron and catch-up rows, any status).
-    pub async fn last_slots(
+    /// The slots of `schedule` from `from` on that have a row (cron and catch-up rows, any
+    /// status): a seek in the partial unique index.
+    pub async fn recorded_slots(
         &self,
-        schedules: Vec<String>,
-    ) -> anyhow::Result<HashMap<String, DateTime<Utc>>> {
+        schedule: &str,
+        from: DateTime<Utc>,
+    ) -> anyhow::Result<HashSet<DateTime<Utc>>> {
+        let schedule = schedule.to_string();
+        let from = crate::time::to_db(from);
         self.call(move |conn| {
-            // One seek per schedule in the partial unique index, whatever the history's size.
-            let mut statement = conn.prepare(
-                "SELECT max(scheduled_at) FROM sends
-                 WHERE schedule = ?1 AND trigger IN ('cron', 'catch_up') AND status <> 'dry_run'",
+            let mut statement = conn.prepare_cached(
+                "SELECT scheduled_at FROM sends
+                 WHERE schedule = ?1 AND scheduled_at >= ?2
+                     AND trigger IN ('cron', 'catch_up') AND status <> 'dry_run'",
             )?;
-            let mut last = HashMap::new();
-            for schedule in &schedules {
-                let at: Option<String> = statement.query_row([schedule], |r| r.get(0))?;
-                if let Some(at) = at.as_deref().and_then(crate::time::from_db) {
-                    last.insert(schedule.clone(), at);
-                }
-            }
-            Ok(last)
+            let rows = statement.query_map(params![schedule, from], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
         })
         .await
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|at| crate::time::from_db(at))
+                .collect()
+        })
     }
 
     /// The last moment a daemon was known to run on this database: its latest event or

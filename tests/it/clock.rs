@@ -64,6 +64,14 @@ async fn a_clock_stepped_back_then_restored_fires_every_slot_of_real_time_once()
             }
         })
         .await;
+    daemon
+        .eventually(WAIT, || {
+            match env.count("SELECT count(*) FROM events WHERE kind = 'clock_step'") {
+                2 => Ok(()),
+                n => Err(format!("{n} clock_step events")),
+            }
+        })
+        .await;
     daemon.stop().await;
 
     env.assert_contiguous("tick", 5);

@@ -124,3 +124,73 @@ async fn a_crash_in_the_same_second_as_a_slot_loses_no_schedules_slot() {
         SCHEDULES as i64
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_daemons_heartbeat_under_a_reused_pid_still_gets_its_downtime_recorded() {
+    let env = Env::new().await;
+    env.write_schedules(&every_two_seconds("tick", "tick"));
+    let mut first = env.spawn_daemon(&[]);
+    first.wait_log("schedules armed", WAIT).await;
+    first.signal(SIGKILL);
+    first.wait_exit(WAIT).await;
+    // As after a reboot: the dead daemon's row names a pid that another process now has (this
+    // test's own), and has not been rewritten for minutes.
+    let now = Utc::now();
+    let stamp = |at: DateTime<Utc>| at.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    env.db()
+        .execute(
+            "UPDATE heartbeats SET pid = ?1, alive_at = ?2, fired_through = ?3",
+            rusqlite::params![
+                std::process::id(),
+                stamp(now - chrono::Duration::minutes(5)),
+                stamp(now - chrono::Duration::seconds(20)),
+            ],
+        )
+        .expect("age the heartbeat");
+    env.db().execute("DELETE FROM sends", []).expect("no rows");
+    let mut second = env.spawn_daemon(&[]);
+    second.wait_log("schedules armed", WAIT).await;
+    second.stop().await;
+    let missed = env.count("SELECT count(*) FROM sends WHERE status = 'missed'");
+    assert!(
+        missed >= 9,
+        "the 20 s since the dead daemon's heartbeat are recorded missed, not taken for another daemon's: {missed} missed; rows: {:?}",
+        env.column("SELECT scheduled_at || ' ' || status FROM sends")
+    );
+    env.assert_contiguous("tick", 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_without_a_row_before_slots_with_rows_is_recorded_by_the_next_start() {
+    let env = Env::new().await;
+    env.write_schedules(&every_two_seconds("tick", "tick"));
+    let mut daemon = env.spawn_daemon(&[]);
+    eventually(WAIT, "four sent slots", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 4
+    })
+    .await;
+    daemon.signal(SIGKILL);
+    daemon.wait_exit(WAIT).await;
+    // A slot whose row could not be written (the heartbeat held back before it), followed by
+    // slots whose rows were.
+    let slots = env.column("SELECT scheduled_at FROM sends ORDER BY scheduled_at");
+    let lost = slots[1].clone();
+    env.db()
+        .execute("DELETE FROM sends WHERE scheduled_at = ?1", [&lost])
+        .expect("delete");
+    env.db()
+        .execute("UPDATE heartbeats SET fired_through = ?1", [&slots[0]])
+        .expect("heartbeat");
+    let mut restarted = env.spawn_daemon(&[]);
+    restarted.wait_log("schedules armed", WAIT).await;
+    restarted.stop().await;
+    assert_eq!(
+        env.column(&format!(
+            "SELECT status FROM sends WHERE scheduled_at = '{lost}'"
+        )),
+        ["missed"],
+        "{:?}",
+        env.column("SELECT scheduled_at || ' ' || status FROM sends ORDER BY scheduled_at")
+    );
+    env.assert_contiguous("tick", 2);
+}
