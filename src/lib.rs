@@ -22,6 +22,7 @@ pub mod dispatch;
 pub mod gate;
 pub mod logging;
 pub mod metrics;
+pub mod probes;
 pub mod retry;
 pub mod shown;
 pub mod store;

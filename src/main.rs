@@ -46,6 +46,10 @@ enum Command {
         /// Do not require the apps' secrets to be readable (as for `run --dry-run`).
         #[arg(long)]
         dry_run: bool,
+        /// `text` for a person, `json` for a CI pipeline (the problems, the warnings and the
+        /// next fire times as one JSON document on stdout).
+        #[arg(long, value_enum, default_value_t = commands::check::Format::Text)]
+        format: commands::check::Format,
     },
     /// Fire one schedule now (trigger = manual); exits 0 only if WeCom accepted it.
     Send {
@@ -100,7 +104,11 @@ fn main() -> ExitCode {
             }
             Command::History(options) => commands::history::run(&globals, &options).await,
             Command::Recall { id } => commands::recall::run(&globals, id).await,
-            Command::Check { next, dry_run } => commands::check::run(&globals, next, dry_run),
+            Command::Check {
+                next,
+                dry_run,
+                format,
+            } => commands::check::run(&globals, next, dry_run, format),
         }
     })
 }

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Schedule;
+use crate::probes::Probes;
 use crate::store::health::{FaultKind, Health};
 use crate::store::history::Status;
 
@@ -289,15 +290,19 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Serves `GET /metrics` on `address` until the task is dropped.
-pub async fn serve(address: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// Serves `GET /metrics`, `/healthz` and `/readyz` on `address` until the task is dropped.
+pub async fn serve(
+    address: SocketAddr,
+    metrics: Arc<Metrics>,
+    probes: Arc<Probes>,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(address).await?;
-    tracing::info!(%address, "serving metrics at /metrics");
+    tracing::info!(%address, "serving metrics at /metrics, probes at /healthz and /readyz");
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(answer(stream, metrics.clone()));
+                    tokio::spawn(answer(stream, metrics.clone(), probes.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics: accept failed");
@@ -310,7 +315,7 @@ pub async fn serve(address: SocketAddr, metrics: Arc<Metrics>) -> std::io::Resul
 }
 
 /// Answers one HTTP/1.1 request and closes the connection.
-async fn answer(mut stream: TcpStream, metrics: Arc<Metrics>) {
+async fn answer(mut stream: TcpStream, metrics: Arc<Metrics>, probes: Arc<Probes>) {
     let mut request = Vec::with_capacity(512);
     let mut buffer = [0u8; 1024];
     let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
@@ -328,13 +333,26 @@ async fn answer(mut stream: TcpStream, metrics: Arc<Metrics>) {
     }
     let line = String::from_utf8_lossy(&request);
     let mut words = line.split_whitespace();
+    let probe = |answer: crate::probes::Answer| {
+        let status = if answer.ok {
+            "200 OK"
+        } else {
+            "503 Service Unavailable"
+        };
+        (status, format!("{}\n", answer.reason))
+    };
     let (status, body) = match (words.next(), words.next()) {
         (Some("GET"), Some("/metrics")) => ("200 OK", metrics.render()),
+        (Some("GET"), Some("/healthz")) => probe(probes.health()),
+        (Some("GET"), Some("/readyz")) => probe(probes.readiness()),
         (Some("GET"), _) => (
             "404 Not Found",
-            "only /metrics is served here\n".to_string(),
+            "served here: /metrics, /healthz, /readyz\n".to_string(),
         ),
-        _ => ("405 Method Not Allowed", "use GET /metrics\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "use GET /metrics, /healthz or /readyz\n".to_string(),
+        ),
     };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

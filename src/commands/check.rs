@@ -10,11 +10,33 @@ use crate::config::{Config, Schedule, Secrets};
 use crate::shown::shown;
 use crate::wecom::message::Content;
 
+/// How `check` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// Lines for a person.
+    #[default]
+    Text,
+    /// One JSON document on stdout, for a CI pipeline (keys in the README).
+    Json,
+}
+
 /// Runs `check`. With `dry_run`, secrets need not be readable (as for `run --dry-run`).
-pub fn run(globals: &Globals, next: usize, dry_run: bool) -> ExitCode {
+pub fn run(globals: &Globals, next: usize, dry_run: bool, format: Format) -> ExitCode {
     let secrets = Secrets::for_dry_run(dry_run);
     // One instant for validation and the listing: both then sample the very same slots.
     let now = globals.now();
+    if format == Format::Json {
+        let (document, code) = match crate::config::load_at(&globals.config, secrets, now) {
+            Ok(config) => (super::check_json::valid(&config, next, now), EXIT_OK),
+            Err(error) => (
+                super::check_json::invalid(&globals.config, &error),
+                super::EXIT_CONFIG,
+            ),
+        };
+        // JSON escapes C0 controls itself; what a terminal would still act on is escaped too.
+        println!("{}", crate::shown::json_safe(&document.to_string()));
+        return ExitCode::from(code);
+    }
     let config = match globals.load_at(secrets, now) {
         Ok(config) => config,
         Err(code) => return code,
@@ -101,7 +123,7 @@ fn describe(
     }
 }
 
-fn preview(content: &Content) -> String {
+pub(super) fn preview(content: &Content) -> String {
     let one_line = |text: &str| text.replace('\n', "⏎");
     match content {
         Content::Text { content } => format!("\"{}\"", one_line(content)),

@@ -141,6 +141,8 @@ struct Daemon {
     options: Options,
     /// For the heartbeat row.
     started_at: chrono::DateTime<Utc>,
+    /// What /healthz and /readyz answer.
+    probes: Arc<crate::probes::Probes>,
 }
 
 /// Runs until a stop is requested. Returns an error only when the daemon cannot start.
@@ -167,6 +169,15 @@ pub async fn run(
     });
     let mut steps = firing.steps.clone();
     let notifier = Notifier;
+    let probes = Arc::new(crate::probes::Probes::default());
+    if let Some(address) = config.metrics_listen {
+        // Up before the start-up work, so that /readyz says "starting" meanwhile. Metrics are
+        // a convenience: a port already taken must not stop the sending.
+        let metrics = firing.dispatcher.metrics().clone();
+        if let Err(e) = metrics::serve(address, metrics, probes.clone()).await {
+            tracing::error!("cannot serve metrics on {address}: {e}");
+        }
+    }
     if firing.dispatcher.is_dry_run() {
         tracing::info!("dry run: not recording sends that an earlier run left unrecorded");
     } else {
@@ -202,6 +213,7 @@ pub async fn run(
         notifier,
         options,
         started_at,
+        probes,
     };
     // One instant divides the past (settled here) from the future (armed below), so that no
     // slot is both missed and fired, or neither.
@@ -223,15 +235,10 @@ pub async fn run(
     daemon.beat(false).await;
     daemon.publish_armed();
     release_freed_memory();
-    if let Some(address) = daemon.config.metrics_listen {
-        // Metrics are a convenience: a port already taken must not stop the sending.
-        if let Err(e) = metrics::serve(address, daemon.firing.dispatcher.metrics().clone()).await {
-            tracing::error!("cannot serve metrics on {address}: {e}");
-        }
-    }
     let status = daemon.status_line();
     tracing::info!(config = %daemon.config.path.display(), digest = %daemon.config.digest, dry_run = daemon.dry_run(), "{status}");
     daemon.notifier.ready(&status);
+    daemon.probes.armed();
 
     let mut watchdog = daemon
         .notifier
@@ -242,6 +249,7 @@ pub async fn run(
     let pruning = Arc::new(AtomicBool::new(false));
     let mut loading: Option<Loading> = None;
     loop {
+        daemon.probes.turned();
         tokio::select! {
             // A stop request wins over everything else that is ready, a finished reload too.
             biased;
@@ -386,13 +394,14 @@ impl Daemon {
         // still held, or already counted as unwritten.
         let through = Some(self.firing.progress.fired_through(Utc::now()))
             .filter(|_| dispatcher.all_written());
-        if let Err(e) = dispatcher
+        let wrote = dispatcher
             .store()
             .beat(self.started_at, through, stopped, Vec::new())
-            .await
-        {
+            .await;
+        if let Err(e) = &wrote {
             tracing::debug!("cannot write the heartbeat yet: {e:#}");
         }
+        self.probes.wrote(wrote.map_err(|e| format!("{e:#}")));
     }
 
     /// Logs and records a step of the wall clock (the timers have started their waits again).
@@ -605,6 +614,7 @@ impl Daemon {
     }
 
     async fn shutdown(mut self, stops: &mut mpsc::UnboundedReceiver<()>) {
+        self.probes.stopping();
         let inflight = self.firing.inflight.len();
         tracing::info!(
             inflight,

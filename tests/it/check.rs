@@ -709,3 +709,89 @@ async fn a_schedule_beyond_wecoms_per_member_limits_is_warned_about() {
     );
     assert!(!out.contains("schedule \"calm\", field cron"), "{out}");
 }
+
+#[tokio::test]
+async fn check_format_json_gives_problems_warnings_and_next_fire_times_a_pipeline_can_parse() {
+    let env = Env::new().await;
+    env.write_config(&crate::support::read(Path::new(EXAMPLE)));
+    let now = Utc::now();
+    let stamp = now_arg(now);
+    let output = env
+        .command(&[
+            "--now",
+            &stamp,
+            "check",
+            "--dry-run",
+            "--format",
+            "json",
+            "--next",
+            "2",
+        ])
+        .env_remove("WECOM_OPS_SECRET")
+        .output()
+        .await
+        .expect("run check");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    assert_eq!(doc["format"], 1);
+    assert_eq!(doc["valid"], true);
+    assert_eq!(doc["problems"], serde_json::json!([]));
+    assert!(
+        doc["digest"].as_str().is_some_and(|d| d.len() == 16),
+        "{doc}"
+    );
+    let schedules = doc["schedules"].as_array().expect("schedules");
+    // The same next fire times as the text report, derived from the same instant.
+    for (name, lines) in example_next_lines(now) {
+        let schedule = schedules
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {doc}"));
+        let next = schedule["next"].as_array().expect("next");
+        let as_lines: Vec<String> = next
+            .iter()
+            .map(|slot| {
+                let at = DateTime::parse_from_rfc3339(slot["at"].as_str().expect("at"))
+                    .expect("RFC 3339");
+                let note = match (slot["skipped"].as_bool(), slot["make_up"].as_bool()) {
+                    (Some(true), _) => Some("skipped: a holiday in calendar cn-holidays".into()),
+                    (_, Some(true)) => Some("make-up workday in calendar cn-holidays".into()),
+                    _ => None,
+                };
+                next_line(at.with_timezone(&shanghai()), note)
+            })
+            .collect();
+        assert_eq!(as_lines, lines[..2.min(lines.len())], "{name}: {schedule}");
+        for key in ["cron", "zone", "app", "to", "msgtype", "renders_as"] {
+            assert!(schedule[key].is_string(), "{name}: {key} in {schedule}");
+        }
+    }
+
+    env.write_config(
+        "timezone: UTC\napps: {}\nschedules:\n  - { name: broken, cron: 'bad', to: { users: [u] }, text: { content: hi } }\n",
+    );
+    let output = env.cli(&["check", "--format", "json"]).await;
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output));
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    assert_eq!(doc["valid"], false);
+    assert_eq!(doc["schedules"], serde_json::json!([]));
+    let problems = doc["problems"].as_array().expect("problems");
+    let cron = problems
+        .iter()
+        .find(|p| p["field"] == "cron")
+        .unwrap_or_else(|| panic!("{doc}"));
+    assert_eq!(cron["subject"], "schedule");
+    assert_eq!(cron["name"], "broken");
+    assert!(
+        cron["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("\"bad\"")),
+        "{cron}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["field"] == "apps" && p["subject"] == "file"),
+        "{doc}"
+    );
+}

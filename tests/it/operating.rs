@@ -167,3 +167,85 @@ async fn history_older_than_the_retention_is_pruned_but_never_a_pending_row() {
         daemon.logs()
     );
 }
+
+/// `GET path` on the daemon's metrics listener: the status and the body; `None` while nothing
+/// listens yet.
+async fn probe(port: u16, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_and_readyz_answer_before_ready_after_it_and_while_the_database_refuses_writes() {
+    let env = Env::new().await;
+    let port = free_port();
+    env.write_config(&format!(
+        "timezone: UTC\nmetrics: {{ listen: \"127.0.0.1:{port}\" }}\n{}schedules:\n{}",
+        env.apps_yaml(),
+        every_two_seconds("tick", "tick")
+    ));
+    // The start-up waits for a write lock another connection holds: it cannot be READY yet.
+    drop(wecom_notify::store::Store::open(&env.db_path()).expect("migrate"));
+    let blocker = env.db();
+    blocker
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("hold the write lock");
+    let daemon = env.start_in_process(fast_policy(), std::time::Duration::from_secs(20));
+    let mut before = None;
+    eventually(WAIT, "the probes answer during the start-up", || {
+        before = block_on_here(probe(port, "/readyz"));
+        before.is_some()
+    })
+    .await;
+    let (status, reason) = before.expect("answered");
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.starts_with("starting"), "{reason}");
+    assert_eq!(
+        probe(port, "/healthz").await.map(|(s, _)| s),
+        Some(200),
+        "alive while starting"
+    );
+
+    blocker.execute_batch("ROLLBACK").expect("release");
+    let mut ready = None;
+    eventually(WAIT, "ready once armed", || {
+        ready = block_on_here(probe(port, "/readyz"));
+        ready.as_ref().is_some_and(|(s, _)| *s == 200)
+    })
+    .await;
+    assert_eq!(probe(port, "/healthz").await.map(|(s, _)| s), Some(200));
+
+    // Read-only: the next heartbeat is refused, and /readyz says so; /healthz does not care.
+    daemon.refuse_writes(true).await;
+    let mut refused = None;
+    eventually(WAIT, "not ready while writes are refused", || {
+        refused = block_on_here(probe(port, "/readyz"));
+        refused.as_ref().is_some_and(|(s, _)| *s == 503)
+    })
+    .await;
+    let (_, reason) = refused.expect("answered");
+    assert!(
+        reason.contains("refuses writes") && reason.contains("readonly"),
+        "{reason}"
+    );
+    assert_eq!(probe(port, "/healthz").await.map(|(s, _)| s), Some(200));
+    daemon.refuse_writes(false).await;
+    eventually(WAIT, "ready again", || {
+        block_on_here(probe(port, "/readyz")).is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    daemon.stop().await;
+}
+
+/// Runs `future` to completion from inside a synchronous polling closure.
+fn block_on_here<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
+}
