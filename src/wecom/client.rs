@@ -356,10 +356,16 @@ fn transport(error: reqwest::Error, what: &str) -> Transport {
         detail.push_str(&format!(": {cause}"));
         source = cause.source();
     }
+    // A proxy that answers CONNECT with 407 comes back as a connect error; hyper-util's tunnel
+    // error is not public, so its text is what tells. Retrying cannot change its mind.
+    let refused_by_proxy = detail.contains("proxy authorization required");
+    if refused_by_proxy {
+        detail.push_str(": the proxy wants a user name and password, or refused the ones given; write them in the proxy URL (the app's proxy:, or HTTPS_PROXY/HTTP_PROXY); the send is not retried");
+    }
     Transport {
         detail,
         maybe_delivered,
-        permanent: false,
+        permanent: refused_by_proxy,
     }
 }
 

@@ -18,8 +18,9 @@ pub struct EnvProxies {
     pub http: Option<ProxyUrl>,
     /// `https_proxy`, `HTTPS_PROXY`, else `all_proxy`/`ALL_PROXY`: for an `https://` api_base.
     pub https: Option<ProxyUrl>,
-    /// `no_proxy`, `NO_PROXY`: hosts reached directly (curl's rules: `*`, a domain and its
-    /// subdomains, an IP address or a CIDR range; no implicit exception for localhost).
+    /// `no_proxy`, `NO_PROXY`: hosts reached directly (curl's rules: `*` for every host, a
+    /// domain and its subdomains, an IP address or a CIDR range; no implicit exception for
+    /// localhost).
     pub no_proxy: String,
 }
 
@@ -112,6 +113,11 @@ impl Routes {
                 tracing::debug!(proxy = %url, "a client that calls WeCom through the app's proxy");
                 builder = builder.proxy(proxy(url, |u| reqwest::Proxy::all(u))?);
                 hidden.extend(url.hidden());
+            }
+            // hyper-util applies a `*` entry to host names only; curl makes it every host,
+            // IP addresses (a loopback api_base, an intranet gateway) included.
+            Egress::Environment if self.env.no_proxy.split(',').any(|e| e.trim() == "*") => {
+                tracing::debug!("NO_PROXY=*: a client that calls WeCom directly");
             }
             Egress::Environment => {
                 let env = &self.env;
