@@ -14,8 +14,12 @@ const PASSWORD: &str = "pw-Hunter2-do-not-leak-7c1e";
 
 /// A config whose one app reaches WeCom at `api_base`, with `extra` app keys (`proxy: ...`).
 fn write_config(env: &Env, api_base: &str, extra: &str) {
+    write_config_with(env, api_base, extra, STANDUP);
+}
+
+fn write_config_with(env: &Env, api_base: &str, extra: &str, schedules: &str) {
     env.write_config(&format!(
-        "timezone: UTC\napps:\n  ops:\n    corp_id: {CORP}\n    agent_id: {AGENT}\n    secret_file: ops.secret\n    api_base: {api_base}\n{extra}schedules:\n{STANDUP}"
+        "timezone: UTC\napps:\n  ops:\n    corp_id: {CORP}\n    agent_id: {AGENT}\n    secret_file: ops.secret\n    api_base: {api_base}\n{extra}schedules:\n{schedules}"
     ));
 }
 
@@ -285,4 +289,42 @@ async fn a_proxy_that_cannot_be_used_is_refused_naming_the_app_and_field() {
     assert!(text(&output).contains("HTTPS_PROXY"), "{}", text(&output));
     assert_no_password(&text(&output));
     assert_eq!(env.fake.gettoken_calls(), 0);
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_an_apps_proxy_sends_through_the_new_one() {
+    let env = Env::new().await;
+    let first = TestProxy::start(ProxyMode::Forward).await;
+    let second = TestProxy::start(ProxyMode::Forward).await;
+    let tick = every_two_seconds("tick", "tick");
+    write_config_with(
+        &env,
+        &env.fake.base_url(),
+        &format!("    proxy: {}\n", first.url()),
+        &tick,
+    );
+    let mut daemon = env.spawn_daemon(&[]);
+    eventually(WAIT, "a send through the first proxy", || {
+        first.seen().iter().any(|s| s.method == "POST")
+    })
+    .await;
+    write_config_with(
+        &env,
+        &env.fake.base_url(),
+        &format!("    proxy: {}\n", second.url()),
+        &tick,
+    );
+    daemon.signal(SIGHUP);
+    eventually(WAIT, "a send through the second proxy", || {
+        second.seen().iter().any(|s| s.method == "POST")
+    })
+    .await;
+    let before = first.seen().len();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        first.seen().len(),
+        before,
+        "the first proxy is no longer used"
+    );
+    daemon.stop().await;
 }
