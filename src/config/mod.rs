@@ -4,6 +4,7 @@
 //! the fix) before it reports, so an operator fixes a broken file in one round.
 
 mod fields;
+pub mod proxy;
 pub mod secret;
 mod validate;
 mod yaml;
@@ -22,6 +23,7 @@ use crate::calendar::Calendar;
 use crate::cron::CronSpec;
 use crate::template::{SlotContext, Template};
 use crate::wecom::message::{Content, Envelope, Recipients, render_body};
+pub use proxy::{Egress, ProxyUrl};
 pub use secret::{MAX_SECRET_BYTES, Secret, SecretSource};
 pub use yaml::{MAX_CONFIG_BYTES, MAX_DEPTH};
 
@@ -69,6 +71,8 @@ pub struct App {
     pub api_base: String,
     /// `max_in_flight`: HTTP calls of this app in flight at once (gettoken included).
     pub max_in_flight: usize,
+    /// `proxy:`: how the app's calls reach `api_base`.
+    pub egress: Egress,
 }
 
 /// One schedule.

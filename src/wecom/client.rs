@@ -3,9 +3,11 @@
 //! The access token travels in the query string, so every error that leaves this module is
 //! stripped of its URL (`reqwest::Error::without_url`) and answers are read with a size cap.
 //!
-//! One `reqwest::Client` (one pool of kept-alive connections) serves every app, and each call
-//! holds a permit of its app's bound on requests in flight ([`InFlight`]) for the HTTP exchange
-//! only, so a burst reuses a handful of connections instead of opening one per message.
+//! One `reqwest::Client` (one pool of kept-alive connections) per route serves every app on it
+//! ([`Routes`]: the environment's proxies, direct, or an app's `proxy:`), and each call holds a
+//! permit of its app's bound on requests in flight ([`InFlight`]) for the HTTP exchange only, so
+//! a burst reuses a handful of connections instead of opening one per message. A proxy's
+//! password is cut out of every error, like the token and the secret.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::egress::{EnvProxies, Route, Routes};
 use super::in_flight::InFlight;
 use crate::config::{App, Secret};
 
@@ -107,25 +110,43 @@ pub enum TokenError {
 /// The HTTP client, shared by every app (connection pooling).
 #[derive(Debug, Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    routes: Arc<Routes>,
     in_flight: Arc<InFlight>,
 }
 
+/// Every setting of the HTTP clients but the proxy.
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .user_agent(concat!("wecom-notify/", env!("CARGO_PKG_VERSION")))
+        // A redirect would carry the secret or the token, in the query, to another host.
+        .redirect(reqwest::redirect::Policy::none())
+        // Idle connections stay for the next burst; the bound on calls in flight is what
+        // keeps their number small, so the pool needs no cap of its own.
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+}
+
 impl Client {
+    /// A client whose apps without `proxy:` use the proxies of the process environment
+    /// (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, read now, as curl reads them).
     pub fn new() -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("wecom-notify/", env!("CARGO_PKG_VERSION")))
-            // A redirect would carry the secret or the token, in the query, to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            // Idle connections stay for the next burst; the bound on calls in flight is what
-            // keeps their number small, so the pool needs no cap of its own.
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build()?;
+        let routes = Routes::new(builder, EnvProxies::from_env()?);
+        // Made now, so that a client that cannot be made fails the command at once.
+        routes
+            .route(&crate::config::Egress::Environment)
+            .map_err(anyhow::Error::msg)?;
         Ok(Client {
-            http,
+            routes: Arc::new(routes),
             in_flight: Arc::default(),
+        })
+    }
+
+    fn route(&self, app: &App) -> Result<Route, Transport> {
+        self.routes.route(&app.egress).map_err(|detail| Transport {
+            detail,
+            maybe_delivered: false,
+            permanent: true,
         })
     }
 
@@ -135,7 +156,8 @@ impl Client {
             .secret
             .as_ref()
             .ok_or_else(|| TokenError::NoSecret(app.secret_source.field().to_string()))?;
-        let request = self
+        let route = self.route(app).map_err(TokenError::Transport)?;
+        let request = route
             .http
             .get(format!("{}/cgi-bin/gettoken", app.api_base))
             .query(&[
@@ -143,7 +165,7 @@ impl Client {
                 ("corpsecret", secret.expose()),
             ]);
         let answer: TokenAnswer = self
-            .call(app, request, &[secret.expose()])
+            .call(app, &route, request, &[secret.expose()])
             .await
             .map_err(TokenError::Transport)?;
         match (answer.errcode, answer.access_token) {
@@ -193,24 +215,33 @@ impl Client {
         token: &AccessToken,
         body: String,
     ) -> Result<Reply, Transport> {
-        let request = self
+        let route = self.route(app)?;
+        let request = route
             .http
             .post(format!("{}{path}", app.api_base))
             .query(&[("access_token", token.expose())])
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        self.call(app, request, &[token.expose()]).await
+        self.call(app, &route, request, &[token.expose()]).await
     }
 
     /// Makes the call under a permit of `app`'s bound on requests in flight, held until the
     /// answer is read. `hidden` are the secret values the request carries: whatever a proxy or
-    /// a login page echoes of them (raw or percent-encoded) is masked in the error.
+    /// a login page echoes of them (raw or percent-encoded) is masked in the error, and so is
+    /// the password of the route's proxy.
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
         app: &App,
+        route: &Route,
         request: reqwest::RequestBuilder,
         hidden: &[&str],
     ) -> Result<T, Transport> {
+        let hidden: Vec<&str> = hidden
+            .iter()
+            .copied()
+            .chain(route.hidden.iter().map(String::as_str))
+            .collect();
+        let hidden = &hidden[..];
         let _permit = self.in_flight.permit(app).await;
         let answer = read_json(request, hidden).await;
         // hyper's pool takes the connection back in a task of its own once the answer is read:
@@ -289,6 +320,10 @@ fn http_status(
         format!(
             "HTTP {status} to {location}: WeCom does not redirect, so api_base points at something else (a proxy, a login page, http instead of https?); the redirect is not followed and the send is not retried. Check api_base"
         )
+    } else if status == reqwest::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        format!(
+            "HTTP {status}: the proxy wants a user name and password, or refused the ones given; write them in the proxy URL (the app's proxy:, or HTTPS_PROXY/HTTP_PROXY); the send is not retried"
+        )
     } else if transient {
         format!("HTTP {status}: {}", excerpt(body, hidden))
     } else {
@@ -321,10 +356,16 @@ fn transport(error: reqwest::Error, what: &str) -> Transport {
         detail.push_str(&format!(": {cause}"));
         source = cause.source();
     }
+    // A proxy that answers CONNECT with 407 comes back as a connect error; hyper-util's tunnel
+    // error is not public, so its text is what tells. Retrying cannot change its mind.
+    let refused_by_proxy = detail.contains("proxy authorization required");
+    if refused_by_proxy {
+        detail.push_str(": the proxy wants a user name and password, or refused the ones given; write them in the proxy URL (the app's proxy:, or HTTPS_PROXY/HTTP_PROXY); the send is not retried");
+    }
     Transport {
         detail,
         maybe_delivered,
-        permanent: false,
+        permanent: refused_by_proxy,
     }
 }
 

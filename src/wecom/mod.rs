@@ -1,6 +1,7 @@
 //! The WeCom API: HTTP calls, typed message bodies, errcode classes and cached access tokens.
 
 pub mod client;
+pub mod egress;
 pub mod error;
 pub mod in_flight;
 pub mod message;

@@ -14,6 +14,7 @@ mod history;
 mod hostile;
 mod operating;
 mod properties;
+mod proxy;
 mod readers;
 mod recall;
 mod send;

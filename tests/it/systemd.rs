@@ -115,4 +115,12 @@ fn the_unit_says_what_the_design_promises() {
             "the unit lacks {line}"
         );
     }
+    // The egress proxy (WeCom's trusted IPs) is set in a drop-in, which the comments show.
+    for comment in [
+        "systemctl edit wecom-notify",
+        "#     Environment=HTTPS_PROXY=http://",
+        "#     EnvironmentFile=",
+    ] {
+        assert!(unit.contains(comment), "the unit's comments lack {comment}");
+    }
 }

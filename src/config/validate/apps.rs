@@ -1,7 +1,8 @@
-//! `apps:` entries: identity, exactly one secret source, the secret itself, the API address.
+//! `apps:` entries: identity, exactly one secret source, the secret itself, the API address and
+//! the proxy.
 
 use super::*;
-use crate::config::{DEFAULT_MAX_IN_FLIGHT, MAX_MAX_IN_FLIGHT};
+use crate::config::{DEFAULT_MAX_IN_FLIGHT, Egress, MAX_MAX_IN_FLIGHT, ProxyUrl};
 
 /// `non_decimal` maps the apps whose `agent_id` is written as a hexadecimal, octal, binary or
 /// signed number to its spelling (the YAML tree only has the value).
@@ -98,6 +99,7 @@ pub(super) fn validate_app(
         Field::Invalid => None,
     };
     let max_in_flight = max_in_flight(&entry, report);
+    let egress = egress(&entry, report);
     if !name_ok {
         return None;
     }
@@ -109,6 +111,7 @@ pub(super) fn validate_app(
         secret,
         api_base: api_base?,
         max_in_flight: max_in_flight?,
+        egress: egress?,
     })
 }
 
@@ -136,7 +139,7 @@ fn api_base(url: &str, subject: &Subject, report: &mut Report) -> Option<String>
     };
     let mut wrong = Vec::new();
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        wrong.push("a user name or password (they would be sent as Basic auth); a proxy that needs credentials is configured outside the config file");
+        wrong.push("a user name or password (they would be sent as Basic auth); a proxy goes in the proxy: key or HTTPS_PROXY");
     }
     if parsed.query().is_some() {
         wrong.push(
@@ -181,6 +184,28 @@ fn max_in_flight(entry: &Entry<'_>, report: &mut Report) -> Option<usize> {
             None
         }
         Field::Invalid => None,
+    }
+}
+
+/// `proxy:`: `none`, or an http(s) proxy URL. A password in it is allowed (some proxies need
+/// one) but warned about, as an inline secret is; no message shows it.
+fn egress(entry: &Entry<'_>, report: &mut Report) -> Option<Egress> {
+    match entry.get::<String>("proxy", report) {
+        Field::Missing => Some(Egress::Environment),
+        Field::Invalid => None,
+        Field::Value(text) if text.trim() == "none" => Some(Egress::Direct),
+        Field::Value(text) => match ProxyUrl::parse(&text) {
+            Ok(url) => {
+                if url.has_password() {
+                    report.warn(entry.subject, "proxy", format!("{url} has its password written in the config file, where anyone who can read the file can use the proxy; prefer HTTPS_PROXY in a systemd drop-in (README, \"Sending through a proxy\")"));
+                }
+                Some(Egress::Proxy(url))
+            }
+            Err(message) => {
+                report.error(entry.subject, "proxy", message);
+                None
+            }
+        },
     }
 }
 

@@ -50,6 +50,7 @@ const APP_KEYS: &[&str] = &[
     "secret",
     "api_base",
     "max_in_flight",
+    "proxy",
 ];
 const SCHEDULE_KEYS: &[&str] = &[
     "name",

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_wecom;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 
 #[allow(unused_imports)]
 pub use fake_wecom::{Chaos, FakeWeCom, Hold, Outcome, Received, Reply};
+#[allow(unused_imports)]
+pub use proxy::{ProxyMode, Seen, TestProxy};
 use std::sync::Arc;
 use tempfile::TempDir;
 use tokio::sync::mpsc;
@@ -76,6 +79,18 @@ pub fn cron_at(at: chrono::DateTime<chrono::Utc>) -> String {
         chrono::Datelike::month(&local)
     )
 }
+
+/// The environment variables that choose a proxy.
+pub const PROXY_VARS: [&str; 8] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
 
 /// The binary under test.
 pub fn binary() -> &'static str {
@@ -234,6 +249,11 @@ impl Env {
             .env_remove("STATE_DIRECTORY")
             .env_remove("CREDENTIALS_DIRECTORY")
             .kill_on_drop(true);
+        // The test runner's own proxy settings must not route the fake's calls; tests that
+        // want a proxy set these themselves.
+        for name in PROXY_VARS {
+            command.env_remove(name);
+        }
         command
     }
 
