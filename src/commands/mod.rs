@@ -1,6 +1,7 @@
 //! The command line's commands, one file each. `main.rs` parses arguments and calls these.
 
 pub mod check;
+pub mod generate;
 pub mod history;
 pub mod recall;
 pub mod run;
