@@ -66,6 +66,48 @@ enum Command {
         /// The history id (`history` lists them; `send` prints it).
         id: i64,
     },
+    /// For packagers: write the man page or a shell's completion script, generated from these
+    /// very definitions.
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generated,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Generated {
+    /// The man page, wecom-notify.1.
+    Man {
+        /// The folder to write it into.
+        dir: PathBuf,
+    },
+    /// The completion script for a shell.
+    Completions {
+        shell: clap_complete::Shell,
+        /// The folder to write it into.
+        dir: PathBuf,
+    },
+}
+
+/// `generate`: writes the file, prints its path.
+fn generate(what: Generated) -> ExitCode {
+    let written = match &what {
+        Generated::Man { dir } => commands::generate::man_page_to(Cli::command(), dir),
+        Generated::Completions { shell, dir } => {
+            commands::generate::completions_to(Cli::command(), *shell, dir)
+        }
+    };
+    match written {
+        Ok(path) => {
+            println!("{}", path.display());
+            ExitCode::from(commands::EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("error: cannot write the generated file: {e}");
+            ExitCode::from(commands::EXIT_FAILED)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -109,6 +151,7 @@ fn main() -> ExitCode {
                 dry_run,
                 format,
             } => commands::check::run(&globals, next, dry_run, format),
+            Command::Generate { what } => generate(what),
         }
     })
 }

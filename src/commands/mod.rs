@@ -2,6 +2,7 @@
 
 pub mod check;
 mod check_json;
+pub mod generate;
 pub mod history;
 pub mod recall;
 pub mod run;

@@ -9,6 +9,7 @@ mod client;
 mod clock;
 mod crashes;
 mod daemon;
+mod generated;
 mod guarantees;
 mod history;
 mod hostile;
