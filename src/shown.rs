@@ -54,6 +54,27 @@ pub fn json_safe(json: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `bytes` with every `%XX` escape turned back into its byte (one pass: `%252F` gives `%2F`).
+/// For masking: a secret echoed in a URL is found whichever way it was encoded.
+pub fn percent_decoded(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 fn push_shown(out: &mut String, c: char) {
     match c {
         '\n' => out.push_str("\\n"),

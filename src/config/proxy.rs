@@ -81,7 +81,8 @@ impl ProxyUrl {
             return Vec::new();
         };
         let mut hidden = vec![password.to_string()];
-        let decoded = percent_decoded(password);
+        let decoded = String::from_utf8_lossy(&crate::shown::percent_decoded(password.as_bytes()))
+            .into_owned();
         if decoded != password {
             hidden.push(decoded);
         }
@@ -108,31 +109,6 @@ impl fmt::Debug for ProxyUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ProxyUrl({self})")
     }
-}
-
-/// `%XX` escapes turned back into bytes (a URL's password is stored encoded).
-fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied(),
-            bytes.get(i + 2).copied(),
-        ) {
-            (b'%', Some(h), Some(l)) if let (Some(h), Some(l)) = (hex(h), hex(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! knows from which slot on a slot without a row was never claimed.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::Store;
 
@@ -93,8 +93,10 @@ impl Store {
         .await
     }
 
-    /// This process's `fired_through`, as written (tests).
+    /// This process's `fired_through`, as written.
+    #[cfg(test)]
     pub async fn own_heartbeat(&self) -> anyhow::Result<Option<DateTime<Utc>>> {
+        use rusqlite::OptionalExtension;
         let pid = i64::from(std::process::id());
         self.call(move |conn| {
             conn.query_row(

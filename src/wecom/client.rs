@@ -396,29 +396,9 @@ fn mask(text: &str, hidden: &[&str]) -> String {
     out
 }
 
-/// `bytes` with every `%XX` escape (twice over: `%252F` too) turned back into its byte.
+/// `bytes` decoded twice over (`%252F` too: a login page's `next=` encodes a whole URL).
 fn percent_decoded(bytes: &[u8]) -> Vec<u8> {
-    let mut current = bytes.to_vec();
-    for _ in 0..2 {
-        let mut out = Vec::with_capacity(current.len());
-        let mut i = 0;
-        while i < current.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            match (current[i], current.get(i + 1), current.get(i + 2)) {
-                (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                    let value = hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0);
-                    out.push(value as u8);
-                    i += 3;
-                }
-                (b, _, _) => {
-                    out.push(b);
-                    i += 1;
-                }
-            }
-        }
-        current = out;
-    }
-    current
+    crate::shown::percent_decoded(&crate::shown::percent_decoded(bytes))
 }
 
 /// Replaces the values of `access_token=` and `corpsecret=` (in a URL) and of

@@ -2,30 +2,29 @@
 //! the real binary under libfaketime (the monotonic clock stays real). No slot the clock passes
 //! ends without a row, and none is fired twice.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::support::*;
 
-async fn sleep_until(at: DateTime<Utc>) {
-    if let Ok(wait) = (at - Utc::now()).to_std() {
-        tokio::time::sleep(wait).await;
-    }
-}
-
 fn db_time(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 fn assert_delivered_at_most_once(env: &Env) {
-    let mut count = BTreeMap::<String, usize>::new();
-    for message in env.fake.messages() {
-        *count.entry(message.raw).or_default() += 1;
-    }
+    let count = env.deliveries();
     let twice: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "delivered twice: {twice:?}");
+}
+
+async fn wait_first_row(env: &Env, daemon: &Daemon) {
+    daemon
+        .eventually(WAIT, || match env.count("SELECT count(*) FROM sends") {
+            0 => Err("no first send".into()),
+            _ => Ok(()),
+        })
+        .await;
 }
 
 fn spawn_on(env: &Env, clock: &FakeClock) -> Daemon {
@@ -38,12 +37,7 @@ async fn a_clock_stepped_back_then_restored_fires_every_slot_of_real_time_once()
     env.write_schedules(&every("tick", "*/5 * * * * *", "tick", "catch_up: 1m"));
     let clock = FakeClock::new(&env);
     let mut daemon = spawn_on(&env, &clock);
-    daemon
-        .eventually(WAIT, || match env.count("SELECT count(*) FROM sends") {
-            0 => Err("no first send".into()),
-            _ => Ok(()),
-        })
-        .await;
+    wait_first_row(&env, &daemon).await;
 
     // Back two minutes (the slots of that stretch were fired already), and 20 s later
     // restored: the slots of those 20 s are due at once.
@@ -99,12 +93,7 @@ async fn a_clock_stepped_forward_records_the_slots_it_jumped_and_catches_up_the_
     env.write_schedules(&every("tick", "*/5 * * * * *", "tick", "catch_up: 1m"));
     let clock = FakeClock::new(&env);
     let mut daemon = spawn_on(&env, &clock);
-    daemon
-        .eventually(WAIT, || match env.count("SELECT count(*) FROM sends") {
-            0 => Err("no first send".into()),
-            _ => Ok(()),
-        })
-        .await;
+    wait_first_row(&env, &daemon).await;
     clock.set_offset(120);
     let stepped = Utc::now() + chrono::Duration::seconds(120);
     daemon

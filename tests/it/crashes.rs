@@ -3,7 +3,6 @@
 //! Every slot that fell due before the crash ends with exactly one row and at most one
 //! delivery.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -19,21 +18,6 @@ fn next_slot() -> DateTime<Utc> {
     let soon = Utc::now() + chrono::Duration::milliseconds(1500);
     let seconds = soon.timestamp().div_euclid(PERIOD) * PERIOD + PERIOD;
     DateTime::from_timestamp(seconds, 0).expect("a slot")
-}
-
-async fn sleep_until(at: DateTime<Utc>) {
-    if let Ok(wait) = (at - Utc::now()).to_std() {
-        tokio::time::sleep(wait).await;
-    }
-}
-
-/// Deliveries per body (each body names its schedule and slot).
-fn deliveries(env: &Env) -> BTreeMap<String, usize> {
-    let mut count = BTreeMap::new();
-    for message in env.fake.messages() {
-        *count.entry(message.raw).or_default() += 1;
-    }
-    count
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +78,7 @@ async fn a_crash_in_the_same_second_as_a_slot_loses_no_schedules_slot() {
         assert!(slots.iter().any(|s| *s > last_slot), "{name} fired on");
     }
     // None delivered twice; every row that says it was sent was delivered.
-    let delivered = deliveries(&env);
+    let delivered = env.deliveries();
     assert!(
         delivered.values().all(|n| *n == 1),
         "a body was delivered twice: {:?}",

@@ -353,11 +353,22 @@ async fn sd_notify_ready_reloading_stopping_and_watchdog() {
 }
 
 /// Makes `path` a named pipe: each read of it waits until [`feed`] writes to it.
-fn make_fifo(path: &std::path::Path) {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
-    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
-    let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
-    assert_eq!(rc, 0, "mkfifo {}", path.display());
+/// How many of this process's threads named `reload` are in the openat system call (blocked
+/// opening a named pipe nobody writes).
+fn reload_threads_opening() -> usize {
+    let openat = libc::SYS_openat.to_string();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            let path = task.path();
+            let read = |file: &str| std::fs::read_to_string(path.join(file)).unwrap_or_default();
+            read("comm").trim() == "reload"
+                && read("syscall").split_whitespace().next() == Some(openat.as_str())
+        })
+        .count()
 }
 
 /// Writes `text` to the named pipe once a reader opens it (on a thread: opening blocks).
@@ -563,9 +574,12 @@ async fn a_stuck_reload_is_reported_and_a_later_sighup_applies_the_fixed_config(
     // Stuck again, and fixed with a SIGHUP before the limit: that one is not left waiting
     // behind the stuck read either.
     let second = stuck(2);
-    // Time for the reload's thread to block on the pipe (were it slower, it would read the
-    // fixed file at once, and the test would pass without the point being made).
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The new reload's thread is blocked opening the pipe (beside the first, still blocked)
+    // before the fix lands: else it would read the fixed file at once.
+    eventually(WAIT, "the second reload blocked on its pipe", || {
+        reload_threads_opening() == 2
+    })
+    .await;
     fixed(format!("{tick}{tack}"));
     daemon.reload();
     eventually(WAIT, "the second fix applied", || {

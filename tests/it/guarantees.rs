@@ -2,7 +2,6 @@
 //! (kill -9), downtime, a flaky WeCom, rate limits, token invalidation, a database refusing
 //! writes, and broken configs sent to a running daemon.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
@@ -11,14 +10,6 @@ use chrono::{SubsecRound, Utc};
 use crate::support::*;
 
 /// How many times the fake delivered each body.
-fn deliveries(env: &Env) -> BTreeMap<String, usize> {
-    let mut count = BTreeMap::new();
-    for message in env.fake.messages() {
-        *count.entry(message.raw).or_default() += 1;
-    }
-    count
-}
-
 /// Every even second from the first to the last slot of `schedule` has exactly one row.
 /// Starts the daemon again and stops it once no row is pending any more.
 async fn restart_until_no_send_is_pending(env: &Env) -> Daemon {
@@ -49,7 +40,7 @@ async fn kill_9_during_a_send_then_restart_delivers_exactly_once() {
     let crashed = env.column("SELECT payload FROM sends WHERE status = 'pending'");
     assert!(!crashed.is_empty(), "the crash left the send pending");
     eventually(WAIT, "the held sends delivered", || {
-        crashed.iter().all(|p| deliveries(&env).contains_key(p))
+        crashed.iter().all(|p| env.deliveries().contains_key(p))
     })
     .await;
 
@@ -57,7 +48,7 @@ async fn kill_9_during_a_send_then_restart_delivers_exactly_once() {
 
     for payload in &crashed {
         assert_eq!(
-            deliveries(&env)[payload],
+            env.deliveries()[payload],
             1,
             "delivered exactly once: {payload}"
         );
@@ -214,7 +205,7 @@ async fn with_catch_up_the_latest_missed_slot_is_sent_once_late() {
         "the catch-up is the latest of the missed slots"
     );
     assert!(
-        deliveries(&env).values().all(|n| *n == 1),
+        env.deliveries().values().all(|n| *n == 1),
         "each body delivered once"
     );
 }
@@ -248,9 +239,9 @@ async fn a_flaky_wecom_still_gets_every_slot_exactly_once() {
     let statuses = env.column("SELECT DISTINCT status FROM sends");
     assert_eq!(statuses, ["sent"], "every slot was delivered");
     let rows = env.count("SELECT count(*) FROM sends") as usize;
-    assert_eq!(deliveries(&env).len(), rows, "one delivered body per slot");
+    assert_eq!(env.deliveries().len(), rows, "one delivered body per slot");
     assert!(
-        deliveries(&env).values().all(|n| *n == 1),
+        env.deliveries().values().all(|n| *n == 1),
         "nothing delivered twice"
     );
     env.assert_contiguous("tick", 1);
@@ -330,7 +321,7 @@ async fn a_token_invalidated_mid_run_is_refreshed_once_and_nothing_is_lost() {
         "no message lost"
     );
     env.assert_contiguous("tick", 2);
-    assert!(deliveries(&env).values().all(|n| *n == 1));
+    assert!(env.deliveries().values().all(|n| *n == 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,7 +378,7 @@ async fn a_database_refusing_writes_never_yields_a_false_sent_and_recovers() {
         0
     );
     assert_eq!(
-        deliveries(&env).len(),
+        env.deliveries().len(),
         sent,
         "every delivered message has its row, and no row claims more"
     );
@@ -476,7 +467,7 @@ async fn a_resumed_send_never_retries_past_its_duplicate_check_window() {
     })
     .await;
     daemon.stop().await;
-    assert_eq!(deliveries(&env)[&payload], 1, "delivered once");
+    assert_eq!(env.deliveries()[&payload], 1, "delivered once");
     let requests = env
         .fake
         .all_requests()

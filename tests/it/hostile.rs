@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use crate::support::{Env, SIGHUP, WAIT, eventually, every_two_seconds, text};
+use crate::support::{Env, SIGHUP, WAIT, eventually, every_two_seconds, make_fifo, text};
 
 /// Far longer than any of these commands needs (milliseconds), far shorter than a hang.
 const DEADLINE: Duration = Duration::from_secs(8);
@@ -29,13 +29,6 @@ async fn bounded(env: &Env, args: &[&str], vars: &[(&str, &Path)]) -> Output {
             started.elapsed()
         ),
     }
-}
-
-fn mkfifo(path: &Path) {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
-    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
-    let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
-    assert_eq!(rc, 0, "mkfifo {}", path.display());
 }
 
 /// A config whose one app reads its secret with `secret` (e.g. `secret_file: /dev/zero`).
@@ -100,7 +93,7 @@ async fn a_secret_file_longer_than_any_secret_is_refused() {
 #[tokio::test]
 async fn a_secret_file_that_is_a_named_pipe_is_refused_without_waiting_for_a_writer() {
     let env = Env::new().await;
-    mkfifo(&env.path("ops.fifo"));
+    make_fifo(&env.path("ops.fifo"));
     write_config_with_secret(&env, "secret_file: ops.fifo");
     let output = bounded(&env, &["check"], &[]).await;
     assert_refused(
@@ -123,7 +116,7 @@ async fn a_reload_whose_secret_file_is_a_named_pipe_fails_and_the_next_one_appli
     .await;
 
     std::fs::rename(env.path("ops.secret"), env.path("real.secret")).unwrap();
-    mkfifo(&env.path("ops.secret"));
+    make_fifo(&env.path("ops.secret"));
     env.write_schedules(&every_two_seconds("tock", "tock"));
     daemon.signal(SIGHUP);
     eventually(WAIT, "reload_failed naming the pipe", || {
@@ -147,7 +140,7 @@ async fn a_reload_whose_secret_file_is_a_named_pipe_fails_and_the_next_one_appli
 #[tokio::test]
 async fn check_dry_run_and_history_never_open_a_secret() {
     let env = Env::new().await;
-    mkfifo(&env.path("ops.fifo"));
+    make_fifo(&env.path("ops.fifo"));
     for secret in [
         "secret_file: ops.fifo",
         "secret_file: /dev/zero",

@@ -2,7 +2,6 @@
 //! dies, a row that vanishes in flight, a storage fault, files others could read. In every case
 //! a delivered slot ends with one `sent` row, and is never `missed` nor sent again.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
@@ -11,18 +10,10 @@ use chrono::SubsecRound;
 use crate::support::*;
 
 /// How many times the fake delivered each body.
-fn deliveries(env: &Env) -> BTreeMap<String, usize> {
-    let mut count = BTreeMap::new();
-    for message in env.fake.messages() {
-        *count.entry(message.raw).or_default() += 1;
-    }
-    count
-}
-
 /// Every delivered body was delivered once and has exactly one row, which says `sent`; no
 /// row says `sent` for a body that was not delivered; no `missed` row is a delivered slot's.
 fn assert_delivered_once_and_recorded_sent(env: &Env) {
-    let delivered = deliveries(env);
+    let delivered = env.deliveries();
     for (body, n) in &delivered {
         assert_eq!(*n, 1, "delivered once: {body}");
         let rows = env.column(&format!(

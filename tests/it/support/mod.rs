@@ -92,6 +92,21 @@ pub const PROXY_VARS: [&str; 8] = [
     "no_proxy",
 ];
 
+/// Sleeps until the wall clock reads `at` (at once if it is past).
+pub async fn sleep_until(at: chrono::DateTime<chrono::Utc>) {
+    if let Ok(wait) = (at - chrono::Utc::now()).to_std() {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Makes a named pipe at `path`.
+pub fn make_fifo(path: &Path) {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo {}", path.display());
+}
+
 /// The binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_wecom-notify")
@@ -400,6 +415,15 @@ impl Env {
                 .all(|w| (w[1] - w[0]).num_seconds() == step),
             "a slot of {schedule} is missing or doubled: {slots:?}"
         );
+    }
+
+    /// How often the fake delivered each body (each test body names its schedule and slot).
+    pub fn deliveries(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut count = std::collections::BTreeMap::new();
+        for message in self.fake.messages() {
+            *count.entry(message.raw).or_default() += 1;
+        }
+        count
     }
 
     /// Text messages delivered by the fake, in arrival order.
