@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use common::*;
 use wecom_notify::gate::{AppGate, Audience};
-use wecom_notify::wecom::message::Recipients;
+use wecom_notify::message::Recipients;
 
 const USAGE: &str = "\
 cargo bench --bench gate -- [options]

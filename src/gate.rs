@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::wecom::message::Recipients;
+use crate::message::Recipients;
 
 /// WeCom delivers at most this many messages a minute from one app to one member.
 pub const PER_MEMBER_PER_MINUTE: usize = 30;

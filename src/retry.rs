@@ -59,10 +59,12 @@ impl RetryPolicy {
         self.rate_limit_pause + Duration::from_millis(jitter)
     }
 
-    /// How long after the first possibly-delivered attempt a resend is still safely deduplicated.
-    pub fn ambiguous_window(&self, duplicate_check_interval: u32) -> Duration {
-        Duration::from_secs(u64::from(duplicate_check_interval))
-            .saturating_sub(self.duplicate_margin)
+    /// How long after the first possibly-delivered attempt a resend is still safely deduplicated:
+    /// never, without a duplicate check.
+    pub fn ambiguous_window(&self, duplicate_check: Option<Duration>) -> Duration {
+        duplicate_check.map_or(Duration::ZERO, |window| {
+            window.saturating_sub(self.duplicate_margin)
+        })
     }
 }
 
@@ -81,7 +83,13 @@ mod tests {
         }
         let pause = policy.rate_limit_backoff();
         assert!(pause >= Duration::from_secs(60) && pause <= Duration::from_secs(66));
-        assert_eq!(policy.ambiguous_window(1800), Duration::from_secs(1790));
-        assert_eq!(policy.ambiguous_window(5), Duration::ZERO);
+        assert_eq!(
+            policy.ambiguous_window(Some(Duration::from_secs(1800))),
+            Duration::from_secs(1790)
+        );
+        assert_eq!(
+            policy.ambiguous_window(Some(Duration::from_secs(5))),
+            Duration::ZERO
+        );
     }
 }

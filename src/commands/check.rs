@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 
 use super::{EXIT_OK, Globals};
 use crate::config::{Config, Schedule, Secrets};
+use crate::message::Content;
 use crate::shown::shown;
-use crate::wecom::message::Content;
 
 /// How `check` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -92,7 +92,7 @@ fn describe(
         schedule.app,
         app.map_or(0, |a| a.agent_id),
         schedule.to.summary(),
-        schedule.message_kind(),
+        schedule.message.msgtype(),
     );
     let slots = schedule.upcoming(now, next);
     if slots.is_empty() {
@@ -128,15 +128,5 @@ pub(super) fn preview(content: &Content) -> String {
     match content {
         Content::Text { content } => format!("\"{}\"", one_line(content)),
         Content::TextCard { title, url, .. } => format!("card \"{}\" → {}", one_line(title), url),
-    }
-}
-
-impl Schedule {
-    /// "text" or "textcard".
-    pub fn message_kind(&self) -> &'static str {
-        match self.message {
-            crate::config::MessageTemplate::Text { .. } => "text",
-            crate::config::MessageTemplate::TextCard { .. } => "textcard",
-        }
     }
 }

@@ -89,7 +89,7 @@ fn schedule(config: &Config, s: &Schedule, next: usize, now: DateTime<Utc>) -> V
         "app": s.app,
         "agent_id": config.app(&s.app).map(|a| a.agent_id),
         "to": s.to.summary(),
-        "msgtype": s.message_kind(),
+        "msgtype": s.message.msgtype(),
         "calendar": s.calendar.as_ref().map(|c| c.name.as_str()),
         "next": slots
             .iter()

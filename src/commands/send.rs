@@ -6,6 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SubsecRound, Utc};
 
 use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, Globals};
+use crate::channel::Channel;
 use crate::config::{Schedule, Secrets};
 use crate::dispatch::{Dispatcher, Fired};
 use crate::retry::RetryPolicy;
@@ -31,7 +32,7 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     };
-    let Some(app) = config.app(&schedule.app).cloned() else {
+    let Some(channel) = Channel::for_schedule(&schedule, &config.apps) else {
         eprintln!(
             "error: schedule \"{name}\" names app \"{}\", which is not defined",
             schedule.app
@@ -59,9 +60,12 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
     ));
     let now = Utc::now().trunc_subsecs(0);
     if !dry_run {
-        warn_if_duplicate(&dispatcher, &schedule, app.agent_id, now).await;
+        warn_if_duplicate(&dispatcher, &schedule, &channel, now).await;
     }
-    match dispatcher.fire(&schedule, &app, now, Trigger::Manual).await {
+    match dispatcher
+        .fire(&schedule, &channel, now, Trigger::Manual)
+        .await
+    {
         Ok(Fired::Done(outcome)) => {
             if dry_run {
                 println!("{}", shown(&outcome.payload));
@@ -109,10 +113,10 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
 async fn warn_if_duplicate(
     dispatcher: &Dispatcher,
     schedule: &Schedule,
-    agent_id: i64,
+    channel: &Channel,
     now: DateTime<Utc>,
 ) {
-    let (_, payload) = schedule.body_at(agent_id, now);
+    let (_, payload) = channel.body_at(schedule, now);
     let since = now - chrono::Duration::seconds(i64::from(schedule.duplicate_check_interval));
     if let Ok(Some((id, at))) = dispatcher
         .store()

@@ -21,8 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::calendar::Calendar;
 use crate::cron::CronSpec;
-use crate::template::{SlotContext, Template};
-use crate::wecom::message::{Content, Envelope, Recipients, render_body};
+use crate::message::{Content, MessageTemplate, Recipients};
 pub use proxy::{Egress, ProxyUrl};
 pub use secret::{MAX_SECRET_BYTES, Secret, SecretSource};
 pub use yaml::{MAX_CONFIG_BYTES, MAX_DEPTH};
@@ -96,58 +95,6 @@ pub struct Schedule {
     pub calendar: Option<Arc<Calendar>>,
     /// The every-day form of a workday schedule, for the calendar's make-up workdays.
     pub workday_cron: Option<Arc<CronSpec>>,
-}
-
-/// The `text:` or `textcard:` of a schedule, with its template variables unrendered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MessageTemplate {
-    Text {
-        content: Template,
-    },
-    TextCard {
-        title: Template,
-        description: Template,
-        url: Template,
-        btntxt: Option<String>,
-    },
-}
-
-impl MessageTemplate {
-    /// True when no part depends on the slot, so every send has the same body.
-    pub fn is_static(&self) -> bool {
-        match self {
-            MessageTemplate::Text { content } => content.is_static(),
-            MessageTemplate::TextCard {
-                title,
-                description,
-                url,
-                ..
-            } => title.is_static() && description.is_static() && url.is_static(),
-        }
-    }
-}
-
-impl MessageTemplate {
-    /// Renders every part at `slot` (already in the schedule's zone).
-    pub fn render(&self, schedule: &str, slot: DateTime<Tz>) -> Content {
-        let context = SlotContext { schedule, slot };
-        match self {
-            MessageTemplate::Text { content } => Content::Text {
-                content: content.render(&context),
-            },
-            MessageTemplate::TextCard {
-                title,
-                description,
-                url,
-                btntxt,
-            } => Content::TextCard {
-                title: title.render(&context),
-                description: description.render(&context),
-                url: url.render(&context),
-                btntxt: btntxt.clone(),
-            },
-        }
-    }
 }
 
 impl Schedule {
@@ -224,20 +171,6 @@ impl Schedule {
         first.copy_from_slice(&hash[..8]);
         let offset = u64::from_be_bytes(first) % jitter.num_milliseconds().unsigned_abs();
         slot + chrono::Duration::milliseconds(offset as i64)
-    }
-
-    /// The exact JSON body that is POSTed for `slot` (without the token, which is in the URL).
-    pub fn body_at(&self, agent_id: i64, slot: DateTime<Utc>) -> (Content, String) {
-        let content = self.content_at(slot);
-        let envelope = Envelope {
-            agent_id,
-            to: &self.to,
-            safe: self.safe,
-            enable_id_trans: self.enable_id_trans,
-            duplicate_check_interval: self.duplicate_check_interval,
-        };
-        let body = render_body(&envelope, &content);
-        (content, body)
     }
 }
 

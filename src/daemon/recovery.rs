@@ -12,7 +12,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 
 use super::timer::{Firing, fire};
+use crate::channel::Channel;
 use crate::config::Schedule;
+use crate::dispatch::row_for_slot;
 use crate::store::Store;
 use crate::store::history::{NewSend, PendingRow, Status, Trigger};
 
@@ -226,7 +228,7 @@ pub async fn settle(
                 .catch_up
                 .is_some_and(|window| now - *latest <= window)
         });
-    let agent_id = firing.app(&schedule.app).map_or(0, |a| a.agent_id);
+    let channel = firing.channel(schedule);
     let rows: Vec<NewSend> = slots
         .iter()
         .filter(|slot| Some(**slot) != catch_up)
@@ -236,14 +238,7 @@ pub async fn settle(
             } else {
                 Status::Missed
             };
-            NewSend::for_slot(
-                schedule,
-                &schedule.app,
-                agent_id,
-                *slot,
-                Trigger::Cron,
-                status,
-            )
+            row_for_slot(schedule, channel.as_ref(), *slot, Trigger::Cron, status)
         })
         .collect();
     let statuses: Vec<Status> = rows.iter().map(|row| row.status).collect();
@@ -339,7 +334,10 @@ async fn resume_one(firing: &Arc<Firing>, row: PendingRow, now: DateTime<Utc>) {
         .and_then(|body| body.get("duplicate_check_interval")?.as_u64())
         .and_then(|s| u32::try_from(s).ok())
         .unwrap_or(crate::config::DEFAULT_DUPLICATE_CHECK_INTERVAL);
-    let app = firing.app(&row.app).filter(|a| a.agent_id == row.agent_id);
+    let app = firing
+        .app(&row.app)
+        .filter(|a| a.agent_id == row.agent_id)
+        .map(Channel::App);
     let safe_until = row.created_at + Duration::seconds(i64::from(interval)) - RESEND_MARGIN;
     let what = format!(
         "send #{} of schedule \"{}\" (slot {})",
@@ -348,13 +346,14 @@ async fn resume_one(firing: &Arc<Firing>, row: PendingRow, now: DateTime<Utc>) {
         crate::time::to_db(row.scheduled_at)
     );
     match app {
-        Some(app) if now < safe_until => {
+        Some(channel) if now < safe_until => {
             tracing::warn!(
                 "{what} was in flight when the daemon died; resending the stored body (WeCom's duplicate check drops it if the first attempt arrived)"
             );
             let dispatcher = firing.dispatcher.clone();
             firing.inflight.spawn(async move {
-                dispatcher.resume(&row, &app, interval).await;
+                let window = std::time::Duration::from_secs(u64::from(interval));
+                dispatcher.resume(&row, &channel, Some(window)).await;
             });
         }
         app => {

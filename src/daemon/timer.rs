@@ -25,6 +25,7 @@ use uuid::Uuid;
 use super::clock::Steps;
 use super::progress::{Hold, Progress};
 use super::recovery;
+use crate::channel::Channel;
 use crate::config::{App, Schedule};
 use crate::dispatch::{Dispatcher, Fired};
 use crate::store::history::Trigger;
@@ -143,6 +144,14 @@ impl Firing {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// The channel `schedule` sends through, in the config in force.
+    pub fn channel(&self, schedule: &Schedule) -> Option<Channel> {
+        Channel::for_schedule(
+            schedule,
+            &self.apps.read().unwrap_or_else(|p| p.into_inner()),
+        )
     }
 }
 
@@ -269,13 +278,13 @@ pub async fn fire(
     trigger: Trigger,
     hold: Hold,
 ) {
-    let Some(app) = firing.app(&schedule.app) else {
+    let Some(channel) = firing.channel(&schedule) else {
         firing.progress.pin(slot);
         tracing::error!(schedule = %schedule.name, app = %schedule.app, "the schedule's app is not configured; slot not sent");
         return;
     };
     let fired = if schedule.skips(slot) {
-        let skipped = firing.dispatcher.skip(&schedule, &app, slot).await;
+        let skipped = firing.dispatcher.skip(&schedule, &channel, slot).await;
         if skipped.is_err() {
             firing.progress.pin(slot);
         }
@@ -285,7 +294,7 @@ pub async fn fire(
         let mut hold = Some(hold);
         let fired = firing
             .dispatcher
-            .fire_then(&schedule, &app, slot, trigger, || drop(hold.take()))
+            .fire_then(&schedule, &channel, slot, trigger, || drop(hold.take()))
             .await;
         if fired.is_err() {
             // Pinned before the hold goes: the watermark never passes this slot.

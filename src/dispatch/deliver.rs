@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Dispatcher;
-use crate::config::App;
+use crate::channel::Channel;
 use crate::gate::AppGate;
 use crate::store::history::{Finish, Status};
 use crate::wecom::client::{AccessToken, Reply, TokenError, Transport};
@@ -22,9 +22,10 @@ enum Attempt {
 pub struct Delivery<'a> {
     /// The row to count attempts in (none when it could not be written).
     pub id: Option<i64>,
-    pub app: &'a App,
+    pub channel: &'a Channel,
     pub payload: &'a str,
-    pub duplicate_check_interval: u32,
+    /// The channel's duplicate-check window for this body (see [`Channel::duplicate_check`]).
+    pub duplicate_check: Option<Duration>,
     /// Attempts already counted in the row (a resumed row).
     pub previous_attempts: u32,
     /// Since when an earlier attempt may already have reached WeCom (a resumed row: since the
@@ -37,15 +38,15 @@ impl Dispatcher {
     pub async fn deliver(&self, delivery: Delivery<'_>) -> Finish {
         let Delivery {
             id,
-            app,
+            channel,
             payload,
-            duplicate_check_interval,
+            duplicate_check,
             previous_attempts,
             maybe_delivered_since,
         } = delivery;
         let started = Instant::now();
-        let window = self.policy.ambiguous_window(duplicate_check_interval);
-        let gate = self.gate(app);
+        let window = self.policy.ambiguous_window(duplicate_check);
+        let gate = self.gate(channel);
         let mut first_ambiguous = maybe_delivered_since;
         let mut refreshed_token = false;
         let mut attempts = previous_attempts;
@@ -77,7 +78,7 @@ impl Dispatcher {
             }
             // A request that times out may have reached WeCom as soon as it was sent.
             let attempt_started = Instant::now();
-            let attempt = self.attempt(app, payload).await;
+            let attempt = self.attempt(channel, payload).await;
             let (delay, failure) = match attempt {
                 Attempt::Answer(reply, token) => match classify(reply.errcode) {
                     ErrorClass::Ok => return Finish::from_reply(attempts, reply),
@@ -85,6 +86,7 @@ impl Dispatcher {
                         // WeCom may invalidate a token early; fetch a new one and retry once,
                         // with a URL built afresh around the new token.
                         refreshed_token = true;
+                        let Channel::App(app) = channel;
                         self.tokens.invalidate(app, &token).await;
                         last_failure = Some(Finish::from_reply(attempts, reply));
                         continue;
@@ -187,7 +189,8 @@ impl Dispatcher {
         None
     }
 
-    async fn attempt(&self, app: &App, payload: &str) -> Attempt {
+    async fn attempt(&self, channel: &Channel, payload: &str) -> Attempt {
+        let Channel::App(app) = channel;
         let token = match self.tokens.get(app).await {
             Ok(token) => token,
             Err(failure) => return Attempt::Token(failure),

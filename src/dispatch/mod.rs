@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{App, Schedule};
+use crate::channel::Channel;
+use crate::config::Schedule;
 use crate::gate::{AppGate, Audience};
 use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
@@ -193,8 +194,10 @@ impl Dispatcher {
         self.dry_run
     }
 
-    fn gate(&self, app: &App) -> Arc<AppGate> {
-        self.gates.get(app)
+    fn gate(&self, channel: &Channel) -> Arc<AppGate> {
+        match channel {
+            Channel::App(app) => self.gates.get(app),
+        }
     }
 
     fn track(&self, id: Option<i64>, inflight: bool) {
@@ -232,11 +235,12 @@ impl Dispatcher {
     pub async fn fire(
         &self,
         schedule: &Schedule,
-        app: &App,
+        channel: &Channel,
         slot: DateTime<Utc>,
         trigger: Trigger,
     ) -> anyhow::Result<Fired> {
-        self.fire_then(schedule, app, slot, trigger, || {}).await
+        self.fire_then(schedule, channel, slot, trigger, || {})
+            .await
     }
 
     /// [`Dispatcher::fire`], calling `claimed` as soon as the slot's claim is durable (or
@@ -244,7 +248,7 @@ impl Dispatcher {
     pub async fn fire_then(
         &self,
         schedule: &Schedule,
-        app: &App,
+        channel: &Channel,
         slot: DateTime<Utc>,
         trigger: Trigger,
         claimed: impl FnOnce(),
@@ -254,7 +258,7 @@ impl Dispatcher {
         } else {
             Status::Pending
         };
-        let new = NewSend::for_slot(schedule, &app.name, app.agent_id, slot, trigger, status);
+        let new = row_for_slot(schedule, Some(channel), slot, trigger, status);
         let payload = new.payload.clone();
         let slot_text = crate::time::to_db(slot);
         let claimed_at = Utc::now();
@@ -289,7 +293,7 @@ impl Dispatcher {
         // In flight from the claim on: a stop that gives up waiting marks it interrupted even
         // while the rate limiter still holds it back.
         self.track(id, true);
-        let waited = self.gate(app).admit(&Audience::of(&schedule.to)).await;
+        let waited = self.gate(channel).admit(&Audience::of(&schedule.to)).await;
         if !waited.is_zero() {
             tracing::info!(schedule = %schedule.name, slot = %slot_text, waited_s = waited.as_secs(),
                 "held back to stay within WeCom's per-member limits (30 a minute, 1000 an hour)");
@@ -298,9 +302,9 @@ impl Dispatcher {
         let finish = self
             .deliver(Delivery {
                 id,
-                app,
+                channel,
                 payload: &payload,
-                duplicate_check_interval: schedule.duplicate_check_interval,
+                duplicate_check: channel.duplicate_check(schedule),
                 previous_attempts: 0,
                 maybe_delivered_since: None,
             })
@@ -323,7 +327,7 @@ impl Dispatcher {
     pub async fn skip(
         &self,
         schedule: &Schedule,
-        app: &App,
+        channel: &Channel,
         slot: DateTime<Utc>,
     ) -> anyhow::Result<Claim> {
         let slot_text = crate::time::to_db(slot);
@@ -332,10 +336,9 @@ impl Dispatcher {
             tracing::info!(schedule = %schedule.name, slot = %slot_text, calendar, "dry run: the slot falls on a skipped date");
             return Ok(Claim::Taken);
         }
-        let new = NewSend::for_slot(
+        let new = row_for_slot(
             schedule,
-            &app.name,
-            app.agent_id,
+            Some(channel),
             slot,
             Trigger::Cron,
             Status::Skipped,
@@ -352,8 +355,8 @@ impl Dispatcher {
     pub async fn resume(
         &self,
         row: &PendingRow,
-        app: &App,
-        duplicate_check_interval: u32,
+        channel: &Channel,
+        duplicate_check: Option<std::time::Duration>,
     ) -> SendOutcome {
         self.track(Some(row.id), true);
         // The crashed attempt may have reached WeCom at any moment since the row was written.
@@ -361,9 +364,9 @@ impl Dispatcher {
         let finish = self
             .deliver(Delivery {
                 id: Some(row.id),
-                app,
+                channel,
                 payload: &row.payload,
-                duplicate_check_interval,
+                duplicate_check,
                 previous_attempts: row.attempts,
                 maybe_delivered_since: Some(
                     tokio::time::Instant::now()
@@ -496,6 +499,41 @@ impl Dispatcher {
         };
         log_outcome(schedule, slot, &outcome);
         outcome
+    }
+}
+
+/// The row of `schedule`'s `slot`, with the body rendered for that slot by `channel`. Without a
+/// channel (its app is gone from the config), the body is the application's with agent id 0, as
+/// a record of what the slot would have said.
+pub fn row_for_slot(
+    schedule: &Schedule,
+    channel: Option<&Channel>,
+    slot: DateTime<Utc>,
+    trigger: Trigger,
+    status: Status,
+) -> NewSend {
+    let content = schedule.content_at(slot);
+    let (app, agent_id, payload) = match channel {
+        Some(channel) => (
+            channel.name().to_string(),
+            channel.agent_id(),
+            channel.body(schedule, &content),
+        ),
+        None => (
+            schedule.app.clone(),
+            0,
+            crate::channel::app::body(0, schedule, &content),
+        ),
+    };
+    NewSend {
+        schedule: schedule.name.clone(),
+        trigger,
+        scheduled_at: slot,
+        app,
+        agent_id,
+        msgtype: content.msgtype().to_string(),
+        payload,
+        status,
     }
 }
 

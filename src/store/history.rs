@@ -95,30 +95,6 @@ pub struct NewSend {
     pub status: Status,
 }
 
-impl NewSend {
-    /// The row of `schedule`'s `slot`, with the body rendered for that slot.
-    pub fn for_slot(
-        schedule: &crate::config::Schedule,
-        app: &str,
-        agent_id: i64,
-        slot: DateTime<Utc>,
-        trigger: Trigger,
-        status: Status,
-    ) -> NewSend {
-        let (content, payload) = schedule.body_at(agent_id, slot);
-        NewSend {
-            schedule: schedule.name.clone(),
-            trigger,
-            scheduled_at: slot,
-            app: app.to_string(),
-            agent_id,
-            msgtype: content.msgtype().to_string(),
-            payload,
-            status,
-        }
-    }
-}
-
 /// The result of claiming a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {

@@ -4,13 +4,40 @@
 //! SQLite's write lock, re-checks the row, calls gettoken and commits; every other process waits
 //! in SQLite's busy handler (no polling loop of ours), then re-checks and finds the new token.
 
+use std::fmt;
 use std::future::Future;
 
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::Store;
-use crate::wecom::client::{AccessToken, FreshToken};
+
+/// An access token. Like the app secret, it prints as a mask.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken(String);
+
+impl AccessToken {
+    pub fn new(value: impl Into<String>) -> AccessToken {
+        AccessToken(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessToken(***)")
+    }
+}
+
+/// A freshly issued token and its lifetime in seconds.
+#[derive(Debug)]
+pub struct FreshToken {
+    pub token: AccessToken,
+    pub expires_in: i64,
+}
 
 /// A token as stored.
 #[derive(Debug, Clone)]

@@ -9,7 +9,6 @@
 //! a burst reuses a handful of connections instead of opening one per message. A proxy's
 //! password is cut out of every error, like the token and the secret.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use serde::Deserialize;
 use super::egress::{EnvProxies, Route, Routes};
 use super::in_flight::InFlight;
 use crate::config::{App, Secret};
+pub use crate::store::tokens::{AccessToken, FreshToken};
 
 /// How long connecting to WeCom may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,26 +27,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// WeCom's answers are a few hundred bytes; anything beyond this is not WeCom talking.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
-
-/// An access token. Like [`Secret`], it prints as a mask.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AccessToken(String);
-
-impl AccessToken {
-    pub fn new(value: impl Into<String>) -> AccessToken {
-        AccessToken(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for AccessToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AccessToken(***)")
-    }
-}
 
 /// A call that did not produce a readable WeCom answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -87,13 +67,6 @@ struct TokenAnswer {
     errmsg: String,
     access_token: Option<String>,
     expires_in: Option<i64>,
-}
-
-/// A freshly issued token and its lifetime in seconds.
-#[derive(Debug)]
-pub struct FreshToken {
-    pub token: AccessToken,
-    pub expires_in: i64,
 }
 
 /// `gettoken` answered with an errcode, or could not be read.
@@ -170,7 +143,7 @@ impl Client {
             .map_err(TokenError::Transport)?;
         match (answer.errcode, answer.access_token) {
             (0, Some(token)) if !token.is_empty() => Ok(FreshToken {
-                token: AccessToken(token),
+                token: AccessToken::new(token),
                 // WeCom says 7200; anything outside a minute to a day is not to be trusted.
                 expires_in: answer.expires_in.unwrap_or(7200).clamp(60, 86_400),
             }),

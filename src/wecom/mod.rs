@@ -1,10 +1,9 @@
-//! The WeCom API: HTTP calls, typed message bodies, errcode classes and cached access tokens.
+//! The WeCom API: HTTP calls, errcode classes and cached access tokens.
 
 pub mod client;
 pub mod egress;
 pub mod error;
 pub mod in_flight;
-pub mod message;
 pub mod token;
 
 pub use client::{AccessToken, Client, Reply, Transport};

@@ -154,7 +154,7 @@ async fn a_4xx_is_a_failure_at_once_and_429_or_5xx_is_retried() {
         let case = format!("{answer:?}");
         env.fake.script_send(answer);
         let schedule = config.schedule("standup").expect("schedule");
-        let app = config.app("ops").expect("app");
+        let app = &wecom_notify::channel::Channel::App(config.app("ops").expect("app").clone());
         let now = Utc::now().trunc_subsecs(0);
         let fired = dispatcher
             .fire(schedule, app, now, Trigger::Manual)

@@ -499,7 +499,7 @@ async fn the_retry_window_starts_when_a_timed_out_attempt_was_sent() {
     // timeout; the retry meets 45009 and a 6 s pause: 21 s after the delivery, too late.
     env.fake.set_send_delay(Duration::from_secs(16));
     let schedule = config.schedule("tick").expect("schedule").clone();
-    let app = config.app("ops").expect("app").clone();
+    let app = wecom_notify::channel::Channel::App(config.app("ops").expect("app").clone());
     let send = tokio::spawn(async move {
         let slot = Utc::now().trunc_subsecs(0);
         dispatcher

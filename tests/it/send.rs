@@ -268,7 +268,7 @@ async fn malformed_answers_are_failures_never_successes() {
         let dispatcher = env.dispatcher(policy);
         env.fake.script_send(answer);
         let schedule = config.schedule("standup").expect("schedule");
-        let app = config.app("ops").expect("app");
+        let app = &wecom_notify::channel::Channel::App(config.app("ops").expect("app").clone());
         let now = Utc::now().trunc_subsecs(0);
         let fired = dispatcher
             .fire(schedule, app, now, Trigger::Manual)
@@ -301,7 +301,7 @@ async fn ambiguous_failures_are_retried_and_the_duplicate_check_absorbs_the_repe
     // body, which WeCom's duplicate check drops: one message, row `sent`.
     env.fake.set_send_delay(Duration::from_secs(20));
     let schedule = config.schedule("standup").expect("schedule").clone();
-    let app = config.app("ops").expect("app").clone();
+    let app = wecom_notify::channel::Channel::App(config.app("ops").expect("app").clone());
     let fire = tokio::spawn(async move {
         dispatcher
             .fire(

@@ -14,7 +14,7 @@ async fn fire_all_at_once(
     config: &wecom_notify::config::Config,
     dispatcher: &std::sync::Arc<wecom_notify::dispatch::Dispatcher>,
 ) -> Vec<Fired> {
-    let app = config.app("ops").expect("app").clone();
+    let app = wecom_notify::channel::Channel::App(config.app("ops").expect("app").clone());
     let now = Utc::now().trunc_subsecs(0);
     let sends: Vec<_> = config
         .schedules

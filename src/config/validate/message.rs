@@ -160,7 +160,6 @@ pub(super) fn check_limits(
 /// Warns when WeCom's duplicate check would swallow a repeat of an identical body.
 pub(super) fn warn_duplicates(
     schedule: &Schedule,
-    agent_id: i64,
     slots: &[DateTime<Utc>],
     subject: &Subject,
     report: &mut Report,
@@ -169,7 +168,8 @@ pub(super) fn warn_duplicates(
     let repeat = slots.windows(2).find(|w| {
         w[1] - w[0] < interval
             && (schedule.message.is_static()
-                || schedule.body_at(agent_id, w[0]).1 == schedule.body_at(agent_id, w[1]).1)
+                // The rest of the body is the same at every slot.
+                || schedule.content_at(w[0]) == schedule.content_at(w[1]))
     });
     if let Some(pair) = repeat {
         let gap = (pair[1] - pair[0]).num_seconds();

@@ -10,15 +10,15 @@ use serde_yaml::Value;
 
 use super::fields::{Entry, Field, Report};
 use super::{
-    App, Config, DEFAULT_API_BASE, DEFAULT_DUPLICATE_CHECK_INTERVAL, MessageTemplate, Problem,
-    Schedule, Secret, SecretSource, Secrets, Subject,
+    App, Config, DEFAULT_API_BASE, DEFAULT_DUPLICATE_CHECK_INTERVAL, Problem, Schedule, Secret,
+    SecretSource, Secrets, Subject,
 };
 use crate::calendar::Calendar;
 use crate::cron::CronSpec;
-use crate::template::Template;
-use crate::wecom::message::{
-    DUPLICATE_CHECK_INTERVAL, MAX_PARTIES, MAX_TAGS, MAX_USERS, Recipients,
+use crate::message::{
+    DUPLICATE_CHECK_INTERVAL, MAX_PARTIES, MAX_TAGS, MAX_USERS, MessageTemplate, Recipients,
 };
+use crate::template::Template;
 
 mod apps;
 mod calendars;

@@ -178,9 +178,8 @@ pub(super) fn validate_schedule(
             report.warn(&subject, "calendar", format!("calendar \"{}\" lists make-up workdays, but they only apply to workday schedules (day-of-month *, day-of-week covering Monday to Friday); this schedule ignores them", calendar.name));
         }
     }
-    let agent_id = context.apps.get(&schedule.app).map_or(0, |a| a.agent_id);
     check_timing(&schedule, &slots, context.now, &subject, report)?;
-    warn_duplicates(&schedule, agent_id, &slots, &subject, report);
+    warn_duplicates(&schedule, &slots, &subject, report);
     Some(schedule)
 }
 

@@ -1,139 +1,31 @@
-//! Typed `message/send` bodies for `text` and `textcard`, serialized exactly as WeCom expects,
-//! and the limits WeCom would otherwise enforce by silently truncating.
+//! The application destination: a WeCom application's `message/send`, addressed to members,
+//! departments and tags, with WeCom's duplicate check on.
 
 use serde::Serialize;
 
-/// `text.content`: WeCom truncates beyond this many bytes.
-pub const TEXT_CONTENT_MAX_BYTES: usize = 2048;
-/// `textcard.title`, in bytes.
-pub const TEXTCARD_TITLE_MAX_BYTES: usize = 128;
-/// `textcard.description`, in bytes.
-pub const TEXTCARD_DESCRIPTION_MAX_BYTES: usize = 512;
-/// `textcard.url`, in bytes.
-pub const TEXTCARD_URL_MAX_BYTES: usize = 2048;
-/// `textcard.btntxt`, in characters.
-pub const TEXTCARD_BTNTXT_MAX_CHARS: usize = 4;
-/// `touser`: at most this many user ids.
-pub const MAX_USERS: usize = 1000;
-/// `toparty`: at most this many department ids.
-pub const MAX_PARTIES: usize = 100;
-/// `totag`: at most this many tag ids.
-pub const MAX_TAGS: usize = 100;
-/// `duplicate_check_interval` bounds in seconds (WeCom allows up to 4 hours).
-pub const DUPLICATE_CHECK_INTERVAL: std::ops::RangeInclusive<u32> = 1..=14400;
+use crate::config::Schedule;
+use crate::message::{Content, Recipients};
 
-/// Who receives a message. `users: ["@all"]` means every member who can see the app.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Recipients {
-    pub users: Vec<String>,
-    pub parties: Vec<String>,
-    pub tags: Vec<String>,
-}
-
-impl Recipients {
-    /// "3 users, 1 party" / "@all", for `check` and logs.
-    pub fn summary(&self) -> String {
-        if self.users.iter().any(|u| u == "@all") {
-            return "@all".to_string();
-        }
-        let mut parts = Vec::new();
-        for (n, one, many) in [
-            (self.users.len(), "user", "users"),
-            (self.parties.len(), "party", "parties"),
-            (self.tags.len(), "tag", "tags"),
-        ] {
-            if n > 0 {
-                parts.push(format!("{n} {}", if n == 1 { one } else { many }));
-            }
-        }
-        parts.join(", ")
-    }
-}
-
-/// The content of one message, rendered for one slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Content {
-    Text {
-        content: String,
-    },
-    TextCard {
-        title: String,
-        description: String,
-        url: String,
-        btntxt: Option<String>,
-    },
-}
-
-impl Content {
-    pub fn msgtype(&self) -> &'static str {
-        match self {
-            Content::Text { .. } => "text",
-            Content::TextCard { .. } => "textcard",
-        }
-    }
-
-    /// Every WeCom limit this content breaks, as `(field, problem)`.
-    pub fn limit_problems(&self) -> Vec<(&'static str, String)> {
-        let mut problems = Vec::new();
-        let mut bytes = |field: &'static str, value: &str, max: usize| {
-            if value.len() > max {
-                problems.push((
-                    field,
-                    format!(
-                        "is {} bytes, WeCom allows {max} and would cut the rest off; shorten it (a Chinese character takes 3 bytes)",
-                        value.len()
-                    ),
-                ));
-            }
-        };
-        match self {
-            Content::Text { content } => {
-                bytes("text.content", content, TEXT_CONTENT_MAX_BYTES);
-            }
-            Content::TextCard {
-                title,
-                description,
-                url,
-                btntxt,
-            } => {
-                bytes("textcard.title", title, TEXTCARD_TITLE_MAX_BYTES);
-                bytes(
-                    "textcard.description",
-                    description,
-                    TEXTCARD_DESCRIPTION_MAX_BYTES,
-                );
-                bytes("textcard.url", url, TEXTCARD_URL_MAX_BYTES);
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    problems.push((
-                        "textcard.url",
-                        format!("\"{url}\" must start with https:// or http://"),
-                    ));
-                }
-                if let Some(btntxt) = btntxt
-                    && btntxt.chars().count() > TEXTCARD_BTNTXT_MAX_CHARS
-                {
-                    problems.push((
-                        "textcard.btntxt",
-                        format!(
-                            "\"{btntxt}\" is {} characters, WeCom shows at most {TEXTCARD_BTNTXT_MAX_CHARS}; shorten it (e.g. 详情)",
-                            btntxt.chars().count()
-                        ),
-                    ));
-                }
-            }
-        }
-        problems
-    }
+/// The body of `schedule`'s `content` as application `agent_id` posts it.
+pub fn body(agent_id: i64, schedule: &Schedule, content: &Content) -> String {
+    let envelope = Envelope {
+        agent_id,
+        to: &schedule.to,
+        safe: schedule.safe,
+        enable_id_trans: schedule.enable_id_trans,
+        duplicate_check_interval: schedule.duplicate_check_interval,
+    };
+    render_body(&envelope, content)
 }
 
 /// Everything that goes into one `message/send` body besides the content.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope<'a> {
-    pub agent_id: i64,
-    pub to: &'a Recipients,
-    pub safe: bool,
-    pub enable_id_trans: bool,
-    pub duplicate_check_interval: u32,
+struct Envelope<'a> {
+    agent_id: i64,
+    to: &'a Recipients,
+    safe: bool,
+    enable_id_trans: bool,
+    duplicate_check_interval: u32,
 }
 
 /// The JSON body of `message/send`. Field order follows WeCom's documentation; the body is
@@ -177,7 +69,7 @@ struct TextCardBody<'a> {
 
 /// Serializes the exact body to POST. `enable_duplicate_check` is always 1: it is what makes a
 /// retry of an already delivered body harmless.
-pub fn render_body(envelope: &Envelope<'_>, content: &Content) -> String {
+fn render_body(envelope: &Envelope<'_>, content: &Content) -> String {
     let (text, textcard) = match content {
         Content::Text { content } => (Some(TextBody { content }), None),
         Content::TextCard {
