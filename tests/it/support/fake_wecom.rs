@@ -1,5 +1,6 @@
 //! Owns the fake WeCom server of the tests and benchmarks: a strict `gettoken`, `message/send`
-//! and `message/recall` on 127.0.0.1:0, with scripted replies, chaos, holds and real drops.
+//! (text, textcard, markdown, news, template_card) and `message/recall` on 127.0.0.1:0, with
+//! scripted replies, chaos, holds and real drops.
 //!
 //! Design notes:
 //! - The server is `axum::serve` over a custom [`Listener`] whose connections carry a kill switch
@@ -209,6 +210,9 @@ struct Inner {
 
 /// (errcode, precise reason)
 type Rej = (i64, String);
+
+/// A JSON object of a request body.
+type Obj = Map<String, Value>;
 
 impl FakeWeCom {
     /// Binds 127.0.0.1:0 and serves on the caller's tokio runtime.
@@ -570,8 +574,28 @@ macro_rules! bail {
     };
 }
 
-const SEND_KEYS: &str = "touser toparty totag msgtype agentid text textcard safe enable_id_trans \
-                         enable_duplicate_check duplicate_check_interval";
+/// The top-level keys an application body may have. `safe` is documented for `text` only among
+/// the types played here (WeCom's textcard, markdown, news and template_card pages do not list
+/// it), so it is refused with any other `msgtype`, as it always was for `textcard`.
+const SEND_KEYS: &str = "touser toparty totag msgtype agentid text textcard markdown news \
+                         template_card safe enable_id_trans enable_duplicate_check \
+                         duplicate_check_interval";
+
+/// The application message types, each also the name of its key.
+const APP_TYPES: [&str; 5] = ["text", "textcard", "markdown", "news", "template_card"];
+
+/// The errcodes a side answers for a limit. `message/send` says 45002 (content size out of
+/// limit) for a string over its byte limit and 45008 for a news message outside 1..=8 articles.
+#[derive(Clone, Copy)]
+struct Limits {
+    too_long: i64,
+    too_many: i64,
+}
+
+const APP_LIMITS: Limits = Limits {
+    too_long: 45002,
+    too_many: 45008,
+};
 
 impl Inner {
     fn issue_token(&mut self, corp_id: &str, secret: &str) -> Result<Value, Rej> {
@@ -770,31 +794,48 @@ fn validate_message(obj: &Map<String, Value>, agent_id: i64) -> Result<(), Rej> 
         Some(v) => bail!(40056, "invalid agentid: must be a JSON integer, got {v}"),
         None => bail!(40056, "invalid agentid: agentid missing"),
     }
-    let needs = |key: &str| match obj.get(key) {
-        Some(Value::Object(m)) => Ok(m),
-        Some(v) => bail!(40058, "invalid parameter: {key} must be an object, got {v}"),
-        None => bail!(44004, "empty content: msgtype needs {key:?}"),
-    };
-    let forbid = |key: &str, why: &str| match obj.contains_key(key) {
-        true => bail!(40058, "invalid parameter: {key} ({why})"),
-        false => Ok(()),
-    };
-    match obj.get("msgtype").and_then(Value::as_str) {
-        Some("text") => {
-            forbid("textcard", "msgtype is text")?;
-            let text = needs("text")?;
-            only_keys(text, "text", &["content"])?;
-            string_field(text, "text", "content", 2048)?;
+    let msgtype = match obj.get("msgtype") {
+        Some(Value::String(t)) if APP_TYPES.contains(&t.as_str()) => t.as_str(),
+        got => {
+            let got = got.map_or("nothing".to_owned(), Value::to_string);
+            bail!(
+                40008,
+                "invalid message type: {got}, want one of {}",
+                APP_TYPES.join(", ")
+            );
         }
-        Some("textcard") => {
-            forbid("text", "msgtype is textcard")?;
-            forbid("safe", "textcard does not support safe")?;
-            let card = needs("textcard")?;
-            only_keys(card, "textcard", &["title", "description", "url", "btntxt"])?;
-            string_field(card, "textcard", "title", 128)?;
-            string_field(card, "textcard", "description", 512)?;
-            string_field(card, "textcard", "url", 2048)?;
-            match card.get("btntxt") {
+    };
+    if let Some(other) = APP_TYPES
+        .iter()
+        .find(|t| **t != msgtype && obj.contains_key(**t))
+    {
+        bail!(40058, "invalid parameter: {other} (msgtype is {msgtype})");
+    }
+    if msgtype != "text" && obj.contains_key("safe") {
+        bail!(
+            40058,
+            "invalid parameter: safe ({msgtype} does not support safe)"
+        );
+    }
+    let body = match obj.get(msgtype) {
+        Some(Value::Object(m)) => m,
+        Some(v) => bail!(
+            40058,
+            "invalid parameter: {msgtype} must be an object, got {v}"
+        ),
+        None => bail!(44004, "empty content: msgtype needs {msgtype:?}"),
+    };
+    match msgtype {
+        "text" => {
+            only_keys(body, "text", &["content"])?;
+            string_field(body, "text", "content", 2048)?;
+        }
+        "textcard" => {
+            only_keys(body, "textcard", &["title", "description", "url", "btntxt"])?;
+            string_field(body, "textcard", "title", 128)?;
+            string_field(body, "textcard", "description", 512)?;
+            string_field(body, "textcard", "url", 2048)?;
+            match body.get("btntxt") {
                 None => {}
                 Some(Value::String(b)) if b.chars().count() <= 4 => {}
                 Some(Value::String(b)) => {
@@ -810,20 +851,293 @@ fn validate_message(obj: &Map<String, Value>, agent_id: i64) -> Result<(), Rej> 
                 ),
             }
         }
-        _ => {
-            let got = obj
-                .get("msgtype")
-                .map_or("nothing".to_owned(), Value::to_string);
-            bail!(
-                40008,
-                "invalid message type: {got}, want \"text\" or \"textcard\""
-            );
+        "markdown" => {
+            only_keys(body, "markdown", &["content"])?;
+            string_field(body, "markdown", "content", 2048)?;
         }
+        "news" => news_articles(body, "news", APP_LIMITS)?,
+        _ => template_card(body)?,
     }
     int_field(obj, "safe", 0, 1)?;
     int_field(obj, "enable_id_trans", 0, 1)?;
     int_field(obj, "enable_duplicate_check", 0, 1)?;
     int_field(obj, "duplicate_check_interval", 1, 14400)
+}
+
+/// `{"articles": [...]}`, 1..=8 articles of title ≤ 128 bytes, description ≤ 512 bytes
+/// (optional), url http(s) ≤ 2048 bytes, picurl http(s) (optional). WeCom's application news
+/// also documents mini-program articles (`appid`, `pagepath`); the fake plays URL articles only.
+fn news_articles(news: &Map<String, Value>, ctx: &str, limits: Limits) -> Result<(), Rej> {
+    only_keys(news, ctx, &["articles"])?;
+    let articles = match news.get("articles") {
+        Some(Value::Array(a)) => a,
+        Some(v) => bail!(
+            40058,
+            "invalid parameter: {ctx}.articles must be an array, got {v}"
+        ),
+        None => bail!(44004, "empty content: {ctx}.articles missing"),
+    };
+    if articles.is_empty() {
+        bail!(44004, "empty content: {ctx}.articles is empty");
+    }
+    if articles.len() > 8 {
+        let (code, n) = (limits.too_many, articles.len());
+        bail!(
+            code,
+            "{}: {ctx}.articles has {n} articles, limit 8",
+            errmsg_base(code)
+        );
+    }
+    for (i, article) in articles.iter().enumerate() {
+        let ctx = format!("{ctx}.articles[{i}]");
+        let Value::Object(article) = article else {
+            bail!(
+                40058,
+                "invalid parameter: {ctx} must be an object, got {article}"
+            );
+        };
+        only_keys(article, &ctx, &["title", "description", "url", "picurl"])?;
+        limited_string(article, &ctx, "title", 128, limits.too_long)?;
+        if let Some(d) = opt_string(article, &ctx, "description")? {
+            check_len(&ctx, "description", d, 512, limits.too_long)?;
+        }
+        url_field(article, &ctx, "url", true, limits.too_long)?;
+        url_field(article, &ctx, "picurl", false, limits.too_long)?;
+    }
+    Ok(())
+}
+
+/// `template_card` of `card_type` `text_notice` or `news_notice`: the fields that type documents
+/// (any other is refused, also inside each section), the ones it requires, list lengths, jump
+/// targets, and `task_id` (required with `action_menu`). WeCom's length figures for card texts
+/// are advice ("建议不超过"; it truncates), so the fake does not enforce them. Errors are 40058.
+fn template_card(card: &Map<String, Value>) -> Result<(), Rej> {
+    const COMMON: [&str; 9] = [
+        "card_type",
+        "source",
+        "action_menu",
+        "task_id",
+        "main_title",
+        "quote_area",
+        "horizontal_content_list",
+        "jump_list",
+        "card_action",
+    ];
+    let ctx = "template_card";
+    let card_type = match opt_string(card, ctx, "card_type")? {
+        Some(t) => t,
+        None => bail!(40058, "invalid parameter: template_card.card_type missing"),
+    };
+    let own: &[&str] = match card_type {
+        "text_notice" => &["emphasis_content", "sub_title_text"],
+        "news_notice" => &["image_text_area", "card_image", "vertical_content_list"],
+        other => bail!(
+            40058,
+            "invalid parameter: template_card.card_type {other:?}, want \"text_notice\" or \"news_notice\""
+        ),
+    };
+    let known = |k: &String| COMMON.contains(&k.as_str()) || own.contains(&k.as_str());
+    if let Some(key) = card.keys().find(|k| !known(k)) {
+        bail!(
+            40058,
+            "invalid parameter: template_card.{key} (not a field of {card_type})"
+        );
+    }
+    if let Some(source) = object(card, ctx, "source")? {
+        let ctx = "template_card.source";
+        only_keys(source, ctx, &["icon_url", "desc", "desc_color"])?;
+        url_field(source, ctx, "icon_url", false, 40058)?;
+        opt_string(source, ctx, "desc")?;
+        opt_int(source, ctx, "desc_color", 0, 3)?;
+    }
+    let mut title = None;
+    if let Some(main) = object(card, ctx, "main_title")? {
+        let ctx = "template_card.main_title";
+        only_keys(main, ctx, &["title", "desc"])?;
+        title = opt_string(main, ctx, "title")?.filter(|t| !t.is_empty());
+        opt_string(main, ctx, "desc")?;
+    }
+    if card_type == "text_notice" {
+        let sub = opt_string(card, ctx, "sub_title_text")?.filter(|t| !t.is_empty());
+        if title.is_none() && sub.is_none() {
+            bail!(
+                40058,
+                "invalid parameter: text_notice needs template_card.main_title.title or template_card.sub_title_text"
+            );
+        }
+        if let Some(emphasis) = object(card, ctx, "emphasis_content")? {
+            let ctx = "template_card.emphasis_content";
+            only_keys(emphasis, ctx, &["title", "desc"])?;
+            opt_string(emphasis, ctx, "title")?;
+            opt_string(emphasis, ctx, "desc")?;
+        }
+    } else {
+        if title.is_none() {
+            bail!(
+                40058,
+                "invalid parameter: news_notice needs template_card.main_title.title"
+            );
+        }
+        let image = object(card, ctx, "card_image")?;
+        let area = object(card, ctx, "image_text_area")?;
+        if image.is_none() && area.is_none() {
+            bail!(
+                40058,
+                "invalid parameter: news_notice needs template_card.card_image.url or template_card.image_text_area"
+            );
+        }
+        if let Some(image) = image {
+            let ctx = "template_card.card_image";
+            only_keys(image, ctx, &["url", "aspect_ratio"])?;
+            require(image, ctx, "url")?;
+            url_field(image, ctx, "url", false, 40058)?;
+            match image.get("aspect_ratio") {
+                None => {}
+                Some(v) if v.as_f64().is_some_and(|r| (1.3..=2.25).contains(&r)) => {}
+                Some(v) => bail!(
+                    40058,
+                    "invalid parameter: {ctx}.aspect_ratio must be a number in 1.3..=2.25: {v}"
+                ),
+            }
+        }
+        if let Some(area) = area {
+            let ctx = "template_card.image_text_area";
+            let keys = [
+                "type",
+                "url",
+                "appid",
+                "pagepath",
+                "title",
+                "desc",
+                "image_url",
+            ];
+            only_keys(area, ctx, &keys)?;
+            jump_target(area, ctx, 0, false)?;
+            opt_string(area, ctx, "title")?;
+            opt_string(area, ctx, "desc")?;
+            require(area, ctx, "image_url")?;
+            url_field(area, ctx, "image_url", false, 40058)?;
+        }
+        for (ctx, item) in list(card, ctx, "vertical_content_list", 4)? {
+            only_keys(item, &ctx, &["title", "desc"])?;
+            card_string(item, &ctx, "title")?;
+            opt_string(item, &ctx, "desc")?;
+        }
+    }
+    if let Some(quote) = object(card, ctx, "quote_area")? {
+        let ctx = "template_card.quote_area";
+        let keys = ["type", "url", "appid", "pagepath", "title", "quote_text"];
+        only_keys(quote, ctx, &keys)?;
+        jump_target(quote, ctx, 0, false)?;
+        opt_string(quote, ctx, "title")?;
+        opt_string(quote, ctx, "quote_text")?;
+    }
+    for (ctx, item) in list(card, ctx, "horizontal_content_list", 6)? {
+        let keys = ["type", "keyname", "value", "url", "media_id", "userid"];
+        only_keys(item, &ctx, &keys)?;
+        card_string(item, &ctx, "keyname")?;
+        opt_string(item, &ctx, "value")?;
+        let needs = match opt_int(item, &ctx, "type", 0, 3)? {
+            Some(1) => Some("url"),
+            Some(2) => Some("media_id"),
+            Some(3) => Some("userid"),
+            _ => None,
+        };
+        url_field(item, &ctx, "url", false, 40058)?;
+        opt_string(item, &ctx, "media_id")?;
+        opt_string(item, &ctx, "userid")?;
+        if let Some(key) = needs.filter(|k| !item.contains_key(*k)) {
+            bail!(
+                40058,
+                "invalid parameter: {ctx}.{key} missing, its type needs it"
+            );
+        }
+    }
+    for (ctx, item) in list(card, ctx, "jump_list", 3)? {
+        only_keys(item, &ctx, &["type", "title", "url", "appid", "pagepath"])?;
+        card_string(item, &ctx, "title")?;
+        jump_target(item, &ctx, 0, false)?;
+    }
+    let Some(action) = object(card, ctx, "card_action")? else {
+        bail!(
+            40058,
+            "invalid parameter: {card_type} needs template_card.card_action"
+        );
+    };
+    let ctx = "template_card.card_action";
+    only_keys(action, ctx, &["type", "url", "appid", "pagepath"])?;
+    jump_target(action, ctx, 1, true)?;
+    if let Some(menu) = object(card, "template_card", "action_menu")? {
+        let ctx = "template_card.action_menu";
+        only_keys(menu, ctx, &["desc", "action_list"])?;
+        opt_string(menu, ctx, "desc")?;
+        let actions = list(menu, ctx, "action_list", 3)?;
+        if actions.is_empty() {
+            bail!(
+                40058,
+                "invalid parameter: {ctx}.action_list needs 1..=3 actions"
+            );
+        }
+        for (ctx, action) in actions {
+            only_keys(action, &ctx, &["text", "key"])?;
+            card_string(action, &ctx, "text")?;
+            card_string(action, &ctx, "key")?;
+        }
+        if !card.contains_key("task_id") {
+            bail!(
+                40058,
+                "invalid parameter: template_card.task_id missing, action_menu needs it"
+            );
+        }
+    }
+    if let Some(task_id) = opt_string(card, "template_card", "task_id")? {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "_-@".contains(c);
+        if task_id.is_empty() || task_id.len() > 128 || !task_id.chars().all(allowed) {
+            bail!(
+                40058,
+                "invalid parameter: template_card.task_id must be 1..=128 bytes of letters, digits, _, - and @: {task_id:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A required, non-empty string inside a template_card (40058 like every card error).
+fn card_string(obj: &Obj, ctx: &str, key: &str) -> Result<(), Rej> {
+    match opt_string(obj, ctx, key)? {
+        Some("") => bail!(40058, "invalid parameter: {ctx}.{key} is empty"),
+        Some(_) => Ok(()),
+        None => bail!(40058, "invalid parameter: {ctx}.{key} missing"),
+    }
+}
+
+/// Inside a template_card a missing field is 40058 like every other card error.
+fn require(obj: &Obj, ctx: &str, key: &str) -> Result<(), Rej> {
+    match obj.contains_key(key) {
+        true => Ok(()),
+        false => bail!(40058, "invalid parameter: {ctx}.{key} missing"),
+    }
+}
+
+/// A click target: `type` (absent = 0 unless `required`) from `min` to 2; 1 needs an http(s)
+/// `url`, 2 a mini-program `appid` (`pagepath` optional).
+fn jump_target(obj: &Map<String, Value>, ctx: &str, min: i64, required: bool) -> Result<(), Rej> {
+    let kind = match opt_int(obj, ctx, "type", min, 2)? {
+        Some(kind) => kind,
+        None if required => bail!(40058, "invalid parameter: {ctx}.type missing"),
+        None => 0,
+    };
+    if kind == 1 {
+        require(obj, ctx, "url")?;
+    }
+    url_field(obj, ctx, "url", false, 40058)?;
+    if kind == 2 {
+        card_string(obj, ctx, "appid")?;
+    } else {
+        opt_string(obj, ctx, "appid")?;
+    }
+    opt_string(obj, ctx, "pagepath")?;
+    Ok(())
 }
 
 fn only_keys(obj: &Map<String, Value>, ctx: &str, allowed: &[&str]) -> Result<(), Rej> {
@@ -833,24 +1147,139 @@ fn only_keys(obj: &Map<String, Value>, ctx: &str, allowed: &[&str]) -> Result<()
     }
 }
 
+/// A required, non-empty string of at most `max` bytes (over it: 45002, as `message/send` says).
 fn string_field(obj: &Map<String, Value>, ctx: &str, key: &str, max: usize) -> Result<(), Rej> {
+    limited_string(obj, ctx, key, max, 45002)
+}
+
+/// A required, non-empty string of at most `max` bytes; over it, errcode `too_long`.
+fn limited_string(
+    obj: &Map<String, Value>,
+    ctx: &str,
+    key: &str,
+    max: usize,
+    too_long: i64,
+) -> Result<(), Rej> {
+    match opt_string(obj, ctx, key)? {
+        Some("") => bail!(44004, "empty content: {ctx}.{key} is empty"),
+        Some(s) => check_len(ctx, key, s, max, too_long),
+        None => bail!(44004, "empty content: {ctx}.{key} missing"),
+    }
+}
+
+fn check_len(ctx: &str, key: &str, s: &str, max: usize, too_long: i64) -> Result<(), Rej> {
+    if s.len() > max {
+        let (n, what) = (s.len(), errmsg_base(too_long));
+        bail!(too_long, "{what}: {ctx}.{key} has {n} bytes, limit {max}");
+    }
+    Ok(())
+}
+
+/// The string at `key`, `None` when absent; anything but a string is refused.
+fn opt_string<'a>(
+    obj: &'a Map<String, Value>,
+    ctx: &str,
+    key: &str,
+) -> Result<Option<&'a str>, Rej> {
     match obj.get(key) {
-        Some(Value::String(s)) if s.is_empty() => {
-            bail!(44004, "empty content: {ctx}.{key} is empty")
-        }
-        Some(Value::String(s)) if s.len() > max => {
-            let n = s.len();
-            bail!(
-                45002,
-                "content size out of limit: {ctx}.{key} has {n} bytes, limit {max}"
-            );
-        }
-        Some(Value::String(_)) => Ok(()),
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
         Some(v) => bail!(
             40058,
             "invalid parameter: {ctx}.{key} must be a string, got {v}"
         ),
-        None => bail!(44004, "empty content: {ctx}.{key} missing"),
+    }
+}
+
+/// An http(s) URL of at most 2048 bytes (over it: `too_long`), required or optional.
+fn url_field(
+    obj: &Map<String, Value>,
+    ctx: &str,
+    key: &str,
+    required: bool,
+    too_long: i64,
+) -> Result<(), Rej> {
+    let url = match opt_string(obj, ctx, key)? {
+        Some(url) => url,
+        None if required => bail!(44004, "empty content: {ctx}.{key} missing"),
+        None => return Ok(()),
+    };
+    let lower = url.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        bail!(
+            40058,
+            "invalid parameter: {ctx}.{key} must be an http(s) URL: {url:?}"
+        );
+    }
+    check_len(ctx, key, url, 2048, too_long)
+}
+
+/// The object at `key`, `None` when absent.
+fn object<'a>(
+    obj: &'a Map<String, Value>,
+    ctx: &str,
+    key: &str,
+) -> Result<Option<&'a Map<String, Value>>, Rej> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(v) => bail!(
+            40058,
+            "invalid parameter: {ctx}.{key} must be an object, got {v}"
+        ),
+    }
+}
+
+/// The objects of the array at `key` (at most `max`; absent = none), each with its own context.
+fn list<'a>(
+    obj: &'a Map<String, Value>,
+    ctx: &str,
+    key: &str,
+    max: usize,
+) -> Result<Vec<(String, &'a Obj)>, Rej> {
+    let items = match obj.get(key) {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(v) => bail!(
+            40058,
+            "invalid parameter: {ctx}.{key} must be an array, got {v}"
+        ),
+    };
+    if items.len() > max {
+        let n = items.len();
+        bail!(
+            40058,
+            "invalid parameter: {ctx}.{key} has {n} items, limit {max}"
+        );
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let ctx = format!("{ctx}.{key}[{i}]");
+        match item {
+            Value::Object(m) => out.push((ctx, m)),
+            v => bail!(40058, "invalid parameter: {ctx} must be an object, got {v}"),
+        }
+    }
+    Ok(out)
+}
+
+/// An optional integer in `lo..=hi`.
+fn opt_int(
+    obj: &Map<String, Value>,
+    ctx: &str,
+    key: &str,
+    lo: i64,
+    hi: i64,
+) -> Result<Option<i64>, Rej> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(v) => match v.as_i64().filter(|n| (lo..=hi).contains(n)) {
+            Some(n) => Ok(Some(n)),
+            None => bail!(
+                40058,
+                "invalid parameter: {ctx}.{key} must be an integer in {lo}..={hi}: {v}"
+            ),
+        },
     }
 }
 
@@ -880,6 +1309,7 @@ fn errmsg_base(code: i64) -> &'static str {
         42001 => "access_token expired",
         44004 => "empty content",
         45002 => "content size out of limit",
+        45008 => "article size out of limit",
         45009 => "api freq out of limit",
         45033 => "api concurrent out of limit",
         47001 => "data format error",
