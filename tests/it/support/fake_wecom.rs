@@ -1,6 +1,6 @@
 //! Owns the fake WeCom server of the tests and benchmarks: a strict `gettoken`, `message/send`
-//! (text, textcard, markdown, news, template_card) and `message/recall` on 127.0.0.1:0, with
-//! scripted replies, chaos, holds and real drops.
+//! (text, textcard, markdown, news, template_card), `message/recall` and group robot
+//! `webhook/send` on 127.0.0.1:0, with scripted replies, chaos, holds and real drops.
 //!
 //! Design notes:
 //! - The server is `axum::serve` over a custom [`Listener`] whose connections carry a kill switch
@@ -16,6 +16,18 @@
 //! - Every request of any endpoint counts as in flight from its arrival until its answer is
 //!   ready (`max_in_flight` keeps the most seen at once), and every accepted TCP connection is
 //!   counted (`connections`): the two figures a concurrency limit like WeCom's 45033 looks at.
+//! - Group robots (`webhook/send?key=`) are a second, separate record: `robot_requests`,
+//!   `robot_messages` and `robot_calls` are robot-only, and `messages`, `all_requests` and
+//!   `send_calls` stay application-only. What the two share: `hold_sends` holds both (and
+//!   `sends_waiting` counts both), `set_chaos` applies to both, the in-flight and connection
+//!   counts cover both. Robot scripted replies have their own queue (`script_robot`).
+//! - A robot has no duplicate check and no msgid: every accepted body is delivered, even an
+//!   identical repeat (`Outcome::Delivered` with an empty `msgid`). It takes `robot_limit`
+//!   messages (default 20) per rolling `robot_window` (default 60 s, measured on the monotonic
+//!   clock, so no test depends on the date); only accepted messages count toward the limit, and
+//!   the next one is refused with 45009 until the oldest leaves the window.
+//! - The robot key is never written into an errmsg (WeCom's own 93000 does not echo it), so a
+//!   client that logs errmsg cannot leak the key because of the fake.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -58,8 +70,23 @@ pub struct Received {
     pub outcome: Outcome,
 }
 
+/// One `webhook/send` POST (group robot) as the fake saw it.
+#[derive(Debug, Clone)]
+pub struct RobotReceived {
+    pub at: SystemTime,
+    /// The `key` query parameter, empty when missing (known or not: see `outcome`).
+    pub key: String,
+    /// The body exactly as received (lossy UTF-8).
+    pub raw: String,
+    /// The parsed body, `Null` if it did not parse.
+    pub json: Value,
+    /// Never `Duplicate`; `Delivered` has an empty `msgid` (robots have none).
+    pub outcome: Outcome,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// For a robot message, `msgid` is empty: WeCom gives robots none.
     Delivered {
         msgid: String,
     },
@@ -69,7 +96,7 @@ pub enum Outcome {
         errcode: i64,
         reason: String,
     },
-    /// Answered by `script_send` or by a chaos fault; not delivered.
+    /// Answered by `script_send` / `script_robot` or by a chaos fault; not delivered.
     Scripted,
 }
 
@@ -92,7 +119,8 @@ pub enum Reply {
     Delay(Duration, Box<Reply>),
 }
 
-/// Random faults on `message/send`, each a fraction in 0..=1 of all sends.
+/// Random faults on `message/send` and robot `webhook/send`, each a fraction in 0..=1 of all
+/// sends (a scripted reply, when queued, goes first).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Chaos {
     /// errcode -1 "system busy".
@@ -105,7 +133,8 @@ pub struct Chaos {
     pub lost_answer_fraction: f64,
 }
 
-/// While alive, `message/send` requests wait after arriving. Drop or `release` to let them go.
+/// While alive, `message/send` and robot `webhook/send` requests wait after arriving. Drop or
+/// `release` to let them go.
 pub struct Hold {
     shared: Arc<Shared>,
 }
@@ -205,7 +234,39 @@ struct Inner {
     recall_delay: Duration,
     /// (corp_id, agent_id, json_hash) → indexes of delivered entries of `requests`.
     delivered_index: HashMap<(String, i64, u64), Vec<usize>>,
+    /// Held `message/send` requests.
     waiting: usize,
+    /// Registered robot keys.
+    robots: HashSet<String>,
+    /// Every `webhook/send` that arrived, counted at arrival.
+    robot_calls: usize,
+    robot_requests: Vec<RobotReceived>,
+    robot_script: VecDeque<Reply>,
+    robot_delay: Duration,
+    /// Rolling rate limit: at most `robot_limit` accepted messages per `robot_window`.
+    robot_window: Duration,
+    robot_limit: usize,
+    /// Per key, when each message still inside the window was accepted.
+    robot_accepted: HashMap<String, VecDeque<Instant>>,
+    robot_refusals_45009: usize,
+    /// Held `webhook/send` requests.
+    robot_waiting: usize,
+}
+
+/// Which kind of send a held request is, for the waiting counts.
+#[derive(Clone, Copy)]
+enum Side {
+    App,
+    Robot,
+}
+
+impl Inner {
+    fn waiting_mut(&mut self, side: Side) -> &mut usize {
+        match side {
+            Side::App => &mut self.waiting,
+            Side::Robot => &mut self.robot_waiting,
+        }
+    }
 }
 
 /// (errcode, precise reason)
@@ -223,6 +284,8 @@ impl FakeWeCom {
         let addr = listener.local_addr().expect("fake WeCom: local_addr");
         let inner = Inner {
             ttl: 7200,
+            robot_window: Duration::from_secs(60),
+            robot_limit: 20,
             ..Inner::default()
         };
         let connections = Arc::new(AtomicUsize::new(0));
@@ -237,6 +300,7 @@ impl FakeWeCom {
             .route("/cgi-bin/gettoken", get(gettoken))
             .route("/cgi-bin/message/send", post(send))
             .route("/cgi-bin/message/recall", post(recall))
+            .route("/cgi-bin/webhook/send", post(robot_send))
             .fallback(|| async { StatusCode::NOT_FOUND })
             .with_state(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();
@@ -286,7 +350,7 @@ impl FakeWeCom {
         self.shared.lock().send_calls
     }
 
-    /// The most requests (gettoken, send and recall together) that were in flight at once.
+    /// The most requests (every endpoint, robots included) that were in flight at once.
     pub fn max_in_flight(&self) -> usize {
         self.shared.max_in_flight.load(Ordering::SeqCst)
     }
@@ -347,6 +411,7 @@ impl FakeWeCom {
         self.shared.lock().send_delay = d;
     }
 
+    /// Holds `message/send` and robot `webhook/send` requests until the `Hold` goes.
     pub fn hold_sends(&self) -> Hold {
         self.shared.holds.send_modify(|n| *n += 1);
         Hold {
@@ -354,8 +419,15 @@ impl FakeWeCom {
         }
     }
 
+    /// Held requests right now, application and robot sends together.
     pub fn sends_waiting(&self) -> usize {
-        self.shared.lock().waiting
+        let inner = self.shared.lock();
+        inner.waiting + inner.robot_waiting
+    }
+
+    /// Held robot `webhook/send` requests right now.
+    pub fn robot_sends_waiting(&self) -> usize {
+        self.shared.lock().robot_waiting
     }
 
     /// Polls every 10 ms until `messages().len() >= n` and returns `messages()`; fails the
@@ -408,6 +480,78 @@ impl FakeWeCom {
 
     pub fn set_unknown_tags(&self, tags: &[&str]) {
         self.shared.lock().unknown_tags = tags.iter().map(|t| t.to_string()).collect();
+    }
+
+    // ------------------------------------------------------------ group robots
+
+    /// Registers a group robot: `webhook/send?key=KEY` now answers for it (any other key: 93000).
+    pub fn add_robot(&self, key: &str) {
+        self.shared.lock().robots.insert(key.to_owned());
+    }
+
+    /// Robot `webhook/send` requests that arrived, counted at once (before any hold).
+    pub fn robot_calls(&self) -> usize {
+        self.shared.lock().robot_calls
+    }
+
+    /// Every robot request whose outcome is known, in order, whatever the outcome.
+    pub fn robot_requests(&self) -> Vec<RobotReceived> {
+        self.shared.lock().robot_requests.clone()
+    }
+
+    /// Robot messages delivered into their group, in order.
+    pub fn robot_messages(&self) -> Vec<RobotReceived> {
+        let inner = self.shared.lock();
+        let delivered = inner.robot_requests.iter();
+        delivered
+            .filter(|r| matches!(r.outcome, Outcome::Delivered { .. }))
+            .cloned()
+            .collect()
+    }
+
+    /// The next robot `webhook/send` is answered with `r` (nothing is delivered, nothing counts
+    /// toward the rate limit).
+    pub fn script_robot(&self, r: Reply) {
+        self.shared.lock().robot_script.push_back(r);
+    }
+
+    /// Every robot answer is delayed by `d` after it is decided.
+    pub fn set_robot_delay(&self, d: Duration) {
+        self.shared.lock().robot_delay = d;
+    }
+
+    /// The rolling window of the robot rate limit (default 60 s).
+    pub fn set_robot_window(&self, window: Duration) {
+        self.shared.lock().robot_window = window;
+    }
+
+    /// Accepted messages per robot per window (default 20); the next is refused with 45009.
+    pub fn set_robot_limit(&self, limit: usize) {
+        self.shared.lock().robot_limit = limit;
+    }
+
+    /// Robot messages refused with 45009 by the rate limit (scripted 45009s are not counted).
+    pub fn robot_refusals_45009(&self) -> usize {
+        self.shared.lock().robot_refusals_45009
+    }
+
+    /// Polls every 10 ms until `robot_messages().len() >= n` and returns `robot_messages()`;
+    /// fails the test after `timeout`.
+    pub async fn wait_for_robot_messages(&self, n: usize, timeout: Duration) -> Vec<RobotReceived> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let messages = self.robot_messages();
+            if messages.len() >= n {
+                return messages;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} robot message(s) delivered within {timeout:?}, expected {n}",
+                    messages.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -465,7 +609,7 @@ async fn send(
     };
     // Detached: see the module notes.
     let task = tokio::spawn(async move {
-        wait_while_held(&shared).await;
+        wait_while_held(&shared, Side::App).await;
         let mut inner = shared.lock();
         let token = q.get("access_token").cloned().unwrap_or_default();
         let (corp_id, agent_id) = match inner.tokens.get(&token) {
@@ -549,19 +693,85 @@ async fn recall(
     render(reply, &conn).await
 }
 
-async fn wait_while_held(shared: &Shared) {
-    struct Waiting<'a>(&'a Shared);
+/// Robot `webhook/send`: the same detached processing, holds, scripts, chaos and in-flight
+/// count as `message/send`, with its own record (see the module notes).
+async fn robot_send(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    Query(q): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let at = SystemTime::now();
+    let in_flight = InFlight::enter(&shared);
+    let scripted = {
+        let mut inner = shared.lock();
+        inner.robot_calls += 1;
+        inner.robot_script.pop_front()
+    };
+    // Detached: see the module notes.
+    let task = tokio::spawn(async move {
+        wait_while_held(&shared, Side::Robot).await;
+        let mut inner = shared.lock();
+        let mut rec = RobotReceived {
+            at,
+            key: q.get("key").cloned().unwrap_or_default(),
+            raw: String::from_utf8_lossy(&body).into_owned(),
+            json: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            outcome: Outcome::Scripted,
+        };
+        let lose_answer = rand::rng().random::<f64>() < inner.chaos.lost_answer_fraction;
+        let reply = match scripted.or_else(|| inner.chaos_fault()) {
+            Some(r) => r,
+            None => Reply::Json(match inner.try_robot_send(&rec, &headers) {
+                Ok(()) => {
+                    rec.outcome = Outcome::Delivered {
+                        msgid: String::new(),
+                    };
+                    json!({"errcode": 0, "errmsg": "ok"})
+                }
+                Err((errcode, reason)) => {
+                    let v = err_json(errcode, &reason);
+                    rec.outcome = Outcome::Rejected { errcode, reason };
+                    v
+                }
+            }),
+        };
+        let reply = match reply {
+            Reply::Json(_) if lose_answer => Reply::Drop,
+            other => other,
+        };
+        inner.robot_requests.push(rec);
+        (reply, inner.robot_delay)
+    });
+    let (reply, delay) = match task.await {
+        Ok(done) => done,
+        Err(e) => (
+            Reply::Http(500, format!("fake WeCom task failed: {e}")),
+            Duration::ZERO,
+        ),
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let response = render(reply, &conn).await;
+    drop(in_flight);
+    response
+}
+
+async fn wait_while_held(shared: &Shared, side: Side) {
+    struct Waiting<'a>(&'a Shared, Side);
     impl Drop for Waiting<'_> {
         fn drop(&mut self) {
-            self.0.lock().waiting -= 1;
+            *self.0.lock().waiting_mut(self.1) -= 1;
         }
     }
     let mut rx = shared.holds.subscribe();
     if *rx.borrow_and_update() == 0 {
         return;
     }
-    shared.lock().waiting += 1;
-    let _waiting = Waiting(shared);
+    *shared.lock().waiting_mut(side) += 1;
+    let _waiting = Waiting(shared, side);
     let _ = rx.wait_for(|n| *n == 0).await;
 }
 
@@ -584,8 +794,26 @@ const SEND_KEYS: &str = "touser toparty totag msgtype agentid text textcard mark
 /// The application message types, each also the name of its key.
 const APP_TYPES: [&str; 5] = ["text", "textcard", "markdown", "news", "template_card"];
 
+/// The robot message types, each also the name of its key.
+const ROBOT_TYPES: [&str; 3] = ["text", "markdown", "news"];
+
+/// Application-envelope fields, which a robot body must not carry.
+const APP_ONLY_KEYS: [&str; 8] = [
+    "agentid",
+    "touser",
+    "toparty",
+    "totag",
+    "safe",
+    "enable_id_trans",
+    "enable_duplicate_check",
+    "duplicate_check_interval",
+];
+
 /// The errcodes a side answers for a limit. `message/send` says 45002 (content size out of
-/// limit) for a string over its byte limit and 45008 for a news message outside 1..=8 articles.
+/// limit) for a string over its byte limit and 45008 for a news message outside 1..=8 articles;
+/// the robot webhook answers every oversized or malformed parameter with 40058 "invalid Request
+/// Parameter" (live answers read "markdown.content exceed max length 4096. invalid Request
+/// Parameter"), which the design notes name for robot markdown.
 #[derive(Clone, Copy)]
 struct Limits {
     too_long: i64,
@@ -595,6 +823,11 @@ struct Limits {
 const APP_LIMITS: Limits = Limits {
     too_long: 45002,
     too_many: 45008,
+};
+
+const ROBOT_LIMITS: Limits = Limits {
+    too_long: 40058,
+    too_many: 40058,
 };
 
 impl Inner {
@@ -740,6 +973,38 @@ impl Inner {
         Ok(out)
     }
 
+    /// A robot `webhook/send`: key, body, then the rolling rate limit (only accepted messages
+    /// count, so a refused body does not use up the robot's minute).
+    fn try_robot_send(&mut self, rec: &RobotReceived, headers: &HeaderMap) -> Result<(), Rej> {
+        // Never name the key in a reason: it would reach the client's errmsg (module notes).
+        if rec.key.is_empty() {
+            bail!(93000, "invalid webhook url: key missing");
+        }
+        if !self.robots.contains(&rec.key) {
+            bail!(93000, "invalid webhook url: no robot has this key");
+        }
+        let obj = json_object(headers, rec.raw.as_bytes())?;
+        validate_robot(&obj)?;
+        let (now, window, limit) = (Instant::now(), self.robot_window, self.robot_limit);
+        let accepted = self.robot_accepted.entry(rec.key.clone()).or_default();
+        while accepted
+            .front()
+            .is_some_and(|&t| now.duration_since(t) >= window)
+        {
+            accepted.pop_front();
+        }
+        if accepted.len() >= limit {
+            self.robot_refusals_45009 += 1;
+            bail!(
+                45009,
+                "api freq out of limit: this robot took {} messages in the last {window:?}, limit {limit}",
+                accepted.len()
+            );
+        }
+        accepted.push_back(now);
+        Ok(())
+    }
+
     fn try_recall(
         &mut self,
         token: Option<&String>,
@@ -862,6 +1127,63 @@ fn validate_message(obj: &Map<String, Value>, agent_id: i64) -> Result<(), Rej> 
     int_field(obj, "enable_id_trans", 0, 1)?;
     int_field(obj, "enable_duplicate_check", 0, 1)?;
     int_field(obj, "duplicate_check_interval", 1, 14400)
+}
+
+/// A robot body: `msgtype` and its one type key, nothing else.
+///
+/// A field a robot does not take is refused with 40058, not 40035 or 40008: 40058 is what the
+/// webhook answers for the parameters it does check (see [`Limits`]) and what `message/send`
+/// answers for an unknown key; 40008 means a bad `msgtype` value (used for that) and 40035 is
+/// not in WeCom's global errcode table. Whatever WeCom does with an extra field, the fake refuses
+/// it so that a client that sends an application envelope to a robot is caught, with the field
+/// named in the reason.
+fn validate_robot(obj: &Map<String, Value>) -> Result<(), Rej> {
+    let msgtype = match obj.get("msgtype") {
+        Some(Value::String(t)) if ROBOT_TYPES.contains(&t.as_str()) => t.as_str(),
+        got => {
+            let got = got.map_or("nothing".to_owned(), Value::to_string);
+            bail!(
+                40008,
+                "invalid message type: {got}, a robot takes one of {}",
+                ROBOT_TYPES.join(", ")
+            );
+        }
+    };
+    if let Some(key) = obj.keys().find(|k| *k != "msgtype" && *k != msgtype) {
+        if APP_ONLY_KEYS.contains(&key.as_str()) {
+            bail!(
+                40058,
+                "invalid parameter: {key} is an application message field; a robot body has only msgtype and {msgtype}"
+            );
+        }
+        if APP_TYPES.contains(&key.as_str()) {
+            bail!(40058, "invalid parameter: {key} (msgtype is {msgtype})");
+        }
+        bail!(40058, "invalid parameter: {key}");
+    }
+    let body = match obj.get(msgtype) {
+        Some(Value::Object(m)) => m,
+        Some(v) => bail!(
+            40058,
+            "invalid parameter: {msgtype} must be an object, got {v}"
+        ),
+        None => bail!(44004, "empty content: msgtype needs {msgtype:?}"),
+    };
+    let too_long = ROBOT_LIMITS.too_long;
+    match msgtype {
+        "text" => {
+            let keys = ["content", "mentioned_list", "mentioned_mobile_list"];
+            only_keys(body, "text", &keys)?;
+            limited_string(body, "text", "content", 2048, too_long)?;
+            string_list(body, "text", "mentioned_list")?;
+            string_list(body, "text", "mentioned_mobile_list")
+        }
+        "markdown" => {
+            only_keys(body, "markdown", &["content"])?;
+            limited_string(body, "markdown", "content", 4096, too_long)
+        }
+        _ => news_articles(body, "news", ROBOT_LIMITS),
+    }
 }
 
 /// `{"articles": [...]}`, 1..=8 articles of title ≤ 128 bytes, description ≤ 512 bytes
@@ -1214,6 +1536,24 @@ fn url_field(
     check_len(ctx, key, url, 2048, too_long)
 }
 
+/// An optional array of strings (robot `mentioned_list`, `mentioned_mobile_list`).
+fn string_list(obj: &Map<String, Value>, ctx: &str, key: &str) -> Result<(), Rej> {
+    match obj.get(key) {
+        None => Ok(()),
+        Some(Value::Array(items)) => match items.iter().find(|v| !v.is_string()) {
+            Some(v) => bail!(
+                40058,
+                "invalid parameter: {ctx}.{key} must hold strings only, got {v}"
+            ),
+            None => Ok(()),
+        },
+        Some(v) => bail!(
+            40058,
+            "invalid parameter: {ctx}.{key} must be an array of strings, got {v}"
+        ),
+    }
+}
+
 /// The object at `key`, `None` when absent.
 fn object<'a>(
     obj: &'a Map<String, Value>,
@@ -1317,6 +1657,7 @@ fn errmsg_base(code: i64) -> &'static str {
         60020 => "not allow to access from your ip",
         81013 => "user & party & tag all invalid",
         82001 => "All touser & toparty & totag invalid",
+        93000 => "invalid webhook url",
         301002 => "not allow operate another agent with this accesstoken.",
         _ => "unknown error",
     }
