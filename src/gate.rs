@@ -20,8 +20,20 @@ pub const PER_MEMBER_PER_MINUTE: usize = 30;
 /// ... and at most this many an hour.
 pub const PER_MEMBER_PER_HOUR: usize = 1000;
 
+/// WeCom takes at most this many messages a minute from one group robot (then 45009).
+pub const ROBOT_PER_MINUTE: u32 = 20;
+/// The window a robot's messages are counted in: a minute, and a second of margin for the
+/// time a request takes to arrive (two sends 60.0 s apart here may arrive 59.9 s apart there).
+pub const ROBOT_WINDOW: Duration = Duration::from_secs(61);
+
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
+
+/// An application's limits per member.
+const APP_LIMITS: &[(Duration, usize)] =
+    &[(MINUTE, PER_MEMBER_PER_MINUTE), (HOUR, PER_MEMBER_PER_HOUR)];
+/// A group robot's limit (every message counts: the robot's group is its one audience).
+const ROBOT_LIMITS: &[(Duration, usize)] = &[(ROBOT_WINDOW, ROBOT_PER_MINUTE as usize)];
 
 /// Who a message reaches, as far as the per-member limits can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,27 +56,55 @@ impl Audience {
         members.dedup();
         Audience { everyone, members }
     }
+
+    /// Everyone at once: a group robot's message, which its whole group reads.
+    pub fn everyone() -> Audience {
+        Audience {
+            everyone: true,
+            members: Vec::new(),
+        }
+    }
 }
 
 /// Send times of the last hour, per member and for messages to everyone. Checking a send costs
 /// a few steps per recipient, however many messages the app sent to others.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Ledger {
+    /// `(window, most messages in it)`; the longest window is the last.
+    limits: &'static [(Duration, usize)],
     by_member: HashMap<String, VecDeque<Instant>>,
     everyone: VecDeque<Instant>,
     recorded: u64,
 }
 
 impl Ledger {
+    fn new(limits: &'static [(Duration, usize)]) -> Ledger {
+        Ledger {
+            limits,
+            by_member: HashMap::new(),
+            everyone: VecDeque::new(),
+            recorded: 0,
+        }
+    }
+
+    /// The longest window: times older than it count for nothing.
+    fn horizon(&self) -> Duration {
+        self.limits.iter().map(|(w, _)| *w).max().unwrap_or(HOUR)
+    }
+}
+
+impl Ledger {
     /// When one more message to `audience` fits within the limits; `None` if it fits now.
     fn blocked_until(&mut self, audience: &Audience, now: Instant) -> Option<Instant> {
-        prune(&mut self.everyone, now);
+        let horizon = self.horizon();
+        prune(&mut self.everyone, now, horizon);
         let empty = VecDeque::new();
         let everyone = &self.everyone;
+        let limits = self.limits;
         let full = |mine: &VecDeque<Instant>| {
-            [(MINUTE, PER_MEMBER_PER_MINUTE), (HOUR, PER_MEMBER_PER_HOUR)]
-                .into_iter()
-                .filter_map(|(window, limit)| full_until(mine, everyone, window, limit, now))
+            limits
+                .iter()
+                .filter_map(|&(window, limit)| full_until(mine, everyone, window, limit, now))
                 .max()
         };
         if audience.everyone {
@@ -80,12 +120,13 @@ impl Ledger {
     }
 
     fn record(&mut self, audience: &Audience, now: Instant) {
+        let horizon = self.horizon();
         if audience.everyone {
             self.everyone.push_back(now);
         } else {
             for member in &audience.members {
                 let times = self.by_member.entry(member.clone()).or_default();
-                prune(times, now);
+                prune(times, now, horizon);
                 times.push_back(now);
             }
         }
@@ -93,7 +134,7 @@ impl Ledger {
         if self.recorded.is_multiple_of(SWEEP_EVERY) {
             // Members nobody wrote to for an hour leave the ledger.
             self.by_member.retain(|_, times| {
-                prune(times, now);
+                prune(times, now, horizon);
                 !times.is_empty()
             });
         }
@@ -103,11 +144,11 @@ impl Ledger {
 /// How often (in recorded messages) the ledger forgets idle members.
 const SWEEP_EVERY: u64 = 1024;
 
-/// Drops the times older than an hour (the longest window) from a time-ordered queue.
-fn prune(times: &mut VecDeque<Instant>, now: Instant) {
+/// Drops the times older than `horizon` (the longest window) from a time-ordered queue.
+fn prune(times: &mut VecDeque<Instant>, now: Instant, horizon: Duration) {
     while times
         .front()
-        .is_some_and(|at| now.duration_since(*at) >= HOUR)
+        .is_some_and(|at| now.duration_since(*at) >= horizon)
     {
         times.pop_front();
     }
@@ -137,14 +178,33 @@ fn full_until(
     newest_first.nth(limit - 1).map(|at| *at + window)
 }
 
-/// One app's gate.
-#[derive(Debug, Default)]
+/// One destination's gate: an app's, or a group robot's.
+#[derive(Debug)]
 pub struct AppGate {
     paused_until: Mutex<Option<Instant>>,
     ledger: Mutex<Ledger>,
 }
 
+impl Default for AppGate {
+    /// An application's gate (per-member limits).
+    fn default() -> Self {
+        AppGate::with_limits(APP_LIMITS)
+    }
+}
+
 impl AppGate {
+    fn with_limits(limits: &'static [(Duration, usize)]) -> AppGate {
+        AppGate {
+            paused_until: Mutex::new(None),
+            ledger: Mutex::new(Ledger::new(limits)),
+        }
+    }
+
+    /// A group robot's gate: 20 messages a minute, whoever they mention.
+    pub fn for_robot() -> AppGate {
+        AppGate::with_limits(ROBOT_LIMITS)
+    }
+
     /// Waits while the app is paused. Re-checks after waking, since the pause may have grown.
     pub async fn wait(&self) {
         loop {

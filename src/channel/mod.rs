@@ -10,6 +10,7 @@
 //! - whether a sent message **can be recalled**.
 
 pub mod app;
+pub mod robot;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{App, Schedule};
+use crate::config::{App, Robot, Schedule};
 use crate::message::Content;
 
 /// One destination of sends.
@@ -25,6 +26,8 @@ use crate::message::Content;
 pub enum Channel {
     /// A WeCom application (`message/send`): exactly once, through the duplicate check.
     App(Arc<App>),
+    /// A group robot's webhook: at most once, since a robot has no duplicate check.
+    Robot(Arc<Robot>),
 }
 
 /// A limit WeCom enforces on a destination: at most `count` messages per `per`.
@@ -50,16 +53,39 @@ pub const APP_MEMBER_LIMITS: [RateLimit; 2] = [
     },
 ];
 
+/// A group robot's limit: WeCom refuses the 21st message within a minute with 45009.
+pub const ROBOT_LIMITS: [RateLimit; 1] = [RateLimit {
+    scope: "per robot",
+    count: crate::gate::ROBOT_PER_MINUTE,
+    per: Duration::from_secs(60),
+}];
+
 impl Channel {
-    /// The channel `schedule` sends through, in the config whose apps are `apps`.
-    pub fn for_schedule(schedule: &Schedule, apps: &BTreeMap<String, Arc<App>>) -> Option<Channel> {
-        apps.get(&schedule.app).cloned().map(Channel::App)
+    /// The channel `schedule` sends through, in the config whose apps and robots these are.
+    pub fn for_schedule(
+        schedule: &Schedule,
+        apps: &BTreeMap<String, Arc<App>>,
+        robots: &BTreeMap<String, Arc<Robot>>,
+    ) -> Option<Channel> {
+        match &schedule.robot {
+            Some(robot) => robots.get(robot).cloned().map(Channel::Robot),
+            None => apps.get(&schedule.app).cloned().map(Channel::App),
+        }
     }
 
-    /// The destination's name in the config (the `app` column).
+    /// The destination's name in the config.
     pub fn name(&self) -> &str {
         match self {
             Channel::App(app) => &app.name,
+            Channel::Robot(robot) => &robot.name,
+        }
+    }
+
+    /// "app ops" / "robot oncall-group", for logs and messages (never a key).
+    pub fn describe(&self) -> String {
+        match self {
+            Channel::App(app) => format!("app {}", app.name),
+            Channel::Robot(robot) => format!("robot {}", robot.name),
         }
     }
 
@@ -67,6 +93,7 @@ impl Channel {
     pub fn agent_id(&self) -> i64 {
         match self {
             Channel::App(app) => app.agent_id,
+            Channel::Robot(_) => 0,
         }
     }
 
@@ -74,6 +101,7 @@ impl Channel {
     pub fn body(&self, schedule: &Schedule, content: &Content) -> String {
         match self {
             Channel::App(app) => app::body(app.agent_id, schedule, content),
+            Channel::Robot(_) => robot::body(schedule, content),
         }
     }
 
@@ -91,6 +119,7 @@ impl Channel {
             Channel::App(_) => Some(Duration::from_secs(u64::from(
                 schedule.duplicate_check_interval,
             ))),
+            Channel::Robot(_) => None,
         }
     }
 
@@ -98,6 +127,7 @@ impl Channel {
     pub fn rate_limits(&self) -> &'static [RateLimit] {
         match self {
             Channel::App(_) => &APP_MEMBER_LIMITS,
+            Channel::Robot(_) => &ROBOT_LIMITS,
         }
     }
 
@@ -105,6 +135,7 @@ impl Channel {
     pub fn can_recall(&self) -> bool {
         match self {
             Channel::App(_) => true,
+            Channel::Robot(_) => false,
         }
     }
 }

@@ -51,9 +51,13 @@ pub fn run(globals: &Globals, next: usize, dry_run: bool, format: Format) -> Exi
 /// The text `check` prints for a valid config, listing the `next` slots after `now`.
 pub fn report(config: &Config, next: usize, now: DateTime<Utc>) -> String {
     let mut out = String::new();
+    let robots = match config.robots.len() {
+        0 => String::new(),
+        n => format!(", {n} robot(s)"),
+    };
     let _ = writeln!(
         out,
-        "{}: OK (digest {}, {} app(s), {} schedule(s), default zone {})",
+        "{}: OK (digest {}, {} app(s){robots}, {} schedule(s), default zone {})",
         config.path.display(),
         config.digest,
         config.apps.len(),
@@ -77,10 +81,28 @@ fn describe(
     now: DateTime<Utc>,
     next: usize,
 ) {
-    let app = config.app(&schedule.app);
+    let destination = match &schedule.robot {
+        Some(robot) => {
+            let mention = &schedule.mention;
+            let mut line = format!("robot {robot} (its group chat");
+            if !mention.users.is_empty() || !mention.mobiles.is_empty() {
+                let mut names = mention.users.clone();
+                names.extend(mention.mobiles.iter().cloned());
+                line.push_str(&format!(", mentions {}", names.join(", ")));
+            }
+            line.push_str("), at most once");
+            line
+        }
+        None => format!(
+            "app {} (agent {}), to {}",
+            schedule.app,
+            config.app(&schedule.app).map_or(0, |a| a.agent_id),
+            schedule.to.summary()
+        ),
+    };
     let _ = writeln!(
         out,
-        "{}{}\n  cron \"{}\" in {}, app {} (agent {}), to {}, {}",
+        "{}{}\n  cron \"{}\" in {}, {destination}, {}",
         schedule.name,
         if schedule.enabled {
             ""
@@ -89,9 +111,6 @@ fn describe(
         },
         schedule.cron.as_str(),
         schedule.zone.name(),
-        schedule.app,
-        app.map_or(0, |a| a.agent_id),
-        schedule.to.summary(),
         schedule.message.msgtype(),
     );
     let slots = schedule.upcoming(now, next);

@@ -64,6 +64,7 @@ fn problem(p: &Problem) -> Value {
     let (subject, name) = match &p.subject {
         Subject::File => ("file", None),
         Subject::App(name) => ("app", Some(name.as_str())),
+        Subject::Robot(name) => ("robot", Some(name.as_str())),
         Subject::Calendar(name) => ("calendar", Some(name.as_str())),
         Subject::Schedule(name) => ("schedule", Some(name.as_str())),
     };
@@ -86,9 +87,14 @@ fn schedule(config: &Config, s: &Schedule, next: usize, now: DateTime<Utc>) -> V
         "enabled": s.enabled,
         "cron": s.cron.as_str(),
         "zone": s.zone.name(),
-        "app": s.app,
+        "destination": match &s.robot {
+            Some(robot) => format!("robot {robot}"),
+            None => format!("app {}", s.app),
+        },
+        "app": s.robot.is_none().then_some(s.app.as_str()),
         "agent_id": config.app(&s.app).map(|a| a.agent_id),
-        "to": s.to.summary(),
+        "robot": s.robot,
+        "to": s.robot.is_none().then(|| s.to.summary()),
         "msgtype": s.message.msgtype(),
         "calendar": s.calendar.as_ref().map(|c| c.name.as_str()),
         "next": slots

@@ -152,6 +152,11 @@ pub fn check<'a>(
     if let Some(at) = &row.recalled_at {
         return Err(format!("history id {id} was already recalled at {at}"));
     }
+    if let Some(robot) = &row.robot {
+        return Err(format!(
+            "history id {id} was posted through group robot {robot}; WeCom cannot recall a robot's message (only an application's). Delete it in the group chat, or send a correction"
+        ));
+    }
     let Some(msgid) = row.msgid.as_deref().filter(|m| !m.is_empty()) else {
         let why = match row.status.as_str() {
             "dry_run" => "it was a dry run, which never reaches WeCom",

@@ -32,11 +32,12 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     };
-    let Some(channel) = Channel::for_schedule(&schedule, &config.apps) else {
-        eprintln!(
-            "error: schedule \"{name}\" names app \"{}\", which is not defined",
-            schedule.app
-        );
+    let Some(channel) = Channel::for_schedule(&schedule, &config.apps, &config.robots) else {
+        let (what, named) = match &schedule.robot {
+            Some(robot) => ("robot", robot.as_str()),
+            None => ("app", schedule.app.as_str()),
+        };
+        eprintln!("error: schedule \"{name}\" names {what} \"{named}\", which is not defined");
         return ExitCode::from(EXIT_CONFIG);
     };
     let store = match globals.open_store(&globals.database(Some(&config))) {

@@ -137,14 +137,15 @@ impl<'a> Entry<'a> {
         match serde_yaml::from_value::<T>(value.clone()) {
             Ok(parsed) => Field::Value(parsed),
             Err(e) => {
-                let message = if key.starts_with("secret") {
-                    format!(
-                        "must be a string; quote it (\"...\"), it is a {}",
-                        kind(value)
-                    )
-                } else {
-                    format!("{e}")
-                };
+                let message =
+                    if key.starts_with("secret") || key == "key" || key.starts_with("key_") {
+                        format!(
+                            "must be a string; quote it (\"...\"), it is a {}",
+                            kind(value)
+                        )
+                    } else {
+                        format!("{e}")
+                    };
                 report.error(self.subject, &self.name(key), message);
                 Field::Invalid
             }

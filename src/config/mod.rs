@@ -48,6 +48,8 @@ pub struct Config {
     /// The default zone of schedules.
     pub timezone: Tz,
     pub apps: BTreeMap<String, Arc<App>>,
+    /// `robots:`: group robots, by name.
+    pub robots: BTreeMap<String, Arc<Robot>>,
     pub schedules: Vec<Arc<Schedule>>,
     /// `history_retention:`: `sends` rows older than this are pruned (off when `None`).
     pub history_retention: Option<chrono::Duration>,
@@ -74,14 +76,43 @@ pub struct App {
     pub egress: Egress,
 }
 
+/// One group robot (群机器人): it posts into its group chat through a webhook whose key is the
+/// only credential. No app, token or trusted IP is involved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Robot {
+    pub name: String,
+    pub key_source: SecretSource,
+    /// The webhook key, a secret. `None` only when secrets were not read.
+    pub key: Option<Secret>,
+    /// Without a trailing slash.
+    pub api_base: String,
+    /// `proxy:`: how the robot's calls reach `api_base`.
+    pub egress: Egress,
+}
+
+/// `text.mention` of a robot schedule: members to @ in the group (`@all` allowed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mention {
+    /// User ids → `mentioned_list`.
+    pub users: Vec<String>,
+    /// Mobile numbers → `mentioned_mobile_list`.
+    pub mobiles: Vec<String>,
+}
+
 /// One schedule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
     pub name: String,
     pub cron: Arc<CronSpec>,
     pub zone: Tz,
+    /// The app it sends as; empty for a robot schedule.
     pub app: String,
+    /// The app's recipients; empty for a robot schedule.
     pub to: Recipients,
+    /// `robot:`: the group robot it posts through instead of an app.
+    pub robot: Option<String>,
+    /// `text.mention` (robot schedules only).
+    pub mention: Mention,
     pub message: MessageTemplate,
     pub safe: bool,
     pub enable_id_trans: bool,
@@ -183,6 +214,10 @@ impl Config {
         self.apps.get(name)
     }
 
+    pub fn robot(&self, name: &str) -> Option<&Arc<Robot>> {
+        self.robots.get(name)
+    }
+
     /// Logs every warning (problems that do not stop the config from being used).
     pub fn log_warnings(&self) {
         for warning in &self.warnings {
@@ -217,6 +252,7 @@ pub enum Secrets {
 pub enum Subject {
     File,
     App(String),
+    Robot(String),
     Calendar(String),
     Schedule(String),
 }
@@ -234,6 +270,7 @@ impl fmt::Display for Problem {
         let (kind, name) = match &self.subject {
             Subject::File => return write!(f, "{}: {}", self.field, self.message),
             Subject::App(name) => ("app", name),
+            Subject::Robot(name) => ("robot", name),
             Subject::Calendar(name) => ("calendar", name),
             Subject::Schedule(name) => ("schedule", name),
         };
@@ -245,6 +282,11 @@ impl fmt::Display for Problem {
             self.field, self.message
         )
     }
+}
+
+/// A robot's key field for `source` (`key_env`, `key_file`, `key_credential`, `key`).
+pub fn robot_key_field(source: &SecretSource) -> &'static str {
+    validate::robot_key_field(source)
 }
 
 /// A control or invisible character (see [`crate::shown::is_dangerous`]): refused in ids.

@@ -162,6 +162,7 @@ pub async fn run(
         alarms: Alarms::new(scheduler),
         scheduler_min_wait: options.scheduler_min_wait,
         apps: RwLock::new(config.apps.clone()),
+        robots: RwLock::new(config.robots.clone()),
         dispatcher,
         inflight: TaskTracker::new(),
         progress: Arc::default(),
@@ -591,6 +592,11 @@ impl Daemon {
             }
         }
         *self.firing.apps.write().unwrap_or_else(|p| p.into_inner()) = new.apps.clone();
+        *self
+            .firing
+            .robots
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = new.robots.clone();
         let resume_from = Utc::now() - REARM_OVERLAP;
         let mut replaced = BTreeMap::new();
         for name in diff.removed.iter().chain(&diff.changed) {

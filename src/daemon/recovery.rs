@@ -329,6 +329,27 @@ pub async fn resume_rows(firing: &Arc<Firing>, ids: &[i64], now: DateTime<Utc>) 
 }
 
 async fn resume_one(firing: &Arc<Firing>, row: PendingRow, now: DateTime<Utc>) {
+    if let Some(robot) = &row.robot {
+        // A robot has no duplicate check: a resend of what may have arrived could post it twice.
+        let reason = format!(
+            "the daemon died while this was being sent through robot {robot}; a group robot has no duplicate check, so it is not resent. It may or may not have arrived: look in the group chat"
+        );
+        tracing::error!(
+            "send #{} of schedule \"{}\" (slot {}): {reason}; recorded as interrupted",
+            row.id,
+            row.schedule,
+            crate::time::to_db(row.scheduled_at)
+        );
+        if let Err(e) = firing
+            .dispatcher
+            .store()
+            .interrupt_because(row.id, reason)
+            .await
+        {
+            tracing::error!("could not record send #{} as interrupted: {e:#}", row.id);
+        }
+        return;
+    }
     let interval = serde_json::from_str::<serde_json::Value>(&row.payload)
         .ok()
         .and_then(|body| body.get("duplicate_check_interval")?.as_u64())

@@ -26,7 +26,7 @@ use super::clock::Steps;
 use super::progress::{Hold, Progress};
 use super::recovery;
 use crate::channel::Channel;
-use crate::config::{App, Schedule};
+use crate::config::{App, Robot, Schedule};
 use crate::dispatch::{Dispatcher, Fired};
 use crate::store::history::Trigger;
 
@@ -127,6 +127,8 @@ pub struct Firing {
     /// The apps of the config in force, looked up at fire time so that an app whose credentials
     /// change on reload is used at once by schedules that did not change.
     pub apps: RwLock<BTreeMap<String, Arc<App>>>,
+    /// The group robots of the config in force, looked up at fire time like the apps.
+    pub robots: RwLock<BTreeMap<String, Arc<Robot>>>,
     pub dispatcher: Arc<Dispatcher>,
     /// Fires in flight; shutdown waits for them.
     pub inflight: TaskTracker,
@@ -151,6 +153,7 @@ impl Firing {
         Channel::for_schedule(
             schedule,
             &self.apps.read().unwrap_or_else(|p| p.into_inner()),
+            &self.robots.read().unwrap_or_else(|p| p.into_inner()),
         )
     }
 }
@@ -280,7 +283,14 @@ pub async fn fire(
 ) {
     let Some(channel) = firing.channel(&schedule) else {
         firing.progress.pin(slot);
-        tracing::error!(schedule = %schedule.name, app = %schedule.app, "the schedule's app is not configured; slot not sent");
+        match &schedule.robot {
+            Some(robot) => {
+                tracing::error!(schedule = %schedule.name, %robot, "the schedule's robot is not configured; slot not sent")
+            }
+            None => {
+                tracing::error!(schedule = %schedule.name, app = %schedule.app, "the schedule's app is not configured; slot not sent")
+            }
+        }
         return;
     };
     let fired = if schedule.skips(slot) {

@@ -13,7 +13,8 @@ use crate::wecom::error::{ErrorClass, classify, describe};
 
 /// One attempt's result, before the policy decides what to do about it.
 enum Attempt {
-    Answer(Reply, AccessToken),
+    /// WeCom's answer, and the token the request carried (none for a robot).
+    Answer(Reply, Option<AccessToken>),
     Token(TokenError),
     Transport(Transport),
 }
@@ -46,6 +47,8 @@ impl Dispatcher {
         } = delivery;
         let started = Instant::now();
         let window = self.policy.ambiguous_window(duplicate_check);
+        // Without a duplicate check (a group robot), what may have arrived is never resent.
+        let at_most_once = duplicate_check.is_none();
         let gate = self.gate(channel);
         let mut first_ambiguous = maybe_delivered_since;
         let mut refreshed_token = false;
@@ -66,9 +69,10 @@ impl Dispatcher {
                 reason.filter(|_| last_failure.is_some() || first_ambiguous.is_some())
             {
                 tracing::warn!(id, attempts, "giving up: {reason}");
-                return last_failure.unwrap_or_else(|| {
+                let failure = last_failure.unwrap_or_else(|| {
                     Finish::local_error(attempts, format!("not resent: {reason}"))
                 });
+                return unknown_outcome(at_most_once, first_ambiguous, failure);
             }
             attempts += 1;
             if let Some(id) = id
@@ -80,18 +84,19 @@ impl Dispatcher {
             let attempt_started = Instant::now();
             let attempt = self.attempt(channel, payload).await;
             let (delay, failure) = match attempt {
-                Attempt::Answer(reply, token) => match classify(reply.errcode) {
-                    ErrorClass::Ok => return Finish::from_reply(attempts, reply),
-                    ErrorClass::RefreshToken if !refreshed_token => {
+                Attempt::Answer(reply, token) => match (classify(reply.errcode), token) {
+                    (ErrorClass::Ok, _) => return Finish::from_reply(attempts, reply),
+                    (ErrorClass::RefreshToken, Some(token))
+                        if !refreshed_token && let Channel::App(app) = channel =>
+                    {
                         // WeCom may invalidate a token early; fetch a new one and retry once,
                         // with a URL built afresh around the new token.
                         refreshed_token = true;
-                        let Channel::App(app) = channel;
                         self.tokens.invalidate(app, &token).await;
                         last_failure = Some(Finish::from_reply(attempts, reply));
                         continue;
                     }
-                    class => {
+                    (class, _) => {
                         let failure = Finish::from_reply(attempts, reply);
                         match self.retry_delay(class, attempts, &gate) {
                             Some(delay) => (delay, failure),
@@ -141,7 +146,7 @@ impl Dispatcher {
                 delay,
             ) {
                 tracing::warn!(id, attempts, "giving up: {reason}");
-                return failure;
+                return unknown_outcome(at_most_once, first_ambiguous, failure);
             }
             tracing::info!(id, attempts, delay_ms = delay.as_millis() as u64, reason = %failure_reason(&failure), "send failed, retrying");
             tokio::time::sleep(delay).await;
@@ -184,19 +189,31 @@ impl Dispatcher {
         if let Some(first) = first_ambiguous
             && first.elapsed() + delay >= window
         {
-            return Some("an earlier attempt may have arrived, and a resend after the duplicate-check interval could deliver it twice".to_string());
+            return Some(if window.is_zero() {
+                "an earlier attempt may have arrived, and without a duplicate check a resend could deliver it twice".to_string()
+            } else {
+                "an earlier attempt may have arrived, and a resend after the duplicate-check interval could deliver it twice".to_string()
+            });
         }
         None
     }
 
     async fn attempt(&self, channel: &Channel, payload: &str) -> Attempt {
-        let Channel::App(app) = channel;
+        let app = match channel {
+            Channel::App(app) => app,
+            Channel::Robot(robot) => {
+                return match self.client.robot_send(robot, payload).await {
+                    Ok(reply) => Attempt::Answer(reply, None),
+                    Err(transport) => Attempt::Transport(transport),
+                };
+            }
+        };
         let token = match self.tokens.get(app).await {
             Ok(token) => token,
             Err(failure) => return Attempt::Token(failure),
         };
         match self.client.send(app, &token, payload).await {
-            Ok(reply) => Attempt::Answer(reply, token),
+            Ok(reply) => Attempt::Answer(reply, Some(token)),
             Err(transport) => Attempt::Transport(transport),
         }
     }
@@ -259,6 +276,26 @@ impl Finish {
             errmsg: Some(detail),
             ..Finish::new(Status::Failed, attempts)
         }
+    }
+}
+
+/// The end of a send given up on: when it may have arrived and the channel has no duplicate
+/// check, its outcome is unknown, and the row says so (`interrupted`, with the reason).
+fn unknown_outcome(
+    at_most_once: bool,
+    first_ambiguous: Option<Instant>,
+    failure: Finish,
+) -> Finish {
+    if !(at_most_once && first_ambiguous.is_some()) {
+        return failure;
+    }
+    Finish {
+        status: Status::Interrupted,
+        errmsg: Some(format!(
+            "not resent: {}. A group robot has no duplicate check, so a resend could post it twice; it may or may not have arrived: look in the group chat",
+            failure_reason(&failure)
+        )),
+        ..failure
     }
 }
 

@@ -17,7 +17,7 @@
 mod deliver;
 mod journal;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
@@ -138,6 +138,8 @@ pub struct Dispatcher {
     /// command, with an operator watching, refuses instead.
     send_unrecorded: bool,
     gates: PerApp<AppGate>,
+    /// One gate per group robot, by name.
+    robot_gates: Mutex<HashMap<String, Arc<AppGate>>>,
     /// Rows claimed and not yet finished by this process.
     inflight: Mutex<HashSet<i64>>,
     /// Sends the database refused, kept until it takes them.
@@ -166,6 +168,7 @@ impl Dispatcher {
             dry_run,
             send_unrecorded: false,
             gates: PerApp::default(),
+            robot_gates: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashSet::new()),
             unwritten: Mutex::new(Vec::new()),
             keeping: AtomicUsize::new(0),
@@ -197,6 +200,13 @@ impl Dispatcher {
     fn gate(&self, channel: &Channel) -> Arc<AppGate> {
         match channel {
             Channel::App(app) => self.gates.get(app),
+            Channel::Robot(robot) => self
+                .robot_gates
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(robot.name.clone())
+                .or_insert_with(|| Arc::new(AppGate::for_robot()))
+                .clone(),
         }
     }
 
@@ -293,10 +303,22 @@ impl Dispatcher {
         // In flight from the claim on: a stop that gives up waiting marks it interrupted even
         // while the rate limiter still holds it back.
         self.track(id, true);
-        let waited = self.gate(channel).admit(&Audience::of(&schedule.to)).await;
+        let audience = match channel {
+            Channel::App(_) => Audience::of(&schedule.to),
+            Channel::Robot(_) => Audience::everyone(),
+        };
+        let waited = self.gate(channel).admit(&audience).await;
         if !waited.is_zero() {
-            tracing::info!(schedule = %schedule.name, slot = %slot_text, waited_s = waited.as_secs(),
-                "held back to stay within WeCom's per-member limits (30 a minute, 1000 an hour)");
+            match channel {
+                Channel::App(_) => {
+                    tracing::info!(schedule = %schedule.name, slot = %slot_text, waited_s = waited.as_secs(),
+                    "held back to stay within WeCom's per-member limits (30 a minute, 1000 an hour)")
+                }
+                Channel::Robot(robot) => {
+                    tracing::info!(schedule = %schedule.name, slot = %slot_text, robot = %robot.name, waited_s = waited.as_secs(),
+                    "held back to stay within the robot's limit (20 messages a minute)")
+                }
+            }
         }
         let started = std::time::Instant::now();
         let finish = self
@@ -513,15 +535,23 @@ pub fn row_for_slot(
     status: Status,
 ) -> NewSend {
     let content = schedule.content_at(slot);
-    let (app, agent_id, payload) = match channel {
+    let (app, agent_id, robot, payload) = match channel {
+        Some(channel @ Channel::Robot(robot)) => (
+            String::new(),
+            0,
+            Some(robot.name.clone()),
+            channel.body(schedule, &content),
+        ),
         Some(channel) => (
             channel.name().to_string(),
             channel.agent_id(),
+            None,
             channel.body(schedule, &content),
         ),
         None => (
             schedule.app.clone(),
             0,
+            schedule.robot.clone(),
             crate::channel::app::body(0, schedule, &content),
         ),
     };
@@ -531,6 +561,7 @@ pub fn row_for_slot(
         scheduled_at: slot,
         app,
         agent_id,
+        robot,
         msgtype: content.msgtype().to_string(),
         payload,
         status,

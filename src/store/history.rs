@@ -90,6 +90,10 @@ pub struct NewSend {
     pub scheduled_at: DateTime<Utc>,
     pub app: String,
     pub agent_id: i64,
+    /// The group robot it goes through (by name), `None` for an application send. Absent from
+    /// unrecorded-sends files written before robots existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robot: Option<String>,
     pub msgtype: String,
     pub payload: String,
     pub status: Status,
@@ -128,6 +132,7 @@ pub struct PendingRow {
     pub created_at: DateTime<Utc>,
     pub app: String,
     pub agent_id: i64,
+    pub robot: Option<String>,
     pub msgtype: String,
     pub payload: String,
     pub attempts: u32,
@@ -143,6 +148,7 @@ impl PendingRow {
             scheduled_at: self.scheduled_at,
             app: self.app.clone(),
             agent_id: self.agent_id,
+            robot: self.robot.clone(),
             msgtype: self.msgtype.clone(),
             payload: self.payload.clone(),
             status: Status::Pending,
@@ -190,8 +196,8 @@ pub(super) fn insert_as(
     let result = conn.prepare_cached(
         "INSERT INTO sends (id, schedule, trigger, scheduled_at, created_at, finished_at, status, attempts, app, agent_id,
                             msgtype, payload, errcode, errmsg, msgid, invaliduser, invalidparty, invalidtag,
-                            unlicenseduser, pid)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                            unlicenseduser, pid, robot)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
     )?.execute(
         params![
             id,
@@ -213,7 +219,8 @@ pub(super) fn insert_as(
             finish.and_then(|f| f.invalidparty.clone()),
             finish.and_then(|f| f.invalidtag.clone()),
             finish.and_then(|f| f.unlicenseduser.clone()),
-            pid
+            pid,
+            new.robot,
         ],
     );
     match result {
@@ -333,11 +340,23 @@ impl Store {
         .await
     }
 
+    /// [`Store::interrupt`], recording `reason` in `errmsg`.
+    pub async fn interrupt_because(&self, id: i64, reason: String) -> anyhow::Result<bool> {
+        self.call(move |conn| {
+            conn.execute(
+                "UPDATE sends SET status = 'interrupted', finished_at = ?2, errmsg = ?3 WHERE id = ?1 AND status = 'pending'",
+                params![id, crate::time::now_db(), reason],
+            )
+            .map(|n| n > 0)
+        })
+        .await
+    }
+
     /// Every row still `pending`.
     pub async fn pending_rows(&self) -> anyhow::Result<Vec<PendingRow>> {
         self.call(|conn| {
             let mut statement = conn.prepare(
-                "SELECT id, schedule, trigger, scheduled_at, created_at, app, agent_id, msgtype, payload, attempts, pid
+                "SELECT id, schedule, trigger, scheduled_at, created_at, app, agent_id, msgtype, payload, attempts, pid, robot
                  FROM sends WHERE status = 'pending' ORDER BY id",
             )?;
             let rows = statement.query_map([], |r| {
@@ -354,6 +373,7 @@ impl Store {
                     payload: r.get(8)?,
                     attempts: r.get(9)?,
                     pid: r.get(10)?,
+                    robot: r.get(11)?,
                 })
             })?;
             rows.collect()
@@ -419,6 +439,7 @@ pub(crate) mod fixtures {
             scheduled_at: crate::time::from_db(&slot).unwrap_or_default(),
             app: "ops".into(),
             agent_id: 1,
+            robot: None,
             msgtype: "text".into(),
             payload: format!("{{\"slot\":\"{slot}\"}}"),
             status: Status::Pending,

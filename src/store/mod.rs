@@ -44,6 +44,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/02-recall/up.sql")),
     M::up(include_str!("../../migrations/03-heartbeats/up.sql")),
     M::up(include_str!("../../migrations/04-recall-claim/up.sql")),
+    M::up(include_str!("../../migrations/05-robots/up.sql")),
 ];
 
 /// The database, shared by every task of the process: one connection on a thread of its own.

@@ -16,7 +16,7 @@ use super::history::Status;
 /// Every column `history --json` prints, in the table's order (`pid` is internal bookkeeping).
 const COLUMNS: &str = "id, schedule, trigger, scheduled_at, created_at, finished_at, status, attempts, app, \
      agent_id, msgtype, payload, errcode, errmsg, msgid, invaliduser, invalidparty, invalidtag, \
-     unlicenseduser, recalled_at";
+     unlicenseduser, recalled_at, robot";
 
 /// One row of `sends`, with the columns' names and the timestamps exactly as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -41,6 +41,12 @@ pub struct SendRow {
     pub invalidtag: Option<String>,
     pub unlicenseduser: Option<String>,
     pub recalled_at: Option<String>,
+    /// The group robot it went through, by name; `None` for an application's row.
+    pub robot: Option<String>,
+    /// Where it went, in words: `app ops` or `robot oncall-group` (never a key). Not a column,
+    /// so not in `history --json`, whose keys are the table's columns.
+    #[serde(skip)]
+    pub destination: String,
 }
 
 impl SendRow {
@@ -66,6 +72,15 @@ impl SendRow {
             invalidtag: row.get(17)?,
             unlicenseduser: row.get(18)?,
             recalled_at: row.get(19)?,
+            destination: String::new(),
+            robot: row.get(20)?,
+        })
+        .map(|mut send: SendRow| {
+            send.destination = match &send.robot {
+                Some(robot) => format!("robot {robot}"),
+                None => format!("app {}", send.app),
+            };
+            send
         })
     }
 }

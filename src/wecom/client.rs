@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::egress::{EnvProxies, Route, Routes};
-use super::in_flight::InFlight;
-use crate::config::{App, Secret};
+use super::in_flight::{Caller, InFlight};
+use crate::config::{App, Robot, Secret};
 pub use crate::store::tokens::{AccessToken, FreshToken};
 
 /// How long connecting to WeCom may take.
@@ -115,8 +115,8 @@ impl Client {
         })
     }
 
-    fn route(&self, app: &App) -> Result<Route, Transport> {
-        self.routes.route(&app.egress).map_err(|detail| Transport {
+    fn route(&self, egress: &crate::config::Egress) -> Result<Route, Transport> {
+        self.routes.route(egress).map_err(|detail| Transport {
             detail,
             maybe_delivered: false,
             permanent: true,
@@ -129,7 +129,7 @@ impl Client {
             .secret
             .as_ref()
             .ok_or_else(|| TokenError::NoSecret(app.secret_source.field().to_string()))?;
-        let route = self.route(app).map_err(TokenError::Transport)?;
+        let route = self.route(&app.egress).map_err(TokenError::Transport)?;
         let request = route
             .http
             .get(format!("{}/cgi-bin/gettoken", app.api_base))
@@ -138,7 +138,7 @@ impl Client {
                 ("corpsecret", secret.expose()),
             ]);
         let answer: TokenAnswer = self
-            .call(app, &route, request, &[secret.expose()])
+            .call(Caller::App(app), &route, request, &[secret.expose()])
             .await
             .map_err(TokenError::Transport)?;
         match (answer.errcode, answer.access_token) {
@@ -188,23 +188,48 @@ impl Client {
         token: &AccessToken,
         body: String,
     ) -> Result<Reply, Transport> {
-        let route = self.route(app)?;
+        let route = self.route(&app.egress)?;
         let request = route
             .http
             .post(format!("{}{path}", app.api_base))
             .query(&[("access_token", token.expose())])
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        self.call(app, &route, request, &[token.expose()]).await
+        self.call(Caller::App(app), &route, request, &[token.expose()])
+            .await
     }
 
-    /// Makes the call under a permit of `app`'s bound on requests in flight, held until the
+    /// `POST {api_base}/cgi-bin/webhook/send?key=KEY` with `body` exactly as given. The key is
+    /// masked like a token in every error.
+    pub async fn robot_send(&self, robot: &Robot, body: &str) -> Result<Reply, Transport> {
+        let Some(key) = robot.key.as_ref() else {
+            return Err(Transport {
+                detail: format!(
+                    "the robot's webhook key ({}) is not available",
+                    crate::config::robot_key_field(&robot.key_source)
+                ),
+                maybe_delivered: false,
+                permanent: true,
+            });
+        };
+        let route = self.route(&robot.egress)?;
+        let request = route
+            .http
+            .post(format!("{}/cgi-bin/webhook/send", robot.api_base))
+            .query(&[("key", key.expose())])
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        self.call(Caller::Robot(robot), &route, request, &[key.expose()])
+            .await
+    }
+
+    /// Makes the call under a permit of the caller's bound on requests in flight, held until the
     /// answer is read. `hidden` are the secret values the request carries: whatever a proxy or
     /// a login page echoes of them (raw or percent-encoded) is masked in the error, and so is
     /// the password of the route's proxy.
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
-        app: &App,
+        caller: Caller<'_>,
         route: &Route,
         request: reqwest::RequestBuilder,
         hidden: &[&str],
@@ -215,7 +240,7 @@ impl Client {
             .chain(route.hidden.iter().map(String::as_str))
             .collect();
         let hidden = &hidden[..];
-        let _permit = self.in_flight.permit(app).await;
+        let _permit = self.in_flight.permit(caller).await;
         let answer = read_json(request, hidden).await;
         // hyper's pool takes the connection back in a task of its own once the answer is read:
         // let that run before the permit lets the next call look for an idle connection, or

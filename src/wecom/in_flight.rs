@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::App;
+use crate::config::{App, Robot};
 
 /// One app's semaphore and the bound it was made for.
 #[derive(Debug)]
@@ -29,25 +29,46 @@ impl Bound {
     }
 }
 
-/// The apps' semaphores, shared by every clone of the [`Client`](super::Client).
+/// Whose bound a call counts against.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller<'a> {
+    App(&'a App),
+    Robot(&'a Robot),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    /// (corp id, agent id)
+    App(String, i64),
+    /// The robot's name.
+    Robot(String),
+}
+
+/// A group robot's requests in flight at once (it takes 20 messages a minute anyway).
+const ROBOT_MAX_IN_FLIGHT: usize = 2;
+
+/// The apps' and robots' semaphores, shared by every clone of the [`Client`](super::Client).
 #[derive(Debug, Default)]
 pub struct InFlight {
-    /// Keyed by (corp id, agent id).
-    apps: Mutex<HashMap<(String, i64), Bound>>,
+    bounds: Mutex<HashMap<Key, Bound>>,
 }
 
 impl InFlight {
-    /// Waits for a free permit of `app`'s bound. A reload that changes the bound makes a new
-    /// semaphore: calls still holding the old one finish under it, new calls take the new one.
-    pub async fn permit(&self, app: &App) -> Option<OwnedSemaphorePermit> {
+    /// Waits for a free permit of the caller's bound. A reload that changes the bound makes a
+    /// new semaphore: calls still holding the old one finish under it, new calls take the new one.
+    pub async fn permit(&self, caller: Caller<'_>) -> Option<OwnedSemaphorePermit> {
+        let (key, permits) = match caller {
+            Caller::App(app) => (
+                Key::App(app.corp_id.clone(), app.agent_id),
+                app.max_in_flight,
+            ),
+            Caller::Robot(robot) => (Key::Robot(robot.name.clone()), ROBOT_MAX_IN_FLIGHT),
+        };
         let semaphore = {
-            let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
-            let key = (app.corp_id.clone(), app.agent_id);
-            let bound = apps
-                .entry(key)
-                .or_insert_with(|| Bound::new(app.max_in_flight));
-            if bound.permits != app.max_in_flight {
-                *bound = Bound::new(app.max_in_flight);
+            let mut bounds = self.bounds.lock().unwrap_or_else(|p| p.into_inner());
+            let bound = bounds.entry(key).or_insert_with(|| Bound::new(permits));
+            if bound.permits != permits {
+                *bound = Bound::new(permits);
             }
             bound.semaphore.clone()
         };

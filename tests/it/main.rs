@@ -19,6 +19,7 @@ mod properties;
 mod proxy;
 mod readers;
 mod recall;
+mod robots;
 mod send;
 mod storage;
 mod systemd;

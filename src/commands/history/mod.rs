@@ -159,7 +159,16 @@ async fn list(
         return Ok(out.flush()?);
     }
     let header = [
-        "ID", "SCHEDULE", "TRIGGER", "SLOT", "STATUS", "ATTEMPTS", "ERRCODE", "MSGID", "INVALID",
+        "ID",
+        "SCHEDULE",
+        "DESTINATION",
+        "TRIGGER",
+        "SLOT",
+        "STATUS",
+        "ATTEMPTS",
+        "ERRCODE",
+        "MSGID",
+        "INVALID",
     ];
     let mut unzoned: Vec<&str> = Vec::new();
     let lines: Vec<Vec<String>> = rows
@@ -178,6 +187,7 @@ async fn list(
             vec![
                 row.id.to_string(),
                 row.schedule.clone(),
+                row.destination.clone(),
                 row.trigger.clone(),
                 local(&row.scheduled_at, zone.unwrap_or(Tz::UTC)),
                 status,

@@ -119,7 +119,7 @@ pub(super) fn validate_app(
 /// no user name or password (reqwest would send them as Basic auth to whoever answers), no
 /// query or fragment (the API path is appended to the URL: after a `?` or `#` it is no longer
 /// a path, and the secret goes to the bare address).
-fn api_base(url: &str, subject: &Subject, report: &mut Report) -> Option<String> {
+pub(super) fn api_base(url: &str, subject: &Subject, report: &mut Report) -> Option<String> {
     let parsed = reqwest::Url::parse(url)
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
@@ -189,7 +189,7 @@ fn max_in_flight(entry: &Entry<'_>, report: &mut Report) -> Option<usize> {
 
 /// `proxy:`: `none`, or an http(s) proxy URL. A password in it is allowed (some proxies need
 /// one) but warned about, as an inline secret is; no message shows it.
-fn egress(entry: &Entry<'_>, report: &mut Report) -> Option<Egress> {
+pub(super) fn egress(entry: &Entry<'_>, report: &mut Report) -> Option<Egress> {
     match entry.get::<String>("proxy", report) {
         Field::Missing => Some(Egress::Environment),
         Field::Invalid => None,

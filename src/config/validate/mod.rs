@@ -10,8 +10,8 @@ use serde_yaml::Value;
 
 use super::fields::{Entry, Field, Report};
 use super::{
-    App, Config, DEFAULT_API_BASE, DEFAULT_DUPLICATE_CHECK_INTERVAL, Problem, Schedule, Secret,
-    SecretSource, Secrets, Subject,
+    App, Config, DEFAULT_API_BASE, DEFAULT_DUPLICATE_CHECK_INTERVAL, Mention, Problem, Robot,
+    Schedule, Secret, SecretSource, Secrets, Subject,
 };
 use crate::calendar::Calendar;
 use crate::cron::CronSpec;
@@ -23,10 +23,13 @@ use crate::template::Template;
 mod apps;
 mod calendars;
 mod message;
+mod robots;
 mod schedule;
 
 use apps::validate_apps;
 use calendars::validate_calendars;
+pub(super) use robots::key_field as robot_key_field;
+use robots::validate_robots;
 use schedule::validate_schedule;
 
 const TOP_KEYS: &[&str] = &[
@@ -37,6 +40,7 @@ const TOP_KEYS: &[&str] = &[
     "metrics",
     "calendars",
     "apps",
+    "robots",
     "schedules",
 ];
 const CALENDAR_KEYS: &[&str] = &["skip", "workdays"];
@@ -52,11 +56,20 @@ const APP_KEYS: &[&str] = &[
     "max_in_flight",
     "proxy",
 ];
+const ROBOT_KEYS: &[&str] = &[
+    "key_env",
+    "key_file",
+    "key_credential",
+    "key",
+    "api_base",
+    "proxy",
+];
 const SCHEDULE_KEYS: &[&str] = &[
     "name",
     "cron",
     "timezone",
     "app",
+    "robot",
     "to",
     "text",
     "textcard",
@@ -69,7 +82,8 @@ const SCHEDULE_KEYS: &[&str] = &[
     "calendar",
 ];
 const TO_KEYS: &[&str] = &["users", "parties", "tags"];
-const TEXT_KEYS: &[&str] = &["content"];
+const TEXT_KEYS: &[&str] = &["content", "mention"];
+const MENTION_KEYS: &[&str] = &["users", "mobiles"];
 const TEXTCARD_KEYS: &[&str] = &["title", "description", "url", "btntxt"];
 
 /// WeCom's per-member delivery limits of one app (beyond them messages are silently dropped).
@@ -167,6 +181,21 @@ fn read(
             Vec::new()
         }
     };
+    let raw_robots = match top.take("robots") {
+        None => Vec::new(),
+        Some(Value::Mapping(map)) => map
+            .into_iter()
+            .map(|(k, v)| (k.as_str().map(str::to_string), v))
+            .collect(),
+        Some(_) => {
+            report.error(
+                &file,
+                "robots",
+                "must map robot names to their settings (see schedules.example.yaml)",
+            );
+            Vec::new()
+        }
+    };
     let raw_schedules = match top.take("schedules") {
         None => Vec::new(),
         Some(Value::Sequence(list)) => list,
@@ -179,20 +208,21 @@ fn read(
             Vec::new()
         }
     };
-    if !has_apps && !has_schedules {
+    let has_robots = !raw_robots.is_empty();
+    if !has_apps && !has_robots && !has_schedules {
         report.error(
             &file,
             "file",
             "defines no apps and no schedules; start from schedules.example.yaml",
         );
-    } else if raw_apps.is_empty() && !raw_schedules.is_empty() {
+    } else if raw_apps.is_empty() && !has_robots && !raw_schedules.is_empty() {
         report.error(
             &file,
             "apps",
-            "no app is defined; add one (corp_id, agent_id, a secret) under apps:",
+            "no app is defined; add one (corp_id, agent_id, a secret) under apps:, or a group robot under robots:",
         );
     }
-    if raw_schedules.is_empty() && has_apps {
+    if raw_schedules.is_empty() && (has_apps || has_robots) {
         report.warn(
             &file,
             "schedules",
@@ -206,7 +236,14 @@ fn read(
         .collect();
     let non_decimal = super::yaml::non_decimal_agent_ids(text);
     let apps = validate_apps(raw_apps, base, secrets, &non_decimal, report);
+    let declared_robots: BTreeSet<String> = raw_robots
+        .iter()
+        .filter_map(|(name, _)| name.clone())
+        .collect();
+    let robots = validate_robots(raw_robots, base, secrets, report);
     let context = Context {
+        declared_robots: &declared_robots,
+        robots: &robots,
         default_zone: timezone,
         default_catch_up,
         calendars: &calendars,
@@ -228,6 +265,7 @@ fn read(
         database,
         timezone,
         apps,
+        robots,
         schedules,
         warnings: Vec::new(),
         history_retention,
@@ -243,6 +281,9 @@ struct Context<'a> {
     /// not blamed for the app's own problems.
     declared: &'a BTreeSet<String>,
     apps: &'a BTreeMap<String, Arc<App>>,
+    /// Every robot name written in the file, valid or not.
+    declared_robots: &'a BTreeSet<String>,
+    robots: &'a BTreeMap<String, Arc<Robot>>,
     now: DateTime<Utc>,
     /// Parsed cron expressions by text: schedules sharing an expression share one parse (and
     /// its memory: croner keeps a few kilobytes of bitfields per expression).

@@ -63,16 +63,39 @@ pub(super) fn validate_schedule(
         Field::Invalid => None,
         Field::Missing => Some(context.default_zone),
     };
-    let app = resolve_app(&entry, context, report);
-    let to = match entry.nested("to", TO_KEYS, report) {
-        Field::Value(to) => validate_recipients(&to, report),
-        Field::Invalid => None,
-        Field::Missing => {
-            entry.missing("to", report, "is missing; say who receives it, e.g. to: { users: [ZhangSan] } or to: { users: [\"@all\"] }");
-            None
-        }
+    let robot = resolve_robot(&entry, context, report);
+    let is_robot = entry.raw("robot").is_some();
+    let (app, to) = if is_robot {
+        refuse_app_fields(&entry, report);
+        (Some(String::new()), Some(Recipients::default()))
+    } else {
+        let app = resolve_app(&entry, context, report);
+        let to = match entry.nested("to", TO_KEYS, report) {
+            Field::Value(to) => validate_recipients(&to, report),
+            Field::Invalid => None,
+            Field::Missing => {
+                entry.missing("to", report, "is missing; say who receives it, e.g. to: { users: [ZhangSan] } or to: { users: [\"@all\"] }");
+                None
+            }
+        };
+        (app, to)
     };
     let message = validate_message(&entry, report);
+    let mention = validate_mention(&entry, is_robot, report);
+    if is_robot
+        && let Some(message) = &message
+        && !ROBOT_MSGTYPES.contains(&message.msgtype())
+    {
+        report.error(
+            &subject,
+            message.msgtype(),
+            format!(
+                "a group robot takes {}; send a {} through an app (app + to) instead",
+                ROBOT_MSGTYPES.join(", "),
+                message.msgtype()
+            ),
+        );
+    }
     let safe = entry.get::<bool>("safe", report);
     if matches!(safe, Field::Value(true))
         && matches!(message, Some(MessageTemplate::TextCard { .. }))
@@ -154,6 +177,8 @@ pub(super) fn validate_schedule(
         zone: zone?,
         app: app?,
         to: to?,
+        robot: robot.ok()?,
+        mention: mention?,
         message: message?,
         safe: optional(safe, false)?,
         enable_id_trans: optional(enable_id_trans, false)?,
@@ -179,8 +204,148 @@ pub(super) fn validate_schedule(
         }
     }
     check_timing(&schedule, &slots, context.now, &subject, report)?;
-    warn_duplicates(&schedule, &slots, &subject, report);
+    if schedule.robot.is_none() {
+        // A robot has no duplicate check: nothing is swallowed.
+        warn_duplicates(&schedule, &slots, &subject, report);
+    }
     Some(schedule)
+}
+
+/// The message types a group robot takes.
+const ROBOT_MSGTYPES: &[&str] = &["text", "markdown", "news"];
+
+/// WeCom's limit on one robot: messages a minute (beyond it, 45009).
+const ROBOT_PER_MINUTE_LIMIT: usize = crate::gate::ROBOT_PER_MINUTE as usize;
+
+/// `robot:`: `Ok(None)` for an app schedule, `Err` when it names no valid robot (reported).
+fn resolve_robot(
+    entry: &Entry<'_>,
+    context: &Context<'_>,
+    report: &mut Report,
+) -> Result<Option<String>, ()> {
+    match entry.get::<String>("robot", report) {
+        Field::Missing => {
+            if entry.raw("app").is_none()
+                && context.declared.is_empty()
+                && !context.declared_robots.is_empty()
+            {
+                let robots: Vec<&str> =
+                    context.declared_robots.iter().map(String::as_str).collect();
+                report.error(
+                    entry.subject,
+                    "robot",
+                    format!(
+                        "is missing; no app is defined, so name the group robot to post through: {}",
+                        robots.join(", ")
+                    ),
+                );
+                return Err(());
+            }
+            Ok(None)
+        }
+        Field::Invalid => Err(()),
+        // Declared but invalid: its own problems are reported.
+        Field::Value(name) if context.declared_robots.contains(&name) => {
+            if context.robots.contains_key(&name) {
+                Ok(Some(name))
+            } else {
+                Err(())
+            }
+        }
+        Field::Value(name) => {
+            let declared: Vec<&str> = context.declared_robots.iter().map(String::as_str).collect();
+            report.error(
+                entry.subject,
+                "robot",
+                format!(
+                    "\"{}\" is not defined under robots (defined: {})",
+                    super::super::escaped(&name),
+                    if declared.is_empty() {
+                        "none".to_string()
+                    } else {
+                        declared.join(", ")
+                    }
+                ),
+            );
+            Err(())
+        }
+    }
+}
+
+/// The app-only fields of a robot schedule, each an error: none of them means anything in a
+/// group chat, and a setting that silently does nothing is worse than an error.
+fn refuse_app_fields(entry: &Entry<'_>, report: &mut Report) {
+    let refusals: [(&str, &str); 5] = [
+        (
+            "app",
+            "app and robot are both set; a schedule sends either as an app (app + to) or through a group robot; keep one",
+        ),
+        (
+            "to",
+            "a group robot posts into its own group chat and has no recipients; remove to (to @ members, use text.mention: { users: [...], mobiles: [...] })",
+        ),
+        (
+            "safe",
+            "is for app messages; a robot's message cannot be confidential. Remove it",
+        ),
+        ("enable_id_trans", "is for app messages; remove it"),
+        (
+            "duplicate_check_interval",
+            "a group robot has no duplicate check (a robot send is at most once: never resent when its outcome is unknown); remove it",
+        ),
+    ];
+    for (key, message) in refusals {
+        if entry.raw(key).is_some() {
+            report.error(entry.subject, key, message);
+        }
+    }
+}
+
+/// `text.mention: { users, mobiles }`, robot schedules only.
+fn validate_mention(entry: &Entry<'_>, is_robot: bool, report: &mut Report) -> Option<Mention> {
+    let Some(value) = entry
+        .raw("text")
+        .and_then(|text| text.get("mention"))
+        .cloned()
+    else {
+        return Some(Mention::default());
+    };
+    if !is_robot {
+        report.error(
+            entry.subject,
+            "text.mention",
+            "mentions are for group-robot schedules; an app message reaches exactly the members in to. Remove it, or send through a robot",
+        );
+        return None;
+    }
+    let mention = Entry::open(value, MENTION_KEYS, entry.subject, "text.mention", report)?;
+    let users = mention.ids("users", report);
+    let mobiles = mention.ids("mobiles", report);
+    let (users, mobiles) = (users?, mobiles?);
+    let mut ok = true;
+    for user in &users {
+        if let Some(problem) = hidden_char_problem(user) {
+            report.error(entry.subject, "text.mention.users", problem);
+            ok = false;
+        }
+    }
+    for mobile in &mobiles {
+        let digits = mobile.strip_prefix('+').unwrap_or(mobile);
+        if mobile != "@all"
+            && !(digits.len() >= 5 && digits.chars().all(|c| c.is_ascii_digit() || c == '-'))
+        {
+            report.error(
+                entry.subject,
+                "text.mention.mobiles",
+                format!(
+                    "\"{}\" is not a mobile number; list numbers such as \"13800001111\", or \"@all\"",
+                    super::super::escaped(mobile)
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(Mention { users, mobiles })
 }
 
 /// `duplicate_check_interval`, within WeCom's range.
@@ -226,6 +391,14 @@ pub(super) fn check_timing(
     {
         report.error(subject, "jitter", format!("is {}s, but slots can be {}s apart: a jittered send could overtake the next slot; use less than {}s", jitter.num_seconds(), gap.num_seconds(), gap.num_seconds()));
         return None;
+    }
+    if schedule.robot.is_some() {
+        let span =
+            |slots: &[DateTime<Utc>], n: usize| (slots.len() > n).then(|| slots[n] - slots[0]);
+        if span(first, ROBOT_PER_MINUTE_LIMIT).is_some_and(|s| s < chrono::Duration::minutes(1)) {
+            report.warn(subject, "cron", format!("fires more than {ROBOT_PER_MINUTE_LIMIT} times a minute; a group robot takes {ROBOT_PER_MINUTE_LIMIT} messages a minute, so the daemon holds the excess back to the following minutes and sends fall further and further behind"));
+        }
+        return Some(());
     }
     let per_member = "WeCom delivers at most 30 messages a minute and 1000 an hour from one app to one member and silently drops the rest; the daemon will spread the excess out";
     let span = |slots: &[DateTime<Utc>], n: usize| (slots.len() > n).then(|| slots[n] - slots[0]);
