@@ -60,7 +60,8 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
         dry_run,
     ));
     let now = Utc::now().trunc_subsecs(0);
-    if !dry_run {
+    // A robot has no duplicate check: nothing it is sent is dropped as a repeat.
+    if !dry_run && channel.duplicate_check(&schedule).is_some() {
         warn_if_duplicate(&dispatcher, &schedule, &channel, now).await;
     }
     match dispatcher
