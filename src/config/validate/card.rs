@@ -215,6 +215,7 @@ pub(super) fn validate_card(
         subject,
         report,
         card_type,
+        typos: Vec::new(),
     };
     let card = walk.object(value, shape, FIELD);
     let rules_hold = walk.card_rules(value);
@@ -222,7 +223,7 @@ pub(super) fn validate_card(
     if let Some(task_id) = card.get("task_id").and_then(CardValue::as_string)
         && task_id.is_static()
     {
-        report.error(subject, &format!("{FIELD}.task_id"), "is the same at every send, but WeCom refuses a task_id this app has used before; put a slot variable in it, e.g. oncall-{{ slot:%Y%m%d%H%M }}");
+        report.error(subject, &format!("{FIELD}.task_id"), "is the same at every send, but WeCom refuses a task_id this app has used before; put a slot variable in it, e.g. oncall-{{ slot:%Y%m%d%H%M%S }}");
         return None;
     }
     Some(MessageTemplate::TemplateCard { card_type, card })
@@ -269,11 +270,21 @@ struct Walk<'a, 'r> {
     subject: &'a Subject,
     report: &'r mut Report,
     card_type: CardType,
+    /// The fields an unknown key looked like (`template_card.main_title.title` for `titel`):
+    /// they are not reported missing as well.
+    typos: Vec<String>,
 }
 
 impl Walk<'_, '_> {
     fn error(&mut self, field: &str, message: impl Into<String>) {
         self.report.error(self.subject, field, message);
+    }
+
+    /// Reports `field` missing, unless a misspelling of it was reported.
+    fn missing(&mut self, field: &str, message: impl Into<String>) {
+        if !self.typos.iter().any(|t| t == field) {
+            self.error(field, message);
+        }
     }
 
     /// The rules across fields of the card as a whole.
@@ -284,7 +295,7 @@ impl Walk<'_, '_> {
         match self.card_type {
             CardType::TextNotice => {
                 if !has(main_title, "title") && !has(card, "sub_title_text") {
-                    self.error(
+                    self.missing(
                         &title,
                         "is missing; a text_notice card needs main_title.title or sub_title_text",
                     );
@@ -293,11 +304,11 @@ impl Walk<'_, '_> {
             }
             CardType::NewsNotice => {
                 if !has(main_title, "title") {
-                    self.error(&title, "is missing; a news_notice card needs it");
+                    self.missing(&title, "is missing; a news_notice card needs it");
                     ok = false;
                 }
                 if !has(card, "card_image") && !has(card, "image_text_area") {
-                    self.error(
+                    self.missing(
                         &format!("{FIELD}.card_image"),
                         "is missing; a news_notice card needs card_image or image_text_area",
                     );
@@ -306,7 +317,7 @@ impl Walk<'_, '_> {
             }
         }
         if has(card, "action_menu") && !has(card, "task_id") {
-            self.error(&format!("{FIELD}.task_id"), "is missing; WeCom needs a task_id when action_menu is set (unique per send, e.g. oncall-{{ slot:%Y%m%d%H%M }})");
+            self.missing(&format!("{FIELD}.task_id"), "is missing; WeCom needs a task_id when action_menu is set (unique per send, e.g. oncall-{{ slot:%Y%m%d%H%M%S }})");
             ok = false;
         }
         ok
@@ -323,7 +334,6 @@ impl Walk<'_, '_> {
         };
         let known: Vec<&'static str> = shape.keys.iter().map(|k| k.name).collect();
         let mut entries = Vec::with_capacity(map.len());
-        let mut typos = Vec::new();
         let mut ok = true;
         for (key, value) in map {
             let name = key
@@ -332,7 +342,7 @@ impl Walk<'_, '_> {
             let field = format!("{path}.{name}");
             let Some(spec) = shape.keys.iter().find(|k| k.name == name) else {
                 let suggestion = closest(&name, &known);
-                typos.extend(suggestion);
+                self.typos.extend(suggestion.map(|k| format!("{path}.{k}")));
                 let hint = match (suggestion, self.other_type_has(path, &name)) {
                     (Some(k), _) => format!(" (did you mean {k}?)"),
                     (None, Some(other)) => format!(" ({name} belongs to {other} cards)"),
@@ -351,15 +361,18 @@ impl Walk<'_, '_> {
             }
         }
         for key in shape.required {
-            if !has(value, key) && !typos.contains(key) {
-                self.error(&format!("{path}.{key}"), "is missing or empty");
+            if !has(value, key) {
+                self.missing(
+                    &format!("{path}.{key}"),
+                    "is missing or empty; WeCom requires it",
+                );
                 ok = false;
             }
         }
         if let Some(n) = value.get("type").and_then(Value::as_i64) {
             for (_, key) in shape.by_type.iter().filter(|(t, _)| *t == n) {
-                if !has(value, key) && !typos.contains(key) {
-                    self.error(
+                if !has(value, key) {
+                    self.missing(
                         &format!("{path}.{key}"),
                         format!("is missing; type {n} needs it"),
                     );
