@@ -9,6 +9,7 @@ mod client;
 mod clock;
 mod crashes;
 mod daemon;
+mod fake_robot;
 mod generated;
 mod guarantees;
 mod history;

@@ -1,5 +1,6 @@
 //! Owns the fake WeCom server of the tests and benchmarks: a strict `gettoken`, `message/send`
-//! and `message/recall` on 127.0.0.1:0, with scripted replies, chaos, holds and real drops.
+//! (text, textcard, markdown, news, template_card), `message/recall` and group robot
+//! `webhook/send` on 127.0.0.1:0, with scripted replies, chaos, holds and real drops.
 //!
 //! Design notes:
 //! - The server is `axum::serve` over a custom [`Listener`] whose connections carry a kill switch
@@ -15,6 +16,18 @@
 //! - Every request of any endpoint counts as in flight from its arrival until its answer is
 //!   ready (`max_in_flight` keeps the most seen at once), and every accepted TCP connection is
 //!   counted (`connections`): the two figures a concurrency limit like WeCom's 45033 looks at.
+//! - Group robots (`webhook/send?key=`) are a second, separate record: `robot_requests`,
+//!   `robot_messages` and `robot_calls` are robot-only, and `messages`, `all_requests` and
+//!   `send_calls` stay application-only. What the two share: `hold_sends` holds both (and
+//!   `sends_waiting` counts both), `set_chaos` applies to both, the in-flight and connection
+//!   counts cover both. Robot scripted replies have their own queue (`script_robot`).
+//! - A robot has no duplicate check and no msgid: every accepted body is delivered, even an
+//!   identical repeat (`Outcome::Delivered` with an empty `msgid`). It takes `robot_limit`
+//!   messages (default 20) per rolling `robot_window` (default 60 s, measured on the monotonic
+//!   clock, so no test depends on the date); only accepted messages count toward the limit, and
+//!   the next one is refused with 45009 until the oldest leaves the window.
+//! - The robot key is never written into an errmsg (WeCom's own 93000 does not echo it), so a
+//!   client that logs errmsg cannot leak the key because of the fake.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -57,8 +70,23 @@ pub struct Received {
     pub outcome: Outcome,
 }
 
+/// One `webhook/send` POST (group robot) as the fake saw it.
+#[derive(Debug, Clone)]
+pub struct RobotReceived {
+    pub at: SystemTime,
+    /// The `key` query parameter, empty when missing (known or not: see `outcome`).
+    pub key: String,
+    /// The body exactly as received (lossy UTF-8).
+    pub raw: String,
+    /// The parsed body, `Null` if it did not parse.
+    pub json: Value,
+    /// Never `Duplicate`; `Delivered` has an empty `msgid` (robots have none).
+    pub outcome: Outcome,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// For a robot message, `msgid` is empty: WeCom gives robots none.
     Delivered {
         msgid: String,
     },
@@ -68,7 +96,7 @@ pub enum Outcome {
         errcode: i64,
         reason: String,
     },
-    /// Answered by `script_send` or by a chaos fault; not delivered.
+    /// Answered by `script_send` / `script_robot` or by a chaos fault; not delivered.
     Scripted,
 }
 
@@ -91,7 +119,8 @@ pub enum Reply {
     Delay(Duration, Box<Reply>),
 }
 
-/// Random faults on `message/send`, each a fraction in 0..=1 of all sends.
+/// Random faults on `message/send` and robot `webhook/send`, each a fraction in 0..=1 of all
+/// sends (a scripted reply, when queued, goes first).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Chaos {
     /// errcode -1 "system busy".
@@ -104,7 +133,8 @@ pub struct Chaos {
     pub lost_answer_fraction: f64,
 }
 
-/// While alive, `message/send` requests wait after arriving. Drop or `release` to let them go.
+/// While alive, `message/send` and robot `webhook/send` requests wait after arriving. Drop or
+/// `release` to let them go.
 pub struct Hold {
     shared: Arc<Shared>,
 }
@@ -204,11 +234,46 @@ struct Inner {
     recall_delay: Duration,
     /// (corp_id, agent_id, json_hash) → indexes of delivered entries of `requests`.
     delivered_index: HashMap<(String, i64, u64), Vec<usize>>,
+    /// Held `message/send` requests.
     waiting: usize,
+    /// Registered robot keys.
+    robots: HashSet<String>,
+    /// Every `webhook/send` that arrived, counted at arrival.
+    robot_calls: usize,
+    robot_requests: Vec<RobotReceived>,
+    robot_script: VecDeque<Reply>,
+    robot_delay: Duration,
+    /// Rolling rate limit: at most `robot_limit` accepted messages per `robot_window`.
+    robot_window: Duration,
+    robot_limit: usize,
+    /// Per key, when each message still inside the window was accepted.
+    robot_accepted: HashMap<String, VecDeque<Instant>>,
+    robot_refusals_45009: usize,
+    /// Held `webhook/send` requests.
+    robot_waiting: usize,
+}
+
+/// Which kind of send a held request is, for the waiting counts.
+#[derive(Clone, Copy)]
+enum Side {
+    App,
+    Robot,
+}
+
+impl Inner {
+    fn waiting_mut(&mut self, side: Side) -> &mut usize {
+        match side {
+            Side::App => &mut self.waiting,
+            Side::Robot => &mut self.robot_waiting,
+        }
+    }
 }
 
 /// (errcode, precise reason)
 type Rej = (i64, String);
+
+/// A JSON object of a request body.
+type Obj = Map<String, Value>;
 
 impl FakeWeCom {
     /// Binds 127.0.0.1:0 and serves on the caller's tokio runtime.
@@ -219,6 +284,8 @@ impl FakeWeCom {
         let addr = listener.local_addr().expect("fake WeCom: local_addr");
         let inner = Inner {
             ttl: 7200,
+            robot_window: Duration::from_secs(60),
+            robot_limit: 20,
             ..Inner::default()
         };
         let connections = Arc::new(AtomicUsize::new(0));
@@ -233,6 +300,7 @@ impl FakeWeCom {
             .route("/cgi-bin/gettoken", get(gettoken))
             .route("/cgi-bin/message/send", post(send))
             .route("/cgi-bin/message/recall", post(recall))
+            .route("/cgi-bin/webhook/send", post(robot_send))
             .fallback(|| async { StatusCode::NOT_FOUND })
             .with_state(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();
@@ -282,7 +350,7 @@ impl FakeWeCom {
         self.shared.lock().send_calls
     }
 
-    /// The most requests (gettoken, send and recall together) that were in flight at once.
+    /// The most requests (every endpoint, robots included) that were in flight at once.
     pub fn max_in_flight(&self) -> usize {
         self.shared.max_in_flight.load(Ordering::SeqCst)
     }
@@ -343,6 +411,7 @@ impl FakeWeCom {
         self.shared.lock().send_delay = d;
     }
 
+    /// Holds `message/send` and robot `webhook/send` requests until the `Hold` goes.
     pub fn hold_sends(&self) -> Hold {
         self.shared.holds.send_modify(|n| *n += 1);
         Hold {
@@ -350,8 +419,15 @@ impl FakeWeCom {
         }
     }
 
+    /// Held requests right now, application and robot sends together.
     pub fn sends_waiting(&self) -> usize {
-        self.shared.lock().waiting
+        let inner = self.shared.lock();
+        inner.waiting + inner.robot_waiting
+    }
+
+    /// Held robot `webhook/send` requests right now.
+    pub fn robot_sends_waiting(&self) -> usize {
+        self.shared.lock().robot_waiting
     }
 
     /// Polls every 10 ms until `messages().len() >= n` and returns `messages()`; fails the
@@ -404,6 +480,78 @@ impl FakeWeCom {
 
     pub fn set_unknown_tags(&self, tags: &[&str]) {
         self.shared.lock().unknown_tags = tags.iter().map(|t| t.to_string()).collect();
+    }
+
+    // ------------------------------------------------------------ group robots
+
+    /// Registers a group robot: `webhook/send?key=KEY` now answers for it (any other key: 93000).
+    pub fn add_robot(&self, key: &str) {
+        self.shared.lock().robots.insert(key.to_owned());
+    }
+
+    /// Robot `webhook/send` requests that arrived, counted at once (before any hold).
+    pub fn robot_calls(&self) -> usize {
+        self.shared.lock().robot_calls
+    }
+
+    /// Every robot request whose outcome is known, in order, whatever the outcome.
+    pub fn robot_requests(&self) -> Vec<RobotReceived> {
+        self.shared.lock().robot_requests.clone()
+    }
+
+    /// Robot messages delivered into their group, in order.
+    pub fn robot_messages(&self) -> Vec<RobotReceived> {
+        let inner = self.shared.lock();
+        let delivered = inner.robot_requests.iter();
+        delivered
+            .filter(|r| matches!(r.outcome, Outcome::Delivered { .. }))
+            .cloned()
+            .collect()
+    }
+
+    /// The next robot `webhook/send` is answered with `r` (nothing is delivered, nothing counts
+    /// toward the rate limit).
+    pub fn script_robot(&self, r: Reply) {
+        self.shared.lock().robot_script.push_back(r);
+    }
+
+    /// Every robot answer is delayed by `d` after it is decided.
+    pub fn set_robot_delay(&self, d: Duration) {
+        self.shared.lock().robot_delay = d;
+    }
+
+    /// The rolling window of the robot rate limit (default 60 s).
+    pub fn set_robot_window(&self, window: Duration) {
+        self.shared.lock().robot_window = window;
+    }
+
+    /// Accepted messages per robot per window (default 20); the next is refused with 45009.
+    pub fn set_robot_limit(&self, limit: usize) {
+        self.shared.lock().robot_limit = limit;
+    }
+
+    /// Robot messages refused with 45009 by the rate limit (scripted 45009s are not counted).
+    pub fn robot_refusals_45009(&self) -> usize {
+        self.shared.lock().robot_refusals_45009
+    }
+
+    /// Polls every 10 ms until `robot_messages().len() >= n` and returns `robot_messages()`;
+    /// fails the test after `timeout`.
+    pub async fn wait_for_robot_messages(&self, n: usize, timeout: Duration) -> Vec<RobotReceived> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let messages = self.robot_messages();
+            if messages.len() >= n {
+                return messages;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} robot message(s) delivered within {timeout:?}, expected {n}",
+                    messages.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -461,7 +609,7 @@ async fn send(
     };
     // Detached: see the module notes.
     let task = tokio::spawn(async move {
-        wait_while_held(&shared).await;
+        wait_while_held(&shared, Side::App).await;
         let mut inner = shared.lock();
         let token = q.get("access_token").cloned().unwrap_or_default();
         let (corp_id, agent_id) = match inner.tokens.get(&token) {
@@ -545,19 +693,85 @@ async fn recall(
     render(reply, &conn).await
 }
 
-async fn wait_while_held(shared: &Shared) {
-    struct Waiting<'a>(&'a Shared);
+/// Robot `webhook/send`: the same detached processing, holds, scripts, chaos and in-flight
+/// count as `message/send`, with its own record (see the module notes).
+async fn robot_send(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    Query(q): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let at = SystemTime::now();
+    let in_flight = InFlight::enter(&shared);
+    let scripted = {
+        let mut inner = shared.lock();
+        inner.robot_calls += 1;
+        inner.robot_script.pop_front()
+    };
+    // Detached: see the module notes.
+    let task = tokio::spawn(async move {
+        wait_while_held(&shared, Side::Robot).await;
+        let mut inner = shared.lock();
+        let mut rec = RobotReceived {
+            at,
+            key: q.get("key").cloned().unwrap_or_default(),
+            raw: String::from_utf8_lossy(&body).into_owned(),
+            json: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            outcome: Outcome::Scripted,
+        };
+        let lose_answer = rand::rng().random::<f64>() < inner.chaos.lost_answer_fraction;
+        let reply = match scripted.or_else(|| inner.chaos_fault()) {
+            Some(r) => r,
+            None => Reply::Json(match inner.try_robot_send(&rec, &headers) {
+                Ok(()) => {
+                    rec.outcome = Outcome::Delivered {
+                        msgid: String::new(),
+                    };
+                    json!({"errcode": 0, "errmsg": "ok"})
+                }
+                Err((errcode, reason)) => {
+                    let v = err_json(errcode, &reason);
+                    rec.outcome = Outcome::Rejected { errcode, reason };
+                    v
+                }
+            }),
+        };
+        let reply = match reply {
+            Reply::Json(_) if lose_answer => Reply::Drop,
+            other => other,
+        };
+        inner.robot_requests.push(rec);
+        (reply, inner.robot_delay)
+    });
+    let (reply, delay) = match task.await {
+        Ok(done) => done,
+        Err(e) => (
+            Reply::Http(500, format!("fake WeCom task failed: {e}")),
+            Duration::ZERO,
+        ),
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let response = render(reply, &conn).await;
+    drop(in_flight);
+    response
+}
+
+async fn wait_while_held(shared: &Shared, side: Side) {
+    struct Waiting<'a>(&'a Shared, Side);
     impl Drop for Waiting<'_> {
         fn drop(&mut self) {
-            self.0.lock().waiting -= 1;
+            *self.0.lock().waiting_mut(self.1) -= 1;
         }
     }
     let mut rx = shared.holds.subscribe();
     if *rx.borrow_and_update() == 0 {
         return;
     }
-    shared.lock().waiting += 1;
-    let _waiting = Waiting(shared);
+    *shared.lock().waiting_mut(side) += 1;
+    let _waiting = Waiting(shared, side);
     let _ = rx.wait_for(|n| *n == 0).await;
 }
 
@@ -570,8 +784,51 @@ macro_rules! bail {
     };
 }
 
-const SEND_KEYS: &str = "touser toparty totag msgtype agentid text textcard safe enable_id_trans \
-                         enable_duplicate_check duplicate_check_interval";
+/// The top-level keys an application body may have. `safe` is documented for `text` only among
+/// the types played here (WeCom's textcard, markdown, news and template_card pages do not list
+/// it), so it is refused with any other `msgtype`, as it always was for `textcard`.
+const SEND_KEYS: &str = "touser toparty totag msgtype agentid text textcard markdown news \
+                         template_card safe enable_id_trans enable_duplicate_check \
+                         duplicate_check_interval";
+
+/// The application message types, each also the name of its key.
+const APP_TYPES: [&str; 5] = ["text", "textcard", "markdown", "news", "template_card"];
+
+/// The robot message types, each also the name of its key.
+const ROBOT_TYPES: [&str; 3] = ["text", "markdown", "news"];
+
+/// Application-envelope fields, which a robot body must not carry.
+const APP_ONLY_KEYS: [&str; 8] = [
+    "agentid",
+    "touser",
+    "toparty",
+    "totag",
+    "safe",
+    "enable_id_trans",
+    "enable_duplicate_check",
+    "duplicate_check_interval",
+];
+
+/// The errcodes a side answers for a limit. `message/send` says 45002 (content size out of
+/// limit) for a string over its byte limit and 45008 for a news message outside 1..=8 articles;
+/// the robot webhook answers every oversized or malformed parameter with 40058 "invalid Request
+/// Parameter" (live answers read "markdown.content exceed max length 4096. invalid Request
+/// Parameter"), which the design notes name for robot markdown.
+#[derive(Clone, Copy)]
+struct Limits {
+    too_long: i64,
+    too_many: i64,
+}
+
+const APP_LIMITS: Limits = Limits {
+    too_long: 45002,
+    too_many: 45008,
+};
+
+const ROBOT_LIMITS: Limits = Limits {
+    too_long: 40058,
+    too_many: 40058,
+};
 
 impl Inner {
     fn issue_token(&mut self, corp_id: &str, secret: &str) -> Result<Value, Rej> {
@@ -716,6 +973,38 @@ impl Inner {
         Ok(out)
     }
 
+    /// A robot `webhook/send`: key, body, then the rolling rate limit (only accepted messages
+    /// count, so a refused body does not use up the robot's minute).
+    fn try_robot_send(&mut self, rec: &RobotReceived, headers: &HeaderMap) -> Result<(), Rej> {
+        // Never name the key in a reason: it would reach the client's errmsg (module notes).
+        if rec.key.is_empty() {
+            bail!(93000, "invalid webhook url: key missing");
+        }
+        if !self.robots.contains(&rec.key) {
+            bail!(93000, "invalid webhook url: no robot has this key");
+        }
+        let obj = json_object(headers, rec.raw.as_bytes())?;
+        validate_robot(&obj)?;
+        let (now, window, limit) = (Instant::now(), self.robot_window, self.robot_limit);
+        let accepted = self.robot_accepted.entry(rec.key.clone()).or_default();
+        while accepted
+            .front()
+            .is_some_and(|&t| now.duration_since(t) >= window)
+        {
+            accepted.pop_front();
+        }
+        if accepted.len() >= limit {
+            self.robot_refusals_45009 += 1;
+            bail!(
+                45009,
+                "api freq out of limit: this robot took {} messages in the last {window:?}, limit {limit}",
+                accepted.len()
+            );
+        }
+        accepted.push_back(now);
+        Ok(())
+    }
+
     fn try_recall(
         &mut self,
         token: Option<&String>,
@@ -770,31 +1059,48 @@ fn validate_message(obj: &Map<String, Value>, agent_id: i64) -> Result<(), Rej> 
         Some(v) => bail!(40056, "invalid agentid: must be a JSON integer, got {v}"),
         None => bail!(40056, "invalid agentid: agentid missing"),
     }
-    let needs = |key: &str| match obj.get(key) {
-        Some(Value::Object(m)) => Ok(m),
-        Some(v) => bail!(40058, "invalid parameter: {key} must be an object, got {v}"),
-        None => bail!(44004, "empty content: msgtype needs {key:?}"),
-    };
-    let forbid = |key: &str, why: &str| match obj.contains_key(key) {
-        true => bail!(40058, "invalid parameter: {key} ({why})"),
-        false => Ok(()),
-    };
-    match obj.get("msgtype").and_then(Value::as_str) {
-        Some("text") => {
-            forbid("textcard", "msgtype is text")?;
-            let text = needs("text")?;
-            only_keys(text, "text", &["content"])?;
-            string_field(text, "text", "content", 2048)?;
+    let msgtype = match obj.get("msgtype") {
+        Some(Value::String(t)) if APP_TYPES.contains(&t.as_str()) => t.as_str(),
+        got => {
+            let got = got.map_or("nothing".to_owned(), Value::to_string);
+            bail!(
+                40008,
+                "invalid message type: {got}, want one of {}",
+                APP_TYPES.join(", ")
+            );
         }
-        Some("textcard") => {
-            forbid("text", "msgtype is textcard")?;
-            forbid("safe", "textcard does not support safe")?;
-            let card = needs("textcard")?;
-            only_keys(card, "textcard", &["title", "description", "url", "btntxt"])?;
-            string_field(card, "textcard", "title", 128)?;
-            string_field(card, "textcard", "description", 512)?;
-            string_field(card, "textcard", "url", 2048)?;
-            match card.get("btntxt") {
+    };
+    if let Some(other) = APP_TYPES
+        .iter()
+        .find(|t| **t != msgtype && obj.contains_key(**t))
+    {
+        bail!(40058, "invalid parameter: {other} (msgtype is {msgtype})");
+    }
+    if msgtype != "text" && obj.contains_key("safe") {
+        bail!(
+            40058,
+            "invalid parameter: safe ({msgtype} does not support safe)"
+        );
+    }
+    let body = match obj.get(msgtype) {
+        Some(Value::Object(m)) => m,
+        Some(v) => bail!(
+            40058,
+            "invalid parameter: {msgtype} must be an object, got {v}"
+        ),
+        None => bail!(44004, "empty content: msgtype needs {msgtype:?}"),
+    };
+    match msgtype {
+        "text" => {
+            only_keys(body, "text", &["content"])?;
+            string_field(body, "text", "content", 2048)?;
+        }
+        "textcard" => {
+            only_keys(body, "textcard", &["title", "description", "url", "btntxt"])?;
+            string_field(body, "textcard", "title", 128)?;
+            string_field(body, "textcard", "description", 512)?;
+            string_field(body, "textcard", "url", 2048)?;
+            match body.get("btntxt") {
                 None => {}
                 Some(Value::String(b)) if b.chars().count() <= 4 => {}
                 Some(Value::String(b)) => {
@@ -810,20 +1116,350 @@ fn validate_message(obj: &Map<String, Value>, agent_id: i64) -> Result<(), Rej> 
                 ),
             }
         }
-        _ => {
-            let got = obj
-                .get("msgtype")
-                .map_or("nothing".to_owned(), Value::to_string);
-            bail!(
-                40008,
-                "invalid message type: {got}, want \"text\" or \"textcard\""
-            );
+        "markdown" => {
+            only_keys(body, "markdown", &["content"])?;
+            string_field(body, "markdown", "content", 2048)?;
         }
+        "news" => news_articles(body, "news", APP_LIMITS)?,
+        _ => template_card(body)?,
     }
     int_field(obj, "safe", 0, 1)?;
     int_field(obj, "enable_id_trans", 0, 1)?;
     int_field(obj, "enable_duplicate_check", 0, 1)?;
     int_field(obj, "duplicate_check_interval", 1, 14400)
+}
+
+/// A robot body: `msgtype` and its one type key, nothing else.
+///
+/// A field a robot does not take is refused with 40058, not 40035 or 40008: 40058 is what the
+/// webhook answers for the parameters it does check (see [`Limits`]) and what `message/send`
+/// answers for an unknown key; 40008 means a bad `msgtype` value (used for that) and 40035 is
+/// not in WeCom's global errcode table. Whatever WeCom does with an extra field, the fake refuses
+/// it so that a client that sends an application envelope to a robot is caught, with the field
+/// named in the reason.
+fn validate_robot(obj: &Map<String, Value>) -> Result<(), Rej> {
+    let msgtype = match obj.get("msgtype") {
+        Some(Value::String(t)) if ROBOT_TYPES.contains(&t.as_str()) => t.as_str(),
+        got => {
+            let got = got.map_or("nothing".to_owned(), Value::to_string);
+            bail!(
+                40008,
+                "invalid message type: {got}, a robot takes one of {}",
+                ROBOT_TYPES.join(", ")
+            );
+        }
+    };
+    if let Some(key) = obj.keys().find(|k| *k != "msgtype" && *k != msgtype) {
+        if APP_ONLY_KEYS.contains(&key.as_str()) {
+            bail!(
+                40058,
+                "invalid parameter: {key} is an application message field; a robot body has only msgtype and {msgtype}"
+            );
+        }
+        if APP_TYPES.contains(&key.as_str()) {
+            bail!(40058, "invalid parameter: {key} (msgtype is {msgtype})");
+        }
+        bail!(40058, "invalid parameter: {key}");
+    }
+    let body = match obj.get(msgtype) {
+        Some(Value::Object(m)) => m,
+        Some(v) => bail!(
+            40058,
+            "invalid parameter: {msgtype} must be an object, got {v}"
+        ),
+        None => bail!(44004, "empty content: msgtype needs {msgtype:?}"),
+    };
+    let too_long = ROBOT_LIMITS.too_long;
+    match msgtype {
+        "text" => {
+            let keys = ["content", "mentioned_list", "mentioned_mobile_list"];
+            only_keys(body, "text", &keys)?;
+            limited_string(body, "text", "content", 2048, too_long)?;
+            string_list(body, "text", "mentioned_list")?;
+            string_list(body, "text", "mentioned_mobile_list")
+        }
+        "markdown" => {
+            only_keys(body, "markdown", &["content"])?;
+            limited_string(body, "markdown", "content", 4096, too_long)
+        }
+        _ => news_articles(body, "news", ROBOT_LIMITS),
+    }
+}
+
+/// `{"articles": [...]}`, 1..=8 articles of title ≤ 128 bytes, description ≤ 512 bytes
+/// (optional), url http(s) ≤ 2048 bytes, picurl http(s) (optional). WeCom's application news
+/// also documents mini-program articles (`appid`, `pagepath`); the fake plays URL articles only.
+fn news_articles(news: &Map<String, Value>, ctx: &str, limits: Limits) -> Result<(), Rej> {
+    only_keys(news, ctx, &["articles"])?;
+    let articles = match news.get("articles") {
+        Some(Value::Array(a)) => a,
+        Some(v) => bail!(
+            40058,
+            "invalid parameter: {ctx}.articles must be an array, got {v}"
+        ),
+        None => bail!(44004, "empty content: {ctx}.articles missing"),
+    };
+    if articles.is_empty() {
+        bail!(44004, "empty content: {ctx}.articles is empty");
+    }
+    if articles.len() > 8 {
+        let (code, n) = (limits.too_many, articles.len());
+        bail!(
+            code,
+            "{}: {ctx}.articles has {n} articles, limit 8",
+            errmsg_base(code)
+        );
+    }
+    for (i, article) in articles.iter().enumerate() {
+        let ctx = format!("{ctx}.articles[{i}]");
+        let Value::Object(article) = article else {
+            bail!(
+                40058,
+                "invalid parameter: {ctx} must be an object, got {article}"
+            );
+        };
+        only_keys(article, &ctx, &["title", "description", "url", "picurl"])?;
+        limited_string(article, &ctx, "title", 128, limits.too_long)?;
+        if let Some(d) = opt_string(article, &ctx, "description")? {
+            check_len(&ctx, "description", d, 512, limits.too_long)?;
+        }
+        url_field(article, &ctx, "url", true, limits.too_long)?;
+        url_field(article, &ctx, "picurl", false, limits.too_long)?;
+    }
+    Ok(())
+}
+
+/// `template_card` of `card_type` `text_notice` or `news_notice`: the fields that type documents
+/// (any other is refused, also inside each section), the ones it requires, list lengths, jump
+/// targets, and `task_id` (required with `action_menu`). WeCom's length figures for card texts
+/// are advice ("建议不超过"; it truncates), so the fake does not enforce them. Errors are 40058.
+fn template_card(card: &Map<String, Value>) -> Result<(), Rej> {
+    const COMMON: [&str; 9] = [
+        "card_type",
+        "source",
+        "action_menu",
+        "task_id",
+        "main_title",
+        "quote_area",
+        "horizontal_content_list",
+        "jump_list",
+        "card_action",
+    ];
+    let ctx = "template_card";
+    let card_type = match opt_string(card, ctx, "card_type")? {
+        Some(t) => t,
+        None => bail!(40058, "invalid parameter: template_card.card_type missing"),
+    };
+    let own: &[&str] = match card_type {
+        "text_notice" => &["emphasis_content", "sub_title_text"],
+        "news_notice" => &["image_text_area", "card_image", "vertical_content_list"],
+        other => bail!(
+            40058,
+            "invalid parameter: template_card.card_type {other:?}, want \"text_notice\" or \"news_notice\""
+        ),
+    };
+    let known = |k: &String| COMMON.contains(&k.as_str()) || own.contains(&k.as_str());
+    if let Some(key) = card.keys().find(|k| !known(k)) {
+        bail!(
+            40058,
+            "invalid parameter: template_card.{key} (not a field of {card_type})"
+        );
+    }
+    if let Some(source) = object(card, ctx, "source")? {
+        let ctx = "template_card.source";
+        only_keys(source, ctx, &["icon_url", "desc", "desc_color"])?;
+        url_field(source, ctx, "icon_url", false, 40058)?;
+        opt_string(source, ctx, "desc")?;
+        opt_int(source, ctx, "desc_color", 0, 3)?;
+    }
+    let mut title = None;
+    if let Some(main) = object(card, ctx, "main_title")? {
+        let ctx = "template_card.main_title";
+        only_keys(main, ctx, &["title", "desc"])?;
+        title = opt_string(main, ctx, "title")?.filter(|t| !t.is_empty());
+        opt_string(main, ctx, "desc")?;
+    }
+    if card_type == "text_notice" {
+        let sub = opt_string(card, ctx, "sub_title_text")?.filter(|t| !t.is_empty());
+        if title.is_none() && sub.is_none() {
+            bail!(
+                40058,
+                "invalid parameter: text_notice needs template_card.main_title.title or template_card.sub_title_text"
+            );
+        }
+        if let Some(emphasis) = object(card, ctx, "emphasis_content")? {
+            let ctx = "template_card.emphasis_content";
+            only_keys(emphasis, ctx, &["title", "desc"])?;
+            opt_string(emphasis, ctx, "title")?;
+            opt_string(emphasis, ctx, "desc")?;
+        }
+    } else {
+        if title.is_none() {
+            bail!(
+                40058,
+                "invalid parameter: news_notice needs template_card.main_title.title"
+            );
+        }
+        let image = object(card, ctx, "card_image")?;
+        let area = object(card, ctx, "image_text_area")?;
+        if image.is_none() && area.is_none() {
+            bail!(
+                40058,
+                "invalid parameter: news_notice needs template_card.card_image.url or template_card.image_text_area"
+            );
+        }
+        if let Some(image) = image {
+            let ctx = "template_card.card_image";
+            only_keys(image, ctx, &["url", "aspect_ratio"])?;
+            require(image, ctx, "url")?;
+            url_field(image, ctx, "url", false, 40058)?;
+            match image.get("aspect_ratio") {
+                None => {}
+                Some(v) if v.as_f64().is_some_and(|r| (1.3..=2.25).contains(&r)) => {}
+                Some(v) => bail!(
+                    40058,
+                    "invalid parameter: {ctx}.aspect_ratio must be a number in 1.3..=2.25: {v}"
+                ),
+            }
+        }
+        if let Some(area) = area {
+            let ctx = "template_card.image_text_area";
+            let keys = [
+                "type",
+                "url",
+                "appid",
+                "pagepath",
+                "title",
+                "desc",
+                "image_url",
+            ];
+            only_keys(area, ctx, &keys)?;
+            jump_target(area, ctx, 0, false)?;
+            opt_string(area, ctx, "title")?;
+            opt_string(area, ctx, "desc")?;
+            require(area, ctx, "image_url")?;
+            url_field(area, ctx, "image_url", false, 40058)?;
+        }
+        for (ctx, item) in list(card, ctx, "vertical_content_list", 4)? {
+            only_keys(item, &ctx, &["title", "desc"])?;
+            card_string(item, &ctx, "title")?;
+            opt_string(item, &ctx, "desc")?;
+        }
+    }
+    if let Some(quote) = object(card, ctx, "quote_area")? {
+        let ctx = "template_card.quote_area";
+        let keys = ["type", "url", "appid", "pagepath", "title", "quote_text"];
+        only_keys(quote, ctx, &keys)?;
+        jump_target(quote, ctx, 0, false)?;
+        opt_string(quote, ctx, "title")?;
+        opt_string(quote, ctx, "quote_text")?;
+    }
+    for (ctx, item) in list(card, ctx, "horizontal_content_list", 6)? {
+        let keys = ["type", "keyname", "value", "url", "media_id", "userid"];
+        only_keys(item, &ctx, &keys)?;
+        card_string(item, &ctx, "keyname")?;
+        opt_string(item, &ctx, "value")?;
+        let needs = match opt_int(item, &ctx, "type", 0, 3)? {
+            Some(1) => Some("url"),
+            Some(2) => Some("media_id"),
+            Some(3) => Some("userid"),
+            _ => None,
+        };
+        url_field(item, &ctx, "url", false, 40058)?;
+        opt_string(item, &ctx, "media_id")?;
+        opt_string(item, &ctx, "userid")?;
+        if let Some(key) = needs.filter(|k| !item.contains_key(*k)) {
+            bail!(
+                40058,
+                "invalid parameter: {ctx}.{key} missing, its type needs it"
+            );
+        }
+    }
+    for (ctx, item) in list(card, ctx, "jump_list", 3)? {
+        only_keys(item, &ctx, &["type", "title", "url", "appid", "pagepath"])?;
+        card_string(item, &ctx, "title")?;
+        jump_target(item, &ctx, 0, false)?;
+    }
+    let Some(action) = object(card, ctx, "card_action")? else {
+        bail!(
+            40058,
+            "invalid parameter: {card_type} needs template_card.card_action"
+        );
+    };
+    let ctx = "template_card.card_action";
+    only_keys(action, ctx, &["type", "url", "appid", "pagepath"])?;
+    jump_target(action, ctx, 1, true)?;
+    if let Some(menu) = object(card, "template_card", "action_menu")? {
+        let ctx = "template_card.action_menu";
+        only_keys(menu, ctx, &["desc", "action_list"])?;
+        opt_string(menu, ctx, "desc")?;
+        let actions = list(menu, ctx, "action_list", 3)?;
+        if actions.is_empty() {
+            bail!(
+                40058,
+                "invalid parameter: {ctx}.action_list needs 1..=3 actions"
+            );
+        }
+        for (ctx, action) in actions {
+            only_keys(action, &ctx, &["text", "key"])?;
+            card_string(action, &ctx, "text")?;
+            card_string(action, &ctx, "key")?;
+        }
+        if !card.contains_key("task_id") {
+            bail!(
+                40058,
+                "invalid parameter: template_card.task_id missing, action_menu needs it"
+            );
+        }
+    }
+    if let Some(task_id) = opt_string(card, "template_card", "task_id")? {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "_-@".contains(c);
+        if task_id.is_empty() || task_id.len() > 128 || !task_id.chars().all(allowed) {
+            bail!(
+                40058,
+                "invalid parameter: template_card.task_id must be 1..=128 bytes of letters, digits, _, - and @: {task_id:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A required, non-empty string inside a template_card (40058 like every card error).
+fn card_string(obj: &Obj, ctx: &str, key: &str) -> Result<(), Rej> {
+    match opt_string(obj, ctx, key)? {
+        Some("") => bail!(40058, "invalid parameter: {ctx}.{key} is empty"),
+        Some(_) => Ok(()),
+        None => bail!(40058, "invalid parameter: {ctx}.{key} missing"),
+    }
+}
+
+/// Inside a template_card a missing field is 40058 like every other card error.
+fn require(obj: &Obj, ctx: &str, key: &str) -> Result<(), Rej> {
+    match obj.contains_key(key) {
+        true => Ok(()),
+        false => bail!(40058, "invalid parameter: {ctx}.{key} missing"),
+    }
+}
+
+/// A click target: `type` (absent = 0 unless `required`) from `min` to 2; 1 needs an http(s)
+/// `url`, 2 a mini-program `appid` (`pagepath` optional).
+fn jump_target(obj: &Map<String, Value>, ctx: &str, min: i64, required: bool) -> Result<(), Rej> {
+    let kind = match opt_int(obj, ctx, "type", min, 2)? {
+        Some(kind) => kind,
+        None if required => bail!(40058, "invalid parameter: {ctx}.type missing"),
+        None => 0,
+    };
+    if kind == 1 {
+        require(obj, ctx, "url")?;
+    }
+    url_field(obj, ctx, "url", false, 40058)?;
+    if kind == 2 {
+        card_string(obj, ctx, "appid")?;
+    } else {
+        opt_string(obj, ctx, "appid")?;
+    }
+    opt_string(obj, ctx, "pagepath")?;
+    Ok(())
 }
 
 fn only_keys(obj: &Map<String, Value>, ctx: &str, allowed: &[&str]) -> Result<(), Rej> {
@@ -833,24 +1469,157 @@ fn only_keys(obj: &Map<String, Value>, ctx: &str, allowed: &[&str]) -> Result<()
     }
 }
 
+/// A required, non-empty string of at most `max` bytes (over it: 45002, as `message/send` says).
 fn string_field(obj: &Map<String, Value>, ctx: &str, key: &str, max: usize) -> Result<(), Rej> {
+    limited_string(obj, ctx, key, max, 45002)
+}
+
+/// A required, non-empty string of at most `max` bytes; over it, errcode `too_long`.
+fn limited_string(
+    obj: &Map<String, Value>,
+    ctx: &str,
+    key: &str,
+    max: usize,
+    too_long: i64,
+) -> Result<(), Rej> {
+    match opt_string(obj, ctx, key)? {
+        Some("") => bail!(44004, "empty content: {ctx}.{key} is empty"),
+        Some(s) => check_len(ctx, key, s, max, too_long),
+        None => bail!(44004, "empty content: {ctx}.{key} missing"),
+    }
+}
+
+fn check_len(ctx: &str, key: &str, s: &str, max: usize, too_long: i64) -> Result<(), Rej> {
+    if s.len() > max {
+        let (n, what) = (s.len(), errmsg_base(too_long));
+        bail!(too_long, "{what}: {ctx}.{key} has {n} bytes, limit {max}");
+    }
+    Ok(())
+}
+
+/// The string at `key`, `None` when absent; anything but a string is refused.
+fn opt_string<'a>(
+    obj: &'a Map<String, Value>,
+    ctx: &str,
+    key: &str,
+) -> Result<Option<&'a str>, Rej> {
     match obj.get(key) {
-        Some(Value::String(s)) if s.is_empty() => {
-            bail!(44004, "empty content: {ctx}.{key} is empty")
-        }
-        Some(Value::String(s)) if s.len() > max => {
-            let n = s.len();
-            bail!(
-                45002,
-                "content size out of limit: {ctx}.{key} has {n} bytes, limit {max}"
-            );
-        }
-        Some(Value::String(_)) => Ok(()),
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
         Some(v) => bail!(
             40058,
             "invalid parameter: {ctx}.{key} must be a string, got {v}"
         ),
-        None => bail!(44004, "empty content: {ctx}.{key} missing"),
+    }
+}
+
+/// An http(s) URL of at most 2048 bytes (over it: `too_long`), required or optional.
+fn url_field(
+    obj: &Map<String, Value>,
+    ctx: &str,
+    key: &str,
+    required: bool,
+    too_long: i64,
+) -> Result<(), Rej> {
+    let url = match opt_string(obj, ctx, key)? {
+        Some(url) => url,
+        None if required => bail!(44004, "empty content: {ctx}.{key} missing"),
+        None => return Ok(()),
+    };
+    let lower = url.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        bail!(
+            40058,
+            "invalid parameter: {ctx}.{key} must be an http(s) URL: {url:?}"
+        );
+    }
+    check_len(ctx, key, url, 2048, too_long)
+}
+
+/// An optional array of strings (robot `mentioned_list`, `mentioned_mobile_list`).
+fn string_list(obj: &Map<String, Value>, ctx: &str, key: &str) -> Result<(), Rej> {
+    match obj.get(key) {
+        None => Ok(()),
+        Some(Value::Array(items)) => match items.iter().find(|v| !v.is_string()) {
+            Some(v) => bail!(
+                40058,
+                "invalid parameter: {ctx}.{key} must hold strings only, got {v}"
+            ),
+            None => Ok(()),
+        },
+        Some(v) => bail!(
+            40058,
+            "invalid parameter: {ctx}.{key} must be an array of strings, got {v}"
+        ),
+    }
+}
+
+/// The object at `key`, `None` when absent.
+fn object<'a>(
+    obj: &'a Map<String, Value>,
+    ctx: &str,
+    key: &str,
+) -> Result<Option<&'a Map<String, Value>>, Rej> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(v) => bail!(
+            40058,
+            "invalid parameter: {ctx}.{key} must be an object, got {v}"
+        ),
+    }
+}
+
+/// The objects of the array at `key` (at most `max`; absent = none), each with its own context.
+fn list<'a>(
+    obj: &'a Map<String, Value>,
+    ctx: &str,
+    key: &str,
+    max: usize,
+) -> Result<Vec<(String, &'a Obj)>, Rej> {
+    let items = match obj.get(key) {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(v) => bail!(
+            40058,
+            "invalid parameter: {ctx}.{key} must be an array, got {v}"
+        ),
+    };
+    if items.len() > max {
+        let n = items.len();
+        bail!(
+            40058,
+            "invalid parameter: {ctx}.{key} has {n} items, limit {max}"
+        );
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let ctx = format!("{ctx}.{key}[{i}]");
+        match item {
+            Value::Object(m) => out.push((ctx, m)),
+            v => bail!(40058, "invalid parameter: {ctx} must be an object, got {v}"),
+        }
+    }
+    Ok(out)
+}
+
+/// An optional integer in `lo..=hi`.
+fn opt_int(
+    obj: &Map<String, Value>,
+    ctx: &str,
+    key: &str,
+    lo: i64,
+    hi: i64,
+) -> Result<Option<i64>, Rej> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(v) => match v.as_i64().filter(|n| (lo..=hi).contains(n)) {
+            Some(n) => Ok(Some(n)),
+            None => bail!(
+                40058,
+                "invalid parameter: {ctx}.{key} must be an integer in {lo}..={hi}: {v}"
+            ),
+        },
     }
 }
 
@@ -880,6 +1649,7 @@ fn errmsg_base(code: i64) -> &'static str {
         42001 => "access_token expired",
         44004 => "empty content",
         45002 => "content size out of limit",
+        45008 => "article size out of limit",
         45009 => "api freq out of limit",
         45033 => "api concurrent out of limit",
         47001 => "data format error",
@@ -887,6 +1657,7 @@ fn errmsg_base(code: i64) -> &'static str {
         60020 => "not allow to access from your ip",
         81013 => "user & party & tag all invalid",
         82001 => "All touser & toparty & totag invalid",
+        93000 => "invalid webhook url",
         301002 => "not allow operate another agent with this accesstoken.",
         _ => "unknown error",
     }
