@@ -3,8 +3,12 @@
 //! truncating. How a content becomes the JSON body of one destination is the [`crate::channel`]'s
 //! business.
 
+mod card;
+
 use chrono::DateTime;
 use chrono_tz::Tz;
+
+pub use card::{ACTION_KEY_MAX_BYTES, CardType, CardValue, TASK_ID_MAX_BYTES};
 
 use crate::template::{SlotContext, Template};
 
@@ -18,6 +22,20 @@ pub const TEXTCARD_DESCRIPTION_MAX_BYTES: usize = 512;
 pub const TEXTCARD_URL_MAX_BYTES: usize = 2048;
 /// `textcard.btntxt`, in characters.
 pub const TEXTCARD_BTNTXT_MAX_CHARS: usize = 4;
+/// `markdown.content` of an application, in bytes.
+pub const MARKDOWN_APP_MAX_BYTES: usize = 2048;
+/// `markdown.content` of a group robot, in bytes (WeCom refuses more with 40058).
+pub const MARKDOWN_ROBOT_MAX_BYTES: usize = 4096;
+/// `news.articles`: one message carries 1 to this many.
+pub const NEWS_MAX_ARTICLES: usize = 8;
+/// `news.articles[].title`, in bytes.
+pub const NEWS_TITLE_MAX_BYTES: usize = 128;
+/// `news.articles[].description`, in bytes.
+pub const NEWS_DESCRIPTION_MAX_BYTES: usize = 512;
+/// `news.articles[].url` and `picurl`, in bytes.
+pub const NEWS_URL_MAX_BYTES: usize = 2048;
+/// `news.articles[].pagepath` (a mini program page), in bytes.
+pub const NEWS_PAGEPATH_MAX_BYTES: usize = 128;
 /// `touser`: at most this many user ids.
 pub const MAX_USERS: usize = 1000;
 /// `toparty`: at most this many department ids.
@@ -55,6 +73,50 @@ impl Recipients {
     }
 }
 
+/// The kind of destination a message goes to: some limits differ between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// A WeCom application (`message/send`).
+    App,
+    /// A group robot's webhook (`webhook/send`).
+    Robot,
+}
+
+/// One article of a `news` message: `S = Template` as configured, `S = String` once rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Article<S = String> {
+    pub title: S,
+    pub description: Option<S>,
+    pub url: S,
+    pub picurl: Option<S>,
+    /// A mini program the article opens instead of `url` (applications only; with `pagepath`).
+    pub appid: Option<S>,
+    pub pagepath: Option<S>,
+}
+
+impl Article<Template> {
+    fn is_static(&self) -> bool {
+        let optional = [&self.description, &self.picurl, &self.appid, &self.pagepath];
+        self.title.is_static()
+            && self.url.is_static()
+            && optional
+                .iter()
+                .all(|t| t.as_ref().is_none_or(Template::is_static))
+    }
+
+    fn render(&self, context: &SlotContext<'_>) -> Article {
+        let optional = |t: &Option<Template>| t.as_ref().map(|t| t.render(context));
+        Article {
+            title: self.title.render(context),
+            description: optional(&self.description),
+            url: self.url.render(context),
+            picurl: optional(&self.picurl),
+            appid: optional(&self.appid),
+            pagepath: optional(&self.pagepath),
+        }
+    }
+}
+
 /// The content of one message, rendered for one slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
@@ -67,6 +129,17 @@ pub enum Content {
         url: String,
         btntxt: Option<String>,
     },
+    Markdown {
+        content: String,
+    },
+    News {
+        articles: Vec<Article>,
+    },
+    /// The card as written (`card_type` included), its strings rendered.
+    TemplateCard {
+        card_type: CardType,
+        card: CardValue,
+    },
 }
 
 impl Content {
@@ -74,16 +147,19 @@ impl Content {
         match self {
             Content::Text { .. } => "text",
             Content::TextCard { .. } => "textcard",
+            Content::Markdown { .. } => "markdown",
+            Content::News { .. } => "news",
+            Content::TemplateCard { .. } => "template_card",
         }
     }
 
-    /// Every WeCom limit this content breaks, as `(field, problem)`.
-    pub fn limit_problems(&self) -> Vec<(&'static str, String)> {
+    /// Every WeCom limit this content breaks when sent to `dest`, as `(field, problem)`.
+    pub fn limit_problems(&self, dest: Dest) -> Vec<(String, String)> {
         let mut problems = Vec::new();
-        let mut bytes = |field: &'static str, value: &str, max: usize| {
+        let mut bytes = |field: &str, value: &str, max: usize| {
             if value.len() > max {
                 problems.push((
-                    field,
+                    field.to_string(),
                     format!(
                         "is {} bytes, WeCom allows {max} and would cut the rest off; shorten it (a Chinese character takes 3 bytes)",
                         value.len()
@@ -108,9 +184,9 @@ impl Content {
                     TEXTCARD_DESCRIPTION_MAX_BYTES,
                 );
                 bytes("textcard.url", url, TEXTCARD_URL_MAX_BYTES);
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                if !is_web_url(url) {
                     problems.push((
-                        "textcard.url",
+                        "textcard.url".to_string(),
                         format!("\"{url}\" must start with https:// or http://"),
                     ));
                 }
@@ -118,7 +194,7 @@ impl Content {
                     && btntxt.chars().count() > TEXTCARD_BTNTXT_MAX_CHARS
                 {
                     problems.push((
-                        "textcard.btntxt",
+                        "textcard.btntxt".to_string(),
                         format!(
                             "\"{btntxt}\" is {} characters, WeCom shows at most {TEXTCARD_BTNTXT_MAX_CHARS}; shorten it (e.g. 详情)",
                             btntxt.chars().count()
@@ -126,12 +202,72 @@ impl Content {
                     ));
                 }
             }
+            Content::Markdown { content } => {
+                let max = match dest {
+                    Dest::App => MARKDOWN_APP_MAX_BYTES,
+                    Dest::Robot => MARKDOWN_ROBOT_MAX_BYTES,
+                };
+                bytes("markdown.content", content, max);
+            }
+            Content::News { articles } => {
+                for (i, article) in articles.iter().enumerate() {
+                    let field = |key: &str| format!("news.articles[{i}].{key}");
+                    bytes(&field("title"), &article.title, NEWS_TITLE_MAX_BYTES);
+                    if let Some(description) = &article.description {
+                        bytes(
+                            &field("description"),
+                            description,
+                            NEWS_DESCRIPTION_MAX_BYTES,
+                        );
+                    }
+                    bytes(&field("url"), &article.url, NEWS_URL_MAX_BYTES);
+                    if let Some(picurl) = &article.picurl {
+                        bytes(&field("picurl"), picurl, NEWS_URL_MAX_BYTES);
+                    }
+                    if let Some(pagepath) = &article.pagepath {
+                        bytes(&field("pagepath"), pagepath, NEWS_PAGEPATH_MAX_BYTES);
+                    }
+                }
+                for (i, article) in articles.iter().enumerate() {
+                    let field = |key: &str| format!("news.articles[{i}].{key}");
+                    for (key, url) in [
+                        ("url", Some(&article.url)),
+                        ("picurl", article.picurl.as_ref()),
+                    ] {
+                        if let Some(url) = url.filter(|u| !is_web_url(u)) {
+                            problems.push((
+                                field(key),
+                                format!("\"{url}\" must start with https:// or http://"),
+                            ));
+                        }
+                    }
+                    if dest == Dest::Robot && article.appid.is_some() {
+                        problems.push((field("appid"), "a group robot's news cannot open a mini program; remove appid and pagepath".to_string()));
+                    }
+                }
+                if !(1..=NEWS_MAX_ARTICLES).contains(&articles.len()) {
+                    problems.push((
+                        "news.articles".to_string(),
+                        format!(
+                            "lists {} articles; WeCom sends 1 to {NEWS_MAX_ARTICLES} in one message (split the schedule)",
+                            articles.len()
+                        ),
+                    ));
+                }
+            }
+            Content::TemplateCard { card, .. } => problems.extend(card.limit_problems()),
         }
         problems
     }
 }
 
-/// The `text:` or `textcard:` of a schedule, with its template variables unrendered.
+/// True for an `http://` or `https://` URL, the only links WeCom opens from a message.
+fn is_web_url(url: &str) -> bool {
+    url.starts_with("https://") || url.starts_with("http://")
+}
+
+/// The message of a schedule (`text:`, `textcard:`, `markdown:`, `news:` or `template_card:`),
+/// with its template variables unrendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageTemplate {
     Text {
@@ -143,6 +279,17 @@ pub enum MessageTemplate {
         url: Template,
         btntxt: Option<String>,
     },
+    Markdown {
+        content: Template,
+    },
+    News {
+        articles: Vec<Article<Template>>,
+    },
+    /// The card's tree as written, `card_type` included.
+    TemplateCard {
+        card_type: CardType,
+        card: CardValue<Template>,
+    },
 }
 
 impl MessageTemplate {
@@ -151,7 +298,21 @@ impl MessageTemplate {
         match self {
             MessageTemplate::Text { .. } => "text",
             MessageTemplate::TextCard { .. } => "textcard",
+            MessageTemplate::Markdown { .. } => "markdown",
+            MessageTemplate::News { .. } => "news",
+            MessageTemplate::TemplateCard { .. } => "template_card",
         }
+    }
+
+    /// True when WeCom's `safe` (confidential message) applies to this type: of the types a
+    /// schedule sends, WeCom documents it for text only.
+    pub fn supports_safe(&self) -> bool {
+        matches!(self, MessageTemplate::Text { .. })
+    }
+
+    /// True when WeCom's `enable_id_trans` applies to this type (not to markdown).
+    pub fn supports_id_trans(&self) -> bool {
+        !matches!(self, MessageTemplate::Markdown { .. })
     }
 
     /// True when no part depends on the slot, so every send has the same body.
@@ -164,6 +325,9 @@ impl MessageTemplate {
                 url,
                 ..
             } => title.is_static() && description.is_static() && url.is_static(),
+            MessageTemplate::Markdown { content } => content.is_static(),
+            MessageTemplate::News { articles } => articles.iter().all(Article::is_static),
+            MessageTemplate::TemplateCard { card, .. } => card.is_static(),
         }
     }
 
@@ -184,6 +348,16 @@ impl MessageTemplate {
                 description: description.render(&context),
                 url: url.render(&context),
                 btntxt: btntxt.clone(),
+            },
+            MessageTemplate::Markdown { content } => Content::Markdown {
+                content: content.render(&context),
+            },
+            MessageTemplate::News { articles } => Content::News {
+                articles: articles.iter().map(|a| a.render(&context)).collect(),
+            },
+            MessageTemplate::TemplateCard { card_type, card } => Content::TemplateCard {
+                card_type: *card_type,
+                card: card.render(&context),
             },
         }
     }

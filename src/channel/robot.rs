@@ -16,12 +16,35 @@ pub fn body(schedule: &Schedule, content: &Content) -> String {
                 mention: &schedule.mention,
             },
         },
-        // Validation lets only the types below reach a robot; a textcard is said as its title
-        // and link, should one ever get here.
+        Content::Markdown { content } => Body::Markdown {
+            markdown: Markdown { content },
+        },
+        Content::News { articles } => Body::News {
+            news: News {
+                articles: articles
+                    .iter()
+                    .map(|a| Article {
+                        title: &a.title,
+                        description: a.description.as_deref(),
+                        url: &a.url,
+                        picurl: a.picurl.as_deref(),
+                    })
+                    .collect(),
+            },
+        },
+        // Validation lets only the types above reach a robot; a card is said as its title and
+        // link, should one ever get here.
         Content::TextCard { title, url, .. } => {
             return serde_json::json!({
                 "msgtype": "text",
                 "text": { "content": format!("{title}\n{url}") },
+            })
+            .to_string();
+        }
+        Content::TemplateCard { card, .. } => {
+            return serde_json::json!({
+                "msgtype": "text",
+                "text": { "content": card.headline() },
             })
             .to_string();
         }
@@ -34,6 +57,29 @@ pub fn body(schedule: &Schedule, content: &Content) -> String {
 #[serde(tag = "msgtype", rename_all = "snake_case")]
 enum Body<'a> {
     Text { text: Text<'a> },
+    Markdown { markdown: Markdown<'a> },
+    News { news: News<'a> },
+}
+
+#[derive(Serialize)]
+struct Markdown<'a> {
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct News<'a> {
+    articles: Vec<Article<'a>>,
+}
+
+/// A robot's news article: no mini-program fields.
+#[derive(Serialize)]
+struct Article<'a> {
+    title: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    url: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    picurl: Option<&'a str>,
 }
 
 struct Text<'a> {

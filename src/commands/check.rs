@@ -147,5 +147,18 @@ pub(super) fn preview(content: &Content) -> String {
     match content {
         Content::Text { content } => format!("\"{}\"", one_line(content)),
         Content::TextCard { title, url, .. } => format!("card \"{}\" → {}", one_line(title), url),
+        Content::Markdown { content } => format!("markdown \"{}\"", one_line(content)),
+        Content::News { articles } => {
+            let titles: Vec<String> = articles
+                .iter()
+                .map(|a| format!("\"{}\"", one_line(&a.title)))
+                .collect();
+            format!("news: {} article(s): {}", articles.len(), titles.join(", "))
+        }
+        Content::TemplateCard { card_type, card } => format!(
+            "card {} \"{}\"",
+            card_type.as_str(),
+            one_line(card.headline())
+        ),
     }
 }

@@ -114,6 +114,11 @@ impl<'a> Entry<'a> {
         }
     }
 
+    /// True when an unknown key of this entry looked like `key` (and was reported as such).
+    pub fn misspelt(&self, key: &str) -> bool {
+        self.typos.contains(&key)
+    }
+
     /// The field name as messages show it (`to.users`).
     pub fn name(&self, key: &str) -> String {
         join(&self.path, key)
@@ -211,7 +216,7 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-fn kind(value: &Value) -> &'static str {
+pub(super) fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "nothing",
         Value::Bool(_) => "a boolean",
@@ -224,7 +229,7 @@ fn kind(value: &Value) -> &'static str {
 }
 
 /// The known key within edit distance 2 of `name`, if any.
-fn closest(name: &str, known: &[&'static str]) -> Option<&'static str> {
+pub(super) fn closest(name: &str, known: &[&'static str]) -> Option<&'static str> {
     known
         .iter()
         .map(|k| (distance(name, k), *k))

@@ -283,6 +283,62 @@ async fn text_content_over_2048_bytes_once_rendered_is_rejected() {
 }
 
 #[tokio::test]
+async fn markdown_over_2048_bytes_once_rendered_is_rejected_for_an_application() {
+    // As for text: 13 bytes as written, 17 once rendered. A robot would take 4096 bytes.
+    let dir = TempDir::new().unwrap();
+    let schedule = |pad: usize| {
+        format!(
+            "  - name: oncall\n    cron: \"0 9 * * 1\"\n    to: {{users: [ZhangSan]}}\n    markdown:\n      content: \"{}{{{{ date_cn }}}}\"\n",
+            "x".repeat(pad)
+        )
+    };
+    let output = check_yaml(&dir, "2048.yaml", &offline_config(&schedule(2031)), &[]).await;
+    assert_exit(&output, 0);
+
+    let output = check_yaml(&dir, "2049.yaml", &offline_config(&schedule(2032)), &[]).await;
+    assert_rejected_with(
+        &output,
+        &[
+            "schedule \"oncall\", field markdown.content:",
+            "is 2049 bytes",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn the_wechat_plugin_note_appears_once_per_markdown_or_template_card_schedule() {
+    let env = Env::new().await;
+    let markdown = |name: &str| {
+        format!(
+            "  - name: {name}\n    cron: \"0 9 * * 1\"\n    to: {{users: [ZhangSan]}}\n    markdown: {{content: \"**值班** {{{{ date }}}}\"}}\n"
+        )
+    };
+    let others = "  - name: plain\n    cron: \"0 9 * * 1\"\n    to: {users: [ZhangSan]}\n    text: {content: \"值班 {{ date }}\"}\n\
+         \x20 - name: talks\n    cron: \"0 10 * * 5\"\n    to: {users: [ZhangSan]}\n    news: {articles: [{title: \"分享 {{ date }}\", url: \"https://example.com/t\"}]}\n\
+         \x20 - name: handover\n    cron: \"0 18 28 * *\"\n    to: {users: [ZhangSan]}\n    template_card: {card_type: text_notice, sub_title_text: \"交接 {{ date }}\", card_action: {type: 1, url: \"https://example.com/h\"}}\n";
+    let output = check_schedules(
+        &env,
+        &format!("{}{}{others}", markdown("oncall-a"), markdown("oncall-b")),
+        &[],
+    )
+    .await;
+    let stdout = stdout(&output);
+    let notes: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.contains("WeChat plugin"))
+        .collect();
+    let expected = [
+        "warning: schedule \"oncall-a\", field markdown: members who read WeCom through the WeChat plugin (微信插件 / 微工作台) are not shown markdown messages",
+        "warning: schedule \"oncall-b\", field markdown: members who read WeCom through the WeChat plugin (微信插件 / 微工作台) are not shown markdown messages",
+        "warning: schedule \"handover\", field template_card: members who read WeCom through the WeChat plugin (微信插件 / 微工作台) are not shown template cards",
+    ];
+    assert_eq!(notes.len(), expected.len(), "{stdout}");
+    for (note, expected) in notes.iter().zip(expected) {
+        assert!(note.starts_with(expected), "{note}\n{stdout}");
+    }
+}
+
+#[tokio::test]
 async fn textcard_url_over_2048_bytes_is_rejected() {
     let dir = TempDir::new().unwrap();
     let url = format!("https://example.com/{}", "a".repeat(2029));
@@ -687,6 +743,64 @@ async fn check_shows_how_each_schedule_renders_at_its_next_slot() {
     assert!(
         section(&stdout, "weekly-report").contains(&expected.as_str()),
         "{expected}\n{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn check_shows_markdown_news_and_cards_at_their_next_slot() {
+    let env = Env::new().await;
+    let output = check_schedules(
+        &env,
+        "  - name: oncall\n    cron: \"0 9 * * 1\"\n    to: {users: [ZhangSan]}\n    markdown:\n      content: \"**值班** {{ date }}\\n> 张三\"\n\
+         \x20 - name: talks\n    cron: \"0 10 * * 5\"\n    to: {users: [ZhangSan]}\n    news:\n      articles:\n        - {title: \"分享 {{ date }}\", url: \"https://example.com/t\"}\n        - {title: 报名, url: \"https://example.com/s\"}\n\
+         \x20 - name: handover\n    cron: \"0 18 28 * *\"\n    to: {users: [ZhangSan]}\n    template_card: {card_type: text_notice, main_title: {title: \"交接 {{ date_cn }}\"}, card_action: {type: 1, url: \"https://example.com/h\"}}\n\
+         \x20 - name: poster\n    cron: \"0 18 28 * *\"\n    to: {users: [ZhangSan]}\n    template_card: {card_type: news_notice, main_title: {title: 海报}, card_image: {url: \"https://example.com/p.png\"}, card_action: {type: 1, url: \"https://example.com/p\"}}\n",
+        &[],
+    )
+    .await;
+    let stdout = stdout(&output);
+    let date = |schedule: &str, format: &str| {
+        next_times(&stdout, schedule)[0]
+            .date
+            .format(format)
+            .to_string()
+    };
+    let expected = [
+        (
+            "oncall",
+            format!(
+                "  renders as: markdown \"**值班** {}⏎> 张三\"",
+                date("oncall", "%Y-%m-%d")
+            ),
+        ),
+        (
+            "talks",
+            format!(
+                "  renders as: news: 2 article(s): \"分享 {}\", \"报名\"",
+                date("talks", "%Y-%m-%d")
+            ),
+        ),
+        (
+            "handover",
+            format!(
+                "  renders as: card text_notice \"交接 {}\"",
+                date("handover", "%Y年%m月%d日")
+            ),
+        ),
+        (
+            "poster",
+            "  renders as: card news_notice \"海报\"".to_string(),
+        ),
+    ];
+    for (schedule, line) in expected {
+        assert!(
+            section(&stdout, schedule).contains(&line.as_str()),
+            "{line}\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains(", to 1 user, template_card\n"),
+        "the msgtype is listed: {stdout}"
     );
 }
 

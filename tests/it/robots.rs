@@ -118,6 +118,71 @@ async fn robot_text_with_mentions_arrives_as_exactly_this_json_and_the_row_names
     assert_eq!(first["app"], "", "{json}");
 }
 
+const GROUP_NOTICES: &str = r#"  - name: oncall-group-notice
+    cron: "5 9 * * 1"
+    robot: oncall-group
+    markdown:
+      content: "**本周值班** {{ slot:%Y-%m-%d }}\n> 主值班：<font color=\"warning\">张三</font>"
+  - name: talk-group
+    cron: "5 14 * * Fri"
+    robot: oncall-group
+    news:
+      articles:
+        - title: "本周技术分享 {{ slot:%m-%d }}"
+          description: 16:00 三楼
+          url: https://example.com/talks
+          picurl: https://example.com/poster.png
+        - title: 往期回顾
+          url: https://example.com/archive
+"#;
+
+#[tokio::test]
+async fn robot_markdown_and_news_arrive_as_exactly_this_json() {
+    let env = robot_env(GROUP_NOTICES).await;
+    let slot = Utc.with_ymd_and_hms(2026, 11, 30, 1, 5, 0).unwrap();
+    for name in ["oncall-group-notice", "talk-group"] {
+        let sent = outcome(fire(&env, name, slot).await);
+        assert_eq!(sent.finish.status, Status::Sent, "{name}: {sent:?}");
+    }
+    let raw: Vec<String> = env
+        .fake
+        .robot_messages()
+        .iter()
+        .map(|r| r.raw.clone())
+        .collect();
+    assert_eq!(
+        raw,
+        [
+            r#"{"msgtype":"markdown","markdown":{"content":"**本周值班** 2026-11-30\n> 主值班：<font color=\"warning\">张三</font>"}}"#,
+            r#"{"msgtype":"news","news":{"articles":[{"title":"本周技术分享 11-30","description":"16:00 三楼","url":"https://example.com/talks","picurl":"https://example.com/poster.png"},{"title":"往期回顾","url":"https://example.com/archive"}]}}"#,
+        ]
+    );
+    assert_eq!(
+        env.column("SELECT msgtype || '|' || robot FROM sends ORDER BY id"),
+        ["markdown|oncall-group", "news|oncall-group"]
+    );
+    assert_eq!(env.column("SELECT payload FROM sends ORDER BY id"), raw);
+}
+
+#[tokio::test]
+async fn a_robot_takes_markdown_up_to_4096_bytes_an_app_2048() {
+    let markdown = |target: &str| {
+        format!(
+            "  - {{ name: notice, cron: '5 9 * * 1', {target}markdown: {{ content: '{}' }} }}\n",
+            "值".repeat(1000)
+        )
+    };
+    let env = robot_env(&markdown("robot: oncall-group, ")).await;
+    env.cli_ok(&["check", "--dry-run"]).await;
+    write_robot_config(&env, &markdown("app: ops, to: { users: [u] }, "));
+    let refused = env.cli(&["check", "--dry-run"]).await;
+    assert!(
+        !refused.status.success() && text(&refused).contains("is 3000 bytes"),
+        "{}",
+        text(&refused)
+    );
+}
+
 #[tokio::test]
 async fn an_app_row_keeps_robot_null_and_shows_its_app_as_destination() {
     let env = robot_env(

@@ -65,45 +65,56 @@ pub(super) fn validate_recipients(to: &Entry<'_>, report: &mut Report) -> Option
     ok.then_some(to_all)
 }
 
+/// The keys that carry a schedule's message; exactly one of them is set.
+const MESSAGE_KEYS: [&str; 5] = ["text", "textcard", "markdown", "news", "template_card"];
+
 pub(super) fn validate_message(entry: &Entry<'_>, report: &mut Report) -> Option<MessageTemplate> {
-    let text = entry.nested("text", TEXT_KEYS, report);
-    let card = entry.nested("textcard", TEXTCARD_KEYS, report);
-    let template = |part: &Entry<'_>, key: &str, report: &mut Report| -> Option<Template> {
-        match part.get::<String>(key, report) {
-            Field::Value(source) if !source.trim().is_empty() => Template::parse(&source)
-                .map_err(|m| report.error(part.subject, &part.name(key), m))
-                .ok(),
-            Field::Invalid => None,
-            _ => {
-                part.missing(key, report, "is missing or empty");
-                None
+    let present: Vec<&str> = MESSAGE_KEYS
+        .into_iter()
+        .filter(|key| entry.raw(key).is_some())
+        .collect();
+    let message = match present[..] {
+        [] => {
+            if !MESSAGE_KEYS.iter().any(|key| entry.misspelt(key)) {
+                report.error(entry.subject, "text", "no message: add one of text: { content: ... }, textcard: { title, description, url }, markdown: { content: ... }, news: { articles: [...] } or template_card: { card_type: ..., ... }");
             }
+            return None;
+        }
+        [one] => one,
+        [first, .., last] => {
+            let listed = if present.len() == 2 {
+                format!("{first} and {last} are both set")
+            } else {
+                format!(
+                    "{} and {last} are all set",
+                    present[..present.len() - 1].join(", ")
+                )
+            };
+            report.error(entry.subject, first, format!("{listed}; keep exactly one"));
+            // Each one's own problems are reported all the same.
+            for key in present {
+                let _ = parse_message(entry, key, report);
+            }
+            return None;
         }
     };
-    match (text, card) {
-        (Field::Missing, Field::Missing) => {
-            entry.missing(
-                "text",
-                report,
-                "no message: add text: { content: ... } or textcard: { title, description, url }",
-            );
-            None
+    parse_message(entry, message, report)
+}
+
+/// The message under `key`, one of [`MESSAGE_KEYS`].
+fn parse_message(entry: &Entry<'_>, key: &str, report: &mut Report) -> Option<MessageTemplate> {
+    match key {
+        "text" => {
+            let text = entry.nested("text", TEXT_KEYS, report).ok()?;
+            Some(MessageTemplate::Text {
+                content: required(&text, "content", report)?,
+            })
         }
-        (Field::Value(_) | Field::Invalid, Field::Value(_) | Field::Invalid) => {
-            report.error(
-                entry.subject,
-                "text",
-                "text and textcard are both set; keep exactly one",
-            );
-            None
-        }
-        (Field::Value(text), Field::Missing) => Some(MessageTemplate::Text {
-            content: template(&text, "content", report)?,
-        }),
-        (Field::Missing, Field::Value(card)) => {
-            let title = template(&card, "title", report);
-            let description = template(&card, "description", report);
-            let url = template(&card, "url", report);
+        "textcard" => {
+            let card = entry.nested("textcard", TEXTCARD_KEYS, report).ok()?;
+            let title = required(&card, "title", report);
+            let description = required(&card, "description", report);
+            let url = required(&card, "url", report);
             let btntxt = card.get::<String>("btntxt", report);
             Some(MessageTemplate::TextCard {
                 title: title?,
@@ -112,8 +123,121 @@ pub(super) fn validate_message(entry: &Entry<'_>, report: &mut Report) -> Option
                 btntxt: optional(btntxt.map_value(Some), None)?.filter(|b| !b.is_empty()),
             })
         }
-        _ => None,
+        "markdown" => {
+            let markdown = entry.nested("markdown", MARKDOWN_KEYS, report).ok()?;
+            Some(MessageTemplate::Markdown {
+                content: required(&markdown, "content", report)?,
+            })
+        }
+        "news" => {
+            let news = entry.nested("news", NEWS_KEYS, report).ok()?;
+            Some(MessageTemplate::News {
+                articles: articles(&news, report)?,
+            })
+        }
+        _ => {
+            let value = entry.raw("template_card")?;
+            super::card::validate_card(value, entry.subject, report)
+        }
     }
+}
+
+/// A required template: present, not empty, and a valid template.
+fn required(part: &Entry<'_>, key: &str, report: &mut Report) -> Option<Template> {
+    match part.get::<String>(key, report) {
+        Field::Value(source) if !source.trim().is_empty() => Template::parse(&source)
+            .map_err(|m| report.error(part.subject, &part.name(key), m))
+            .ok(),
+        Field::Invalid => None,
+        _ => {
+            part.missing(key, report, "is missing or empty");
+            None
+        }
+    }
+}
+
+/// An optional template: `Ok(None)` when absent or empty, `Err` when invalid (reported).
+fn optional_template(
+    part: &Entry<'_>,
+    key: &str,
+    report: &mut Report,
+) -> Result<Option<Template>, ()> {
+    match part.get::<String>(key, report) {
+        Field::Value(source) if !source.trim().is_empty() => Template::parse(&source)
+            .map(Some)
+            .map_err(|m| report.error(part.subject, &part.name(key), m)),
+        Field::Invalid => Err(()),
+        _ => Ok(None),
+    }
+}
+
+/// `news.articles`: a list of articles. How many WeCom takes is a limit, checked with the rest.
+fn articles(news: &Entry<'_>, report: &mut Report) -> Option<Vec<Article<Template>>> {
+    let field = news.name("articles");
+    let items = match news.raw("articles") {
+        Some(Value::Sequence(items)) => items,
+        Some(_) => {
+            report.error(
+                news.subject,
+                &field,
+                "must be a list of articles, each with title and url",
+            );
+            return None;
+        }
+        None => {
+            news.missing(
+                "articles",
+                report,
+                "is missing; list 1 to 8 articles, each with title and url",
+            );
+            return None;
+        }
+    };
+    let mut articles = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("{field}[{i}]");
+        let Some(article) = Entry::open(item.clone(), ARTICLE_KEYS, news.subject, &path, report)
+        else {
+            ok = false;
+            continue;
+        };
+        let title = required(&article, "title", report);
+        let url = required(&article, "url", report);
+        let description = optional_template(&article, "description", report);
+        let picurl = optional_template(&article, "picurl", report);
+        let appid = optional_template(&article, "appid", report);
+        let pagepath = optional_template(&article, "pagepath", report);
+        if let (Ok(appid), Ok(pagepath)) = (&appid, &pagepath)
+            && appid.is_some() != pagepath.is_some()
+        {
+            let (set, unset) = if appid.is_some() {
+                ("appid", "pagepath")
+            } else {
+                ("pagepath", "appid")
+            };
+            report.error(
+                news.subject,
+                &article.name(unset),
+                format!("is missing; WeCom needs appid and pagepath together (only {set} is set)"),
+            );
+            ok = false;
+        }
+        match (title, url, description, picurl, appid, pagepath) {
+            (Some(title), Some(url), Ok(description), Ok(picurl), Ok(appid), Ok(pagepath)) => {
+                articles.push(Article {
+                    title,
+                    description,
+                    url,
+                    picurl,
+                    appid,
+                    pagepath,
+                });
+            }
+            _ => ok = false,
+        }
+    }
+    ok.then_some(articles)
 }
 
 impl<T> Field<T> {
@@ -126,18 +250,17 @@ impl<T> Field<T> {
     }
 }
 
-/// Renders the message at the next slots (or now) and reports every WeCom limit it breaks.
+/// Renders the message at `sample` (the next slots, or now) and reports every WeCom limit it
+/// breaks when sent to `dest`.
 pub(super) fn check_limits(
     message: &MessageTemplate,
+    dest: Dest,
     name: &str,
     zone: Tz,
-    slots: &[DateTime<Utc>],
-    now: DateTime<Utc>,
+    sample: &[DateTime<Utc>],
     subject: &Subject,
     report: &mut Report,
 ) {
-    let now = [now];
-    let sample = if slots.is_empty() { &now[..] } else { slots };
     // Template variables change the length a little from slot to slot: a few renderings tell.
     let count = if message.is_static() {
         1
@@ -148,13 +271,28 @@ pub(super) fn check_limits(
     for slot in sample.iter().take(count) {
         for (field, problem) in message
             .render(name, slot.with_timezone(&zone))
-            .limit_problems()
+            .limit_problems(dest)
         {
-            if reported.insert(field) {
-                report.error(subject, field, problem);
+            if reported.insert(field.clone()) {
+                report.error(subject, &field, problem);
             }
         }
     }
+}
+
+/// Warns that members who read WeCom in WeChat (the 微信插件, now 微工作台) do not see the
+/// message: WeCom documents that it shows them neither markdown nor template cards.
+pub(super) fn warn_wechat_plugin(
+    message: &MessageTemplate,
+    subject: &Subject,
+    report: &mut Report,
+) {
+    let (field, kind) = match message {
+        MessageTemplate::Markdown { .. } => ("markdown", "markdown messages"),
+        MessageTemplate::TemplateCard { .. } => ("template_card", "template cards"),
+        _ => return,
+    };
+    report.warn(subject, field, format!("members who read WeCom through the WeChat plugin (微信插件 / 微工作台) are not shown {kind}; send text, textcard or news to reach them too"));
 }
 
 /// Warns when WeCom's duplicate check would swallow a repeat of an identical body.

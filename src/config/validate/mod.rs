@@ -16,12 +16,14 @@ use super::{
 use crate::calendar::Calendar;
 use crate::cron::CronSpec;
 use crate::message::{
-    DUPLICATE_CHECK_INTERVAL, MAX_PARTIES, MAX_TAGS, MAX_USERS, MessageTemplate, Recipients,
+    Article, DUPLICATE_CHECK_INTERVAL, Dest, MAX_PARTIES, MAX_TAGS, MAX_USERS, MessageTemplate,
+    Recipients,
 };
 use crate::template::Template;
 
 mod apps;
 mod calendars;
+mod card;
 mod message;
 mod robots;
 mod schedule;
@@ -73,6 +75,9 @@ const SCHEDULE_KEYS: &[&str] = &[
     "to",
     "text",
     "textcard",
+    "markdown",
+    "news",
+    "template_card",
     "safe",
     "enable_id_trans",
     "duplicate_check_interval",
@@ -85,6 +90,9 @@ const TO_KEYS: &[&str] = &["users", "parties", "tags"];
 const TEXT_KEYS: &[&str] = &["content", "mention"];
 const MENTION_KEYS: &[&str] = &["users", "mobiles"];
 const TEXTCARD_KEYS: &[&str] = &["title", "description", "url", "btntxt"];
+const MARKDOWN_KEYS: &[&str] = &["content"];
+const NEWS_KEYS: &[&str] = &["articles"];
+const ARTICLE_KEYS: &[&str] = &["title", "description", "url", "picurl", "appid", "pagepath"];
 
 /// WeCom's per-member delivery limits of one app (beyond them messages are silently dropped).
 const PER_MINUTE_LIMIT: usize = crate::gate::PER_MEMBER_PER_MINUTE;

@@ -1,6 +1,8 @@
 //! One `schedules:` entry, and the rules about how often it fires.
 
-use super::message::{check_limits, validate_message, validate_recipients, warn_duplicates};
+use super::message::{
+    check_limits, validate_message, validate_recipients, warn_duplicates, warn_wechat_plugin,
+};
 use super::*;
 
 pub(super) fn validate_schedule(
@@ -97,17 +99,35 @@ pub(super) fn validate_schedule(
         );
     }
     let safe = entry.get::<bool>("safe", report);
-    if matches!(safe, Field::Value(true))
-        && matches!(message, Some(MessageTemplate::TextCard { .. }))
+    // On a robot schedule these are errors of their own (refuse_app_fields).
+    if !is_robot
+        && matches!(safe, Field::Value(true))
+        && let Some(message) = message.as_ref().filter(|m| !m.supports_safe())
     {
         report.error(
             &subject,
             "safe",
-            "WeCom supports confidential (safe) messages for text only; remove safe or send text",
+            format!("WeCom supports confidential (safe) messages for text only, not {}; remove safe or send text", message.msgtype()),
         );
     }
     let duplicate_check_interval = interval(&entry, report);
     let enable_id_trans = entry.get::<bool>("enable_id_trans", report);
+    if !is_robot
+        && matches!(enable_id_trans, Field::Value(true))
+        && let Some(message) = message.as_ref().filter(|m| !m.supports_id_trans())
+    {
+        report.error(
+            &subject,
+            "enable_id_trans",
+            format!(
+                "WeCom does not translate ids in {} messages; remove enable_id_trans",
+                message.msgtype()
+            ),
+        );
+    }
+    if let Some(message) = &message {
+        warn_wechat_plugin(message, &subject, report);
+    }
     let enabled = entry.get::<bool>("enabled", report);
     let catch_up = match duration(&entry, "catch_up", report) {
         Ok(None) => Ok(context.default_catch_up),
@@ -161,12 +181,14 @@ pub(super) fn validate_schedule(
     if let Some(message) = &message {
         // Limits are checked even when other fields are broken, at the next slots when known.
         let zone = zone.unwrap_or(context.default_zone);
+        let now = [context.now];
+        let sample = if slots.is_empty() { &now[..] } else { &slots };
         check_limits(
             message,
+            if is_robot { Dest::Robot } else { Dest::App },
             name.as_deref().unwrap_or_default(),
             zone,
-            &slots,
-            context.now,
+            sample,
             &subject,
             report,
         );
