@@ -231,7 +231,7 @@ impl Dispatcher {
             .collect();
         let mut interrupted = 0;
         for id in ids {
-            match self.store.interrupt(id).await {
+            match self.store.interrupt_at_stop(id).await {
                 Ok(true) => interrupted += 1,
                 Ok(false) => {}
                 Err(e) => tracing::error!(id, "could not mark the send interrupted: {e:#}"),
@@ -424,11 +424,42 @@ impl Dispatcher {
         match self.store.claim(new.clone()).await {
             Ok(Claim::Claimed(id)) => Ok(Claimed::Held(Held::Row(id))),
             Ok(Claim::Taken) => Ok(Claimed::Taken),
+            // A claim outside the database guards only this process; another daemon on the
+            // database may claim the slot too, which WeCom's duplicate check absorbs for an app.
+            // A robot has none: its slot is not sent rather than perhaps posted twice.
+            Err(e) if self.send_unrecorded && !self.dry_run && new.robot.is_some() => {
+                let schedule = new.schedule.clone();
+                let slot = crate::time::to_db(new.scheduled_at);
+                tracing::error!(%schedule, %slot,
+                    "NOT SENT: the database refused the claim of this robot send ({e:#}); a claim kept outside it would not stop another daemon from posting the slot too, and a group robot has no duplicate check. It is recorded as missed once the database takes writes");
+                let reason = format!(
+                    "not sent: its claim could not be recorded (database: {e:#}), and a group robot has no duplicate check to absorb a second sender"
+                );
+                Ok(self.not_sent(new.clone(), claimed_at, &e, reason).await)
+            }
             Err(e) if self.send_unrecorded && !self.dry_run => {
                 Ok(self.claim_elsewhere(new.clone(), claimed_at, &e).await)
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Records (once the database takes writes) that the slot of `new` was not sent, and why.
+    async fn not_sent(
+        &self,
+        new: NewSend,
+        claimed_at: DateTime<Utc>,
+        error: &anyhow::Error,
+        reason: String,
+    ) -> Claimed {
+        let finish = Finish {
+            errmsg: Some(reason),
+            ..Finish::new(Status::Missed, 0)
+        };
+        let mut not_sent = Unrecorded::claim(new, claimed_at).finished(finish.clone());
+        not_sent.row.status = Status::Missed;
+        self.keep_unwritten(not_sent, error).await;
+        Claimed::Nowhere(finish)
     }
 
     /// Makes the claim of a send durable outside the database, which refused it (`error`): in

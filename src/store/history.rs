@@ -340,6 +340,23 @@ impl Store {
         .await
     }
 
+    /// [`Store::interrupt`] at a stop that gave up waiting for the send, saying in `errmsg`
+    /// whether an attempt had started (a row still held back by a rate limit never left).
+    pub async fn interrupt_at_stop(&self, id: i64) -> anyhow::Result<bool> {
+        self.call(move |conn| {
+            conn.execute(
+                "UPDATE sends SET status = 'interrupted', finished_at = ?2,
+                        errmsg = CASE WHEN attempts = 0
+                            THEN 'not sent: the daemon stopped before its first attempt (held back by a rate limit or a pause)'
+                            ELSE 'the daemon stopped while it was being sent; it may or may not have arrived' END
+                 WHERE id = ?1 AND status = 'pending'",
+                params![id, crate::time::now_db()],
+            )
+            .map(|n| n > 0)
+        })
+        .await
+    }
+
     /// [`Store::interrupt`], recording `reason` in `errmsg`.
     pub async fn interrupt_because(&self, id: i64, reason: String) -> anyhow::Result<bool> {
         self.call(move |conn| {

@@ -399,13 +399,14 @@ fn percent_decoded(bytes: &[u8]) -> Vec<u8> {
     crate::shown::percent_decoded(&crate::shown::percent_decoded(bytes))
 }
 
-/// Replaces the values of `access_token=` and `corpsecret=` (in a URL) and of
+/// Replaces the values of `access_token=`, `corpsecret=` and a robot's `key=` (in a URL) and of
 /// `"access_token":"` (in a gettoken answer that did not parse) with `***`.
 fn redact(text: &str) -> String {
     let mut out = text.to_string();
     for key in [
         "access_token=",
         "corpsecret=",
+        "key=",
         "\"access_token\":\"",
         "\"access_token\": \"",
     ] {

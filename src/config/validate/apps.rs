@@ -125,10 +125,18 @@ pub(super) fn api_base(url: &str, subject: &Subject, report: &mut Report) -> Opt
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
     let Some(mut parsed) = parsed else {
         // An unparsable URL is shown only when it cannot be hiding a password.
+        // Nor a query or fragment, which may hold a key (a robot's webhook address pasted
+        // without its scheme): only the part before them is shown.
         let shown = if url.contains('@') {
             "the URL (not shown: it contains '@' and may hold a password)".to_string()
         } else {
-            format!("\"{}\"", super::super::escaped(url))
+            let before = url.split(['?', '#']).next().unwrap_or_default();
+            let cut = if before.len() < url.len() {
+                "?… (the rest not shown)"
+            } else {
+                ""
+            };
+            format!("\"{}{cut}\"", super::super::escaped(before))
         };
         report.error(
             subject,

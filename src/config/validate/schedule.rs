@@ -66,7 +66,12 @@ pub(super) fn validate_schedule(
         Field::Missing => Some(context.default_zone),
     };
     let robot = resolve_robot(&entry, context, report);
-    let is_robot = entry.raw("robot").is_some();
+    // A robot schedule, or one that must be (the file defines robots and no app): either way no
+    // app or recipients are looked for, so a missing robot: is reported once.
+    let is_robot = entry.raw("robot").is_some()
+        || (entry.raw("app").is_none()
+            && context.declared.is_empty()
+            && !context.declared_robots.is_empty());
     let (app, to) = if is_robot {
         refuse_app_fields(&entry, report);
         (Some(String::new()), Some(Recipients::default()))
@@ -98,7 +103,13 @@ pub(super) fn validate_schedule(
             ),
         );
     }
-    let safe = entry.get::<bool>("safe", report);
+    // On a robot schedule the app-only fields are refused as such (refuse_app_fields), whatever
+    // their value: not read, so a bad value is not reported a second time.
+    let safe = if is_robot {
+        Field::Missing
+    } else {
+        entry.get::<bool>("safe", report)
+    };
     // On a robot schedule these are errors of their own (refuse_app_fields).
     if !is_robot
         && matches!(safe, Field::Value(true))
@@ -110,8 +121,16 @@ pub(super) fn validate_schedule(
             format!("WeCom supports confidential (safe) messages for text only, not {}; remove safe or send text", message.msgtype()),
         );
     }
-    let duplicate_check_interval = interval(&entry, report);
-    let enable_id_trans = entry.get::<bool>("enable_id_trans", report);
+    let duplicate_check_interval = if is_robot {
+        Some(DEFAULT_DUPLICATE_CHECK_INTERVAL)
+    } else {
+        interval(&entry, report)
+    };
+    let enable_id_trans = if is_robot {
+        Field::Missing
+    } else {
+        entry.get::<bool>("enable_id_trans", report)
+    };
     if !is_robot
         && matches!(enable_id_trans, Field::Value(true))
         && let Some(message) = message.as_ref().filter(|m| !m.supports_id_trans())
