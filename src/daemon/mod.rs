@@ -11,7 +11,7 @@ pub mod reload;
 pub mod signals;
 mod timer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -604,8 +604,11 @@ impl Daemon {
                 replaced.insert(name.clone(), timer.next_slot());
             }
         }
+        // By name, once: a lookup per armed schedule would scan the whole list each time.
+        let by_name: HashMap<&str, &Arc<Schedule>> =
+            new.schedules.iter().map(|s| (s.name.as_str(), s)).collect();
         for name in diff.added.iter().chain(&diff.changed) {
-            if let Some(schedule) = new.schedule(name).cloned() {
+            if let Some(schedule) = by_name.get(name.as_str()).map(|s| Arc::clone(s)) {
                 // A timer running late hands over the slot it had yet to fire.
                 let from = replaced
                     .get(name)
