@@ -88,7 +88,15 @@ pub struct Client {
 }
 
 /// Every setting of the HTTP clients but the proxy.
+/// Makes rustls with ring the process's TLS crypto provider, once; every HTTP client of the
+/// process (and of a test) is built after it. Idempotent.
+pub fn install_crypto_provider() {
+    // Err only when a provider is installed already, which is all this asks for.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn builder() -> reqwest::ClientBuilder {
+    install_crypto_provider();
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)

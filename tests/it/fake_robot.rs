@@ -20,6 +20,7 @@ async fn setup() -> (FakeWeCom, Client) {
     let fake = FakeWeCom::start().await;
     fake.add_app(CORP, SECRET, AGENT);
     fake.add_robot(KEY);
+    wecom_notify::wecom::client::install_crypto_provider();
     let client = Client::builder().timeout(Duration::from_secs(5)).build();
     (fake, client.expect("reqwest client"))
 }

@@ -43,7 +43,7 @@ async fn metrics_are_served_over_http_after_a_send() {
     .await;
 
     let url = format!("http://127.0.0.1:{port}/metrics");
-    let response = reqwest::get(&url).await.expect("scrape");
+    let response = http_get(&url).await.expect("scrape");
     assert_eq!(response.status(), 200);
     assert!(
         response.headers()["content-type"]
@@ -93,7 +93,7 @@ async fn metrics_are_served_over_http_after_a_send() {
         sample(&text, "wecom_notify_reload_failures_total"),
         Some(1.0)
     );
-    let missing = reqwest::get(format!("http://127.0.0.1:{port}/other"))
+    let missing = http_get(&format!("http://127.0.0.1:{port}/other"))
         .await
         .expect("request");
     assert_eq!(missing.status(), 404);
@@ -171,6 +171,7 @@ async fn history_older_than_the_retention_is_pruned_but_never_a_pending_row() {
 /// `GET path` on the daemon's metrics listener: the status and the body; `None` while nothing
 /// listens yet.
 async fn probe(port: u16, path: &str) -> Option<(u16, String)> {
+    wecom_notify::wecom::client::install_crypto_provider();
     let response = reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -248,4 +249,11 @@ async fn healthz_and_readyz_answer_before_ready_after_it_and_while_the_database_
 /// Runs `future` to completion from inside a synchronous polling closure.
 fn block_on_here<T>(future: impl std::future::Future<Output = T>) -> T {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
+}
+
+/// `reqwest::get`, with the process's TLS provider installed first (the crate builds reqwest
+/// without one of its own).
+async fn http_get(url: &str) -> reqwest::Result<reqwest::Response> {
+    wecom_notify::wecom::client::install_crypto_provider();
+    reqwest::get(url).await
 }

@@ -1857,6 +1857,7 @@ mod tests {
     async fn setup() -> (FakeWeCom, Client) {
         let fake = FakeWeCom::start().await;
         fake.add_app(CORP, SECRET, AGENT);
+        wecom_notify::wecom::client::install_crypto_provider();
         let client = Client::builder().timeout(Duration::from_secs(10)).build();
         (fake, client.expect("reqwest client"))
     }
