@@ -77,13 +77,13 @@ struct TextCardBody<'a> {
 }
 
 #[derive(Debug, Serialize)]
-struct NewsBody<'a> {
-    articles: Vec<ArticleBody<'a>>,
+pub(super) struct NewsBody<'a> {
+    pub(super) articles: Vec<ArticleBody<'a>>,
 }
 
 /// One article, its fields in WeCom's documented order.
 #[derive(Debug, Serialize)]
-struct ArticleBody<'a> {
+pub(super) struct ArticleBody<'a> {
     title: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<&'a str>,

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::app::{ArticleBody, NewsBody};
 use crate::config::{Mention, Schedule};
 use crate::message::Content;
 
@@ -19,17 +20,11 @@ pub fn body(schedule: &Schedule, content: &Content) -> String {
         Content::Markdown { content } => Body::Markdown {
             markdown: Markdown { content },
         },
+        // The application's article body: a robot's article never has the mini-program fields
+        // (validation refuses them), which it leaves out when absent.
         Content::News { articles } => Body::News {
-            news: News {
-                articles: articles
-                    .iter()
-                    .map(|a| Article {
-                        title: &a.title,
-                        description: a.description.as_deref(),
-                        url: &a.url,
-                        picurl: a.picurl.as_deref(),
-                    })
-                    .collect(),
+            news: NewsBody {
+                articles: articles.iter().map(ArticleBody::from).collect(),
             },
         },
         // Validation lets only the types above reach a robot; a card is said as its title and
@@ -58,28 +53,12 @@ pub fn body(schedule: &Schedule, content: &Content) -> String {
 enum Body<'a> {
     Text { text: Text<'a> },
     Markdown { markdown: Markdown<'a> },
-    News { news: News<'a> },
+    News { news: NewsBody<'a> },
 }
 
 #[derive(Serialize)]
 struct Markdown<'a> {
     content: &'a str,
-}
-
-#[derive(Serialize)]
-struct News<'a> {
-    articles: Vec<Article<'a>>,
-}
-
-/// A robot's news article: no mini-program fields.
-#[derive(Serialize)]
-struct Article<'a> {
-    title: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<&'a str>,
-    url: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    picurl: Option<&'a str>,
 }
 
 struct Text<'a> {

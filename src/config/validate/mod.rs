@@ -174,36 +174,8 @@ fn read(
     };
 
     // Taken out of the tree, not copied: a large file is validated without a second copy.
-    let raw_apps = match top.take("apps") {
-        None => Vec::new(),
-        Some(Value::Mapping(map)) => map
-            .into_iter()
-            .map(|(k, v)| (k.as_str().map(str::to_string), v))
-            .collect(),
-        Some(_) => {
-            report.error(
-                &file,
-                "apps",
-                "must map app names to their settings (see schedules.example.yaml)",
-            );
-            Vec::new()
-        }
-    };
-    let raw_robots = match top.take("robots") {
-        None => Vec::new(),
-        Some(Value::Mapping(map)) => map
-            .into_iter()
-            .map(|(k, v)| (k.as_str().map(str::to_string), v))
-            .collect(),
-        Some(_) => {
-            report.error(
-                &file,
-                "robots",
-                "must map robot names to their settings (see schedules.example.yaml)",
-            );
-            Vec::new()
-        }
-    };
+    let raw_apps = named_entries(top.take("apps"), "apps", "app", report);
+    let raw_robots = named_entries(top.take("robots"), "robots", "robot", report);
     let raw_schedules = match top.take("schedules") {
         None => Vec::new(),
         Some(Value::Sequence(list)) => list,
@@ -279,6 +251,30 @@ fn read(
         history_retention,
         metrics_listen,
     })
+}
+
+/// The entries of a top-level mapping of names (`apps:`, `robots:`), moved out of the tree.
+fn named_entries(
+    value: Option<Value>,
+    key: &str,
+    what: &str,
+    report: &mut Report,
+) -> Vec<(Option<String>, Value)> {
+    match value {
+        None => Vec::new(),
+        Some(Value::Mapping(map)) => map
+            .into_iter()
+            .map(|(k, v)| (k.as_str().map(str::to_string), v))
+            .collect(),
+        Some(_) => {
+            report.error(
+                &Subject::File,
+                key,
+                format!("must map {what} names to their settings (see schedules.example.yaml)"),
+            );
+            Vec::new()
+        }
+    }
 }
 
 struct Context<'a> {
