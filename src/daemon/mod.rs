@@ -28,14 +28,15 @@ use crate::store::events::EventKind;
 use notify::Notifier;
 use recovery::Downtime;
 use reload::{Diff, changed_credentials};
-use timer::{Alarms, Firing, Timer};
+use timer::{Alarms, Deadlines, Firing, Timer};
 
 /// Waits for a slot longer than this are kept by a tokio-cron-scheduler alarm (which follows
 /// the wall clock through suspends and clock steps); shorter ones by a plain sleep.
 pub const DEFAULT_SCHEDULER_MIN_WAIT: Duration = Duration::from_secs(60);
 
-/// The smallest channel size given to tokio-cron-scheduler (its default is 200).
-const MIN_SCHEDULER_CHANNEL: usize = 1024;
+/// The channel size given to tokio-cron-scheduler (its default is 200): room for the adds and
+/// removals of many re-armed waits, though one job at most is armed at a time.
+const SCHEDULER_CHANNEL: usize = 1024;
 
 /// How long shutdown waits for sends in flight before recording them as `interrupted`.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -136,6 +137,8 @@ async fn stepped(steps: &mut clock::Steps) -> clock::Step {
 struct Daemon {
     config: Config,
     firing: Arc<Firing>,
+    /// The deadline heap that fires every armed schedule.
+    deadlines: Deadlines,
     timers: BTreeMap<String, Timer>,
     notifier: Notifier,
     options: Options,
@@ -153,10 +156,8 @@ pub async fn run(
     mut control: Control,
 ) -> anyhow::Result<()> {
     let store = dispatcher.store().clone();
-    // Every long wait is one job; room for all of them keeps the scheduler's channels from
-    // lagging when many schedules are armed at once.
-    let channel_size = (2 * config.schedules.len()).max(MIN_SCHEDULER_CHANNEL);
-    let scheduler = JobScheduler::new_with_channel_size(channel_size).await?;
+    // One timer task waits for the earliest deadline: at most one job at a time.
+    let scheduler = JobScheduler::new_with_channel_size(SCHEDULER_CHANNEL).await?;
     scheduler.start().await?;
     let firing = Arc::new(Firing {
         alarms: Alarms::new(scheduler),
@@ -207,9 +208,11 @@ pub async fn run(
             .record_event(EventKind::Started, &config.digest, &version)
             .await?;
     }
+    let deadlines = Deadlines::start(firing.clone());
     let mut daemon = Daemon {
         config,
         firing,
+        deadlines,
         timers: BTreeMap::new(),
         notifier,
         options,
@@ -331,18 +334,15 @@ impl Daemon {
     }
 
     fn arm(&mut self, schedule: Arc<Schedule>, resume_from: chrono::DateTime<Utc>) {
-        let timer = Timer::arm(schedule.clone(), self.firing.clone(), resume_from);
+        let timer = self
+            .deadlines
+            .arm(schedule.clone(), &self.firing, resume_from);
         self.timers.insert(schedule.name.clone(), timer);
     }
 
     /// "3 schedules armed, next: standup at 2026-11-30 09:30 +08:00".
     fn status_line(&self) -> String {
-        let now = Utc::now();
-        let next = self
-            .timers
-            .values()
-            .filter_map(|t| t.schedule.next_after(now).map(|at| (at, &t.schedule)))
-            .min_by_key(|(at, _)| *at);
+        let next = self.deadlines.next();
         let mut line = format!("{} schedules armed", self.timers.len());
         if self.dry_run() {
             line.push_str(" (dry run)");
@@ -638,6 +638,7 @@ impl Daemon {
         let progress = &self.firing.progress;
         progress.stop_at(progress.fired_through(disarmed_at));
         self.timers.clear();
+        self.deadlines.stop();
         self.firing.alarms.shutdown().await;
         self.firing.inflight.close();
         let detail = tokio::select! {

@@ -1,5 +1,6 @@
-//! One timer per armed schedule: it computes each slot, waits for it, and hands the fire to a
-//! tracked task so that a slow send never delays the next slot or another schedule.
+//! One timer task for every armed schedule: a deadline heap holds each schedule's next slot;
+//! the task waits for the earliest, and hands each fire to a tracked task so that a slow send
+//! never delays the next slot or another schedule.
 //!
 //! Waiting is two-stage. tokio-cron-scheduler is the coarse alarm: a one-shot job about two
 //! seconds before the slot. It compares against the wall clock every 500 ms, so a long wait
@@ -10,9 +11,9 @@
 //! daylight-saving changes are right), the slot is known exactly (it is the one armed), and its
 //! 6-field-only parser is never used.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -158,51 +159,197 @@ impl Firing {
     }
 }
 
-/// An armed schedule. Dropping it disarms it (a fire already started is not interrupted).
-pub struct Timer {
-    pub schedule: Arc<Schedule>,
-    cancel: CancellationToken,
-    /// The slot it holds, to fire next (Unix seconds; `i64::MAX` when none).
-    next: Arc<AtomicI64>,
+/// Every armed schedule's next slot, and the one task that fires them: a deadline heap.
+///
+/// One task waits for the earliest deadline of all schedules (one tokio-cron-scheduler alarm
+/// for a long wait, not one per schedule), fires every slot then due and puts each schedule's
+/// next slot back. Arming or disarming a schedule is an insert or a removal under one lock;
+/// the task is woken only when a deadline earlier than the one it waits for arrives.
+pub struct Timers {
+    state: Mutex<Heap>,
+    /// Wakes the task when a deadline earlier than the one it waits for arrives.
+    earlier: Notify,
+    /// Ends the task (at daemon stop).
+    stop: CancellationToken,
 }
 
-impl Timer {
+#[derive(Default)]
+struct Heap {
+    /// Deadlines by due instant, then by arming order (the order of the config). An entry
+    /// whose schedule was disarmed, or re-armed for another deadline, stays until it reaches
+    /// the top and is then dropped.
+    queue: BinaryHeap<Reverse<(DateTime<Utc>, u64)>>,
+    armed: HashMap<u64, Armed>,
+    next_id: u64,
+    /// The deadline the task waits for; `None` when it waits for none.
+    waiting_for: Option<DateTime<Utc>>,
+}
+
+/// One armed schedule and the slot it holds, to fire next.
+struct Armed {
+    schedule: Arc<Schedule>,
+    hold: Hold,
+    /// When that slot falls due (the slot plus any jitter).
+    due: DateTime<Utc>,
+}
+
+impl Heap {
+    /// Arms `id` for the slot `hold` holds.
+    fn insert(&mut self, id: u64, schedule: Arc<Schedule>, hold: Hold) -> DateTime<Utc> {
+        let due = schedule.due(hold.slot());
+        self.queue.push(Reverse((due, id)));
+        self.armed.insert(
+            id,
+            Armed {
+                schedule,
+                hold,
+                due,
+            },
+        );
+        due
+    }
+
+    /// The earliest deadline still armed, dropping the stale entries above it.
+    fn earliest(&mut self) -> Option<DateTime<Utc>> {
+        while let Some(Reverse((due, id))) = self.queue.peek().copied() {
+            if self.armed.get(&id).is_some_and(|a| a.due == due) {
+                return Some(due);
+            }
+            self.queue.pop();
+        }
+        None
+    }
+
+    /// Removes and returns the armed schedule at the top if it is due by `now`.
+    fn pop_due(&mut self, now: DateTime<Utc>) -> Option<(u64, Armed)> {
+        let due = self.earliest().filter(|due| *due <= now)?;
+        let Reverse((_, id)) = self.queue.pop()?;
+        let armed = self.armed.remove(&id)?;
+        debug_assert_eq!(armed.due, due);
+        Some((id, armed))
+    }
+
+    /// Leaves few stale entries behind: after many reloads they would outnumber the armed.
+    fn compact(&mut self) {
+        if self.queue.len() > 2 * self.armed.len() + 1024 {
+            let armed = &self.armed;
+            self.queue
+                .retain(|Reverse((due, id))| armed.get(id).is_some_and(|a| a.due == *due));
+        }
+    }
+}
+
+/// The daemon's handle on the timer task: dropping it (or [`Deadlines::stop`]) ends the task,
+/// so that a daemon dropped without its shutdown leaves nothing running.
+pub struct Deadlines(Arc<Timers>);
+
+impl Deadlines {
+    /// Starts the task that fires the slots of every schedule armed through the result.
+    pub fn start(firing: Arc<Firing>) -> Deadlines {
+        let timers = Arc::new(Timers {
+            state: Mutex::new(Heap::default()),
+            earlier: Notify::new(),
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(run(timers.clone(), firing));
+        Deadlines(timers)
+    }
+
+    /// See [`Timers::arm`].
+    pub fn arm(
+        &self,
+        schedule: Arc<Schedule>,
+        firing: &Firing,
+        not_before: DateTime<Utc>,
+    ) -> Timer {
+        self.0.arm(schedule, firing, not_before)
+    }
+
+    /// The schedule to fire next and its slot.
+    pub fn next(&self) -> Option<(DateTime<Utc>, Arc<Schedule>)> {
+        self.0.next()
+    }
+
+    /// Ends the task. Slots still armed are not fired.
+    pub fn stop(&self) {
+        self.0.stop.cancel();
+    }
+}
+
+impl Drop for Deadlines {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Timers {
     /// Arms `schedule` for its slots that fall due at or after `not_before`. Earlier ones
     /// belong to the missed-slot scan (at start) or to the timer this one replaces (reload).
-    pub fn arm(schedule: Arc<Schedule>, firing: Arc<Firing>, not_before: DateTime<Utc>) -> Timer {
-        let cancel = CancellationToken::new();
-        // Held from now on, not from when the task first runs: the heartbeat must never pass
-        // a slot that an armed schedule has yet to fire.
+    fn arm(
+        self: &Arc<Self>,
+        schedule: Arc<Schedule>,
+        firing: &Firing,
+        not_before: DateTime<Utc>,
+    ) -> Timer {
+        // Held from now on: the heartbeat must never pass a slot that an armed schedule has
+        // yet to fire.
         let first = first_due(&schedule, not_before).map(|slot| firing.progress.hold(slot));
-        let next = Arc::new(AtomicI64::new(i64::MAX));
-        note_next(&next, &first);
-        tokio::spawn(run(
-            schedule.clone(),
-            firing,
-            first,
-            cancel.clone(),
-            next.clone(),
-        ));
+        let mut heap = self.lock();
+        let id = heap.next_id;
+        heap.next_id += 1;
+        if let Some(hold) = first {
+            let due = heap.insert(id, schedule.clone(), hold);
+            if heap.waiting_for.is_none_or(|w| due < w) {
+                heap.waiting_for = Some(due);
+                self.earlier.notify_one();
+            }
+        }
         Timer {
             schedule,
-            cancel,
-            next,
+            id,
+            timers: self.clone(),
         }
     }
 
+    fn next(&self) -> Option<(DateTime<Utc>, Arc<Schedule>)> {
+        let mut heap = self.lock();
+        let due = heap.earliest()?;
+        let Reverse((_, id)) = heap.queue.peek().copied()?;
+        let armed = heap.armed.get(&id).filter(|a| a.due == due)?;
+        Some((armed.hold.slot(), armed.schedule.clone()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Heap> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An armed schedule. Dropping it disarms it (a fire already started is not interrupted).
+pub struct Timer {
+    pub schedule: Arc<Schedule>,
+    id: u64,
+    timers: Arc<Timers>,
+}
+
+impl Timer {
     /// The slot this timer is to fire next, if any: a timer replaced on reload hands it to its
     /// successor, which must not start after it (a timer running late would lose it).
     pub fn next_slot(&self) -> Option<DateTime<Utc>> {
-        match self.next.load(Ordering::SeqCst) {
-            i64::MAX => None,
-            at => DateTime::from_timestamp(at, 0),
-        }
+        let heap = self.timers.lock();
+        heap.armed.get(&self.id).map(|a| a.hold.slot())
     }
 }
 
 impl Drop for Timer {
     fn drop(&mut self) {
-        self.cancel.cancel();
+        let removed = {
+            let mut heap = self.timers.lock();
+            let removed = heap.armed.remove(&self.id);
+            heap.compact();
+            removed
+        };
+        // The hold goes after the heap's lock: the two locks are never held together.
+        drop(removed);
     }
 }
 
@@ -216,60 +363,109 @@ fn first_due(schedule: &Schedule, not_before: DateTime<Utc>) -> Option<DateTime<
     next
 }
 
-/// Fires the slots of `schedule` from the one `held` on. The timer always holds its next slot
-/// (see [`Progress`]); a fire takes the hold of its slot along and drops it once claimed.
-async fn run(
-    schedule: Arc<Schedule>,
-    firing: Arc<Firing>,
-    mut held: Option<Hold>,
-    cancel: CancellationToken,
-    next: Arc<AtomicI64>,
-) {
-    while let Some(hold) = held.take() {
-        let slot = hold.slot();
-        let due = schedule.due(slot);
-        if !wait_for(&firing, due, &cancel).await {
+/// What became of a slot whose deadline passed.
+enum Due {
+    /// Fire it now.
+    Fire(Arc<Schedule>, Hold),
+    /// The wall clock jumped past it: record it (and any others passed over) missed.
+    Late(Arc<Schedule>, Hold),
+}
+
+/// The timer task: waits for the earliest deadline, then fires every slot due. Each
+/// schedule's next slot is held before the one due is handed over, so that the watermark never
+/// skips a slot.
+async fn run(timers: Arc<Timers>, firing: Arc<Firing>) {
+    loop {
+        let earliest = {
+            let mut heap = timers.lock();
+            let earliest = heap.earliest();
+            heap.waiting_for = earliest;
+            earliest
+        };
+        let due = match earliest {
+            None => tokio::select! {
+                _ = timers.stop.cancelled() => return,
+                _ = timers.earlier.notified() => continue,
+            },
+            Some(due) => tokio::select! {
+                biased;
+                _ = timers.stop.cancelled() => return,
+                _ = timers.earlier.notified() => continue,
+                reached = wait_for(&firing, due, &timers.stop) => reached,
+            },
+        };
+        if !due {
             return;
         }
         let now = Utc::now();
-        if now - due > recovery::LATE_LIMIT {
-            // The wall clock jumped past this slot (suspend, a clock step): it and any others
-            // passed over are missed, not sent late (unless catch_up says otherwise).
-            recovery::settle(
-                &firing,
-                &schedule,
-                slot,
-                true,
-                now,
-                "because the clock jumped or the machine was suspended",
-                &Default::default(),
-            )
-            .await;
-            held = first_due(&schedule, now).map(|next| firing.progress.hold(next));
-            note_next(&next, &held);
-            continue;
+        for slot in take_due(&timers, &firing, now) {
+            match slot {
+                Due::Fire(schedule, hold) => {
+                    let lag_ms = (now - schedule.due(hold.slot())).num_milliseconds();
+                    tracing::debug!(schedule = %schedule.name, slot = %crate::time::to_db(hold.slot()), lag_ms, "firing");
+                    let slot = hold.slot();
+                    firing.inflight.spawn(fire(
+                        firing.clone(),
+                        schedule,
+                        slot,
+                        Trigger::Cron,
+                        hold,
+                    ));
+                }
+                Due::Late(schedule, hold) => {
+                    let firing = firing.clone();
+                    firing.inflight.clone().spawn(async move {
+                        recovery::settle(
+                            &firing,
+                            &schedule,
+                            hold.slot(),
+                            true,
+                            now,
+                            "because the clock jumped or the machine was suspended",
+                            &Default::default(),
+                        )
+                        .await;
+                        drop(hold);
+                    });
+                }
+            }
         }
-        let lag_ms = (now - due).num_milliseconds();
-        tracing::debug!(schedule = %schedule.name, slot = %crate::time::to_db(slot), lag_ms, "firing");
-        // The next slot is held before this one is handed over, so the watermark never skips.
-        held = schedule
-            .next_after(slot)
-            .map(|next| firing.progress.hold(next));
-        note_next(&next, &held);
-        firing.inflight.spawn(fire(
-            firing.clone(),
-            schedule.clone(),
-            slot,
-            Trigger::Cron,
-            hold,
-        ));
     }
-    tracing::info!(schedule = %schedule.name, "the cron expression names no further slot; timer ends");
 }
 
-fn note_next(next: &AtomicI64, held: &Option<Hold>) {
-    let at = held.as_ref().map_or(i64::MAX, |h| h.slot().timestamp());
-    next.store(at, Ordering::SeqCst);
+/// Takes every slot due by `now` off the heap, arming each schedule for its next slot.
+fn take_due(timers: &Timers, firing: &Firing, now: DateTime<Utc>) -> Vec<Due> {
+    let mut taken = Vec::new();
+    let mut heap = timers.lock();
+    while let Some((id, armed)) = heap.pop_due(now) {
+        let Armed {
+            schedule,
+            hold,
+            due,
+        } = armed;
+        let late = now - due > recovery::LATE_LIMIT;
+        // After a jump of the clock, the slots passed over are the missed-slot record's.
+        let next = if late {
+            first_due(&schedule, now)
+        } else {
+            schedule.next_after(hold.slot())
+        };
+        match next {
+            Some(next) => {
+                let next = firing.progress.hold(next);
+                heap.insert(id, schedule.clone(), next);
+            }
+            None => {
+                tracing::info!(schedule = %schedule.name, "the cron expression names no further slot; timer ends")
+            }
+        }
+        taken.push(if late {
+            Due::Late(schedule, hold)
+        } else {
+            Due::Fire(schedule, hold)
+        });
+    }
+    taken
 }
 
 /// Fires one slot through the dispatcher, with the app as currently configured. `hold` keeps
@@ -408,8 +604,12 @@ async fn alarm(
     let Ok(job) = job else {
         return sleep_unless_woken(after, cancel, steps).await;
     };
-    // The id is known before the add, so the job is removed even if the wait ends first.
-    let id = job.guid();
+    // The id is known before the add, so the job is removed even if the wait ends first, or
+    // is dropped (the timer task drops its wait when an earlier deadline arrives).
+    let mut unrung = Unrung {
+        alarms,
+        id: Some(job.guid()),
+    };
     let sleep = tokio::time::sleep(after + ALARM_GRACE);
     tokio::pin!(sleep);
     let (woke, by_alarm) = tokio::select! {
@@ -425,8 +625,22 @@ async fn alarm(
         Ok(()) = steps.changed() => (Woke::Stepped, false),
     };
     // A one-shot job that ran is deleted by the scheduler itself.
-    if !by_alarm {
-        alarms.remove(id);
+    if by_alarm {
+        unrung.id = None;
     }
     woke
+}
+
+/// Removes an alarm's job when dropped, unless it rang.
+struct Unrung<'a> {
+    alarms: &'a Alarms,
+    id: Option<Uuid>,
+}
+
+impl Drop for Unrung<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.alarms.remove(id);
+        }
+    }
 }

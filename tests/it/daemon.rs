@@ -504,6 +504,48 @@ async fn slots_kept_by_tokio_cron_scheduler_alarms_fire_on_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_armed_on_reload_before_the_one_waited_for_fires_and_a_removed_one_does_not() {
+    // One timer task waits for the earliest deadline of all schedules: here a yearly slot, a
+    // long tokio-cron-scheduler alarm. A schedule added by a reload, due long before it, must
+    // wake that wait; once removed, its deadline must not fire.
+    let env = Env::new().await;
+    let yearly = every("yearly", "0 0 0 1 1 *", "yearly", "");
+    env.write_schedules(&yearly);
+    let mut daemon = env.spawn_daemon(&[]);
+    eventually(WAIT, "the daemon is up", || {
+        env.count("SELECT count(*) FROM events WHERE kind = 'started'") == 1
+    })
+    .await;
+    env.write_schedules(&[yearly.clone(), every_two_seconds("soon", "soon")].concat());
+    daemon.signal(SIGHUP);
+    eventually(WAIT, "the added schedule fires twice", || {
+        env.slots("soon").len() >= 2
+    })
+    .await;
+    env.write_schedules(&yearly);
+    daemon.signal(SIGHUP);
+    eventually(WAIT, "the second reload event", || {
+        env.count("SELECT count(*) FROM events WHERE kind = 'reloaded'") == 2
+    })
+    .await;
+    // A send already started when the reload came may still finish: allow one slot of grace.
+    let removed_at = Utc::now() + chrono::Duration::seconds(2);
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    daemon.stop().await;
+    let after: Vec<_> = env
+        .slots("soon")
+        .into_iter()
+        .filter(|s| *s > removed_at)
+        .collect();
+    assert!(
+        after.is_empty(),
+        "a removed schedule's deadline fired: {after:?}"
+    );
+    env.assert_contiguous("soon", 2);
+    assert_eq!(env.slots("yearly").len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_reload_is_reported_and_a_later_sighup_applies_the_fixed_config() {
     let env = Env::new().await;
     let tick = every_two_seconds("tick", "tick");
