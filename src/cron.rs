@@ -537,4 +537,60 @@ mod tests {
             Some(utc("2026-11-28T00:00:01Z"))
         );
     }
+
+    /// Resident memory of this process, in bytes (Linux).
+    fn resident_bytes() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        let pages: usize = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        pages * 4096
+    }
+
+    /// 100,000 distinct expressions, as a large schedules file might hold.
+    fn distinct_expressions() -> Vec<String> {
+        const DAYS: [&str; 4] = ["*", "1-5", "Mon,Wed,Fri", "*/2"];
+        (0..100_000)
+            .map(|i| {
+                let day = DAYS[i / 86_400 + 2 * (i % 2)];
+                format!("{} {} {} * * {day}", i % 60, (i / 60) % 60, (i / 3600) % 24)
+            })
+            .collect()
+    }
+
+    /// Not a test: a micro-timing of parsing and of `next_after`, with the resident memory the
+    /// parsed specs take (run alone: `cargo test --lib cron::tests::timing -- --ignored
+    /// --nocapture`). Debug build, so the figures only compare implementations.
+    #[test]
+    #[ignore]
+    fn timing() {
+        let exprs = distinct_expressions();
+        let before = resident_bytes();
+        let started = std::time::Instant::now();
+        let specs: Vec<CronSpec> = exprs.iter().map(|e| CronSpec::parse(e).unwrap()).collect();
+        let parsing = started.elapsed();
+        let after = resident_bytes();
+        println!(
+            "size_of::<CronSpec>() = {} bytes; parsing {} expressions: {parsing:?}; resident +{} bytes per spec",
+            std::mem::size_of::<CronSpec>(),
+            specs.len(),
+            (after.saturating_sub(before)) / specs.len()
+        );
+        let zone: Tz = "Asia/Shanghai".parse().unwrap();
+        let mut at = utc("2026-11-28T00:00:00Z");
+        let started = std::time::Instant::now();
+        let mut found = 0;
+        for i in 0..1_000_000 {
+            if let Some(next) = specs[(i * 7919) % specs.len()].next_after(at, zone) {
+                found += 1;
+                at = next - Duration::seconds(i64::try_from(i % 86_400).unwrap());
+            }
+        }
+        println!(
+            "1,000,000 next_after calls ({found} found): {:?}",
+            started.elapsed()
+        );
+    }
 }
