@@ -730,6 +730,60 @@ mod tests {
     }
 
     #[test]
+    fn special_days_match_as_in_croner() {
+        let first = |expr: &str, after: &str| slots(expr, Tz::UTC, after, 1);
+        // The last day; the weekday closest to the 15th (Saturday 2026-08-15) and to the 1st
+        // (Saturday 2026-08-01: Monday the 3rd, in the same month); the last Friday; the second
+        // Monday.
+        assert_eq!(
+            first("0 0 L * *", "2026-02-01T00:00:00Z"),
+            ["2026-02-28T00:00:00Z"]
+        );
+        assert_eq!(
+            first("0 0 15W * *", "2026-08-01T00:00:00Z"),
+            ["2026-08-14T00:00:00Z"]
+        );
+        assert_eq!(
+            first("0 0 1W * *", "2026-07-31T00:00:00Z"),
+            ["2026-08-03T00:00:00Z"]
+        );
+        assert_eq!(
+            first("0 0 * * 5L", "2026-01-01T00:00:00Z"),
+            ["2026-01-30T00:00:00Z"]
+        );
+        assert_eq!(
+            first("0 0 * * 1#2", "2026-01-01T00:00:00Z"),
+            ["2026-01-12T00:00:00Z"]
+        );
+        // Leap days; a `+` ANDs the day fields: the 29th of February that is a Monday.
+        assert_eq!(
+            slots("0 0 29 2 *", Tz::UTC, "2026-01-01T00:00:00Z", 2),
+            ["2028-02-29T00:00:00Z", "2032-02-29T00:00:00Z"]
+        );
+        assert_eq!(
+            first("0 0 29 2 +1", "2026-01-01T00:00:00Z"),
+            ["2044-02-29T00:00:00Z"]
+        );
+        // Never: croner takes a bare `L` and a `7L` in day-of-week as no day at all.
+        for never in [
+            "0 0 31 4 *",
+            "0 0 30 2 +Mon",
+            "0 0 * * L",
+            "0 0 * * 7L",
+            "0 0 1 * +L",
+        ] {
+            let err = CronSpec::parse(never).unwrap_err();
+            assert!(err.contains("never matches"), "{never}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_spec_is_a_few_words() {
+        // The expression's text is its only heap allocation; croner's parse took ~5.3 KB.
+        assert!(std::mem::size_of::<CronSpec>() <= 64);
+    }
+
+    #[test]
     fn spring_forward_in_new_york() {
         let ny: Tz = "America/New_York".parse().unwrap();
         // 2026-03-08 02:00 EST -> 03:00 EDT (07:00Z). A fixed 02:30 job fires when the gap ends.
@@ -817,6 +871,218 @@ mod tests {
         assert_eq!(
             spec.next_after(at, Tz::UTC),
             Some(utc("2026-11-28T00:00:01Z"))
+        );
+    }
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    const WEEKDAYS: [&str; 8] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+
+    /// A value of `min..=max`, sometimes by name (`names[v - min]`), in any case.
+    fn value(rng: &mut StdRng, v: u32, min: u32, names: &[&str]) -> String {
+        if names.is_empty() || !rng.random_bool(0.3) {
+            return v.to_string();
+        }
+        let name = names[(v - min) as usize];
+        match rng.random_range(0..3) {
+            0 => name.to_string(),
+            1 => name.to_lowercase(),
+            _ => name.to_uppercase(),
+        }
+    }
+
+    /// One list element: a value, a range, or a step from `*`, from a value or over a range.
+    /// Steps stay within the field's width, as `CronSpec::parse` demands.
+    fn element(rng: &mut StdRng, min: u32, max: u32, max_step: u32, names: &[&str]) -> String {
+        let a = rng.random_range(min..=max);
+        let b = rng.random_range(a..=max);
+        let step = rng.random_range(1..=max_step);
+        match rng.random_range(0..7) {
+            0..=2 => value(rng, a, min, names),
+            3 => format!(
+                "{}-{}",
+                value(rng, a, min, names),
+                value(rng, b, min, names)
+            ),
+            4 => format!("*/{step}"),
+            5 => format!(
+                "{}-{}/{step}",
+                value(rng, a, min, names),
+                value(rng, b, min, names)
+            ),
+            _ => format!("{}/{step}", value(rng, a, min, names)),
+        }
+    }
+
+    /// A field: `*`, or a list of one to three elements (`extra` may supply special ones).
+    fn field(
+        rng: &mut StdRng,
+        (min, max, max_step): (u32, u32, u32),
+        names: &[&str],
+        extra: &dyn Fn(&mut StdRng) -> Option<String>,
+    ) -> String {
+        if rng.random_bool(0.25) {
+            return "*".to_string();
+        }
+        let count = if rng.random_bool(0.7) {
+            1
+        } else {
+            rng.random_range(2..=3)
+        };
+        (0..count)
+            .map(|_| extra(rng).unwrap_or_else(|| element(rng, min, max, max_step, names)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Expressions of 5 and 6 fields with lists, ranges, steps, names, `?`, `L`, `W`, `#`, `nL`
+    /// and `+`, and the nicknames; both day fields restricted, both `*`, or one.
+    fn random_expression(rng: &mut StdRng) -> String {
+        const NICKNAMES: [&str; 6] = [
+            "@yearly",
+            "@annually",
+            "@monthly",
+            "@weekly",
+            "@daily",
+            "@hourly",
+        ];
+        if rng.random_bool(0.01) {
+            return NICKNAMES[rng.random_range(0..NICKNAMES.len())].to_string();
+        }
+        let none = |_: &mut StdRng| None;
+        let dom_extra = |rng: &mut StdRng| match rng.random_range(0..12) {
+            0 => Some("L".to_string()),
+            1 => Some(format!("{}W", rng.random_range(1..=31))),
+            _ => None,
+        };
+        let dow_extra = |rng: &mut StdRng| match rng.random_range(0..12) {
+            0 => Some(format!("{}L", rng.random_range(0..=7))),
+            1 => Some(format!(
+                "{}#{}",
+                rng.random_range(0..=7),
+                rng.random_range(1..=5)
+            )),
+            2 => {
+                let a = rng.random_range(0..=7);
+                let b = rng.random_range(a..=7);
+                Some(format!("{a}-{b}#{}", rng.random_range(1..=5)))
+            }
+            _ => None,
+        };
+        let mut dom = field(rng, (1, 31, 30), &[], &dom_extra);
+        let mut dow = field(rng, (0, 7, 6), &WEEKDAYS, &dow_extra);
+        // Day-of-month and day-of-week: restricted, `*` or `?` in every combination.
+        if rng.random_bool(0.1) {
+            dom = "?".to_string();
+        }
+        if rng.random_bool(0.1) {
+            dow = "?".to_string();
+        }
+        if rng.random_bool(0.05) {
+            dow.insert(0, '+');
+        }
+        let mut fields = vec![
+            field(rng, (0, 59, 59), &[], &none),
+            field(rng, (0, 23, 23), &[], &none),
+            dom,
+            field(rng, (1, 12, 11), &MONTHS, &none),
+            dow,
+        ];
+        if rng.random_bool(0.4) {
+            fields.insert(0, field(rng, (0, 59, 59), &[], &none));
+        }
+        fields.join(" ")
+    }
+
+    /// A start instant in 1970..=2100, often at a month's first or last day (Feb 28/29 among
+    /// them), a year's end, or a day's first or last second.
+    fn random_start(rng: &mut StdRng) -> NaiveDateTime {
+        let year = rng.random_range(1970..=2100);
+        let month = if rng.random_bool(0.15) {
+            [2, 12][rng.random_range(0..2)]
+        } else {
+            rng.random_range(1..=12)
+        };
+        let len = days_in_month(year, month);
+        let day = match rng.random_range(0..5) {
+            0 => len,
+            1 => len - 1,
+            2 => 1,
+            _ => rng.random_range(1..=len),
+        };
+        let (h, m, s) = match rng.random_range(0..4) {
+            0 => (23, 59, 59),
+            1 => (0, 0, 0),
+            _ => (
+                rng.random_range(0..24),
+                rng.random_range(0..60),
+                rng.random_range(0..60),
+            ),
+        };
+        NaiveDate::from_ymd_opt(year, month, day)
+            .and_then(|d| d.and_hms_opt(h, m, s))
+            .unwrap()
+    }
+
+    /// The compact pattern against croner itself: the next reading (inclusive and not) from
+    /// random instants and from each result, and every day of a random month.
+    #[test]
+    fn compact_pattern_matches_croner() {
+        let mut rng = StdRng::seed_from_u64(0xc207_e9a1);
+        let (mut expressions, mut searches, mut days) = (0, 0, 0);
+        while expressions < 3000 {
+            let expr = random_expression(&mut rng);
+            let Ok(spec) = CronSpec::parse(&expr) else {
+                continue;
+            };
+            expressions += 1;
+            let cron = parser().parse(spec.as_str()).unwrap();
+            let croner_next = |from: NaiveDateTime, inclusive: bool| {
+                cron.find_next_occurrence(&from.and_utc(), inclusive)
+                    .ok()
+                    .map(|at| at.naive_utc())
+            };
+            for _ in 0..3 {
+                let mut from = random_start(&mut rng);
+                let mut inclusive = rng.random_bool(0.5);
+                // From the start, then from each result: inclusive (itself) and exclusive.
+                for _ in 0..3 {
+                    let ours = spec.naive_next(from, inclusive);
+                    assert_eq!(
+                        ours,
+                        croner_next(from, inclusive),
+                        "{expr} from {from} (inclusive: {inclusive})"
+                    );
+                    searches += 1;
+                    let Some(found) = ours else { break };
+                    assert_eq!(spec.naive_next(found, true), Some(found), "{expr}");
+                    from = found;
+                    inclusive = false;
+                }
+            }
+            let year = rng.random_range(1970..=2100);
+            let month = rng.random_range(1..=12);
+            let first = NaiveDate::from_ymd_opt(year, month, 1).unwrap();
+            let mask = spec
+                .pattern
+                .day_mask(year, month, first.weekday().num_days_from_sunday());
+            for day in 1..=days_in_month(year, month) {
+                assert_eq!(
+                    mask & (1 << day) != 0,
+                    cron.pattern.day_match(year, month, day).unwrap(),
+                    "{expr} on {year}-{month}-{day}"
+                );
+                days += 1;
+            }
+        }
+        // A guard against a generator that stops producing cases.
+        assert!(
+            searches > 20_000 && days > 90_000,
+            "{searches} searches, {days} days"
         );
     }
 
