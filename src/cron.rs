@@ -7,7 +7,7 @@
 //! Parsing uses croner with crontab conventions: 5 fields, or 6 with seconds first; day-of-week
 //! 0 and 7 are Sunday; day-of-month and day-of-week are OR-ed when both are restricted.
 //! croner only parses and validates: its `Cron` keeps about 5 KB of bitfields (its year field
-//! alone spans 1 to 5000), so each spec converts it into a [`Pattern`] of a few machine words
+//! alone spans 1 to 5000), so each spec converts it into a `Pattern` of a few machine words
 //! and drops it. The pattern matches exactly what croner matches, `L`, `W`, `#` and a `+`
 //! day-of-week included, and searches month by month with bit masks instead of croner's
 //! second-by-second steps.
