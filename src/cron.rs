@@ -6,6 +6,11 @@
 //!
 //! Parsing uses croner with crontab conventions: 5 fields, or 6 with seconds first; day-of-week
 //! 0 and 7 are Sunday; day-of-month and day-of-week are OR-ed when both are restricted.
+//! croner only parses and validates: its `Cron` keeps about 5 KB of bitfields (its year field
+//! alone spans 1 to 5000), so each spec converts it into a `Pattern` of a few machine words
+//! and drops it. The pattern matches exactly what croner matches, `L`, `W`, `#` and a `+`
+//! day-of-week included, and searches month by month with bit masks instead of croner's
+//! second-by-second steps.
 //!
 //! Daylight-saving time is handled on the UTC timeline rather than by croner's own iterator
 //! (which, across a fall-back, yields instants out of order):
@@ -15,7 +20,9 @@
 //!   reading of a repeated time, and at the end of the gap when their time is skipped (Vixie cron
 //!   does the same).
 
-use chrono::{DateTime, Duration, NaiveDateTime, Offset, TimeZone, Utc};
+use chrono::{
+    DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, Offset, TimeZone, Timelike, Utc,
+};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::errors::CronError;
@@ -60,8 +67,9 @@ const TRANSITION_STEP: Duration = Duration::hours(6);
 /// A parsed cron expression.
 #[derive(Debug, Clone)]
 pub struct CronSpec {
-    expr: String,
-    cron: Cron,
+    /// The expression as written (trimmed): the only heap allocation of a spec.
+    expr: Box<str>,
+    pattern: Pattern,
     fixed_time: bool,
 }
 
@@ -128,19 +136,18 @@ impl CronSpec {
         ]
         .iter()
         .all(|c| !c.from_wildcard && c.step <= 1);
-        let spec = CronSpec {
-            expr: trimmed.to_string(),
-            cron,
-            fixed_time,
-        };
+        let pattern = Pattern::new(&cron, trimmed);
         // An expression such as "0 0 30 2 *" parses but names no instant at all.
-        let probe = Utc::now();
-        if spec.naive_next(probe.naive_utc(), false).is_none() {
+        if !pattern.ever_matches() {
             return Err(format!(
                 "\"{expr}\" never matches any date (e.g. the 30th of February)"
             ));
         }
-        Ok(spec)
+        Ok(CronSpec {
+            expr: trimmed.into(),
+            pattern,
+            fixed_time,
+        })
     }
 
     /// The expression as written (trimmed).
@@ -167,7 +174,8 @@ impl CronSpec {
         }
         // 2024-01-01 was a Monday: with day-of-month `*`, the pattern's day match is its
         // day-of-week match.
-        let matches = |day: u32| self.cron.pattern.day_match(2024, 1, day).unwrap_or(false);
+        let january = self.pattern.day_mask(2024, 1, 1);
+        let matches = |day: u32| january & (1 << day) != 0;
         let workdays = (1..=5).all(matches);
         let every_day = (1..=7).all(matches);
         if !workdays || every_day {
@@ -248,13 +256,287 @@ impl CronSpec {
         None
     }
 
-    /// Next matching wall-clock reading, ignoring zones (croner on UTC has no transitions).
+    /// Next matching wall-clock reading, ignoring zones.
     fn naive_next(&self, from: NaiveDateTime, inclusive: bool) -> Option<NaiveDateTime> {
-        self.cron
-            .find_next_occurrence(&from.and_utc(), inclusive)
-            .ok()
-            .map(|at| at.naive_utc())
+        self.pattern.next(from, inclusive)
     }
+}
+
+/// croner's component flags (private in croner 3; the differential test `compact_pattern_
+/// matches_croner` fails if they ever change): a plain value, the n-th weekday of the month
+/// (`#n`, bit n), the last one (`5L`), the closest weekday (`15W`).
+const ALL_BIT: u8 = 1;
+const NTH_1ST_BIT: u8 = 1 << 1;
+const LAST_BIT: u8 = 1 << 6;
+const CLOSEST_WEEKDAY_BIT: u8 = 1 << 7;
+
+/// Day-of-month written `*` or `?`.
+const STAR_DOM: u8 = 1;
+/// Day-of-week written `*` or `?` (`+*` too).
+const STAR_DOW: u8 = 1 << 1;
+/// Day-of-week prefixed with `+`: croner then ANDs the two day fields instead of OR-ing them.
+const DOM_AND_DOW: u8 = 1 << 2;
+/// `L` in day-of-month: the month's last day.
+const LAST_DAY: u8 = 1 << 3;
+
+/// One copy of a 7-bit weekday set per week of a month (5 blocks cover 35 days).
+const WEEK_BLOCKS: u64 = 1 | 1 << 7 | 1 << 14 | 1 << 21 | 1 << 28;
+
+/// The Gregorian calendar repeats every 400 years (146,097 days: exactly 20,871 weeks), and a
+/// pattern's day match depends only on the month, its length and the weekday it starts on. So a
+/// pattern that matches nowhere in 400 years matches nowhere ever. (Each such month shape recurs
+/// within 12 years, except a 29-day February starting on a given weekday: 8 years apart, or up
+/// to 40 across a century year that is not a leap year, 2100; the full cycle needs no such
+/// count.) Only a never-matching pattern scans all of it: 4,800 months, refused in microseconds.
+const CYCLE_MONTHS: u32 = 400 * 12;
+
+/// A cron pattern as bit masks, converted from croner's parse (which takes ~5 KB per pattern)
+/// and matching exactly what croner's `find_next_occurrence` would find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pattern {
+    /// Bits 0..=59.
+    seconds: u64,
+    /// Bits 0..=59.
+    minutes: u64,
+    /// Day-of-week by occurrence in the month: bit `7 * (n - 1) + w` is weekday `w` (Sunday 0)
+    /// on its n-th occurrence, n = 1..=5. A plain weekday (`1`, `Mon`) sets its bit in all five
+    /// blocks, `1#2` only in the second.
+    weekdays: u64,
+    /// Bits 0..=23.
+    hours: u32,
+    /// Day-of-month, bits 1..=31.
+    days: u32,
+    /// Days written `15W`: the weekday closest to them in the same month matches.
+    closest_weekdays: u32,
+    /// Bits 1..=12.
+    months: u16,
+    /// Weekdays written `5L`: their last occurrence in the month matches (bit 0 Sunday).
+    last_weekdays: u8,
+    /// [`STAR_DOM`], [`STAR_DOW`], [`DOM_AND_DOW`], [`LAST_DAY`].
+    flags: u8,
+}
+
+impl Pattern {
+    /// Reads croner's parse of `expr` (trimmed). croner keeps whether a day field was a bare `*`
+    /// (after `?` became `*`) and the `+` prefix private, so they are read from the text the
+    /// way croner's parser reads them.
+    fn new(cron: &Cron, expr: &str) -> Pattern {
+        let p = &cron.pattern;
+        let mut flags = 0;
+        if let Some((dom, dow)) = day_fields(expr) {
+            if dom == "*" || dom == "?" {
+                flags |= STAR_DOM;
+            }
+            let dow = match dow.strip_prefix('+') {
+                Some(rest) => {
+                    flags |= DOM_AND_DOW;
+                    rest
+                }
+                None => dow,
+            };
+            if dow == "*" || dow == "?" {
+                flags |= STAR_DOW;
+            }
+        }
+        if p.days.is_feature_enabled(LAST_BIT) {
+            flags |= LAST_DAY;
+        }
+        // croner folds a 7 (Sunday) into 0 for plain and `#n` weekdays, and looks only at 0..=6.
+        let plain = mask(0..=6, |w| p.days_of_week.is_bit_set(w, ALL_BIT));
+        let mut weekdays = 0;
+        for n in 0..5 {
+            let nth = mask(0..=6, |w| p.days_of_week.is_bit_set(w, NTH_1ST_BIT << n));
+            weekdays |= (plain | nth) << (7 * n);
+        }
+        Pattern {
+            seconds: mask(0..=59, |s| p.seconds.is_bit_set(s, ALL_BIT)),
+            minutes: mask(0..=59, |m| p.minutes.is_bit_set(m, ALL_BIT)),
+            weekdays,
+            hours: mask(0..=23, |h| p.hours.is_bit_set(h, ALL_BIT)) as u32,
+            days: mask(1..=31, |d| p.days.is_bit_set(d, ALL_BIT)) as u32,
+            closest_weekdays: mask(1..=31, |d| p.days.is_bit_set(d, CLOSEST_WEEKDAY_BIT)) as u32,
+            months: mask(1..=12, |m| p.months.is_bit_set(m, ALL_BIT)) as u16,
+            last_weekdays: mask(0..=6, |w| p.days_of_week.is_bit_set(w, LAST_BIT)) as u8,
+            flags,
+        }
+    }
+
+    /// True when some instant matches (see [`CYCLE_MONTHS`]).
+    fn ever_matches(&self) -> bool {
+        NaiveDate::from_ymd_opt(2000, 1, 1)
+            .and_then(|day| day.and_hms_opt(0, 0, 0))
+            .and_then(|start| self.next(start, true))
+            .is_some()
+    }
+
+    /// The days of `month` that match, as bits 1..=31; `first_weekday` is the weekday of its
+    /// 1st (Sunday 0). Combines the two day fields as croner's `day_match` does.
+    fn day_mask(&self, year: i32, month: u32, first_weekday: u32) -> u32 {
+        let len = days_in_month(year, month);
+        let in_month = (u32::MAX >> (31 - len)) & !1;
+        let star_dom = self.flags & STAR_DOM != 0;
+        let star_dow = self.flags & STAR_DOW != 0;
+        let dom = || {
+            let mut days = self.days;
+            if self.flags & LAST_DAY != 0 {
+                days |= 1 << len;
+            }
+            if self.closest_weekdays != 0 {
+                days |= closest_weekdays(self.closest_weekdays, len, first_weekday);
+            }
+            days & in_month
+        };
+        let dow = || {
+            // Bit d - 1 of the rotated blocks is day d: week (d - 1) / 7, weekday
+            // (first_weekday + d - 1) % 7.
+            let mut days = (rotate_weeks(self.weekdays, first_weekday) << 1) as u32;
+            if self.last_weekdays != 0 {
+                // The last seven days, from len - 6, each the last of its weekday.
+                let from = len - 6;
+                let weekday = (first_weekday + from - 1) % 7;
+                days |= (rotate_weeks(u64::from(self.last_weekdays), weekday) as u32) << from;
+            }
+            days & in_month
+        };
+        if star_dom || star_dow {
+            (if star_dow { dom() } else { 0 }) | (if star_dom { dow() } else { 0 })
+        } else if self.flags & DOM_AND_DOW != 0 {
+            dom() & dow()
+        } else {
+            dom() | dow()
+        }
+    }
+
+    /// The first matching reading (whole seconds) at or after `from` (`inclusive`) or strictly
+    /// after it, in croner's range: from year 1 to before its `YEAR_UPPER_LIMIT` (5000).
+    fn next(&self, from: NaiveDateTime, inclusive: bool) -> Option<NaiveDateTime> {
+        let start = if inclusive && from.nanosecond() == 0 {
+            from
+        } else {
+            from.with_nanosecond(0)?
+                .checked_add_signed(Duration::seconds(1))?
+        };
+        let start = start.max(NaiveDate::from_ymd_opt(1, 1, 1)?.and_hms_opt(0, 0, 0)?);
+        let (mut year, mut month) = (start.year(), start.month());
+        let mut first_weekday = start.date().with_day(1)?.weekday().num_days_from_sunday();
+        // The start's own day and time bound the first month's search only.
+        let mut from_day = start.day();
+        let mut from_time = Some((start.hour(), start.minute(), start.second()));
+        for _ in 0..CYCLE_MONTHS {
+            if year >= croner::YEAR_UPPER_LIMIT {
+                return None;
+            }
+            if self.months & (1 << month) != 0 {
+                let mut days = self.day_mask(year, month, first_weekday) & (u32::MAX << from_day);
+                while days != 0 {
+                    let day = days.trailing_zeros();
+                    let time = match from_time {
+                        Some((h, m, s)) if day == from_day => self.time_from(h, m, s),
+                        _ => self.time_from(0, 0, 0),
+                    };
+                    if let Some((h, m, s)) = time {
+                        return NaiveDate::from_ymd_opt(year, month, day)?.and_hms_opt(h, m, s);
+                    }
+                    days &= days - 1;
+                }
+            }
+            first_weekday = (first_weekday + days_in_month(year, month)) % 7;
+            (year, month) = if month == 12 {
+                (year + 1, 1)
+            } else {
+                (year, month + 1)
+            };
+            from_day = 1;
+            from_time = None;
+        }
+        None
+    }
+
+    /// The first matching time of day at or after `h:m:s`.
+    fn time_from(&self, h: u32, m: u32, s: u32) -> Option<(u32, u32, u32)> {
+        let first = |bits: u64| next_bit(bits, 0);
+        let hours = u64::from(self.hours);
+        if hours & (1 << h) != 0 {
+            if self.minutes & (1 << m) != 0
+                && let Some(s) = next_bit(self.seconds, s)
+            {
+                return Some((h, m, s));
+            }
+            if let Some(m) = next_bit(self.minutes, m + 1) {
+                return Some((h, m, first(self.seconds)?));
+            }
+        }
+        let h = next_bit(hours, h + 1)?;
+        Some((h, first(self.minutes)?, first(self.seconds)?))
+    }
+}
+
+/// The lowest set bit of `bits` at `from` or above.
+fn next_bit(bits: u64, from: u32) -> Option<u32> {
+    let above = bits & u64::MAX.checked_shl(from)?;
+    (above != 0).then(|| above.trailing_zeros())
+}
+
+/// The bits in `range` for which croner's `is_bit_set` says yes.
+fn mask(
+    range: std::ops::RangeInclusive<u16>,
+    is_set: impl Fn(u16) -> Result<bool, CronError>,
+) -> u64 {
+    range
+        .filter(|&i| is_set(i).unwrap_or(false))
+        .fold(0, |bits, i| bits | 1 << i)
+}
+
+/// Rotates each 7-bit block of `blocks` so that its bit k is the old bit (k + by) % 7.
+fn rotate_weeks(blocks: u64, by: u32) -> u64 {
+    let low = WEEK_BLOCKS * (0x7f >> by);
+    let high = WEEK_BLOCKS * ((0x7f << (7 - by)) & 0x7f);
+    ((blocks >> by) & low) | ((blocks << (7 - by)) & high)
+}
+
+/// The days that `W` days (bits 1..=31) name in a month of `len` days starting on
+/// `first_weekday`: the day itself on a weekday, else the closest weekday in the same month
+/// (a Saturday the 1st gives Monday the 3rd; a Sunday the last day, the Friday before).
+fn closest_weekdays(w_days: u32, len: u32, first_weekday: u32) -> u32 {
+    let mut days = 0;
+    for day in 1..=len {
+        if w_days & (1 << day) == 0 {
+            continue;
+        }
+        let target = match (first_weekday + day - 1) % 7 {
+            6 if day > 1 => day - 1,
+            6 => day + 2,
+            0 if day < len => day + 1,
+            0 => day - 2,
+            _ => day,
+        };
+        days |= 1 << target;
+    }
+    days
+}
+
+fn days_in_month(year: i32, month: u32) -> u32 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// The day-of-month and day-of-week fields croner parses, `@` nicknames expanded as croner does.
+fn day_fields(expr: &str) -> Option<(&str, &str)> {
+    let expanded = match expr.to_ascii_lowercase().as_str() {
+        "@yearly" | "@annually" => "0 0 1 1 *",
+        "@monthly" => "0 0 1 * *",
+        "@weekly" => "0 0 * * 0",
+        "@daily" => "0 0 * * *",
+        "@hourly" => "0 * * * *",
+        _ => expr,
+    };
+    let fields: Vec<&str> = expanded.split_whitespace().collect();
+    let n = fields.len();
+    (n >= 5).then(|| (fields[n - 3], fields[n - 1]))
 }
 
 fn parser() -> CronParser {
@@ -448,6 +730,60 @@ mod tests {
     }
 
     #[test]
+    fn special_days_match_as_in_croner() {
+        let first = |expr: &str, after: &str| slots(expr, Tz::UTC, after, 1);
+        // The last day; the weekday closest to the 15th (Saturday 2026-08-15) and to the 1st
+        // (Saturday 2026-08-01: Monday the 3rd, in the same month); the last Friday; the second
+        // Monday.
+        assert_eq!(
+            first("0 0 L * *", "2026-02-01T00:00:00Z"),
+            ["2026-02-28T00:00:00Z"]
+        );
+        assert_eq!(
+            first("0 0 15W * *", "2026-08-01T00:00:00Z"),
+            ["2026-08-14T00:00:00Z"]
+        );
+        assert_eq!(
+            first("0 0 1W * *", "2026-07-31T00:00:00Z"),
+            ["2026-08-03T00:00:00Z"]
+        );
+        assert_eq!(
+            first("0 0 * * 5L", "2026-01-01T00:00:00Z"),
+            ["2026-01-30T00:00:00Z"]
+        );
+        assert_eq!(
+            first("0 0 * * 1#2", "2026-01-01T00:00:00Z"),
+            ["2026-01-12T00:00:00Z"]
+        );
+        // Leap days; a `+` ANDs the day fields: the 29th of February that is a Monday.
+        assert_eq!(
+            slots("0 0 29 2 *", Tz::UTC, "2026-01-01T00:00:00Z", 2),
+            ["2028-02-29T00:00:00Z", "2032-02-29T00:00:00Z"]
+        );
+        assert_eq!(
+            first("0 0 29 2 +1", "2026-01-01T00:00:00Z"),
+            ["2044-02-29T00:00:00Z"]
+        );
+        // Never: croner takes a bare `L` and a `7L` in day-of-week as no day at all.
+        for never in [
+            "0 0 31 4 *",
+            "0 0 30 2 +Mon",
+            "0 0 * * L",
+            "0 0 * * 7L",
+            "0 0 1 * +L",
+        ] {
+            let err = CronSpec::parse(never).unwrap_err();
+            assert!(err.contains("never matches"), "{never}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_spec_is_a_few_words() {
+        // The expression's text is its only heap allocation; croner's parse took ~5.3 KB.
+        assert!(std::mem::size_of::<CronSpec>() <= 64);
+    }
+
+    #[test]
     fn spring_forward_in_new_york() {
         let ny: Tz = "America/New_York".parse().unwrap();
         // 2026-03-08 02:00 EST -> 03:00 EDT (07:00Z). A fixed 02:30 job fires when the gap ends.
@@ -535,6 +871,311 @@ mod tests {
         assert_eq!(
             spec.next_after(at, Tz::UTC),
             Some(utc("2026-11-28T00:00:01Z"))
+        );
+    }
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    const WEEKDAYS: [&str; 8] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+
+    /// A value of `min..=max`, sometimes by name (`names[v - min]`), in any case.
+    fn value(rng: &mut StdRng, v: u32, min: u32, names: &[&str]) -> String {
+        if names.is_empty() || !rng.random_bool(0.3) {
+            return v.to_string();
+        }
+        let name = names[(v - min) as usize];
+        match rng.random_range(0..3) {
+            0 => name.to_string(),
+            1 => name.to_lowercase(),
+            _ => name.to_uppercase(),
+        }
+    }
+
+    /// One list element: a value, a range, or a step from `*`, from a value or over a range.
+    /// Steps stay within the field's width, as `CronSpec::parse` demands.
+    fn element(rng: &mut StdRng, min: u32, max: u32, max_step: u32, names: &[&str]) -> String {
+        let a = rng.random_range(min..=max);
+        let b = rng.random_range(a..=max);
+        let step = rng.random_range(1..=max_step);
+        match rng.random_range(0..7) {
+            0..=2 => value(rng, a, min, names),
+            3 => format!(
+                "{}-{}",
+                value(rng, a, min, names),
+                value(rng, b, min, names)
+            ),
+            4 => format!("*/{step}"),
+            5 => format!(
+                "{}-{}/{step}",
+                value(rng, a, min, names),
+                value(rng, b, min, names)
+            ),
+            _ => format!("{}/{step}", value(rng, a, min, names)),
+        }
+    }
+
+    /// A field: `*`, or a list of one to three elements (`extra` may supply special ones).
+    fn field(
+        rng: &mut StdRng,
+        (min, max, max_step): (u32, u32, u32),
+        names: &[&str],
+        extra: &dyn Fn(&mut StdRng) -> Option<String>,
+    ) -> String {
+        if rng.random_bool(0.25) {
+            return "*".to_string();
+        }
+        let count = if rng.random_bool(0.7) {
+            1
+        } else {
+            rng.random_range(2..=3)
+        };
+        (0..count)
+            .map(|_| extra(rng).unwrap_or_else(|| element(rng, min, max, max_step, names)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Expressions of 5 and 6 fields with lists, ranges, steps, names, `?`, `L`, `W`, `#`, `nL`
+    /// and `+`, and the nicknames; both day fields restricted, both `*`, or one.
+    fn random_expression(rng: &mut StdRng) -> String {
+        const NICKNAMES: [&str; 6] = [
+            "@yearly",
+            "@annually",
+            "@monthly",
+            "@weekly",
+            "@daily",
+            "@hourly",
+        ];
+        if rng.random_bool(0.01) {
+            return NICKNAMES[rng.random_range(0..NICKNAMES.len())].to_string();
+        }
+        let none = |_: &mut StdRng| None;
+        let dom_extra = |rng: &mut StdRng| match rng.random_range(0..12) {
+            0 => Some("L".to_string()),
+            1 => Some(format!("{}W", rng.random_range(1..=31))),
+            _ => None,
+        };
+        let dow_extra = |rng: &mut StdRng| match rng.random_range(0..12) {
+            0 => Some(format!("{}L", rng.random_range(0..=7))),
+            1 => Some(format!(
+                "{}#{}",
+                rng.random_range(0..=7),
+                rng.random_range(1..=5)
+            )),
+            2 => {
+                let a = rng.random_range(0..=7);
+                let b = rng.random_range(a..=7);
+                Some(format!("{a}-{b}#{}", rng.random_range(1..=5)))
+            }
+            _ => None,
+        };
+        let mut dom = field(rng, (1, 31, 30), &[], &dom_extra);
+        let mut dow = field(rng, (0, 7, 6), &WEEKDAYS, &dow_extra);
+        // Day-of-month and day-of-week: restricted, `*` or `?` in every combination.
+        if rng.random_bool(0.1) {
+            dom = "?".to_string();
+        }
+        if rng.random_bool(0.1) {
+            dow = "?".to_string();
+        }
+        if rng.random_bool(0.05) {
+            dow.insert(0, '+');
+        }
+        let mut fields = vec![
+            field(rng, (0, 59, 59), &[], &none),
+            field(rng, (0, 23, 23), &[], &none),
+            dom,
+            field(rng, (1, 12, 11), &MONTHS, &none),
+            dow,
+        ];
+        if rng.random_bool(0.4) {
+            fields.insert(0, field(rng, (0, 59, 59), &[], &none));
+        }
+        fields.join(" ")
+    }
+
+    /// A start instant in 1970..=2100, often at a month's first or last day (Feb 28/29 among
+    /// them), a year's end, or a day's first or last second.
+    fn random_start(rng: &mut StdRng) -> NaiveDateTime {
+        let year = rng.random_range(1970..=2100);
+        let month = if rng.random_bool(0.15) {
+            [2, 12][rng.random_range(0..2)]
+        } else {
+            rng.random_range(1..=12)
+        };
+        let len = days_in_month(year, month);
+        let day = match rng.random_range(0..5) {
+            0 => len,
+            1 => len - 1,
+            2 => 1,
+            _ => rng.random_range(1..=len),
+        };
+        let (h, m, s) = match rng.random_range(0..4) {
+            0 => (23, 59, 59),
+            1 => (0, 0, 0),
+            _ => (
+                rng.random_range(0..24),
+                rng.random_range(0..60),
+                rng.random_range(0..60),
+            ),
+        };
+        NaiveDate::from_ymd_opt(year, month, day)
+            .and_then(|d| d.and_hms_opt(h, m, s))
+            .unwrap()
+    }
+
+    /// The compact pattern against croner itself: the next reading (inclusive and not) from
+    /// random instants and from each result, and every day of a random month.
+    #[test]
+    fn compact_pattern_matches_croner() {
+        let mut rng = StdRng::seed_from_u64(0xc207_e9a1);
+        let (mut expressions, mut searches, mut days) = (0, 0, 0);
+        while expressions < 3000 {
+            let expr = random_expression(&mut rng);
+            let Ok(spec) = CronSpec::parse(&expr) else {
+                continue;
+            };
+            expressions += 1;
+            let cron = parser().parse(spec.as_str()).unwrap();
+            let croner_next = |from: NaiveDateTime, inclusive: bool| {
+                cron.find_next_occurrence(&from.and_utc(), inclusive)
+                    .ok()
+                    .map(|at| at.naive_utc())
+            };
+            for _ in 0..3 {
+                let mut from = random_start(&mut rng);
+                let mut inclusive = rng.random_bool(0.5);
+                // From the start, then from each result: inclusive (itself) and exclusive.
+                for _ in 0..3 {
+                    let ours = spec.naive_next(from, inclusive);
+                    assert_eq!(
+                        ours,
+                        croner_next(from, inclusive),
+                        "{expr} from {from} (inclusive: {inclusive})"
+                    );
+                    searches += 1;
+                    let Some(found) = ours else { break };
+                    assert_eq!(spec.naive_next(found, true), Some(found), "{expr}");
+                    from = found;
+                    inclusive = false;
+                }
+            }
+            let year = rng.random_range(1970..=2100);
+            let month = rng.random_range(1..=12);
+            let first = NaiveDate::from_ymd_opt(year, month, 1).unwrap();
+            let mask = spec
+                .pattern
+                .day_mask(year, month, first.weekday().num_days_from_sunday());
+            for day in 1..=days_in_month(year, month) {
+                assert_eq!(
+                    mask & (1 << day) != 0,
+                    cron.pattern.day_match(year, month, day).unwrap(),
+                    "{expr} on {year}-{month}-{day}"
+                );
+                days += 1;
+            }
+        }
+        // A guard against a generator that stops producing cases.
+        assert!(
+            searches > 20_000 && days > 90_000,
+            "{searches} searches, {days} days"
+        );
+    }
+
+    /// Resident memory of this process, in bytes (Linux).
+    fn resident_bytes() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        let pages: usize = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        pages * 4096
+    }
+
+    /// 100,000 distinct expressions, as a large schedules file might hold.
+    fn distinct_expressions() -> Vec<String> {
+        const DAYS: [&str; 4] = ["*", "1-5", "Mon,Wed,Fri", "*/2"];
+        (0..100_000)
+            .map(|i| {
+                let day = DAYS[i / 86_400 + 2 * (i % 2)];
+                format!("{} {} {} * * {day}", i % 60, (i / 60) % 60, (i / 3600) % 24)
+            })
+            .collect()
+    }
+
+    /// Not a test: a micro-timing of parsing and of `next_after`, with the resident memory the
+    /// parsed specs take (run alone: `cargo test --lib cron::tests::timing -- --ignored
+    /// --nocapture`). Debug build, so the figures only compare implementations.
+    #[test]
+    #[ignore]
+    fn timing() {
+        let exprs = distinct_expressions();
+        let before = resident_bytes();
+        let started = std::time::Instant::now();
+        let specs: Vec<CronSpec> = exprs.iter().map(|e| CronSpec::parse(e).unwrap()).collect();
+        let parsing = started.elapsed();
+        let after = resident_bytes();
+        println!(
+            "size_of::<CronSpec>() = {} bytes; parsing {} expressions: {parsing:?}; resident +{} bytes per spec",
+            std::mem::size_of::<CronSpec>(),
+            specs.len(),
+            (after.saturating_sub(before)) / specs.len()
+        );
+        let zone: Tz = "Asia/Shanghai".parse().unwrap();
+        let mut at = utc("2026-11-28T00:00:00Z");
+        let started = std::time::Instant::now();
+        let mut found = 0;
+        for i in 0..1_000_000 {
+            if let Some(next) = specs[(i * 7919) % specs.len()].next_after(at, zone) {
+                found += 1;
+                at = next - Duration::seconds(i64::try_from(i % 86_400).unwrap());
+            }
+        }
+        println!(
+            "1,000,000 next_after calls ({found} found): {:?}",
+            started.elapsed()
+        );
+        // The same searches on wall-clock readings: croner's against the compact pattern's.
+        let crons: Vec<Cron> = exprs.iter().map(|e| parser().parse(e).unwrap()).collect();
+        let from = |i: usize| {
+            (utc("2026-11-28T00:00:00Z") + Duration::seconds(i64::try_from(i).unwrap() * 997))
+                .naive_utc()
+        };
+        let started = std::time::Instant::now();
+        for i in 0..1_000_000 {
+            let cron = &crons[(i * 7919) % crons.len()];
+            assert!(cron.find_next_occurrence(&from(i).and_utc(), false).is_ok());
+        }
+        let theirs = started.elapsed();
+        let started = std::time::Instant::now();
+        for i in 0..1_000_000 {
+            assert!(
+                specs[(i * 7919) % specs.len()]
+                    .naive_next(from(i), false)
+                    .is_some()
+            );
+        }
+        println!(
+            "1,000,000 wall-clock searches: croner {theirs:?}, compact {:?}",
+            started.elapsed()
+        );
+        let started = std::time::Instant::now();
+        for e in &exprs {
+            assert!(parser().parse(e).is_ok());
+        }
+        println!("croner's own parse of the 100,000: {:?}", started.elapsed());
+        let started = std::time::Instant::now();
+        for _ in 0..1000 {
+            assert!(CronSpec::parse("0 0 30 2 *").is_err());
+        }
+        println!(
+            "refusing a never-matching expression: {:?} each",
+            started.elapsed() / 1000
         );
     }
 }
