@@ -290,7 +290,7 @@ struct Context<'a> {
     robots: &'a BTreeMap<String, Arc<Robot>>,
     now: DateTime<Utc>,
     /// Parsed cron expressions by text: schedules sharing an expression share one parse (and
-    /// its memory: croner keeps a few kilobytes of bitfields per expression).
+    /// its memory, about a hundred bytes).
     crons: CronCache,
 }
 
