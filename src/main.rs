@@ -110,6 +110,11 @@ fn generate(what: Generated) -> ExitCode {
     }
 }
 
+/// mimalloc, not glibc's malloc: a large config leaves glibc's heap fragmented (see
+/// `daemon::release_freed_memory`), and mimalloc returns the memory a reload frees.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.now.is_some() && !matches!(cli.command, Command::Check { .. } | Command::History(_)) {

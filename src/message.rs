@@ -46,7 +46,7 @@ pub const MAX_TAGS: usize = 100;
 pub const DUPLICATE_CHECK_INTERVAL: std::ops::RangeInclusive<u32> = 1..=14400;
 
 /// Who receives a message. `users: ["@all"]` means every member who can see the app.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Recipients {
     pub users: Vec<String>,
     pub parties: Vec<String>,
@@ -83,7 +83,7 @@ pub enum Dest {
 }
 
 /// One article of a `news` message: `S = Template` as configured, `S = String` once rendered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Article<S = String> {
     pub title: S,
     pub description: Option<S>,
@@ -268,7 +268,7 @@ fn is_web_url(url: &str) -> bool {
 
 /// The message of a schedule (`text:`, `textcard:`, `markdown:`, `news:` or `template_card:`),
 /// with its template variables unrendered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum MessageTemplate {
     Text {
         content: Template,

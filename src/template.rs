@@ -26,7 +26,7 @@ pub struct SlotContext<'a> {
     pub slot: DateTime<Tz>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Piece {
     Literal(String),
     WeekdayCn,
@@ -35,7 +35,7 @@ enum Piece {
 }
 
 /// A parsed template. Parsing checks every variable and format, so rendering cannot fail.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Template {
     source: String,
     pieces: Vec<Piece>,

@@ -69,7 +69,7 @@ impl Channel {
     ) -> Option<Channel> {
         match &schedule.robot {
             Some(robot) => robots.get(robot).cloned().map(Channel::Robot),
-            None => apps.get(&schedule.app).cloned().map(Channel::App),
+            None => apps.get(&*schedule.app).cloned().map(Channel::App),
         }
     }
 

@@ -91,7 +91,7 @@ fn schedule(config: &Config, s: &Schedule, next: usize, now: DateTime<Utc>) -> V
             Some(robot) => format!("robot {robot}"),
             None => format!("app {}", s.app),
         },
-        "app": s.robot.is_none().then_some(s.app.as_str()),
+        "app": s.robot.is_none().then_some(&*s.app),
         "agent_id": config.app(&s.app).map(|a| a.agent_id),
         "robot": s.robot,
         "to": s.robot.is_none().then(|| s.to.summary()),

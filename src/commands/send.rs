@@ -35,7 +35,7 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
     let Some(channel) = Channel::for_schedule(&schedule, &config.apps, &config.robots) else {
         let (what, named) = match &schedule.robot {
             Some(robot) => ("robot", robot.as_str()),
-            None => ("app", schedule.app.as_str()),
+            None => ("app", &*schedule.app),
         };
         eprintln!("error: schedule \"{name}\" names {what} \"{named}\", which is not defined");
         return ExitCode::from(EXIT_CONFIG);

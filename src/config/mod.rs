@@ -91,7 +91,7 @@ pub struct Robot {
 }
 
 /// `text.mention` of a robot schedule: members to @ in the group (`@all` allowed).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Mention {
     /// User ids → `mentioned_list`.
     pub users: Vec<String>,
@@ -99,21 +99,22 @@ pub struct Mention {
     pub mobiles: Vec<String>,
 }
 
-/// One schedule.
+/// One schedule. What many schedules of a large config write alike (the expression, the app,
+/// the recipients, the message) is shared between them: one copy in memory per distinct value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
     pub name: String,
     pub cron: Arc<CronSpec>,
     pub zone: Tz,
     /// The app it sends as; empty for a robot schedule.
-    pub app: String,
+    pub app: Arc<str>,
     /// The app's recipients; empty for a robot schedule.
-    pub to: Recipients,
+    pub to: Arc<Recipients>,
     /// `robot:`: the group robot it posts through instead of an app.
     pub robot: Option<String>,
     /// `text.mention` (robot schedules only).
-    pub mention: Mention,
-    pub message: MessageTemplate,
+    pub mention: Arc<Mention>,
+    pub message: Arc<MessageTemplate>,
     pub safe: bool,
     pub enable_id_trans: bool,
     pub duplicate_check_interval: u32,

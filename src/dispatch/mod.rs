@@ -580,7 +580,7 @@ pub fn row_for_slot(
             channel.body(schedule, &content),
         ),
         None => (
-            schedule.app.clone(),
+            schedule.app.to_string(),
             0,
             schedule.robot.clone(),
             crate::channel::app::body(0, schedule, &content),

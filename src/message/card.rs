@@ -18,7 +18,7 @@ pub const ACTION_KEY_MAX_BYTES: usize = 1024;
 /// The card types a schedule can send. The interactive ones (`button_interaction`,
 /// `vote_interaction`, `multiple_interaction`) need a callback URL that answers WeCom, which
 /// this daemon does not serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CardType {
     TextNotice,
     NewsNotice,
@@ -42,7 +42,7 @@ impl CardType {
 
 /// One value of a card as written: strings are templates (`S = Template`) until rendered
 /// (`S = String`); a mapping keeps its keys in the order written, which is the order posted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CardValue<S = String> {
     Bool(bool),
     Number(serde_json::Number),

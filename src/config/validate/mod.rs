@@ -231,6 +231,7 @@ fn read(
         apps: &apps,
         now,
         crons: CronCache::default(),
+        shared: Shared::default(),
     };
     let mut names = HashSet::new();
     let mut schedules = Vec::new();
@@ -292,6 +293,51 @@ struct Context<'a> {
     /// Parsed cron expressions by text: schedules sharing an expression share one parse (and
     /// its memory, about a hundred bytes).
     crons: CronCache,
+    /// Values written alike by many schedules, one copy each.
+    shared: Shared,
+}
+
+/// One copy of each distinct value that many schedules of a large config write alike.
+#[derive(Default)]
+struct Shared {
+    apps: Interner<str>,
+    recipients: Interner<Recipients>,
+    mentions: Interner<Mention>,
+    messages: Interner<MessageTemplate>,
+}
+
+/// Values by content: equal values share one allocation.
+struct Interner<T: ?Sized>(std::cell::RefCell<HashSet<Arc<T>>>);
+
+impl<T: ?Sized> Default for Interner<T> {
+    fn default() -> Self {
+        Interner(Default::default())
+    }
+}
+
+impl<T: ?Sized + Eq + std::hash::Hash> Interner<T> {
+    /// The shared copy of `value`, made from it (by `make`) the first time it is seen.
+    fn get(&self, value: &T, make: impl FnOnce(&T) -> Arc<T>) -> Arc<T> {
+        let mut set = self.0.borrow_mut();
+        if let Some(shared) = set.get(value) {
+            return shared.clone();
+        }
+        let shared = make(value);
+        set.insert(shared.clone());
+        shared
+    }
+}
+
+impl<T: Eq + std::hash::Hash> Interner<T> {
+    fn intern(&self, value: T) -> Arc<T> {
+        let mut set = self.0.borrow_mut();
+        if let Some(shared) = set.get(&value) {
+            return shared.clone();
+        }
+        let shared = Arc::new(value);
+        set.insert(shared.clone());
+        shared
+    }
 }
 
 #[derive(Default)]
@@ -299,11 +345,13 @@ struct CronCache(std::cell::RefCell<HashMap<String, Result<Arc<CronSpec>, String
 
 impl CronCache {
     fn parse(&self, expr: &str) -> Result<Arc<CronSpec>, String> {
-        self.0
-            .borrow_mut()
-            .entry(expr.to_string())
-            .or_insert_with(|| CronSpec::parse(expr).map(Arc::new))
-            .clone()
+        let mut cache = self.0.borrow_mut();
+        if let Some(parsed) = cache.get(expr) {
+            return parsed.clone();
+        }
+        let parsed = CronSpec::parse(expr).map(Arc::new);
+        cache.insert(expr.to_string(), parsed.clone());
+        parsed
     }
 }
 
