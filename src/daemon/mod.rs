@@ -586,11 +586,13 @@ impl Daemon {
             .map(|(name, timer)| (name.clone(), timer.schedule.clone()))
             .collect();
         let diff = Diff::between(&armed, &new);
-        // Unchanged schedules keep the copy their timer holds: one copy in memory, not two.
+        // Unchanged schedules keep the copy their timer holds: one copy in memory, not two. The
+        // others are copied here, off the reload thread's pages (see `Schedule::relocated`).
         for schedule in &mut new.schedules {
-            if let Some(kept) = armed.get(&schedule.name).filter(|kept| *kept == schedule) {
-                *schedule = kept.clone();
-            }
+            *schedule = match armed.get(&schedule.name).filter(|kept| *kept == schedule) {
+                Some(kept) => kept.clone(),
+                None => Arc::new(schedule.relocated()),
+            };
         }
         for app in changed_credentials(&self.config.apps, &new.apps) {
             tracing::info!(app = %app.name, "credentials changed; dropping the cached token");
