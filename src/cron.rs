@@ -10,7 +10,9 @@
 //! alone spans 1 to 5000), so each spec converts it into a `Pattern` of a few machine words
 //! and drops it. The pattern matches exactly what croner matches, `L`, `W`, `#` and a `+`
 //! day-of-week included, and searches month by month with bit masks instead of croner's
-//! second-by-second steps.
+//! second-by-second steps. Parsing croner's way costs most of a parse (seven bitfield vectors,
+//! 5,001 year bits), so the plain grammar (numbers, ranges, steps, names, `*`, `?`) is read
+//! straight into a `Pattern` by `parse_plain`; anything else, and every error, is croner's.
 //!
 //! Daylight-saving time is handled on the UTC timeline rather than by croner's own iterator
 //! (which, across a fall-back, yields instants out of order):
@@ -41,6 +43,130 @@ const FIELD_NAMES: [&str; 6] = [
 /// The largest useful step of each field (in [`FIELD_NAMES`] order): its range's width. A
 /// larger step (`*/99` seconds) names only the first value, which is never what was meant.
 const MAX_STEPS: [u32; 6] = [59, 59, 23, 30, 11, 6];
+
+// The fast path: most expressions use only the plain grammar, which this reads straight into a
+// `Pattern`, sparing croner's parse (seven bitfield vectors, 5,001 year bits set one by one).
+// Per field, comma-separated elements of: `*` (a whole field only, as in croner), a number,
+// `a-b`, `*/n`, `a/n` (a to the field's end), `a-b/n`; `?` as `*` in the day fields; month names
+// (JAN-DEC) in the month field and weekday names (SUN-SAT; SUN is 7 after a `-`, as croner
+// substitutes "-SUN" first) in the day-of-week field, in any case; 7 is Sunday. Bounds are
+// croner's: a value out of the field's range, a reversed range or step 0 is not taken.
+// Everything else (`@` nicknames, `L`, `W`, `#`, a `+` day-of-week, a name anywhere else, any
+// other character or form, anything invalid) returns `None` and goes to croner, which alone
+// words the errors. The test `fast_path_agrees_with_croner` checks it against croner.
+
+/// Each field's range, in [`FIELD_NAMES`] order (day-of-week 0..=7, 7 being Sunday).
+const BOUNDS: [(u16, u16); 6] = [(0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
+
+const MONTH_NAMES: [&str; 12] = [
+    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+];
+const WEEKDAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+
+/// The pattern and `fixed_time` of a 5- or 6-field expression in the plain grammar, as croner
+/// and [`Pattern::new`] would give them; `None` for anything else.
+fn parse_plain(fields: &[&str]) -> Option<(Pattern, bool)> {
+    let offset = 6usize.checked_sub(fields.len()).filter(|&o| o <= 1)?;
+    // A 5-field expression's seconds are croner's "0".
+    let mut bits = [1u64, 0, 0, 0, 0, 0];
+    let mut fixed_time = true;
+    for (i, field) in fields.iter().enumerate() {
+        let i = i + offset;
+        let (field_bits, from_wildcard, step) = plain_field(field, i)?;
+        bits[i] = field_bits;
+        if i < 3 {
+            fixed_time &= !from_wildcard && step <= 1;
+        }
+    }
+    let star = |field: &str| field == "*" || field == "?";
+    let mut flags = 0;
+    if star(fields[3 - offset]) {
+        flags |= STAR_DOM;
+    }
+    if star(fields[5 - offset]) {
+        flags |= STAR_DOW;
+    }
+    // croner folds Sunday's 7 into 0.
+    let weekdays = (bits[5] | bits[5] >> 7) & 0x7f;
+    let pattern = Pattern {
+        seconds: bits[0],
+        minutes: bits[1],
+        weekdays: weekdays * WEEK_BLOCKS,
+        hours: bits[2] as u32,
+        days: bits[3] as u32,
+        closest_weekdays: 0,
+        months: bits[4] as u16,
+        last_weekdays: 0,
+        flags,
+    };
+    Some((pattern, fixed_time))
+}
+
+/// Field `i` (in [`FIELD_NAMES`] order) as bits, with croner's `from_wildcard` (a `*` or `*/n`)
+/// and `step` (that of the last `/n` written, else 1).
+fn plain_field(field: &str, i: usize) -> Option<(u64, bool, u16)> {
+    let (min, max) = BOUNDS[i];
+    // croner reads `?` as `*` in the day fields, and a bare `*` only as a whole field.
+    let star = |text: &str| text == "*" || (text == "?" && (i == 3 || i == 5));
+    if star(field) {
+        return Some((span(min, max, 1), true, 1));
+    }
+    let (mut bits, mut from_wildcard, mut last_step) = (0, false, 1);
+    for element in field.split(',') {
+        let (range, step) = match element.split_once('/') {
+            Some((range, step)) => (range, Some(number(step)?)),
+            None => (element, None),
+        };
+        let (a, b) = if star(range) {
+            step?;
+            from_wildcard = true;
+            (min, max)
+        } else if let Some((a, b)) = range.split_once('-') {
+            (value(a, i, false)?, value(b, i, true)?)
+        } else {
+            let a = value(range, i, false)?;
+            (a, if step.is_some() { max } else { a })
+        };
+        if a < min || b > max || a > b || step == Some(0) {
+            return None;
+        }
+        if let Some(step) = step {
+            last_step = step;
+        }
+        bits |= span(a, b, step.unwrap_or(1));
+    }
+    Some((bits, from_wildcard, last_step))
+}
+
+/// Bits `a`, `a + step`, … up to `b`.
+fn span(a: u16, b: u16, step: u16) -> u64 {
+    (a..=b)
+        .step_by(usize::from(step))
+        .fold(0, |bits, v| bits | 1 << v)
+}
+
+/// A number in ASCII digits, as croner's `parse::<u16>` takes it (leading zeros too).
+fn number(text: &str) -> Option<u16> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// A value of field `i`: a number, or a name where croner substitutes it (`after_dash`: it
+/// ends a range, where SUN is 7).
+fn value(text: &str, i: usize, after_dash: bool) -> Option<u16> {
+    let find = |names: &[&str]| names.iter().position(|n| n.eq_ignore_ascii_case(text));
+    let named = match i {
+        4 => find(&MONTH_NAMES).map(|m| m + 1),
+        5 => find(&WEEKDAY_NAMES).map(|w| if w == 0 && after_dash { 7 } else { w }),
+        _ => None,
+    };
+    match named {
+        Some(v) => u16::try_from(v).ok(),
+        None => number(text),
+    }
+}
 
 /// Refuses a step (`/N`) larger than the field's range; croner would take it as the first value.
 fn check_steps(expr: &str, name: &str, max: u32, field: &str) -> Result<(), String> {
@@ -82,6 +208,12 @@ impl PartialEq for CronSpec {
 impl CronSpec {
     /// Parses `expr` (5 or 6 fields), returning an error that names the offending field.
     pub fn parse(expr: &str) -> Result<CronSpec, String> {
+        Self::parse_with(expr, true)
+    }
+
+    /// [`CronSpec::parse`], trying the plain-grammar fast path ([`parse_plain`]) first when
+    /// `fast`; the differential test compares both ways.
+    fn parse_with(expr: &str, fast: bool) -> Result<CronSpec, String> {
         let trimmed = expr.trim();
         let fields: Vec<&str> = trimmed.split_whitespace().collect();
         if !(trimmed.starts_with('@') || fields.len() == 5 || fields.len() == 6) {
@@ -126,17 +258,23 @@ impl CronSpec {
                 check_steps(expr, FIELD_NAMES[i + offset], MAX_STEPS[i + offset], field)?;
             }
         }
-        let cron = parser()
-            .parse(trimmed)
-            .map_err(|e| explain(trimmed, &fields, e))?;
-        let fixed_time = [
-            &cron.pattern.seconds,
-            &cron.pattern.minutes,
-            &cron.pattern.hours,
-        ]
-        .iter()
-        .all(|c| !c.from_wildcard && c.step <= 1);
-        let pattern = Pattern::new(&cron, trimmed);
+        let try_fast = fast && !trimmed.starts_with('@');
+        let (pattern, fixed_time) = match try_fast.then(|| parse_plain(&fields)).flatten() {
+            Some(parsed) => parsed,
+            None => {
+                let cron = parser()
+                    .parse(trimmed)
+                    .map_err(|e| explain(trimmed, &fields, e))?;
+                let fixed_time = [
+                    &cron.pattern.seconds,
+                    &cron.pattern.minutes,
+                    &cron.pattern.hours,
+                ]
+                .iter()
+                .all(|c| !c.from_wildcard && c.step <= 1);
+                (Pattern::new(&cron, trimmed), fixed_time)
+            }
+        };
         // An expression such as "0 0 30 2 *" parses but names no instant at all.
         if !pattern.ever_matches() {
             return Err(format!(
@@ -1083,6 +1221,198 @@ mod tests {
         assert!(
             searches > 20_000 && days > 90_000,
             "{searches} searches, {days} days"
+        );
+    }
+
+    /// A plain expression (see [`parse_plain`]) of 5 or 6 fields, values within bounds; `?`
+    /// sometimes in the day fields.
+    fn plain_expression(rng: &mut StdRng) -> String {
+        let none = |_: &mut StdRng| None;
+        let mut fields = vec![
+            field(rng, (0, 59, 59), &[], &none),
+            field(rng, (0, 23, 23), &[], &none),
+            field(rng, (1, 31, 30), &[], &none),
+            field(rng, (1, 12, 11), &MONTHS, &none),
+            field(rng, (0, 7, 6), &WEEKDAYS, &none),
+        ];
+        for day in [2, 4] {
+            if rng.random_bool(0.1) {
+                fields[day] = "?".to_string();
+            }
+        }
+        if rng.random_bool(0.4) {
+            fields.insert(0, field(rng, (0, 59, 59), &[], &none));
+        }
+        fields.join(" ")
+    }
+
+    /// An element that is often wrong: values just out of range, reversed ranges, steps of 0 or
+    /// too large, names in the wrong field or misspelt, `?`, `*` in a list, `L`, `W`, `#`.
+    fn rough_element(rng: &mut StdRng, min: u32, max: u32) -> String {
+        const NAMES: [&str; 12] = [
+            "Mon", "sun", "SAT", "Jan", "dec", "May", "Foo", "Sunday", "MO", "Ja", "ſun", "Mär",
+        ];
+        let mut v = || match rng.random_range(0..8) {
+            0 => NAMES[rng.random_range(0..NAMES.len())].to_string(),
+            1 => format!("0{}", rng.random_range(min..=max)),
+            _ => rng
+                .random_range(min.saturating_sub(2)..=max + 2)
+                .to_string(),
+        };
+        let (a, b) = (v(), v());
+        let step = rng.random_range(0..=max / 2 + 2);
+        match rng.random_range(0..12) {
+            0..=2 => a,
+            3 | 4 => format!("{a}-{b}"),
+            5 => format!("*/{step}"),
+            6 => format!("{a}-{b}/{step}"),
+            7 => format!("{a}/{step}"),
+            8 => ["*", "?", "?/2", "L", "5L", "15W", "1#2", "*/Mon"][rng.random_range(0..8)]
+                .to_string(),
+            9 => format!("{a}-{b}-{step}"),
+            10 => format!("{a}/{step}/2"),
+            _ => format!("-{a}"),
+        }
+    }
+
+    /// 5 or 6 fields of `*`, `?` or lists of rough elements.
+    fn rough_expression(rng: &mut StdRng) -> String {
+        let mut fields: Vec<String> = BOUNDS[1..]
+            .iter()
+            .map(|&(min, max)| match rng.random_range(0..8) {
+                0 => "*".to_string(),
+                1 => "?".to_string(),
+                n => (0..n / 3 + 1)
+                    .map(|_| rough_element(rng, u32::from(min), u32::from(max)))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            })
+            .collect();
+        if rng.random_bool(0.4) {
+            fields.insert(0, rough_element(rng, 0, 59));
+        }
+        fields.join(" ")
+    }
+
+    /// `expr` with a character replaced, inserted or removed (stray characters, lost spaces).
+    fn mutate(rng: &mut StdRng, expr: &str) -> String {
+        const STRAY: [char; 16] = [
+            ' ', ',', '-', '/', '*', '?', 'L', 'W', '#', '+', 'x', 'A', '0', '7', '@', 'é',
+        ];
+        let mut chars: Vec<char> = expr.chars().collect();
+        let at = rng.random_range(0..=chars.len());
+        let stray = STRAY[rng.random_range(0..STRAY.len())];
+        match rng.random_range(0..3) {
+            0 if at < chars.len() => chars[at] = stray,
+            1 if at < chars.len() => {
+                chars.remove(at);
+            }
+            _ => chars.insert(at, stray),
+        }
+        chars.into_iter().collect()
+    }
+
+    /// Checks the fast path on `expr` against croner (the same pattern and `fixed_time`
+    /// whenever it takes it) and `CronSpec::parse` with and without it (the same answer, errors
+    /// word for word). Returns whether the fast path took it, whether croner parses it, and
+    /// whether `CronSpec::parse` refused it.
+    fn check_fast_path(expr: &str) -> (bool, bool, bool) {
+        let trimmed = expr.trim();
+        let fields: Vec<&str> = trimmed.split_whitespace().collect();
+        let fast = match fields.len() {
+            5 | 6 if !trimmed.starts_with('@') => parse_plain(&fields),
+            _ => None,
+        };
+        let croner = parser().parse(trimmed);
+        if let Some((pattern, fixed_time)) = fast {
+            let cron = croner
+                .as_ref()
+                .unwrap_or_else(|e| panic!("{expr}: fast path took it, croner says {e}"));
+            assert_eq!(pattern, Pattern::new(cron, trimmed), "{expr}");
+            let croner_fixed = [&cron.pattern.seconds, &cron.pattern.minutes]
+                .into_iter()
+                .chain([&cron.pattern.hours])
+                .all(|c| !c.from_wildcard && c.step <= 1);
+            assert_eq!(fixed_time, croner_fixed, "{expr}");
+        }
+        let parse =
+            |fast| CronSpec::parse_with(expr, fast).map(|s| (s.expr, s.pattern, s.fixed_time));
+        let with_fast = parse(true);
+        assert_eq!(with_fast, parse(false), "{expr}");
+        (fast.is_some(), croner.is_ok(), with_fast.is_err())
+    }
+
+    /// The fast path against croner on hand-picked corners, then on 30,000 random expressions:
+    /// plain ones, rough ones (mostly invalid), the full grammar, and each with a stray
+    /// character. It must take (nearly) every valid plain expression.
+    #[test]
+    fn fast_path_agrees_with_croner() {
+        for (expr, taken) in [
+            ("0 9 * * Fri-Sun", true),
+            ("0 9 * * SUN-sun", true),
+            ("0 9 * * sun,7", true),
+            ("0 9 * * 1-SUN/2", true),
+            ("0 9 * * Sun/3", true),
+            ("0 9 ?/5 * ?", true),
+            ("0 0 9 ? Jan-MAR/2 ?", true),
+            ("*/5 0/1 007 * * *", true),
+            ("0/5,0/1 0 0 * * *", true),
+            ("0 0 */7 * 1", true),
+            ("0 9 * * */Mon", false),
+            ("0 9 * * 7-1", false),
+            ("0 9 * * 0-8", false),
+            ("0 9 * Mon *", false),
+            ("0 9 * * Jan", false),
+            ("0 9 * * Sunday", false),
+            ("0 9 * * ſun", false),
+            ("? 9 * * *", false),
+            ("0 9 1,* * *", false),
+            ("0 9 0 * *", false),
+            ("0 9 1-2-3 * *", false),
+            ("0 9 5/0 * *", false),
+            ("0 24 * * *", false),
+            ("0 9 * * +1", false),
+            ("0 9 L * *", false),
+            ("0 0 30 2 *", true),
+        ] {
+            assert_eq!(check_fast_path(expr).0, taken, "{expr}");
+        }
+        let mut rng = StdRng::seed_from_u64(0xfa57_9a75);
+        let (mut taken, mut plain_valid, mut plain_taken, mut errors) = (0, 0, 0, 0);
+        const CASES: usize = 30_000;
+        for n in 0..CASES {
+            let (expr, plain) = match n % 5 {
+                0 | 1 => (plain_expression(&mut rng), true),
+                2 => (rough_expression(&mut rng), false),
+                3 => (random_expression(&mut rng), false),
+                _ => {
+                    let expr = match rng.random_range(0..3) {
+                        0 => plain_expression(&mut rng),
+                        1 => rough_expression(&mut rng),
+                        _ => random_expression(&mut rng),
+                    };
+                    (mutate(&mut rng, &expr), false)
+                }
+            };
+            let (fast, croner_ok, refused) = check_fast_path(&expr);
+            taken += usize::from(fast);
+            errors += usize::from(refused);
+            if plain && croner_ok {
+                plain_valid += 1;
+                plain_taken += usize::from(fast);
+            }
+        }
+        println!(
+            "{CASES} expressions: fast path took {taken}; {plain_taken} of {plain_valid} valid plain ones; {errors} refused"
+        );
+        assert!(
+            plain_taken * 100 >= plain_valid * 95 && plain_valid > CASES / 3,
+            "fast path took {plain_taken} of {plain_valid} valid plain expressions"
+        );
+        // Both kinds of case occur in numbers: refusals, and expressions only croner takes.
+        assert!(
+            errors > CASES / 10 && taken < CASES - errors - CASES / 20,
+            "{errors} {taken}"
         );
     }
 
