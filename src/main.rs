@@ -110,29 +110,12 @@ fn generate(what: Generated) -> ExitCode {
     }
 }
 
-/// mimalloc, not glibc's malloc: a large config leaves glibc's heap fragmented (see
-/// `daemon::release_freed_memory`), and mimalloc returns the memory a reload frees.
+/// mimalloc, not glibc's malloc: a large config left glibc's heap fragmented (see
+/// `src/daemon/memory.rs`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_arena_eager_commit` and `mi_option_purge_delay`: their places in
-/// `mi_option_e`, which libmimalloc-sys does not name (checked by a test).
-const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Commits memory as it is used rather than a whole arena at once, and hands freed pages back
-/// at once rather than a second later (an idle daemon would not come back to do it): measured,
-/// 10,000 schedules idle at 31–33 MiB instead of 43–51, and start at 100,000 no slower.
-fn tune_mimalloc() {
-    // SAFETY: mi_option_set only stores a tuning value; it takes no pointer.
-    unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
-    }
-}
-
 fn main() -> ExitCode {
-    tune_mimalloc();
     let cli = Cli::parse();
     if cli.now.is_some() && !matches!(cli.command, Command::Check { .. } | Command::History(_)) {
         // run, send and recall act on the real clock: a test passing --now to them would be
@@ -176,23 +159,4 @@ fn main() -> ExitCode {
             Command::Generate { what } => generate(what),
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_mimalloc_options_set_are_the_ones_meant() {
-        // Their defaults in the mimalloc that libmimalloc-sys builds (v3) tell them apart: purge
-        // delay 1000 ms, arena eager commit 2.
-        // SAFETY: mi_option_get only reads a tuning value.
-        let (purge, eager) = unsafe {
-            (
-                libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY),
-                libmimalloc_sys::mi_option_get(MI_OPTION_ARENA_EAGER_COMMIT),
-            )
-        };
-        assert_eq!((purge, eager), (1000, 2));
-    }
 }

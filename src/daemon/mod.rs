@@ -4,12 +4,15 @@
 //! runs the same inside a test as under systemd.
 
 mod clock;
+mod memory;
 pub mod notify;
 mod progress;
 mod recovery;
 pub mod reload;
 pub mod signals;
 mod timer;
+
+pub use memory::tune_allocator;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -238,7 +241,7 @@ pub async fn run(
     }
     daemon.beat(false).await;
     daemon.publish_armed();
-    release_freed_memory();
+    memory::loaded();
     let status = daemon.status_line();
     tracing::info!(config = %daemon.config.path.display(), digest = %daemon.config.digest, dry_run = daemon.dry_run(), "{status}");
     daemon.notifier.ready(&status);
@@ -294,35 +297,6 @@ pub async fn run(
     }
     daemon.shutdown(&mut control.stops).await;
     Ok(())
-}
-
-/// Caps glibc's allocator at two arenas. The daemon's own memory comes from mimalloc (see
-/// `main.rs`); glibc's allocator still serves SQLite and the C library, and each thread would
-/// otherwise get an arena of its own in which freed memory stays reserved.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes a tuning parameter of the process's allocator.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-/// Hands the memory freed after loading a config back to the system. Parsing a large file
-/// briefly needs several times what the loaded config keeps (the YAML tree, the slots that
-/// validation samples). With glibc's allocator, what the config keeps was left scattered over
-/// the pages the tree had used, and none of them could be returned: measured at 100,000
-/// schedules, 115 MB in use held 351 MB. mimalloc keeps small objects of one size together on
-/// pages of their own, and returns the pages that empty.
-fn release_freed_memory() {
-    // SAFETY: mi_collect only frees mimalloc's own unused pages; it takes no pointer.
-    unsafe {
-        libmimalloc_sys::mi_collect(true);
-    }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of the allocator's own heap to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 async fn tick(interval: &mut Option<tokio::time::Interval>) {
@@ -546,7 +520,6 @@ impl Daemon {
                 let metrics_listen = self.config.metrics_listen;
                 let summary = self.apply(new).await;
                 self.publish_armed();
-                release_freed_memory();
                 self.firing.dispatcher.metrics().count_reload(true);
                 if self.config.metrics_listen != metrics_listen {
                     tracing::warn!("metrics.listen changed; it takes effect at the next restart");
@@ -574,6 +547,7 @@ impl Daemon {
                 .await;
             }
         }
+        memory::loaded();
         self.notifier.ready(&self.status_line());
     }
 
