@@ -7,8 +7,10 @@
 //! 100,000 schedules, 115 MB in use held 351 MB. mimalloc keeps objects of one size together
 //! on pages of their own and returns the pages that empty.
 //!
-//! mimalloc v2 (libmimalloc-sys's `v2` feature), not v3: measured idle, the example config
-//! takes 22.8 MiB rather than 26, 10,000 schedules 30 rather than 44 (glibc: 12.6 and 110).
+//! mimalloc v3 (libmimalloc-sys's default). v2 was measured too, with the `scale` benchmark:
+//! 39.4 MiB at 10,000 schedules (v3 41.2), but 139.6 at 100,000 (v3 124.8) and 193.6 after 10
+//! reloads of 1 % there (v3 145.1). The example config idles at about 23 MiB with either
+//! (glibc's: 12.6): per-thread heaps cost more than a small config saves.
 //!
 //! Tried and not kept (on v3): handing freed pages back at once (`purge_delay` 0) brought
 //! 10,000 schedules from 44 to 31–33 MiB, but had the kernel zero again every page reused
