@@ -255,12 +255,21 @@ pub async fn run(
     let mut retention = tokio::time::interval(RETENTION_INTERVAL);
     let pruning = Arc::new(AtomicBool::new(false));
     let mut loading: Option<Loading> = None;
+    let mut timers_ended = false;
     loop {
         daemon.probes.turned();
         tokio::select! {
             // A stop request wins over everything else that is ready, a finished reload too.
             biased;
             _ = control.stops.recv() => break,
+            () = daemon.deadlines.ended() => {
+                // One task fires every schedule: without it, the daemon would look alive and
+                // send nothing. Stop, so that systemd restarts it and the start records what
+                // was missed.
+                tracing::error!("the timer task ended unexpectedly (a panic); stopping so that a restart arms every schedule again");
+                timers_ended = true;
+                break;
+            }
             _ = tick(&mut watchdog) => daemon.notifier.watchdog(),
             Some(()) = control.reloads.recv() => match &mut loading {
                 // A stuck load may never end: this SIGHUP starts a new one, and whatever the
@@ -296,6 +305,9 @@ pub async fn run(
         daemon.clock_stepped(step).await;
     }
     daemon.shutdown(&mut control.stops).await;
+    if timers_ended {
+        anyhow::bail!("the timer task ended unexpectedly; see the log above");
+    }
     Ok(())
 }
 
@@ -562,10 +574,11 @@ impl Daemon {
         let diff = Diff::between(&armed, &new);
         // Unchanged schedules keep the copy their timer holds: one copy in memory, not two. The
         // others are copied here, off the reload thread's pages (see `Schedule::relocated`).
+        let mut copies = config::Relocation::default();
         for schedule in &mut new.schedules {
             *schedule = match armed.get(&schedule.name).filter(|kept| *kept == schedule) {
                 Some(kept) => kept.clone(),
-                None => Arc::new(schedule.relocated()),
+                None => Arc::new(schedule.relocated(&mut copies)),
             };
         }
         for app in changed_credentials(&self.config.apps, &new.apps) {

@@ -241,7 +241,10 @@ impl Heap {
 
 /// The daemon's handle on the timer task: dropping it (or [`Deadlines::stop`]) ends the task,
 /// so that a daemon dropped without its shutdown leaves nothing running.
-pub struct Deadlines(Arc<Timers>);
+pub struct Deadlines {
+    timers: Arc<Timers>,
+    task: tokio::task::JoinHandle<()>,
+}
 
 impl Deadlines {
     /// Starts the task that fires the slots of every schedule armed through the result.
@@ -251,8 +254,14 @@ impl Deadlines {
             earlier: Notify::new(),
             stop: CancellationToken::new(),
         });
-        tokio::spawn(run(timers.clone(), firing));
-        Deadlines(timers)
+        let task = tokio::spawn(run(timers.clone(), firing));
+        Deadlines { timers, task }
+    }
+
+    /// Ready if the task ended without being stopped (it panicked): nothing would fire any
+    /// more, so the daemon must not go on as if it did. Await it at most once.
+    pub async fn ended(&mut self) {
+        let _ = (&mut self.task).await;
     }
 
     /// See [`Timers::arm`].
@@ -262,17 +271,17 @@ impl Deadlines {
         firing: &Firing,
         not_before: DateTime<Utc>,
     ) -> Timer {
-        self.0.arm(schedule, firing, not_before)
+        self.timers.arm(schedule, firing, not_before)
     }
 
     /// The schedule to fire next and its slot.
     pub fn next(&self) -> Option<(DateTime<Utc>, Arc<Schedule>)> {
-        self.0.next()
+        self.timers.next()
     }
 
     /// Ends the task. Slots still armed are not fired.
     pub fn stop(&self) {
-        self.0.stop.cancel();
+        self.timers.stop.cancel();
     }
 }
 
@@ -297,11 +306,16 @@ impl Timers {
         let mut heap = self.lock();
         let id = heap.next_id;
         heap.next_id += 1;
-        if let Some(hold) = first {
-            let due = heap.insert(id, schedule.clone(), hold);
-            if heap.waiting_for.is_none_or(|w| due < w) {
-                heap.waiting_for = Some(due);
-                self.earlier.notify_one();
+        match first {
+            Some(hold) => {
+                let due = heap.insert(id, schedule.clone(), hold);
+                if heap.waiting_for.is_none_or(|w| due < w) {
+                    heap.waiting_for = Some(due);
+                    self.earlier.notify_one();
+                }
+            }
+            None => {
+                tracing::info!(schedule = %schedule.name, "the cron expression names no further slot; timer ends")
             }
         }
         Timer {
@@ -348,7 +362,8 @@ impl Drop for Timer {
             heap.compact();
             removed
         };
-        // The hold goes after the heap's lock: the two locks are never held together.
+        // The hold goes after the heap's lock is released. (The two are taken together only
+        // in one order: the heap's, then the progress's, in `take_due`.)
         drop(removed);
     }
 }
