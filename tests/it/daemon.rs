@@ -522,7 +522,9 @@ async fn a_deadline_armed_on_reload_before_the_one_waited_for_fires_and_a_remove
         env.slots("soon").len() >= 2
     })
     .await;
-    env.write_schedules(&yearly);
+    // The same reload adds a witness on the same rhythm: its slots show time passing, so the
+    // test waits for them rather than for a fixed time.
+    env.write_schedules(&[yearly.clone(), every_two_seconds("witness", "witness")].concat());
     daemon.signal(SIGHUP);
     eventually(WAIT, "the second reload event", || {
         env.count("SELECT count(*) FROM events WHERE kind = 'reloaded'") == 2
@@ -530,7 +532,14 @@ async fn a_deadline_armed_on_reload_before_the_one_waited_for_fires_and_a_remove
     .await;
     // A send already started when the reload came may still finish: allow one slot of grace.
     let removed_at = Utc::now() + chrono::Duration::seconds(2);
-    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    eventually(WAIT, "two witness slots after the removal", || {
+        env.slots("witness")
+            .into_iter()
+            .filter(|s| *s > removed_at)
+            .count()
+            >= 2
+    })
+    .await;
     daemon.stop().await;
     let after: Vec<_> = env
         .slots("soon")
