@@ -53,7 +53,8 @@ impl Downtime {
         let mut gone = Vec::new();
         let mut fired_through: Option<DateTime<Utc>> = None;
         let mut another_runs = false;
-        for beat in store.heartbeats().await? {
+        let (beats, last_alive) = store.previous_runs().await?;
+        for beat in beats {
             // A row with this process's own pid is a predecessor's (a container restarts
             // its daemon under the same pid).
             // A running daemon writes its row every few seconds: a live pid behind a stale
@@ -78,7 +79,7 @@ impl Downtime {
         } else {
             // A database written by a version without heartbeats: its last sign of life.
             // The slot at that very second may not have been claimed yet.
-            store.last_alive().await?
+            last_alive
         };
         Ok(Downtime { from, gone })
     }

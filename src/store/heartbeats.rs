@@ -18,35 +18,51 @@ pub struct Heartbeat {
     pub stopped_at: Option<DateTime<Utc>>,
 }
 
+fn read_heartbeats(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<Heartbeat>> {
+    let mut statement =
+        conn.prepare("SELECT pid, alive_at, fired_through, stopped_at FROM heartbeats")?;
+    let rows = statement.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<String>>(3)?,
+        ))
+    })?;
+    let rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(pid, alive, through, stopped)| {
+            Some(Heartbeat {
+                pid,
+                alive_at: crate::time::from_db(&alive)?,
+                fired_through: crate::time::from_db(&through)?,
+                stopped_at: stopped.as_deref().and_then(crate::time::from_db),
+            })
+        })
+        .collect())
+}
+
 impl Store {
     /// Every daemon's row.
     pub async fn heartbeats(&self) -> anyhow::Result<Vec<Heartbeat>> {
+        self.call(|conn| read_heartbeats(conn)).await
+    }
+
+    /// What the previous runs left, read at one instant: every daemon's row and, for a
+    /// database written before heartbeats, the last moment a daemon was known to run there
+    /// (its latest event or scheduled send). One read transaction, so that a daemon starting beside
+    /// this one is seen whole (its row and its `started` event) or not at all: its start
+    /// must not pass for the last sign of life of a previous run.
+    pub async fn previous_runs(&self) -> anyhow::Result<(Vec<Heartbeat>, Option<DateTime<Utc>>)> {
         self.call(|conn| {
-            let mut statement =
-                conn.prepare("SELECT pid, alive_at, fired_through, stopped_at FROM heartbeats")?;
-            let rows = statement.query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                ))
-            })?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
+            let tx = conn.transaction()?;
+            let beats = read_heartbeats(&tx)?;
+            let alive = super::history::last_alive(&tx)?;
+            tx.commit()?;
+            Ok((beats, alive))
         })
         .await
-        .map(|rows| {
-            rows.into_iter()
-                .filter_map(|(pid, alive, through, stopped)| {
-                    Some(Heartbeat {
-                        pid,
-                        alive_at: crate::time::from_db(&alive)?,
-                        fired_through: crate::time::from_db(&through)?,
-                        stopped_at: stopped.as_deref().and_then(crate::time::from_db),
-                    })
-                })
-                .collect()
-        })
     }
 
     /// Writes this process's row: alive now, every slot before `fired_through` claimed (or,
@@ -114,6 +130,61 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use crate::store::history::fixtures::fresh_store;
+
+    /// A daemon starting beside another writes its heartbeat row, then its `started` event.
+    /// A start reading the previous runs at that moment must see both or neither: an event
+    /// without its row would pass for a previous run's last sign of life, and the slots since
+    /// it would be recorded missed while the other daemon fires them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_previous_runs_are_read_at_one_instant() {
+        let (dir, store) = fresh_store();
+        let path = dir.path().join("w.db");
+        let starts = 300;
+        let writer = std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(30))
+                .unwrap();
+            for i in 1..=starts {
+                let at = format!("2026-12-01T10:{:02}:{:02}Z", i / 60, i % 60);
+                conn.execute(
+                    "INSERT INTO heartbeats VALUES (?1, ?2, ?2, ?2, NULL)",
+                    rusqlite::params![i, at],
+                )
+                .unwrap();
+                conn.execute(
+                    "INSERT INTO events (at, kind, pid) VALUES (?1, 'started', ?2)",
+                    rusqlite::params![at, i],
+                )
+                .unwrap();
+            }
+        });
+        let mut reads = 0;
+        let mut in_between = 0;
+        loop {
+            let done = writer.is_finished();
+            let (beats, alive) = store.previous_runs().await.unwrap();
+            reads += 1;
+            if let Some(alive) = alive {
+                // The event of start i has the instant of its row.
+                assert!(
+                    beats.iter().any(|b| b.alive_at == alive),
+                    "read {reads}: the event of {alive} without its heartbeat row: {} rows",
+                    beats.len()
+                );
+                if beats.len() < starts as usize {
+                    in_between += 1;
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        writer.join().unwrap();
+        assert!(
+            in_between > 0,
+            "no read fell between two starts ({reads} reads)"
+        );
+    }
 
     #[tokio::test]
     async fn a_beat_replaces_the_processes_own_row_and_forgets_the_dead() {

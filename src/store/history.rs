@@ -423,23 +423,20 @@ impl Store {
                 .collect()
         })
     }
+}
 
-    /// The last moment a daemon was known to run on this database: its latest event or
-    /// scheduled send. `None` when no daemon ever ran here.
-    pub async fn last_alive(&self) -> anyhow::Result<Option<DateTime<Utc>>> {
-        self.call(|conn| {
-            conn.query_row(
-                "SELECT max(at) FROM (SELECT max(at) AS at FROM events
-                     UNION ALL SELECT * FROM (SELECT created_at FROM sends
-                         WHERE trigger IN ('cron', 'catch_up') AND status <> 'dry_run'
-                         ORDER BY id DESC LIMIT 1))",
-                [],
-                |r| r.get::<_, Option<String>>(0),
-            )
-        })
-        .await
-        .map(|at| at.as_deref().and_then(crate::time::from_db))
-    }
+/// The last moment a daemon was known to run on this database: its latest event or scheduled
+/// send. `None` when no daemon ever ran here.
+pub(super) fn last_alive(conn: &Connection) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    let at = conn.query_row(
+        "SELECT max(at) FROM (SELECT max(at) AS at FROM events
+             UNION ALL SELECT * FROM (SELECT created_at FROM sends
+                 WHERE trigger IN ('cron', 'catch_up') AND status <> 'dry_run'
+                 ORDER BY id DESC LIMIT 1))",
+        [],
+        |r| r.get::<_, Option<String>>(0),
+    )?;
+    Ok(at.as_deref().and_then(crate::time::from_db))
 }
 
 #[cfg(test)]

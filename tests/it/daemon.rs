@@ -54,8 +54,15 @@ async fn two_daemons_on_one_database_send_each_slot_once() {
     env.write_schedules(&every_two_seconds("tick", "tick"));
     let mut first = env.spawn_daemon(&[]);
     let mut second = env.spawn_daemon(&[]);
+    // Four slots while both are armed (a start slowed by a loaded machine must not leave one
+    // daemon firing alone).
+    eventually(WAIT, "both daemons started", || {
+        env.count("SELECT count(*) FROM events WHERE kind = 'started'") == 2
+    })
+    .await;
+    let before = env.count("SELECT count(*) FROM sends WHERE status = 'sent'");
     eventually(WAIT, "four sent slots", || {
-        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 4
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= before + 4
     })
     .await;
     first.stop().await;
@@ -80,9 +87,13 @@ async fn two_daemons_on_one_database_send_each_slot_once() {
         "one message per slot: {per_text:?}"
     );
     // Both daemons were really armed: each logged the slot it lost to the other at debug level.
-    let lost = first.logs().matches("slot already claimed").count()
-        + second.logs().matches("slot already claimed").count();
-    assert!(lost >= 1, "the second daemon offered the same slots");
+    let (first, second) = (first.logs(), second.logs());
+    let lost = first.matches("slot already claimed").count()
+        + second.matches("slot already claimed").count();
+    assert!(
+        lost >= 1,
+        "the second daemon offered the same slots; first log:\n{first}\nsecond log:\n{second}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
