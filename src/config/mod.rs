@@ -55,6 +55,12 @@ pub struct Config {
     pub history_retention: Option<chrono::Duration>,
     /// `metrics.listen:`: where Prometheus text is served at `/metrics` (off when `None`).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `instance:`: names this daemon in the rows it claims and the events it writes; `None`
+    /// takes the host name ([`Config::instance`]).
+    pub instance: Option<String>,
+    /// `claim_lease:`: how long a claim of this daemon stays its own without being renewed;
+    /// once it lapsed, another daemon on the database resolves the row as a crash row.
+    pub claim_lease: chrono::Duration,
     /// Things that are valid but probably not what the operator wants.
     pub warnings: Vec<Problem>,
 }
@@ -264,6 +270,11 @@ impl Schedule {
 }
 
 impl Config {
+    /// The name of this daemon in rows and events: `instance:`, else the host name.
+    pub fn instance(&self) -> String {
+        self.instance.clone().unwrap_or_else(host_name)
+    }
+
     pub fn schedule(&self, name: &str) -> Option<&Arc<Schedule>> {
         self.schedules.iter().find(|s| s.name == name)
     }
@@ -281,6 +292,35 @@ impl Config {
         for warning in &self.warnings {
             tracing::warn!("{warning}");
         }
+    }
+}
+
+/// This host's name (`gethostname`), as an instance name: characters an instance may not
+/// hold become `_`, at most 64 of them; `localhost` if the system gives none.
+pub fn host_name() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length; gethostname writes at most that.
+    let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    let end = buffer.iter().position(|b| *b == 0).unwrap_or(buffer.len());
+    let name: String = if rc == 0 {
+        String::from_utf8_lossy(&buffer[..end])
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect()
+    } else {
+        String::new()
+    };
+    if name.is_empty() {
+        "localhost".to_string()
+    } else {
+        name
     }
 }
 

@@ -191,6 +191,8 @@ pub async fn run(
         store.replay_unrecorded(true).await?;
         store.keep_reserve().await;
     }
+    // Renews this process's claims while it runs (not in a dry run: it claims nothing).
+    let _leases = (!firing.dispatcher.is_dry_run()).then(|| store.keep_leases());
     // Read what the previous run left before this run writes anything.
     let downtime = Downtime::read(&store).await?;
     let started_at = Utc::now();
@@ -450,6 +452,7 @@ impl Daemon {
             Err(e) => tracing::debug!("unrecorded sends of other processes wait: {e:#}"),
         }
         store.keep_reserve().await;
+        recovery::resume_lapsed(&self.firing, Utc::now()).await;
         self.beat(false).await;
         let health = store.health();
         if let Some(episode) = health.episode() {

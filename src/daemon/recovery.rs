@@ -291,26 +291,112 @@ pub async fn settle(
 
 /// Resends or closes every row a crash left `pending` (never in a dry run: the caller checks).
 pub async fn resume_pending(firing: &Arc<Firing>, now: DateTime<Utc>) {
-    let rows = match firing.dispatcher.store().pending_rows().await {
+    resolve(firing, now, Look::AtStart).await;
+}
+
+/// Resends or closes the rows whose claim lapsed while this daemon runs: their sender (a
+/// daemon on another host, a `send` that died) stopped renewing them.
+pub async fn resume_lapsed(firing: &Arc<Firing>, now: DateTime<Utc>) {
+    resolve(firing, now, Look::WhileRunning).await;
+}
+
+/// When crash rows are looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// Before this process claimed anything: a row naming this very process is a
+    /// predecessor's (a container restarts its daemon under the same pid).
+    AtStart,
+    /// While it runs: its own rows are in flight, and leaseless rows are left to the start
+    /// (or to the replay of the file their process left).
+    WhileRunning,
+}
+
+/// Whether `row` is left by a sender that is gone, as `look` sees it at `now`.
+fn abandoned(row: &PendingRow, me: &Me, now: DateTime<Utc>, look: Look) -> Abandoned {
+    let mine = row.pid == Some(me.pid) && row.instance.as_deref() == me.instance.as_deref();
+    if mine {
+        return match look {
+            Look::AtStart => Abandoned::Yes,
+            Look::WhileRunning => Abandoned::No,
+        };
+    }
+    // This host's other processes can be asked directly; a pid means nothing on another host.
+    let this_host = row.instance.is_none() || row.instance.as_deref() == me.instance.as_deref();
+    let sender_alive = || row.pid.is_some_and(process_alive);
+    match row.lease_until {
+        Some(until) if until < now => Abandoned::Yes,
+        Some(_) if this_host && !sender_alive() => Abandoned::Yes,
+        Some(_) => Abandoned::Leased,
+        None if look == Look::WhileRunning => Abandoned::No,
+        None if row.pid.is_some_and(|pid| pid != me.pid) && sender_alive() => Abandoned::Leased,
+        None => Abandoned::Yes,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Abandoned {
+    Yes,
+    /// Its sender still holds it.
+    Leased,
+    No,
+}
+
+/// This process, as rows name it.
+struct Me {
+    pid: i64,
+    instance: Option<Arc<str>>,
+}
+
+async fn resolve(firing: &Arc<Firing>, now: DateTime<Utc>, look: Look) {
+    let store = firing.dispatcher.store();
+    let rows = match store.pending_rows().await {
         Ok(rows) => rows,
         Err(e) => {
             tracing::error!("cannot look for sends left in flight by a crash: {e:#}");
             return;
         }
     };
+    let me = Me {
+        pid: i64::from(std::process::id()),
+        instance: store.owner().instance,
+    };
     for row in rows {
-        if row
-            .pid
-            .is_some_and(|pid| pid != i64::from(std::process::id()) && process_alive(pid))
-        {
-            tracing::info!(
-                id = row.id,
-                pid = row.pid,
-                "a pending send belongs to a process that is still running; leaving it to that process"
-            );
-            continue;
+        match abandoned(&row, &me, now, look) {
+            Abandoned::No => continue,
+            Abandoned::Leased => {
+                if look == Look::AtStart {
+                    tracing::info!(
+                        id = row.id,
+                        pid = row.pid,
+                        instance = row.instance.as_deref().unwrap_or("-"),
+                        "a pending send belongs to a process that is still running; leaving it to that process (should its claim lapse, a daemon on this database resolves it)"
+                    );
+                }
+                continue;
+            }
+            Abandoned::Yes => {}
         }
-        resume_one(firing, row, now).await;
+        // The resolution is itself a claim: of the daemons that saw the row, one takes it.
+        match store.take_over(&row).await {
+            Ok(true) => {
+                if look == Look::WhileRunning {
+                    tracing::warn!(
+                        id = row.id,
+                        instance = row.instance.as_deref().unwrap_or("-"),
+                        pid = row.pid,
+                        "the claim of a send in flight lapsed (its daemon died or lost the database); taking it over"
+                    );
+                }
+                resume_one(firing, row, now).await;
+            }
+            Ok(false) => {
+                tracing::debug!(
+                    id = row.id,
+                    "another daemon took over this crashed send first"
+                );
+            }
+            Err(e) => tracing::error!("cannot take over send #{} left in flight: {e:#}", row.id),
+        }
     }
 }
 
@@ -325,7 +411,11 @@ pub async fn resume_rows(firing: &Arc<Firing>, ids: &[i64], now: DateTime<Utc>) 
         }
     };
     for row in rows.into_iter().filter(|row| ids.contains(&row.id)) {
-        resume_one(firing, row, now).await;
+        match firing.dispatcher.store().take_over(&row).await {
+            Ok(true) => resume_one(firing, row, now).await,
+            Ok(false) => tracing::debug!(id = row.id, "another daemon took over this send first"),
+            Err(e) => tracing::error!("cannot take over send #{} left in flight: {e:#}", row.id),
+        }
     }
 }
 

@@ -53,16 +53,19 @@ impl Store {
     ) -> anyhow::Result<()> {
         let digest = digest.to_string();
         let detail = detail.to_string();
+        let instance = self.owner().instance;
         self.call(move |conn| {
             conn.execute(
-                "INSERT INTO events (at, kind, config_digest, pid, version, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO events (at, kind, config_digest, pid, version, detail, instance)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     crate::time::to_db(at),
                     kind.as_str(),
                     digest,
                     std::process::id(),
                     env!("CARGO_PKG_VERSION"),
-                    detail
+                    detail,
+                    instance.as_deref()
                 ],
             )
             .map(|_| ())

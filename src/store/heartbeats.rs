@@ -77,6 +77,7 @@ impl Store {
         forget: Vec<i64>,
     ) -> anyhow::Result<()> {
         let pid = i64::from(std::process::id());
+        let instance = self.owner().instance;
         self.call(move |conn| {
             let tx = conn.transaction()?;
             for gone in &forget {
@@ -91,17 +92,18 @@ impl Store {
                 return tx.commit();
             };
             tx.execute(
-                "INSERT INTO heartbeats (pid, started_at, alive_at, fired_through, stopped_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO heartbeats (pid, started_at, alive_at, fired_through, stopped_at, instance)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (pid) DO UPDATE SET started_at = excluded.started_at,
                      alive_at = excluded.alive_at, fired_through = excluded.fired_through,
-                     stopped_at = excluded.stopped_at",
+                     stopped_at = excluded.stopped_at, instance = excluded.instance",
                 params![
                     pid,
                     crate::time::to_db(started_at),
                     now,
                     crate::time::to_db(fired_through),
                     stopped.then_some(now.clone()),
+                    instance.as_deref(),
                 ],
             )?;
             tx.commit()
@@ -147,7 +149,7 @@ mod tests {
             for i in 1..=starts {
                 let at = format!("2026-12-01T10:{:02}:{:02}Z", i / 60, i % 60);
                 conn.execute(
-                    "INSERT INTO heartbeats VALUES (?1, ?2, ?2, ?2, NULL)",
+                    "INSERT INTO heartbeats (pid, started_at, alive_at, fired_through, stopped_at) VALUES (?1, ?2, ?2, ?2, NULL)",
                     rusqlite::params![i, at],
                 )
                 .unwrap();
@@ -193,7 +195,7 @@ mod tests {
         store
             .call(|conn| {
                 conn.execute(
-                    "INSERT INTO heartbeats VALUES (1, '2026-12-01T00:00:00Z', '2026-12-01T00:00:05Z', '2026-12-01T00:00:04Z', NULL)",
+                    "INSERT INTO heartbeats (pid, started_at, alive_at, fired_through, stopped_at) VALUES (1, '2026-12-01T00:00:00Z', '2026-12-01T00:00:05Z', '2026-12-01T00:00:04Z', NULL)",
                     [],
                 )
             })

@@ -1,12 +1,12 @@
 //! The `sends` table: a row claimed before the HTTP call, finished with WeCom's answer.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use std::collections::HashSet;
 
-use rusqlite::{Connection, ErrorCode, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use super::Store;
+use super::{Owner, Store};
 
 /// Why a row exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +137,10 @@ pub struct PendingRow {
     pub payload: String,
     pub attempts: u32,
     pub pid: Option<i64>,
+    /// The instance that claimed it (`None` for rows written before claims named one).
+    pub instance: Option<String>,
+    /// Until when its claim holds; `None` for rows written before leases (the pid decides).
+    pub lease_until: Option<DateTime<Utc>>,
 }
 
 impl PendingRow {
@@ -171,14 +175,42 @@ fn timestamp(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<DateTim
     crate::time::from_db(&text).ok_or_else(|| unreadable(column, "timestamp"))
 }
 
-/// Inserts a row created now by this process; with `finish`, the row is written finished.
-fn insert(conn: &Connection, new: &NewSend, finish: Option<&Finish>) -> rusqlite::Result<Claim> {
-    let now = Utc::now();
-    let pid = Some(i64::from(std::process::id()));
-    insert_as(conn, None, new, now, finish.map(|f| (f, now)), pid)
+/// When a lease taken at `now` ends, rounded up to the whole second it is stored in: another
+/// daemon waits at least the whole lease.
+fn lease_end(now: DateTime<Utc>, lease: chrono::Duration) -> DateTime<Utc> {
+    let end = now + lease;
+    let whole = end.trunc_subsecs(0);
+    if whole < end {
+        whole + chrono::Duration::seconds(1)
+    } else {
+        whole
+    }
 }
 
-/// Inserts a row as it was created at `created_at` by process `pid`, under `id` if given.
+/// Inserts a row created now by this process; with `finish`, the row is written finished. A
+/// `pending` row carries `owner`'s lease from now.
+fn insert(
+    conn: &Connection,
+    new: &NewSend,
+    finish: Option<&Finish>,
+    owner: &Owner,
+) -> rusqlite::Result<Claim> {
+    let now = Utc::now();
+    let pid = Some(i64::from(std::process::id()));
+    let lease_until = Some(lease_end(now, owner.lease));
+    insert_as(
+        conn,
+        None,
+        new,
+        now,
+        finish.map(|f| (f, now)),
+        pid,
+        (owner.instance.as_deref(), lease_until),
+    )
+}
+
+/// Inserts a row as it was created at `created_at` by process `pid`, under `id` if given,
+/// claimed by `instance` with a lease (kept only while the row is `pending`).
 pub(super) fn insert_as(
     conn: &Connection,
     id: Option<i64>,
@@ -186,8 +218,10 @@ pub(super) fn insert_as(
     created_at: DateTime<Utc>,
     finish: Option<(&Finish, DateTime<Utc>)>,
     pid: Option<i64>,
+    (instance, lease_until): (Option<&str>, Option<DateTime<Utc>>),
 ) -> rusqlite::Result<Claim> {
     let status = finish.map_or(new.status, |(f, _)| f.status);
+    let lease_until = lease_until.filter(|_| status == Status::Pending);
     let finished_at = finish
         .map(|(_, at)| at)
         .or_else(|| (new.status != Status::Pending).then_some(created_at));
@@ -196,8 +230,8 @@ pub(super) fn insert_as(
     let result = conn.prepare_cached(
         "INSERT INTO sends (id, schedule, trigger, scheduled_at, created_at, finished_at, status, attempts, app, agent_id,
                             msgtype, payload, errcode, errmsg, msgid, invaliduser, invalidparty, invalidtag,
-                            unlicenseduser, pid, robot)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                            unlicenseduser, pid, robot, instance, lease_until)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
     )?.execute(
         params![
             id,
@@ -221,6 +255,8 @@ pub(super) fn insert_as(
             finish.and_then(|f| f.unlicenseduser.clone()),
             pid,
             new.robot,
+            instance,
+            lease_until.map(crate::time::to_db),
         ],
     );
     match result {
@@ -239,10 +275,26 @@ pub(super) fn update_finish(
     finish: &Finish,
     finished_at: DateTime<Utc>,
 ) -> rusqlite::Result<usize> {
+    update_finish_if(conn, id, finish, finished_at, None)
+}
+
+/// [`update_finish`], with `held_by` only while the row names that pid and instance.
+fn update_finish_if(
+    conn: &Connection,
+    id: i64,
+    finish: &Finish,
+    finished_at: DateTime<Utc>,
+    held_by: Option<(i64, Option<&str>)>,
+) -> rusqlite::Result<usize> {
+    let (check, pid, instance) = match held_by {
+        Some((pid, instance)) => (true, Some(pid), instance),
+        None => (false, None, None),
+    };
     conn.prepare_cached(
         "UPDATE sends SET finished_at = ?2, status = ?3, attempts = ?4, errcode = ?5, errmsg = ?6, msgid = ?7,
-                invaliduser = ?8, invalidparty = ?9, invalidtag = ?10, unlicenseduser = ?11
-         WHERE id = ?1",
+                invaliduser = ?8, invalidparty = ?9, invalidtag = ?10, unlicenseduser = ?11,
+                lease_until = NULL
+         WHERE id = ?1 AND (NOT ?12 OR (pid IS ?13 AND instance IS ?14))",
     )?
     .execute(params![
         id,
@@ -255,7 +307,10 @@ pub(super) fn update_finish(
         finish.invaliduser,
         finish.invalidparty,
         finish.invalidtag,
-        finish.unlicenseduser
+        finish.unlicenseduser,
+        check,
+        pid,
+        instance
     ])
 }
 
@@ -263,16 +318,19 @@ impl Store {
     /// Writes the row for a fire. For `cron` and `catch_up` rows the unique index on
     /// `(schedule, scheduled_at)` makes this the at-most-once gate of a slot.
     pub async fn claim(&self, new: NewSend) -> anyhow::Result<Claim> {
-        self.call(move |conn| insert(conn, &new, None)).await
+        let owner = self.owner();
+        self.call(move |conn| insert(conn, &new, None, &owner))
+            .await
     }
 
     /// Writes `missed` rows (already finished) in one transaction; returns how many were new.
     pub async fn record_missed(&self, rows: Vec<NewSend>) -> anyhow::Result<usize> {
+        let owner = self.owner();
         self.call(move |conn| {
             let tx = conn.transaction()?;
             let mut written = 0;
             for row in &rows {
-                if let Claim::Claimed(_) = insert(&tx, row, None)? {
+                if let Claim::Claimed(_) = insert(&tx, row, None, &owner)? {
                     written += 1;
                 }
             }
@@ -318,22 +376,50 @@ impl Store {
 
     /// Finishes a row with WeCom's answer. An error unless the row was there to finish: a
     /// send is never reported as recorded when its row is missing.
+    ///
+    /// Only while the row is this process's: once another daemon took it over (its lease
+    /// lapsed), that daemon's resolution stands and this is an error naming it.
     pub async fn finish(&self, id: i64, finish: Finish) -> anyhow::Result<()> {
-        let changed = self
-            .call(move |conn| update_finish(conn, id, &finish, Utc::now()))
+        let (pid, instance) = self.me();
+        let holder = self
+            .call(move |conn| {
+                let held_by = Some((pid, instance.as_deref()));
+                if update_finish_if(conn, id, &finish, Utc::now(), held_by)? == 1 {
+                    return Ok(None);
+                }
+                conn.query_row(
+                    "SELECT coalesce(instance, '') || ' (pid ' || coalesce(pid, '?') || ')' FROM sends WHERE id = ?1",
+                    [id],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()
+                .map(|holder| Some(holder.unwrap_or_default()))
+            })
             .await?;
-        if changed == 0 {
-            anyhow::bail!("history row #{id} is missing from the database");
+        match holder {
+            None => Ok(()),
+            Some(holder) if holder.is_empty() => {
+                anyhow::bail!("history row #{id} is missing from the database")
+            }
+            Some(holder) => anyhow::bail!(
+                "history row #{id} was taken over by {holder}: this send's claim lapsed while it was in flight"
+            ),
         }
-        Ok(())
+    }
+
+    /// This process as rows name it: its pid and instance.
+    fn me(&self) -> (i64, Option<std::sync::Arc<str>>) {
+        (i64::from(std::process::id()), self.owner().instance)
     }
 
     /// Marks a row that is still `pending` as `interrupted`; false if it had already finished.
     pub async fn interrupt(&self, id: i64) -> anyhow::Result<bool> {
+        let (pid, instance) = self.me();
         self.call(move |conn| {
             conn.execute(
-                "UPDATE sends SET status = 'interrupted', finished_at = ?2 WHERE id = ?1 AND status = 'pending'",
-                params![id, crate::time::now_db()],
+                "UPDATE sends SET status = 'interrupted', finished_at = ?2, lease_until = NULL
+                 WHERE id = ?1 AND status = 'pending' AND pid IS ?3 AND instance IS ?4",
+                params![id, crate::time::now_db(), pid, instance.as_deref()],
             )
             .map(|n| n > 0)
         })
@@ -343,14 +429,15 @@ impl Store {
     /// [`Store::interrupt`] at a stop that gave up waiting for the send, saying in `errmsg`
     /// whether an attempt had started (a row still held back by a rate limit never left).
     pub async fn interrupt_at_stop(&self, id: i64) -> anyhow::Result<bool> {
+        let (pid, instance) = self.me();
         self.call(move |conn| {
             conn.execute(
-                "UPDATE sends SET status = 'interrupted', finished_at = ?2,
+                "UPDATE sends SET status = 'interrupted', finished_at = ?2, lease_until = NULL,
                         errmsg = CASE WHEN attempts = 0
                             THEN 'not sent: the daemon stopped before its first attempt (held back by a rate limit or a pause)'
                             ELSE 'the daemon stopped while it was being sent; it may or may not have arrived' END
-                 WHERE id = ?1 AND status = 'pending'",
-                params![id, crate::time::now_db()],
+                 WHERE id = ?1 AND status = 'pending' AND pid IS ?3 AND instance IS ?4",
+                params![id, crate::time::now_db(), pid, instance.as_deref()],
             )
             .map(|n| n > 0)
         })
@@ -359,12 +446,61 @@ impl Store {
 
     /// [`Store::interrupt`], recording `reason` in `errmsg`.
     pub async fn interrupt_because(&self, id: i64, reason: String) -> anyhow::Result<bool> {
+        let (pid, instance) = self.me();
         self.call(move |conn| {
             conn.execute(
-                "UPDATE sends SET status = 'interrupted', finished_at = ?2, errmsg = ?3 WHERE id = ?1 AND status = 'pending'",
-                params![id, crate::time::now_db(), reason],
+                "UPDATE sends SET status = 'interrupted', finished_at = ?2, errmsg = ?3, lease_until = NULL
+                 WHERE id = ?1 AND status = 'pending' AND pid IS ?4 AND instance IS ?5",
+                params![id, crate::time::now_db(), reason, pid, instance.as_deref()],
             )
             .map(|n| n > 0)
+        })
+        .await
+    }
+
+    /// Renews the lease of every row this process holds `pending` (its sends in flight, and
+    /// those whose outcome waits for the database): they stay its own for one more lease.
+    /// Returns how many rows were renewed.
+    pub async fn renew_leases(&self) -> anyhow::Result<usize> {
+        let owner = self.owner();
+        let pid = i64::from(std::process::id());
+        self.call(move |conn| {
+            let until = crate::time::to_db(lease_end(Utc::now(), owner.lease));
+            conn.prepare_cached(
+                "UPDATE sends SET lease_until = ?1
+                 WHERE status = 'pending' AND pid = ?2 AND instance IS ?3 AND lease_until IS NOT NULL",
+            )?
+            .execute(params![until, pid, owner.instance.as_deref()])
+        })
+        .await
+    }
+
+    /// Takes row `row` over for this process, to resolve it as a crash row: only if it is still
+    /// `pending` with the owner and lease read in `row`, so that of several daemons that saw
+    /// it at once exactly one resolves it. True when this process now holds it (with a fresh
+    /// lease, renewed like its own sends).
+    pub async fn take_over(&self, row: &PendingRow) -> anyhow::Result<bool> {
+        let owner = self.owner();
+        let pid = i64::from(std::process::id());
+        let (id, seen_pid, seen_instance) = (row.id, row.pid, row.instance.clone());
+        let seen_lease = row.lease_until.map(crate::time::to_db);
+        self.call(move |conn| {
+            let until = crate::time::to_db(lease_end(Utc::now(), owner.lease));
+            conn.execute(
+                "UPDATE sends SET pid = ?1, instance = ?2, lease_until = ?3
+                 WHERE id = ?4 AND status = 'pending'
+                     AND pid IS ?5 AND instance IS ?6 AND lease_until IS ?7",
+                params![
+                    pid,
+                    owner.instance.as_deref(),
+                    until,
+                    id,
+                    seen_pid,
+                    seen_instance,
+                    seen_lease
+                ],
+            )
+            .map(|n| n == 1)
         })
         .await
     }
@@ -373,7 +509,8 @@ impl Store {
     pub async fn pending_rows(&self) -> anyhow::Result<Vec<PendingRow>> {
         self.call(|conn| {
             let mut statement = conn.prepare(
-                "SELECT id, schedule, trigger, scheduled_at, created_at, app, agent_id, msgtype, payload, attempts, pid, robot
+                "SELECT id, schedule, trigger, scheduled_at, created_at, app, agent_id, msgtype, payload, attempts, pid, robot,
+                        instance, lease_until
                  FROM sends WHERE status = 'pending' ORDER BY id",
             )?;
             let rows = statement.query_map([], |r| {
@@ -391,6 +528,13 @@ impl Store {
                     attempts: r.get(9)?,
                     pid: r.get(10)?,
                     robot: r.get(11)?,
+                    instance: r.get(12)?,
+                    lease_until: match r.get::<_, Option<String>>(13)? {
+                        Some(text) => Some(
+                            crate::time::from_db(&text).ok_or_else(|| unreadable(13, "timestamp"))?,
+                        ),
+                        None => None,
+                    },
                 })
             })?;
             rows.collect()
@@ -475,5 +619,83 @@ pub(crate) mod fixtures {
             errmsg: Some("ok".into()),
             ..Finish::new(Status::Sent, 1)
         }
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::fixtures::{fresh_store, row, sent};
+    use super::*;
+
+    fn owner(instance: &str, lease_seconds: i64) -> Owner {
+        Owner {
+            instance: Some(instance.into()),
+            lease: chrono::Duration::seconds(lease_seconds),
+        }
+    }
+
+    /// Two nodes (two connections, two instances) see one claim of a third whose lease
+    /// lapsed: exactly one takes it over, and only that one may finish it; the dead node's
+    /// late answer cannot overwrite the resolution.
+    #[tokio::test]
+    async fn a_lapsed_claim_is_taken_over_by_one_node_and_finished_only_by_it() {
+        let (dir, dead) = fresh_store();
+        dead.set_owner(owner("node-dead", 3));
+        let Claim::Claimed(id) = dead.claim(row(30, Trigger::Cron)).await.unwrap() else {
+            panic!("claimed")
+        };
+        let first = Store::open(&dir.path().join("w.db")).unwrap();
+        first.set_owner(owner("node-one", 3));
+        let second = Store::open(&dir.path().join("w.db")).unwrap();
+        second.set_owner(owner("node-two", 3));
+        let seen = first.pending_rows().await.unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].instance.as_deref(), Some("node-dead"));
+        let lease = seen[0].lease_until.expect("a leased claim");
+        let left = lease - Utc::now();
+        assert!(
+            left >= chrono::Duration::milliseconds(2900) && left <= chrono::Duration::seconds(4),
+            "the lease runs from the claim: {left}"
+        );
+        let (one, two) = tokio::join!(first.take_over(&seen[0]), second.take_over(&seen[0]));
+        let (one, two) = (one.unwrap(), two.unwrap());
+        assert!(one != two, "exactly one node takes it over: {one} {two}");
+        let (winner, loser) = if one {
+            (&first, &second)
+        } else {
+            (&second, &first)
+        };
+        // A row read before the takeover no longer matches: taking it again fails.
+        assert!(!loser.take_over(&seen[0]).await.unwrap());
+        let error = dead.finish(id, sent()).await.unwrap_err().to_string();
+        assert!(error.contains("taken over by node-"), "{error}");
+        assert!(
+            !loser.interrupt(id).await.unwrap(),
+            "only the holder closes it"
+        );
+        winner.renew_leases().await.unwrap();
+        winner.finish(id, sent()).await.unwrap();
+        let rows = winner.pending_rows().await.unwrap();
+        assert!(rows.is_empty(), "finished: {rows:?}");
+    }
+
+    /// A renewal moves the lease of this process's pending rows only.
+    #[tokio::test]
+    async fn a_renewal_extends_this_processs_pending_claims() {
+        let (_dir, store) = fresh_store();
+        store.set_owner(owner("node-a", 3));
+        let Claim::Claimed(_) = store.claim(row(30, Trigger::Cron)).await.unwrap() else {
+            panic!("claimed")
+        };
+        let before = store.pending_rows().await.unwrap()[0].lease_until.unwrap();
+        store.set_owner(owner("node-a", 60));
+        assert_eq!(store.renew_leases().await.unwrap(), 1);
+        let after = store.pending_rows().await.unwrap()[0].lease_until.unwrap();
+        assert!(
+            after - before > chrono::Duration::seconds(50),
+            "{before} → {after}"
+        );
+        store.set_owner(owner("node-b", 60));
+        assert_eq!(store.renew_leases().await.unwrap(), 0, "not node-b's row");
     }
 }

@@ -45,7 +45,36 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/03-heartbeats/up.sql")),
     M::up(include_str!("../../migrations/04-recall-claim/up.sql")),
     M::up(include_str!("../../migrations/05-robots/up.sql")),
+    M::up(include_str!("../../migrations/06-leases/up.sql")),
 ];
+
+/// Who writes this process's claims, and how long a claim holds without renewal.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// The `instance:` of the config (the host name by default); `None` until it is known
+    /// (a command that claims nothing).
+    pub instance: Option<Arc<str>>,
+    /// A `pending` row's lease: renewed every third of it while this process lives.
+    pub lease: chrono::Duration,
+}
+
+impl Default for Owner {
+    fn default() -> Owner {
+        Owner {
+            instance: None,
+            lease: chrono::Duration::seconds(30),
+        }
+    }
+}
+
+/// Renews this process's leases while it lives (see [`Store::keep_leases`]).
+pub struct LeaseKeeper(tokio::task::JoinHandle<()>);
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// The database, shared by every task of the process: one connection on a thread of its own.
 #[derive(Clone)]
@@ -72,6 +101,7 @@ impl Store {
             busy_timeout,
             health: Arc::default(),
             reserve: Reserve::beside(path),
+            owner: std::sync::RwLock::default(),
         });
         Ok(Store {
             worker: Arc::new(Worker::spawn(conn, shared.clone(), true)?),
@@ -82,6 +112,44 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// Names the instance whose claims this process writes, and their lease.
+    pub fn set_owner(&self, owner: Owner) {
+        *self.shared.owner.write().unwrap_or_else(|p| p.into_inner()) = owner;
+    }
+
+    /// Renews the leases of this process's `pending` rows every third of a lease until the
+    /// returned guard is dropped. A renewal the database refuses is tried again at the next
+    /// turn; a row whose lease lapsed meanwhile may be taken over by another daemon.
+    pub fn keep_leases(&self) -> LeaseKeeper {
+        let store = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let every = (store.owner().lease / 3)
+                    .to_std()
+                    .unwrap_or(Duration::from_secs(10));
+                tokio::time::sleep(every).await;
+                match store.renew_leases().await {
+                    Ok(0) => {}
+                    Ok(renewed) => tracing::trace!(renewed, "leases renewed"),
+                    Err(e) => tracing::warn!(
+                        "cannot renew the leases of the sends in flight ({e:#}); if this lasts a lease ({} s), another daemon on the database may take them over",
+                        store.owner().lease.num_seconds()
+                    ),
+                }
+            }
+        });
+        LeaseKeeper(task)
+    }
+
+    /// The instance and lease this process's claims carry.
+    pub fn owner(&self) -> Owner {
+        self.shared
+            .owner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The faults this store's connections met (for metrics and the `database_fault` event).

@@ -13,10 +13,11 @@ use serde::Serialize;
 use super::Store;
 use super::history::Status;
 
-/// Every column `history --json` prints, in the table's order (`pid` is internal bookkeeping).
+/// Every column `history --json` prints, in the table's order (`pid` and `lease_until` are
+/// internal bookkeeping).
 const COLUMNS: &str = "id, schedule, trigger, scheduled_at, created_at, finished_at, status, attempts, app, \
      agent_id, msgtype, payload, errcode, errmsg, msgid, invaliduser, invalidparty, invalidtag, \
-     unlicenseduser, recalled_at, robot";
+     unlicenseduser, recalled_at, robot, instance";
 
 /// One row of `sends`, with the columns' names and the timestamps exactly as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -43,6 +44,9 @@ pub struct SendRow {
     pub recalled_at: Option<String>,
     /// The group robot it went through, by name; `None` for an application's row.
     pub robot: Option<String>,
+    /// The daemon (`instance:`) that claimed it last: the one that sent it, or that resolved
+    /// it after its sender died. `None` for rows written before claims named one.
+    pub instance: Option<String>,
     /// Where it went, in words: `app ops` or `robot oncall-group` (never a key). Not a column,
     /// so not in `history --json`, whose keys are the table's columns.
     #[serde(skip)]
@@ -74,6 +78,7 @@ impl SendRow {
             recalled_at: row.get(19)?,
             destination: String::new(),
             robot: row.get(20)?,
+            instance: row.get(21)?,
         })
         .map(|mut send: SendRow| {
             send.destination = match &send.robot {

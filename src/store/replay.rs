@@ -32,7 +32,11 @@ fn delivered(status: Status) -> bool {
 /// - when another row holds its slot: a delivered outcome replaces that row's `pending`,
 ///   `missed` or `interrupted`; an undelivered one replaces only `missed`; a bare claim (its
 ///   sender died with the send in flight) turns `missed` into `interrupted`; anything else is kept.
-fn write_unrecorded(conn: &mut Connection, send: &Unrecorded) -> rusqlite::Result<Recorded> {
+fn write_unrecorded(
+    conn: &mut Connection,
+    send: &Unrecorded,
+    instance: Option<&str>,
+) -> rusqlite::Result<Recorded> {
     let tx = conn.transaction()?;
     let slot = crate::time::to_db(send.row.scheduled_at);
     let outcome = send.outcome.as_ref().map(|o| (&o.finish, o.finished_at));
@@ -61,10 +65,20 @@ fn write_unrecorded(conn: &mut Connection, send: &Unrecorded) -> rusqlite::Resul
     // A bare claim's process is gone (its file's lock was free): no pid, so that crash
     // recovery resends or closes the row rather than wait for a process that reused the pid.
     let pid = send.pid.filter(|_| outcome.is_some());
-    let mut claim = insert_as(&tx, send.id, &send.row, send.created_at, outcome, pid)?;
+    // Written with no lease: a bare claim's row is resolved by the next look at crash rows.
+    let claimer = (instance, None);
+    let mut claim = insert_as(
+        &tx,
+        send.id,
+        &send.row,
+        send.created_at,
+        outcome,
+        pid,
+        claimer,
+    )?;
     if claim == Claim::Taken && send.id.is_some() {
         // Its old id went to another row meanwhile.
-        claim = insert_as(&tx, None, &send.row, send.created_at, outcome, pid)?;
+        claim = insert_as(&tx, None, &send.row, send.created_at, outcome, pid, claimer)?;
     }
     let recorded = match claim {
         Claim::Claimed(id) if outcome.is_none() => Recorded::Claimed(id),
@@ -113,7 +127,11 @@ impl Store {
     /// Writes a send the database had refused (see [`write_unrecorded`]).
     pub async fn record_unrecorded(&self, send: Unrecorded) -> anyhow::Result<Recorded> {
         let key = send.key.clone();
-        let recorded = self.call(move |conn| write_unrecorded(conn, &send)).await?;
+        // The files are this host's: their sends were claimed by this instance.
+        let instance = self.owner().instance;
+        let recorded = self
+            .call(move |conn| write_unrecorded(conn, &send, instance.as_deref()))
+            .await?;
         // From here on the database's unique slot index guards its slot.
         self.unrecorded.recorded(&key);
         Ok(recorded)

@@ -20,6 +20,8 @@ pub(super) struct Shared {
     pub busy_timeout: Duration,
     pub health: Arc<Health>,
     pub reserve: Reserve,
+    /// Who this process's claims name (see [`super::Owner`]).
+    pub owner: std::sync::RwLock<super::Owner>,
 }
 
 /// How a job went, as far as the connection is concerned.

@@ -218,6 +218,7 @@ async fn json_lines_carry_every_column_under_its_own_name() {
         "unlicenseduser",
         "recalled_at",
         "robot",
+        "instance",
     ];
     let columns = env.column("SELECT name FROM pragma_table_info('sends')");
     for row in &rows {

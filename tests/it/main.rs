@@ -14,6 +14,7 @@ mod generated;
 mod guarantees;
 mod history;
 mod hostile;
+mod instances;
 mod messages;
 mod operating;
 mod properties;

@@ -39,6 +39,8 @@ const TOP_KEYS: &[&str] = &[
     "timezone",
     "catch_up",
     "history_retention",
+    "instance",
+    "claim_lease",
     "metrics",
     "calendars",
     "apps",
@@ -156,6 +158,32 @@ fn read(
         .map(|p| base.join(p));
     let default_catch_up = duration(&top, "catch_up", report).ok().flatten();
     let history_retention = duration(&top, "history_retention", report).ok().flatten();
+    let instance = match top.get::<String>("instance", report) {
+        Field::Value(name) => match instance_problem(&name) {
+            Some(problem) => {
+                report.error(&file, "instance", problem);
+                None
+            }
+            None => Some(name),
+        },
+        _ => None,
+    };
+    let claim_lease = match duration(&top, "claim_lease", report) {
+        Ok(Some(lease)) if !(CLAIM_LEASE_MIN..=CLAIM_LEASE_MAX).contains(&lease) => {
+            report.error(
+                &file,
+                "claim_lease",
+                format!(
+                    "must be from {} to {} seconds: the sending daemon renews it every third of it, and another takes a send over only once it lapsed",
+                    CLAIM_LEASE_MIN.num_seconds(),
+                    CLAIM_LEASE_MAX.num_seconds()
+                ),
+            );
+            DEFAULT_CLAIM_LEASE
+        }
+        Ok(Some(lease)) => lease,
+        _ => DEFAULT_CLAIM_LEASE,
+    };
     let metrics_listen = match top.nested("metrics", METRICS_KEYS, report) {
         Field::Value(metrics) => listen_address(&metrics, report),
         _ => None,
@@ -251,7 +279,29 @@ fn read(
         warnings: Vec::new(),
         history_retention,
         metrics_listen,
+        instance,
+        claim_lease,
     })
+}
+
+/// The shortest and longest `claim_lease:`.
+const CLAIM_LEASE_MIN: chrono::Duration = chrono::Duration::seconds(3);
+const CLAIM_LEASE_MAX: chrono::Duration = chrono::Duration::seconds(600);
+/// `claim_lease:` when it is left out.
+pub const DEFAULT_CLAIM_LEASE: chrono::Duration = chrono::Duration::seconds(30);
+
+/// Why `name` cannot name an instance (it goes into rows, events and log lines).
+fn instance_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.len() > 64 {
+        return Some("must be 1 to 64 characters long");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return Some("may hold only ASCII letters, digits, '.', '-' and '_' (a host name fits)");
+    }
+    None
 }
 
 /// The entries of a top-level mapping of names (`apps:`, `robots:`), moved out of the tree.

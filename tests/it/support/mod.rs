@@ -251,10 +251,15 @@ impl Env {
 
     /// The binary with this folder's config and database, logs at debug level.
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        self.command_with_config(&self.config_path(), args)
+    }
+
+    /// [`Env::command`] with another config file (a second node's, with its own `instance:`).
+    pub fn command_with_config(&self, config: &Path, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(binary());
         command
             .arg("--config")
-            .arg(self.config_path())
+            .arg(config)
             .arg("--db")
             .arg(self.db_path())
             .args(args)
@@ -282,11 +287,21 @@ impl Env {
         extra: &[&str],
         customize: impl FnOnce(&mut tokio::process::Command),
     ) -> Daemon {
+        self.spawn_daemon_from(&self.config_path(), extra, customize)
+    }
+
+    /// [`Env::spawn_daemon_with`] on the config file `config`.
+    pub fn spawn_daemon_from(
+        &self,
+        config: &Path,
+        extra: &[&str],
+        customize: impl FnOnce(&mut tokio::process::Command),
+    ) -> Daemon {
         let log = self.path(&format!("daemon-{}.log", rand_suffix()));
         let stderr = std::fs::File::create(&log).expect("log file");
         let mut args = vec!["run"];
         args.extend_from_slice(extra);
-        let mut command = self.command(&args);
+        let mut command = self.command_with_config(config, &args);
         command.stdout(Stdio::null()).stderr(Stdio::from(stderr));
         customize(&mut command);
         let child = command.spawn().expect("spawn daemon");
