@@ -101,14 +101,6 @@ impl Globals {
     }
 }
 
-/// Who the claims of a process running `config` name, and their lease.
-pub fn owner(config: &Config) -> crate::store::Owner {
-    crate::store::Owner {
-        instance: Some(config.instance().into()),
-        lease: config.claim_lease,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,7 +37,7 @@ pub async fn run(globals: &Globals, id: i64) -> ExitCode {
         Ok(store) => store,
         Err(code) => return code,
     };
-    store.set_owner(super::owner(&config));
+    store.set_owner(config.owner());
     let row = match store.send_row(id).await {
         Ok(Some(row)) => row,
         Ok(None) => return refuse(no_row(&store, id)),

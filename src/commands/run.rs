@@ -24,7 +24,7 @@ pub async fn run(globals: &Globals, dry_run: bool) -> ExitCode {
         Ok(store) => store,
         Err(code) => return code,
     };
-    store.set_owner(super::owner(&config));
+    store.set_owner(config.owner());
     tracing::info!(database = %db.display(), "database open");
     let control = match daemon::signals::install() {
         Ok(control) => control,

@@ -44,7 +44,7 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
         Ok(store) => store,
         Err(code) => return code,
     };
-    store.set_owner(super::owner(&config));
+    store.set_owner(config.owner());
     // Held while the send is in flight (retries may outlast a lease).
     let _leases = store.keep_leases();
     let client = match Client::new() {

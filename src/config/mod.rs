@@ -275,6 +275,14 @@ impl Config {
         self.instance.clone().unwrap_or_else(host_name)
     }
 
+    /// Who the claims of a process running this config name, and their lease.
+    pub fn owner(&self) -> crate::store::Owner {
+        crate::store::Owner {
+            instance: Some(self.instance().into()),
+            lease: self.claim_lease,
+        }
+    }
+
     pub fn schedule(&self, name: &str) -> Option<&Arc<Schedule>> {
         self.schedules.iter().find(|s| s.name == name)
     }

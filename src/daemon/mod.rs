@@ -192,6 +192,7 @@ pub async fn run(
         store.keep_reserve().await;
     }
     // Renews this process's claims while it runs (not in a dry run: it claims nothing).
+    store.set_owner(config.owner());
     let _leases = (!firing.dispatcher.is_dry_run()).then(|| store.keep_leases());
     // Read what the previous run left before this run writes anything.
     let downtime = Downtime::read(&store).await?;

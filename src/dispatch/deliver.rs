@@ -74,6 +74,26 @@ impl Dispatcher {
                 });
                 return unknown_outcome(at_most_once, first_ambiguous, failure);
             }
+            if let Some(id) = id
+                && !self.store.lease_holds(started.into_std())
+            {
+                // Another daemon on the database may have taken the row over by now, and
+                // resolves it; a further attempt of this one would race that daemon.
+                let lease = self.store.owner().lease.num_seconds();
+                let reason = format!(
+                    "not sent again: this send's claim (a lease of {lease} s) could not be renewed, the database did not take it, so another daemon may have taken the send over"
+                );
+                tracing::error!(id, attempts, "giving up: {reason}");
+                return Finish {
+                    errmsg: Some(match &last_failure {
+                        Some(failure) => {
+                            format!("{reason}; the last attempt: {}", failure_reason(failure))
+                        }
+                        None => reason,
+                    }),
+                    ..Finish::new(Status::Interrupted, attempts)
+                };
+            }
             attempts += 1;
             if let Some(id) = id
                 && let Err(e) = self.store.set_attempts(id, attempts).await

@@ -464,7 +464,8 @@ impl Store {
     pub async fn renew_leases(&self) -> anyhow::Result<usize> {
         let owner = self.owner();
         let pid = i64::from(std::process::id());
-        self.call(move |conn| {
+        let began = std::time::Instant::now();
+        let renewed = self.call(move |conn| {
             let until = crate::time::to_db(lease_end(Utc::now(), owner.lease));
             conn.prepare_cached(
                 "UPDATE sends SET lease_until = ?1
@@ -472,7 +473,13 @@ impl Store {
             )?
             .execute(params![until, pid, owner.instance.as_deref()])
         })
-        .await
+        .await?;
+        *self
+            .shared
+            .renewed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(began);
+        Ok(renewed)
     }
 
     /// Takes row `row` over for this process, to resolve it as a crash row: only if it is still

@@ -102,6 +102,7 @@ impl Store {
             health: Arc::default(),
             reserve: Reserve::beside(path),
             owner: std::sync::RwLock::default(),
+            renewed: std::sync::Mutex::new(None),
         });
         Ok(Store {
             worker: Arc::new(Worker::spawn(conn, shared.clone(), true)?),
@@ -141,6 +142,21 @@ impl Store {
             }
         });
         LeaseKeeper(task)
+    }
+
+    /// Whether a claim this process made (or took over) at `claimed` surely still holds: its
+    /// lease, from the claim or from the last renewal the database took, has more than a
+    /// sixth of it left. Past that, another daemon may take the row over, and this process
+    /// must not send it again.
+    pub fn lease_holds(&self, claimed: Instant) -> bool {
+        let lease = self.owner().lease.to_std().unwrap_or(Duration::ZERO);
+        let renewed = *self
+            .shared
+            .renewed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let since = renewed.map_or(claimed, |renewed| renewed.max(claimed));
+        since.elapsed() + lease / 6 < lease
     }
 
     /// The instance and lease this process's claims carry.

@@ -22,6 +22,8 @@ pub(super) struct Shared {
     pub reserve: Reserve,
     /// Who this process's claims name (see [`super::Owner`]).
     pub owner: std::sync::RwLock<super::Owner>,
+    /// When the last renewal of this process's leases that the database took began.
+    pub renewed: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// How a job went, as far as the connection is concerned.

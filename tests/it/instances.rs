@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use wecom_notify::retry::RetryPolicy;
+
 use crate::support::*;
 
 /// The `claim_lease:` of these nodes, in seconds (the shortest allowed).
@@ -125,4 +127,53 @@ async fn a_node_killed_with_sends_in_flight_has_them_resolved_by_the_other_after
         ["node-a", "node-b"],
         "events name their instance"
     );
+}
+
+/// A daemon that cannot renew its claim (the database refuses its writes) stops sending the
+/// claimed work before the lease lapses: it never races a daemon that takes the row over. The
+/// row says why once the database takes writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_whose_lease_cannot_be_renewed_is_not_attempted_again() {
+    let env = Env::new().await;
+    // WeCom answers "system busy" to every send, so the send retries on and on.
+    env.fake.set_chaos(Chaos {
+        busy_fraction: 1.0,
+        ..Default::default()
+    });
+    let slot = chrono::Utc::now() + chrono::Duration::seconds(3);
+    env.write_config(&format!(
+        "timezone: Asia/Shanghai\nclaim_lease: {LEASE}s\n{}schedules:\n{}",
+        env.apps_yaml(),
+        every("once", &cron_at(slot), "once", "")
+    ));
+    let policy = RetryPolicy {
+        max_attempts: 1000,
+        max_elapsed: Duration::from_secs(120),
+        base_delay: Duration::from_millis(100),
+        max_delay: Duration::from_millis(200),
+        ..fast_policy()
+    };
+    let daemon = env.start_in_process(policy, Duration::from_millis(200));
+    eventually(WAIT, "a first attempt", || env.fake.send_calls() >= 1).await;
+    daemon.refuse_writes(true).await;
+    // The send gives up once its lease may lapse; its outcome waits for the database.
+    eventually(WAIT, "the send given up", || {
+        daemon.dispatcher.unwritten_count() >= 1
+    })
+    .await;
+    let attempts = env.fake.send_calls();
+    // Twice the lease: a send still retrying would have made about 10 more attempts.
+    tokio::time::sleep(Duration::from_secs(2 * LEASE as u64)).await;
+    assert_eq!(
+        env.fake.send_calls(),
+        attempts,
+        "no attempt after the claim could not be renewed"
+    );
+    daemon.refuse_writes(false).await;
+    eventually(WAIT, "the row closed", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'interrupted' AND errmsg LIKE '%could not be renewed%'") == 1
+    })
+    .await;
+    daemon.stop().await;
+    assert_eq!(env.count("SELECT count(*) FROM sends"), 1);
 }
