@@ -46,7 +46,7 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
     };
     store.set_owner(config.owner());
     // Held while the send is in flight (retries may outlast a lease).
-    let _leases = store.keep_leases();
+    let _leases = (!dry_run).then(|| store.keep_leases());
     let client = match Client::new() {
         Ok(client) => client,
         Err(e) => {

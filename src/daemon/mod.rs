@@ -193,7 +193,6 @@ pub async fn run(
     }
     // Renews this process's claims while it runs (not in a dry run: it claims nothing).
     store.set_owner(config.owner());
-    let _leases = (!firing.dispatcher.is_dry_run()).then(|| store.keep_leases());
     // Read what the previous run left before this run writes anything.
     let downtime = Downtime::read(&store).await?;
     let started_at = Utc::now();
@@ -237,6 +236,10 @@ pub async fn run(
             .settle_all(&daemon.firing, &daemon.config.schedules, now)
             .await;
     }
+    // Renews this process's claims while it runs (none in a dry run). Started once the rows a
+    // predecessor under this very pid left are taken over: renewing those first would make
+    // the takeover's compare-and-swap fail and leave them pending.
+    let _leases = (!daemon.dry_run()).then(|| store.keep_leases());
     for schedule in daemon.config.schedules.clone() {
         if schedule.enabled {
             daemon.arm(schedule, now);
