@@ -45,6 +45,7 @@ fn read_heartbeats(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<Heartbea
 
 impl Store {
     /// Every daemon's row.
+    #[cfg(test)]
     pub async fn heartbeats(&self) -> anyhow::Result<Vec<Heartbeat>> {
         self.call(|conn| read_heartbeats(conn)).await
     }

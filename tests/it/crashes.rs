@@ -77,22 +77,7 @@ async fn a_crash_in_the_same_second_as_a_slot_loses_no_schedules_slot() {
         }
         assert!(slots.iter().any(|s| *s > last_slot), "{name} fired on");
     }
-    // None delivered twice; every row that says it was sent was delivered.
-    let delivered = env.deliveries();
-    assert!(
-        delivered.values().all(|n| *n == 1),
-        "a body was delivered twice: {:?}",
-        delivered
-            .iter()
-            .filter(|(_, n)| **n > 1)
-            .collect::<Vec<_>>()
-    );
-    for payload in env.column("SELECT payload FROM sends WHERE status = 'sent'") {
-        assert!(
-            delivered.contains_key(&payload),
-            "sent but not delivered: {payload}"
-        );
-    }
+    env.assert_sent_rows_delivered_once();
     assert_eq!(
         env.count("SELECT count(*) FROM sends WHERE status NOT IN ('sent', 'missed')"),
         0,

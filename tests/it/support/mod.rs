@@ -441,6 +441,20 @@ impl Env {
         count
     }
 
+    /// No body was delivered twice, and every row that says it was sent was delivered.
+    #[track_caller]
+    pub fn assert_sent_rows_delivered_once(&self) {
+        let delivered = self.deliveries();
+        let twice: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "a body was delivered twice: {twice:?}");
+        for payload in self.column("SELECT payload FROM sends WHERE status = 'sent'") {
+            assert!(
+                delivered.contains_key(&payload),
+                "sent but not delivered: {payload}"
+            );
+        }
+    }
+
     /// Text messages delivered by the fake, in arrival order.
     pub fn texts(&self) -> Vec<String> {
         self.fake
