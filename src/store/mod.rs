@@ -11,6 +11,7 @@ pub mod files;
 pub mod health;
 pub mod heartbeats;
 pub mod history;
+pub mod location;
 pub mod query;
 pub mod recall;
 pub mod replay;
@@ -33,6 +34,7 @@ use reserve::Reserve;
 use unrecorded::UnrecordedFiles;
 use worker::Shared;
 pub use worker::Worker;
+pub use location::{Location, PgTarget};
 
 /// How long a statement waits for another connection's write lock (another process's token
 /// refresh holds it for at most one gettoken call).
@@ -85,6 +87,14 @@ pub struct Store {
 }
 
 impl Store {
+    /// Opens (creating if needed) and migrates the database at `location`.
+    pub async fn open_location(location: &Location) -> anyhow::Result<Store> {
+        match location {
+            Location::Sqlite(path) => Store::open(path),
+            Location::Postgres(_) => anyhow::bail!("PostgreSQL is not supported yet"),
+        }
+    }
+
     /// Opens (creating if needed) and migrates the database at `path`; its files are made
     /// private (mode 0600) if they were not.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
