@@ -133,7 +133,7 @@ async fn call_wecom(
 fn no_row(store: &Store, id: i64) -> String {
     format!(
         "there is no history id {id} in {} (`wecom-notify history` lists them)",
-        store.path().display()
+        store.describe()
     )
 }
 

@@ -16,6 +16,7 @@ use crate::channel::Channel;
 use crate::config::Schedule;
 use crate::dispatch::row_for_slot;
 use crate::store::Store;
+use crate::store::heartbeats::ProcessKey;
 use crate::store::history::{NewSend, PendingRow, Status, Trigger};
 
 /// At most this many missed slots per schedule and gap get a row; older ones are counted in
@@ -43,12 +44,13 @@ pub struct Downtime {
     /// on this database and fires these schedules itself).
     from: Option<DateTime<Utc>>,
     /// The heartbeat rows of processes that are gone, taken over by this start.
-    gone: Vec<i64>,
+    gone: Vec<ProcessKey>,
 }
 
 impl Downtime {
     pub async fn read(store: &Store) -> anyhow::Result<Downtime> {
         let me = i64::from(std::process::id());
+        let my_instance = store.owner().instance;
         let now = Utc::now();
         let mut gone = Vec::new();
         let mut fired_through: Option<DateTime<Utc>> = None;
@@ -59,12 +61,22 @@ impl Downtime {
             // its daemon under the same pid).
             // A running daemon writes its row every few seconds: a live pid behind a stale
             // row is another process that got the dead daemon's pid (after a reboot, say).
+            // A row of another instance may be of another host, where its pid means nothing
+            // here: its heartbeat alone tells whether it runs.
             let fresh = now - beat.alive_at < HEARTBEAT_STALE;
-            if beat.pid != me && beat.stopped_at.is_none() && fresh && process_alive(beat.pid) {
+            // (A row without an instance was written on this host, before rows named one.)
+            let same_instance =
+                beat.instance.is_none() || beat.instance.as_deref() == my_instance.as_deref();
+            let alive = if same_instance {
+                beat.pid != me && process_alive(beat.pid)
+            } else {
+                true
+            };
+            if beat.stopped_at.is_none() && fresh && alive {
                 another_runs = true;
                 continue;
             }
-            gone.push(beat.pid);
+            gone.push((beat.instance.clone(), beat.pid));
             // The earliest of them: a daemon that died while settling its own start left its
             // row where the one before it had been.
             fired_through =
@@ -91,7 +103,7 @@ impl Downtime {
     }
 
     /// The heartbeat rows this start takes over (removed once its own row is written).
-    pub fn gone(&self) -> Vec<i64> {
+    pub fn gone(&self) -> Vec<ProcessKey> {
         self.gone.clone()
     }
 

@@ -427,6 +427,19 @@ impl Dispatcher {
             // A claim outside the database guards only this process; another daemon on the
             // database may claim the slot too, which WeCom's duplicate check absorbs for an app.
             // A robot has none: its slot is not sent rather than perhaps posted twice.
+            // On a database shared by several hosts (PostgreSQL) a node that cannot reach it
+            // is not sent either: the others likely can, and send the slot themselves. The
+            // store has already tried for a while (a restart of the server takes seconds).
+            Err(e) if self.send_unrecorded && !self.dry_run && self.store.is_shared() => {
+                let schedule = new.schedule.clone();
+                let slot = crate::time::to_db(new.scheduled_at);
+                tracing::error!(%schedule, %slot,
+                    "NOT SENT by this node: the shared database did not take the claim of this slot ({e:#}); another node that reaches it sends the slot, and if none does it is recorded as missed once the database takes writes");
+                let reason = format!(
+                    "not sent by this node: its claim could not be recorded (database: {e:#}), and another node may have sent it"
+                );
+                Ok(self.not_sent(new.clone(), claimed_at, &e, reason).await)
+            }
             Err(e) if self.send_unrecorded && !self.dry_run && new.robot.is_some() => {
                 let schedule = new.schedule.clone();
                 let slot = crate::time::to_db(new.scheduled_at);

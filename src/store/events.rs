@@ -54,6 +54,10 @@ impl Store {
         let digest = digest.to_string();
         let detail = detail.to_string();
         let instance = self.owner().instance;
+        if let Some(pg) = self.pg() {
+            let instance = instance.as_deref().map(str::to_string);
+            return pg.record_event(kind, at, &digest, &detail, instance).await;
+        }
         self.call(move |conn| {
             conn.execute(
                 "INSERT INTO events (at, kind, config_digest, pid, version, detail, instance)

@@ -16,28 +16,36 @@ pub struct Heartbeat {
     pub fired_through: DateTime<Utc>,
     /// When it stopped cleanly; `None` while it runs, or when it crashed.
     pub stopped_at: Option<DateTime<Utc>>,
+    /// The daemon's `instance:` (`None` for rows written before heartbeats named one).
+    pub instance: Option<String>,
 }
+
+/// A daemon process as heartbeat rows name it: its instance and its pid (pids repeat across
+/// hosts).
+pub type ProcessKey = (Option<String>, i64);
 
 fn read_heartbeats(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<Heartbeat>> {
     let mut statement =
-        conn.prepare("SELECT pid, alive_at, fired_through, stopped_at FROM heartbeats")?;
+        conn.prepare("SELECT pid, alive_at, fired_through, stopped_at, instance FROM heartbeats")?;
     let rows = statement.query_map([], |r| {
         Ok((
             r.get::<_, i64>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, String>(2)?,
             r.get::<_, Option<String>>(3)?,
+            r.get::<_, Option<String>>(4)?,
         ))
     })?;
     let rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows
         .into_iter()
-        .filter_map(|(pid, alive, through, stopped)| {
+        .filter_map(|(pid, alive, through, stopped, instance)| {
             Some(Heartbeat {
                 pid,
                 alive_at: crate::time::from_db(&alive)?,
                 fired_through: crate::time::from_db(&through)?,
                 stopped_at: stopped.as_deref().and_then(crate::time::from_db),
+                instance,
             })
         })
         .collect())
@@ -56,6 +64,9 @@ impl Store {
     /// this one is seen whole (its row and its `started` event) or not at all: its start
     /// must not pass for the last sign of life of a previous run.
     pub async fn previous_runs(&self) -> anyhow::Result<(Vec<Heartbeat>, Option<DateTime<Utc>>)> {
+        if let Some(pg) = self.pg() {
+            return pg.previous_runs().await;
+        }
         self.call(|conn| {
             let tx = conn.transaction()?;
             let beats = read_heartbeats(&tx)?;
@@ -75,14 +86,23 @@ impl Store {
         started_at: DateTime<Utc>,
         fired_through: Option<DateTime<Utc>>,
         stopped: bool,
-        forget: Vec<i64>,
+        forget: Vec<ProcessKey>,
     ) -> anyhow::Result<()> {
         let pid = i64::from(std::process::id());
         let instance = self.owner().instance;
+        if let Some(pg) = self.pg() {
+            let instance = instance.as_deref().map(str::to_string);
+            return pg
+                .beat(instance, started_at, fired_through, stopped, forget)
+                .await;
+        }
         self.call(move |conn| {
             let tx = conn.transaction()?;
-            for gone in &forget {
-                tx.execute("DELETE FROM heartbeats WHERE pid = ?1", [gone])?;
+            for (gone_instance, gone) in &forget {
+                tx.execute(
+                    "DELETE FROM heartbeats WHERE pid = ?1 AND instance IS ?2",
+                    params![gone, gone_instance],
+                )?;
             }
             let now = crate::time::now_db();
             let Some(fired_through) = fired_through else {
@@ -209,7 +229,12 @@ mod tests {
             .unwrap();
         assert_eq!(store.heartbeats().await.unwrap().len(), 2);
         store
-            .beat(started, Some(at("2026-12-01T10:00:12Z")), true, vec![1])
+            .beat(
+                started,
+                Some(at("2026-12-01T10:00:12Z")),
+                true,
+                vec![(None, 1)],
+            )
             .await
             .unwrap();
         let rows = store.heartbeats().await.unwrap();

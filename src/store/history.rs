@@ -177,7 +177,7 @@ fn timestamp(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<DateTim
 
 /// When a lease taken at `now` ends, rounded up to the whole second it is stored in: another
 /// daemon waits at least the whole lease.
-fn lease_end(now: DateTime<Utc>, lease: chrono::Duration) -> DateTime<Utc> {
+pub(crate) fn lease_end(now: DateTime<Utc>, lease: chrono::Duration) -> DateTime<Utc> {
     let end = now + lease;
     let whole = end.trunc_subsecs(0);
     if whole < end {
@@ -319,6 +319,9 @@ impl Store {
     /// `(schedule, scheduled_at)` makes this the at-most-once gate of a slot.
     pub async fn claim(&self, new: NewSend) -> anyhow::Result<Claim> {
         let owner = self.owner();
+        if let Some(pg) = self.pg() {
+            return pg.claim(&new, &owner).await;
+        }
         self.call(move |conn| insert(conn, &new, None, &owner))
             .await
     }
@@ -326,6 +329,9 @@ impl Store {
     /// Writes `missed` rows (already finished) in one transaction; returns how many were new.
     pub async fn record_missed(&self, rows: Vec<NewSend>) -> anyhow::Result<usize> {
         let owner = self.owner();
+        if let Some(pg) = self.pg() {
+            return pg.record_missed(&rows, &owner).await;
+        }
         self.call(move |conn| {
             let tx = conn.transaction()?;
             let mut written = 0;
@@ -347,15 +353,18 @@ impl Store {
         let mut total = 0;
         loop {
             let cutoff = before.clone();
-            let deleted = self
-                .call(move |conn| {
+            let deleted = if let Some(pg) = self.pg() {
+                pg.prune_batch(&cutoff, batch).await?
+            } else {
+                self.call(move |conn| {
                     conn.execute(
                         "DELETE FROM sends WHERE id IN (SELECT id FROM sends INDEXED BY sends_by_slot
                              WHERE scheduled_at < ?1 AND status <> 'pending' LIMIT ?2)",
                         params![cutoff, batch as i64],
                     )
                 })
-                .await?;
+                .await?
+            };
             total += deleted;
             if deleted < batch {
                 return Ok(total);
@@ -366,6 +375,9 @@ impl Store {
 
     /// Counts an attempt before it is made, so a crash mid-send leaves an honest count.
     pub async fn set_attempts(&self, id: i64, attempts: u32) -> anyhow::Result<()> {
+        if let Some(pg) = self.pg() {
+            return pg.set_attempts(id, attempts).await;
+        }
         self.call(move |conn| {
             conn.prepare_cached("UPDATE sends SET attempts = ?2 WHERE id = ?1")?
                 .execute(params![id, attempts])
@@ -381,8 +393,11 @@ impl Store {
     /// lapsed), that daemon's resolution stands and this is an error naming it.
     pub async fn finish(&self, id: i64, finish: Finish) -> anyhow::Result<()> {
         let (pid, instance) = self.me();
-        let holder = self
-            .call(move |conn| {
+        let holder = if let Some(pg) = self.pg() {
+            let me = (pid, instance.as_deref().map(str::to_string));
+            pg.finish(id, &finish, me).await?
+        } else {
+            self.call(move |conn| {
                 let held_by = Some((pid, instance.as_deref()));
                 if update_finish_if(conn, id, &finish, Utc::now(), held_by)? == 1 {
                     return Ok(None);
@@ -395,7 +410,8 @@ impl Store {
                 .optional()
                 .map(|holder| Some(holder.unwrap_or_default()))
             })
-            .await?;
+            .await?
+        };
         match holder {
             None => Ok(()),
             Some(holder) if holder.is_empty() => {
@@ -415,6 +431,10 @@ impl Store {
     /// Marks a row that is still `pending` as `interrupted`; false if it had already finished.
     pub async fn interrupt(&self, id: i64) -> anyhow::Result<bool> {
         let (pid, instance) = self.me();
+        if let Some(pg) = self.pg() {
+            let me = (pid, instance.as_deref().map(str::to_string));
+            return pg.interrupt(id, None, false, me).await;
+        }
         self.call(move |conn| {
             conn.execute(
                 "UPDATE sends SET status = 'interrupted', finished_at = ?2, lease_until = NULL
@@ -430,6 +450,10 @@ impl Store {
     /// whether an attempt had started (a row still held back by a rate limit never left).
     pub async fn interrupt_at_stop(&self, id: i64) -> anyhow::Result<bool> {
         let (pid, instance) = self.me();
+        if let Some(pg) = self.pg() {
+            let me = (pid, instance.as_deref().map(str::to_string));
+            return pg.interrupt(id, None, true, me).await;
+        }
         self.call(move |conn| {
             conn.execute(
                 "UPDATE sends SET status = 'interrupted', finished_at = ?2, lease_until = NULL,
@@ -447,6 +471,10 @@ impl Store {
     /// [`Store::interrupt`], recording `reason` in `errmsg`.
     pub async fn interrupt_because(&self, id: i64, reason: String) -> anyhow::Result<bool> {
         let (pid, instance) = self.me();
+        if let Some(pg) = self.pg() {
+            let me = (pid, instance.as_deref().map(str::to_string));
+            return pg.interrupt(id, Some(reason), false, me).await;
+        }
         self.call(move |conn| {
             conn.execute(
                 "UPDATE sends SET status = 'interrupted', finished_at = ?2, errmsg = ?3, lease_until = NULL
@@ -465,7 +493,10 @@ impl Store {
         let owner = self.owner();
         let pid = i64::from(std::process::id());
         let began = std::time::Instant::now();
-        let renewed = self.call(move |conn| {
+        let renewed = if let Some(pg) = self.pg() {
+            pg.renew_leases(&owner).await?
+        } else {
+            self.call(move |conn| {
             let until = crate::time::to_db(lease_end(Utc::now(), owner.lease));
             conn.prepare_cached(
                 "UPDATE sends SET lease_until = ?1
@@ -473,7 +504,8 @@ impl Store {
             )?
             .execute(params![until, pid, owner.instance.as_deref()])
         })
-        .await?;
+        .await?
+        };
         *self
             .shared
             .renewed
@@ -488,6 +520,9 @@ impl Store {
     /// lease, renewed like its own sends).
     pub async fn take_over(&self, row: &PendingRow) -> anyhow::Result<bool> {
         let owner = self.owner();
+        if let Some(pg) = self.pg() {
+            return pg.take_over(row, &owner).await;
+        }
         let pid = i64::from(std::process::id());
         let (id, seen_pid, seen_instance) = (row.id, row.pid, row.instance.clone());
         let seen_lease = row.lease_until.map(crate::time::to_db);
@@ -514,6 +549,9 @@ impl Store {
 
     /// Every row still `pending`.
     pub async fn pending_rows(&self) -> anyhow::Result<Vec<PendingRow>> {
+        if let Some(pg) = self.pg() {
+            return pg.pending_rows().await;
+        }
         self.call(|conn| {
             let mut statement = conn.prepare(
                 "SELECT id, schedule, trigger, scheduled_at, created_at, app, agent_id, msgtype, payload, attempts, pid, robot,
@@ -556,6 +594,9 @@ impl Store {
         schedule: &str,
         from: DateTime<Utc>,
     ) -> anyhow::Result<HashSet<DateTime<Utc>>> {
+        if let Some(pg) = self.pg() {
+            return pg.recorded_slots(schedule, from).await;
+        }
         let schedule = schedule.to_string();
         let from = crate::time::to_db(from);
         self.call(move |conn| {

@@ -12,6 +12,7 @@ pub mod health;
 pub mod heartbeats;
 pub mod history;
 pub mod location;
+mod pg;
 pub mod query;
 pub mod recall;
 pub mod replay;
@@ -30,11 +31,11 @@ use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
 
 use health::Health;
+pub use location::{Location, PgTarget};
 use reserve::Reserve;
 use unrecorded::UnrecordedFiles;
 use worker::Shared;
 pub use worker::Worker;
-pub use location::{Location, PgTarget};
 
 /// How long a statement waits for another connection's write lock (another process's token
 /// refresh holds it for at most one gettoken call).
@@ -42,12 +43,14 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The schema, one entry per folder under `migrations/`.
 const MIGRATIONS: &[M<'static>] = &[
-    M::up(include_str!("../../migrations/01-initial/up.sql")),
-    M::up(include_str!("../../migrations/02-recall/up.sql")),
-    M::up(include_str!("../../migrations/03-heartbeats/up.sql")),
-    M::up(include_str!("../../migrations/04-recall-claim/up.sql")),
-    M::up(include_str!("../../migrations/05-robots/up.sql")),
-    M::up(include_str!("../../migrations/06-leases/up.sql")),
+    M::up(include_str!("../../migrations/sqlite/01-initial/up.sql")),
+    M::up(include_str!("../../migrations/sqlite/02-recall/up.sql")),
+    M::up(include_str!("../../migrations/sqlite/03-heartbeats/up.sql")),
+    M::up(include_str!(
+        "../../migrations/sqlite/04-recall-claim/up.sql"
+    )),
+    M::up(include_str!("../../migrations/sqlite/05-robots/up.sql")),
+    M::up(include_str!("../../migrations/sqlite/06-leases/up.sql")),
 ];
 
 /// Who writes this process's claims, and how long a claim holds without renewal.
@@ -78,12 +81,20 @@ impl Drop for LeaseKeeper {
     }
 }
 
-/// The database, shared by every task of the process: one connection on a thread of its own.
+/// The database, shared by every task of the process: on SQLite one connection on a thread of
+/// its own, on PostgreSQL a small pool.
 #[derive(Clone)]
 pub struct Store {
-    worker: Arc<Worker>,
+    backend: Backend,
     shared: Arc<Shared>,
     unrecorded: Arc<UnrecordedFiles>,
+}
+
+/// Which database a [`Store`] writes.
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<Worker>),
+    Postgres(Arc<pg::Pg>),
 }
 
 impl Store {
@@ -91,7 +102,50 @@ impl Store {
     pub async fn open_location(location: &Location) -> anyhow::Result<Store> {
         match location {
             Location::Sqlite(path) => Store::open(path),
-            Location::Postgres(_) => anyhow::bail!("PostgreSQL is not supported yet"),
+            Location::Postgres(target) => Store::open_postgres(target).await,
+        }
+    }
+
+    /// Connects to the PostgreSQL database `target` and migrates it. The sends it could not
+    /// record wait in unrecorded-sends files in the state directory (`$STATE_DIRECTORY`, else
+    /// the working directory), as they wait beside a SQLite file.
+    async fn open_postgres(target: &PgTarget) -> anyhow::Result<Store> {
+        let pg = pg::Pg::open(target).await?;
+        let base = state_directory().join("wecom-notify-postgres");
+        let shared = Arc::new(Shared {
+            path: base.clone(),
+            busy_timeout: BUSY_TIMEOUT,
+            health: Arc::default(),
+            reserve: Reserve::beside(&base),
+            owner: std::sync::RwLock::default(),
+            renewed: std::sync::Mutex::new(None),
+        });
+        Ok(Store {
+            backend: Backend::Postgres(Arc::new(pg)),
+            unrecorded: Arc::new(UnrecordedFiles::beside(&base)),
+            shared,
+        })
+    }
+
+    /// The PostgreSQL database, when this store is on one.
+    fn pg(&self) -> Option<&pg::Pg> {
+        match &self.backend {
+            Backend::Postgres(pg) => Some(pg),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// Whether other hosts may claim slots in this database too (PostgreSQL): a claim kept
+    /// outside it, in a file of this host, would not stop them from sending the slot as well.
+    pub fn is_shared(&self) -> bool {
+        self.pg().is_some()
+    }
+
+    /// Where this store is, for messages: the SQLite file, or the URL without a password.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(_) => self.shared.path.display().to_string(),
+            Backend::Postgres(pg) => pg.shown().to_string(),
         }
     }
 
@@ -115,7 +169,7 @@ impl Store {
             renewed: std::sync::Mutex::new(None),
         });
         Ok(Store {
-            worker: Arc::new(Worker::spawn(conn, shared.clone(), true)?),
+            backend: Backend::Sqlite(Arc::new(Worker::spawn(conn, shared.clone(), true)?)),
             unrecorded: Arc::new(UnrecordedFiles::beside(path)),
             shared,
         })
@@ -186,6 +240,10 @@ impl Store {
     /// Creates the disk reserve if it is missing and there is room (the daemon calls this at
     /// start and then every few seconds; commands only ever release it).
     pub async fn keep_reserve(&self) {
+        if self.is_shared() {
+            // No file of ours fills the disk of a PostgreSQL server.
+            return;
+        }
         let store = self.clone();
         let kept = tokio::task::spawn_blocking(move || store.shared.reserve.replenish()).await;
         match kept {
@@ -210,12 +268,20 @@ impl Store {
         F: FnMut(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        self.worker.run(f).await
+        match &self.backend {
+            Backend::Sqlite(worker) => worker.run(f).await,
+            Backend::Postgres(_) => {
+                anyhow::bail!("this is not available on a PostgreSQL database")
+            }
+        }
     }
 
     /// A second connection on a thread of its own, for work that must hold a transaction
     /// across an await (the cross-process token refresh) without blocking the shared one.
     pub fn separate_worker(&self) -> anyhow::Result<Worker> {
+        if self.is_shared() {
+            anyhow::bail!("this is not available on a PostgreSQL database");
+        }
         let conn = connect(&self.shared.path, self.shared.busy_timeout)?;
         Worker::spawn(conn, self.shared.clone(), false)
     }
@@ -317,6 +383,16 @@ fn is_busy(error: &anyhow::Error) -> bool {
                     Some(rusqlite_migration::Error::RusqliteError { err, .. }) if locked(err)
                 )
         })
+}
+
+/// `$STATE_DIRECTORY` (the first, when systemd gives several), else the working directory.
+fn state_directory() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|dirs| {
+            let first = dirs.to_string_lossy().split(':').next()?.to_string();
+            (!first.is_empty()).then(|| PathBuf::from(first))
+        })
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// The path of this store's database with `suffix` appended to its file name.

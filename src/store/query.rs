@@ -1,7 +1,7 @@
 //! Reading `sends` back for `history` and `recall`: filtered listings, per-schedule activity,
 //! single rows, and the one write `recall` makes (`recalled_at`).
 //!
-//! Every query is shaped to an index (see `migrations/02-recall`), so that a history of years
+//! Every query is shaped to an index (see `migrations/sqlite/02-recall`), so that a history of years
 //! answers as fast as a new one: listings end in `ORDER BY id DESC LIMIT ?`, and the summary reads
 //! one row per schedule instead of grouping the whole table.
 
@@ -147,6 +147,11 @@ pub struct ScheduleActivity {
     pub failed: i64,
 }
 
+/// [`COLUMNS`], for the PostgreSQL queries.
+pub(super) fn columns() -> &'static str {
+    COLUMNS
+}
+
 impl Store {
     /// The latest `sent`/`partial` row of `schedule` with exactly `payload`, written at or
     /// after `since`: WeCom's duplicate check would silently drop the same body again.
@@ -156,6 +161,9 @@ impl Store {
         payload: &str,
         since: DateTime<Utc>,
     ) -> anyhow::Result<Option<(i64, String)>> {
+        if let Some(pg) = self.pg() {
+            return pg.identical_send_since(schedule, payload, since).await;
+        }
         let (schedule, payload, since) = (
             schedule.to_string(),
             payload.to_string(),
@@ -175,6 +183,9 @@ impl Store {
 
     /// The rows `filter` selects, newest (highest id) first.
     pub async fn history(&self, filter: HistoryFilter) -> anyhow::Result<Vec<SendRow>> {
+        if let Some(pg) = self.pg() {
+            return pg.history(&filter).await;
+        }
         self.call(move |conn| {
             let (sql, values) = filter.to_sql();
             let mut statement = conn.prepare(&sql)?;
@@ -187,6 +198,9 @@ impl Store {
 
     /// One row by its history id.
     pub async fn send_row(&self, id: i64) -> anyhow::Result<Option<SendRow>> {
+        if let Some(pg) = self.pg() {
+            return pg.send_row(id).await;
+        }
         self.call(move |conn| {
             conn.query_row(
                 &format!("SELECT {COLUMNS} FROM sends WHERE id = ?1"),
@@ -205,6 +219,9 @@ impl Store {
         schedules: Vec<String>,
         since: DateTime<Utc>,
     ) -> anyhow::Result<Vec<ScheduleActivity>> {
+        if let Some(pg) = self.pg() {
+            return pg.activity(schedules, since).await;
+        }
         self.call(move |conn| {
             let mut names = schedules.clone();
             for name in schedule_names(conn)? {
@@ -241,6 +258,9 @@ impl Store {
 
     /// Records that row `id` was recalled at `at`; false if it already was.
     pub async fn mark_recalled(&self, id: i64, at: DateTime<Utc>) -> anyhow::Result<bool> {
+        if let Some(pg) = self.pg() {
+            return pg.mark_recalled(id, at).await;
+        }
         self.call(move |conn| {
             conn.execute(
                 "UPDATE sends SET recalled_at = ?2, recall_started_at = NULL

@@ -1,5 +1,5 @@
 //! The claim `recall` takes on a row before it calls WeCom, so that of several `recall ID` run
-//! at once exactly one makes the call (`recall_started_at`, see `migrations/04-recall-claim`).
+//! at once exactly one makes the call (`recall_started_at`, see `migrations/sqlite/04-recall-claim`).
 
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{OptionalExtension, params};
@@ -30,6 +30,9 @@ impl Store {
     ) -> anyhow::Result<RecallClaim> {
         let at = crate::time::to_db(now);
         let stale_before = crate::time::to_db(now - stale);
+        if let Some(pg) = self.pg() {
+            return pg.claim_recall(id, at, stale_before).await;
+        }
         self.call(move |conn| {
             // One statement: SQLite's write lock makes the test and the claim one step.
             let claimed = conn.execute(
@@ -59,6 +62,9 @@ impl Store {
     /// Gives up the claim taken at `claimed` (the call failed), so that the recall can be tried
     /// again at once.
     pub async fn release_recall(&self, id: i64, claimed: &str) -> anyhow::Result<()> {
+        if let Some(pg) = self.pg() {
+            return pg.release_recall(id, claimed).await;
+        }
         let claimed = claimed.to_string();
         self.call(move |conn| {
             conn.execute(

@@ -19,7 +19,7 @@ pub enum Recorded {
 }
 
 /// True for an outcome that says WeCom took the message.
-fn delivered(status: Status) -> bool {
+pub(crate) fn delivered(status: Status) -> bool {
     matches!(status, Status::Sent | Status::Partial)
 }
 
@@ -129,9 +129,13 @@ impl Store {
         let key = send.key.clone();
         // The files are this host's: their sends were claimed by this instance.
         let instance = self.owner().instance;
-        let recorded = self
-            .call(move |conn| write_unrecorded(conn, &send, instance.as_deref()))
-            .await?;
+        let recorded = if let Some(pg) = self.pg() {
+            let instance = instance.as_deref().map(str::to_string);
+            pg.write_unrecorded(&send, instance).await?
+        } else {
+            self.call(move |conn| write_unrecorded(conn, &send, instance.as_deref()))
+                .await?
+        };
         // From here on the database's unique slot index guards its slot.
         self.unrecorded.recorded(&key);
         Ok(recorded)

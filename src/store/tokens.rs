@@ -91,6 +91,9 @@ impl Store {
         corp_id: &str,
         agent_id: i64,
     ) -> anyhow::Result<Option<StoredToken>> {
+        if let Some(pg) = self.pg() {
+            return pg.load_token(corp_id, agent_id).await;
+        }
         let corp_id = corp_id.to_string();
         self.call(move |conn| read(conn, &corp_id, agent_id)).await
     }
@@ -105,6 +108,9 @@ impl Store {
     ) -> anyhow::Result<()> {
         let corp_id = corp_id.to_string();
         let failed = failed.expose().to_string();
+        if let Some(pg) = self.pg() {
+            return pg.delete_token(&corp_id, agent_id, Some(failed)).await;
+        }
         self.call(move |conn| {
             conn.execute(
                 "DELETE FROM access_tokens WHERE corp_id = ?1 AND agent_id = ?2 AND access_token = ?3",
@@ -117,6 +123,9 @@ impl Store {
 
     /// Deletes the stored token whatever it is (the app's credentials changed).
     pub async fn forget_token(&self, corp_id: &str, agent_id: i64) -> anyhow::Result<()> {
+        if let Some(pg) = self.pg() {
+            return pg.delete_token(corp_id, agent_id, None).await;
+        }
         let corp_id = corp_id.to_string();
         self.call(move |conn| {
             conn.execute(
@@ -141,6 +150,9 @@ impl Store {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<FreshToken, E>>,
     {
+        if let Some(pg) = self.pg() {
+            return pg.refresh_token(corp_id, agent_id, margin, fetch).await;
+        }
         // The transaction holds SQLite's write lock across the gettoken call: on a connection
         // and a thread of its own, so that nothing it needs to finish can be queued behind the
         // writes it is holding up.
