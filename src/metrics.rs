@@ -236,7 +236,7 @@ impl Metrics {
             out,
             faults,
             "counter",
-            "Statements that failed with a storage fault (the connection is reopened after corrupt, io_error and not_a_database; disk_full releases the disk reserve).",
+            "Statements that failed with a storage fault (the connection is reopened after corrupt, io_error and not_a_database; disk_full releases the disk reserve; unreachable: PostgreSQL could not be reached, the statement is tried again).",
         );
         let counts = FaultKind::ALL
             .iter()

@@ -19,15 +19,19 @@ pub enum FaultKind {
     NotADatabase,
     /// SQLITE_FULL: no room left on the disk.
     DiskFull,
+    /// PostgreSQL: the server could not be reached, or the connection broke (a restart, a
+    /// network cut).
+    Unreachable,
 }
 
 impl FaultKind {
     /// Every kind, in the order the metrics list them.
-    pub const ALL: [FaultKind; 4] = [
+    pub const ALL: [FaultKind; 5] = [
         FaultKind::Corrupt,
         FaultKind::IoError,
         FaultKind::NotADatabase,
         FaultKind::DiskFull,
+        FaultKind::Unreachable,
     ];
 
     /// The kind of `error`, if it is a storage fault (not a constraint, a busy lock, ...).
@@ -48,11 +52,13 @@ impl FaultKind {
             FaultKind::IoError => "io_error",
             FaultKind::NotADatabase => "not_a_database",
             FaultKind::DiskFull => "disk_full",
+            FaultKind::Unreachable => "unreachable",
         }
     }
 
     /// A connection that reported this is closed and opened again: its view of the file (the
     /// WAL index, cached pages) can no longer be trusted. A full disk says nothing about that.
+    /// (A PostgreSQL connection that broke is replaced by the pool.)
     pub fn needs_reopen(self) -> bool {
         self != FaultKind::DiskFull
     }
@@ -98,7 +104,7 @@ pub struct Health {
 
 impl Health {
     /// Counts a fault; the first of an episode is logged at ERROR, the rest at DEBUG.
-    pub(super) fn record(&self, kind: FaultKind, text: String) {
+    pub(crate) fn record(&self, kind: FaultKind, text: String) {
         let reopened = kind.needs_reopen();
         self.faults[kind.index()].fetch_add(1, Ordering::Relaxed);
         let now = Utc::now();
@@ -111,7 +117,9 @@ impl Health {
                 tracing::debug!(error = %text, faults = open.faults, "another database fault in the same episode");
             }
             None => {
-                let action = if reopened {
+                let action = if kind == FaultKind::Unreachable {
+                    "the statement is tried again on a new connection for a while"
+                } else if reopened {
                     "the connection was closed and opened again"
                 } else {
                     "the disk reserve, if any, is released and the write tried once more"

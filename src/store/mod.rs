@@ -29,6 +29,7 @@ use anyhow::Context;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
+use sha2::Digest;
 
 use health::Health;
 pub use location::{Location, PgTarget};
@@ -108,14 +109,18 @@ impl Store {
 
     /// Connects to the PostgreSQL database `target` and migrates it. The sends it could not
     /// record wait in unrecorded-sends files in the state directory (`$STATE_DIRECTORY`, else
-    /// the working directory), as they wait beside a SQLite file.
+    /// the working directory), named after the database, as they wait beside a SQLite file.
     async fn open_postgres(target: &PgTarget) -> anyhow::Result<Store> {
-        let pg = pg::Pg::open(target).await?;
-        let base = state_directory().join("wecom-notify-postgres");
+        let health = Arc::<Health>::default();
+        let pg = pg::Pg::open(target, health.clone()).await?;
+        // Named after the database: daemons of other databases may share the directory.
+        let digest = sha2::Sha256::digest(target.url.as_bytes());
+        let name: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let base = state_directory().join(format!("wecom-notify-postgres-{name}"));
         let shared = Arc::new(Shared {
             path: base.clone(),
             busy_timeout: BUSY_TIMEOUT,
-            health: Arc::default(),
+            health,
             reserve: Reserve::beside(&base),
             owner: std::sync::RwLock::default(),
             renewed: std::sync::Mutex::new(None),

@@ -43,6 +43,8 @@ const LOCK_MIGRATE: i32 = 0x5743_4e02;
 /// A PostgreSQL database.
 pub struct Pg {
     pool: Pool,
+    /// Where outages are counted (metrics, the `database_fault` event).
+    health: std::sync::Arc<crate::store::health::Health>,
     /// The URL, without a password, for messages.
     shown: String,
 }
@@ -95,7 +97,10 @@ pub fn split_sslmode(url: &str) -> Result<(String, SslMode), String> {
 impl Pg {
     /// Connects to `target` (its password read from its source now), and brings the schema
     /// up to date.
-    pub async fn open(target: &PgTarget) -> anyhow::Result<Pg> {
+    pub async fn open(
+        target: &PgTarget,
+        health: std::sync::Arc<crate::store::health::Health>,
+    ) -> anyhow::Result<Pg> {
         let (url, mode) =
             split_sslmode(&target.url).map_err(|e| anyhow::anyhow!("database: {e}"))?;
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
@@ -137,6 +142,7 @@ impl Pg {
             .context("cannot set up the database connections")?;
         let pg = Pg {
             pool,
+            health,
             shown: target.url.clone(),
         };
         pg.migrate().await?;
@@ -222,6 +228,10 @@ impl Pg {
                 },
                 Err(e) => describe_pool(&e),
             };
+            self.health.record(
+                crate::store::health::FaultKind::Unreachable,
+                format!("cannot reach the database {}: {error}", self.shown),
+            );
             if started.elapsed() + pause > OUTAGE_PATIENCE {
                 anyhow::bail!("cannot reach the database {}: {error}", self.shown);
             }

@@ -188,6 +188,8 @@ pub struct Env {
     pub fake: FakeWeCom,
     /// The database (`wecom-notify.db` in the folder unless a test moved it).
     db: PathBuf,
+    /// Instead, a database on a throwaway PostgreSQL server, and its URL.
+    pg: Option<(Arc<postgres::Postgres>, String)>,
 }
 
 impl Env {
@@ -198,7 +200,49 @@ impl Env {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("ops.secret"), format!("{SECRET}\n")).expect("secret file");
         let db = dir.path().join("wecom-notify.db");
-        Env { dir, fake, db }
+        Env {
+            dir,
+            fake,
+            db,
+            pg: None,
+        }
+    }
+
+    /// [`Env::new`] with a fresh database on `server` instead of a SQLite file: the binary's
+    /// `--db` is its URL, and [`Env::count`] and [`Env::column`] read it with psql.
+    pub async fn on_postgres(server: &Arc<postgres::Postgres>) -> Env {
+        let mut env = Env::new().await;
+        env.pg = Some((server.clone(), server.create_database()));
+        env
+    }
+
+    /// What `--db` says: the SQLite file, or the PostgreSQL URL.
+    pub fn db_arg(&self) -> std::ffi::OsString {
+        match &self.pg {
+            Some((_, url)) => url.into(),
+            None => self.db_path().into(),
+        }
+    }
+
+    /// The rows of `sql` on the PostgreSQL database, one line each (columns joined by `|`,
+    /// NULL as an empty string); no rows while the daemon has not created the tables yet.
+    fn psql_rows(server: &postgres::Postgres, url: &str, sql: &str) -> Vec<String> {
+        let output = server
+            .psql_command(postgres::SUPERUSER, url)
+            .args(["-c", sql])
+            .output()
+            .expect("run psql");
+        if !output.status.success() {
+            let error = String::from_utf8_lossy(&output.stderr);
+            if error.contains("does not exist") {
+                return Vec::new();
+            }
+            panic!("{sql}: {error}");
+        }
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     /// Keeps the database at `path` instead (on a small file system, say).
@@ -262,7 +306,7 @@ impl Env {
             .arg("--config")
             .arg(config)
             .arg("--db")
-            .arg(self.db_path())
+            .arg(self.db_arg())
             .args(args)
             .env("RUST_LOG", "debug")
             .env_remove("NOTIFY_SOCKET")
@@ -397,6 +441,12 @@ impl Env {
     /// `SELECT count(*) ...` shorthand: 0 before the daemon has created the database, and a
     /// failed test on any other error (a typo must not read as "no such rows").
     pub fn count(&self, sql: &str) -> i64 {
+        if let Some((server, url)) = &self.pg {
+            return match Env::psql_rows(server, url, sql).first() {
+                Some(n) if !n.is_empty() => n.parse().unwrap_or_else(|e| panic!("{sql}: {n}: {e}")),
+                _ => 0,
+            };
+        }
         if !self.db_path().exists() {
             return 0;
         }
@@ -472,6 +522,9 @@ impl Env {
 
     /// First column of every row, as text.
     pub fn column(&self, sql: &str) -> Vec<String> {
+        if let Some((server, url)) = &self.pg {
+            return Env::psql_rows(server, url, sql);
+        }
         let conn = self.db();
         let mut statement = conn.prepare(sql).expect("prepare");
         statement
