@@ -28,3 +28,4 @@ mod storage;
 mod systemd;
 mod tokens;
 mod zones;
+mod postgres;

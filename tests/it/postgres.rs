@@ -1,0 +1,275 @@
+//! Several daemons on one PostgreSQL database, as on several hosts: each has its own
+//! `instance:`, every node arms every schedule, and the database's unique slot claim decides
+//! which sends a slot. The server is a throwaway one the test starts (see
+//! [`crate::support::postgres`]); without PostgreSQL installed these tests say they were
+//! skipped, unless `WECOM_NOTIFY_REQUIRE_POSTGRES=1` (CI) makes that a failure.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::support::postgres::Postgres;
+use crate::support::*;
+
+/// The `claim_lease:` of these nodes, in seconds (the shortest allowed).
+const LEASE: i64 = 3;
+
+/// Schedules every 2 s whose bodies name their slot, with a duplicate-check window long
+/// enough for a crashed send to be resent.
+fn schedules() -> String {
+    ["a", "b", "c"]
+        .iter()
+        .map(|name| every(name, "*/2 * * * * *", name, "duplicate_check_interval: 600"))
+        .collect()
+}
+
+/// Writes the config of node `instance`: the same app, schedules and database as the others.
+fn node_config(env: &Env, instance: &str) -> PathBuf {
+    let path = env.path(&format!("{instance}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "timezone: Asia/Shanghai\ninstance: {instance}\nclaim_lease: {LEASE}s\n{}schedules:\n{}",
+            env.apps_yaml(),
+            schedules()
+        ),
+    )
+    .expect("write node config");
+    path
+}
+
+/// A throwaway server and a test folder whose database is a fresh database on it; `None`
+/// (the test returns) when PostgreSQL is not installed.
+async fn env_on_postgres() -> Option<(Arc<Postgres>, Env)> {
+    let server = Arc::new(Postgres::start()?);
+    let env = Env::on_postgres(&server).await;
+    Some((server, env))
+}
+
+/// Every slot of every schedule has one row, none doubled and none missing, each row is
+/// `sent`, and each body was delivered once.
+#[track_caller]
+fn assert_every_slot_sent_once(env: &Env) {
+    for name in ["a", "b", "c"] {
+        env.assert_contiguous(name, 2);
+    }
+    assert_eq!(
+        env.count("SELECT count(*) FROM sends"),
+        env.count("SELECT count(DISTINCT schedule || scheduled_at) FROM sends"),
+        "one row per slot"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"),
+        0,
+        "{:?}",
+        env.column("SELECT schedule || ' ' || scheduled_at || ' ' || status || ' ' || coalesce(errmsg, '') FROM sends WHERE status <> 'sent'")
+    );
+    env.assert_sent_rows_delivered_once();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_send_every_slot_once_with_one_gettoken_for_the_cluster() {
+    let Some((_server, env)) = env_on_postgres().await else {
+        return;
+    };
+    let (config_a, config_b) = (node_config(&env, "node-a"), node_config(&env, "node-b"));
+    let mut a = env.spawn_daemon_from(&config_a, &[], |_| {});
+    let mut b = env.spawn_daemon_from(&config_b, &[], |_| {});
+    eventually(WAIT, "both nodes started", || {
+        env.count("SELECT count(*) FROM events WHERE kind = 'started'") == 2
+    })
+    .await;
+    // Fifteen slots of each schedule fired by the pair (about 30 s).
+    eventually(Duration::from_secs(60), "45 slots sent", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 45
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+    assert_every_slot_sent_once(&env);
+    let by_node = env.column(
+        "SELECT instance || ' ' || count(*) FROM sends GROUP BY instance ORDER BY instance",
+    );
+    assert_eq!(
+        by_node.len(),
+        2,
+        "both nodes sent slots (the claim picks one per slot): {by_node:?}"
+    );
+    assert_eq!(env.fake.gettoken_calls(), 1, "one gettoken for the cluster");
+    assert_eq!(
+        env.column("SELECT DISTINCT instance FROM events WHERE kind = 'started' ORDER BY instance"),
+        ["node-a", "node-b"],
+        "events name their instance"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_sends_in_flight_has_them_resolved_by_the_other_after_its_lease() {
+    let Some((_server, env)) = env_on_postgres().await else {
+        return;
+    };
+    let (config_a, config_b) = (node_config(&env, "node-a"), node_config(&env, "node-b"));
+    let hold = env.fake.hold_sends();
+    let mut a = env.spawn_daemon_from(&config_a, &[], |_| {});
+    let mut b = env.spawn_daemon_from(&config_b, &[], |_| {});
+    eventually(WAIT, "both nodes started", || {
+        env.count("SELECT count(*) FROM events WHERE kind = 'started'") == 2
+    })
+    .await;
+    eventually(WAIT, "a send of node-a held by WeCom", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'pending' AND instance = 'node-a'")
+            >= 1
+            && env.fake.sends_waiting() >= 1
+    })
+    .await;
+    // Held until node-a renewed its claim past two leases while node-b looked for lapsed
+    // claims: node-b takes none of them while node-a lives.
+    let at = |sql: &str| {
+        env.column(sql)
+            .first()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
+    let id =
+        env.count("SELECT min(id) FROM sends WHERE status = 'pending' AND instance = 'node-a'");
+    let first_lease =
+        at(&format!("SELECT lease_until FROM sends WHERE id = {id}")).expect("a lease");
+    let lapsed = first_lease + chrono::Duration::seconds(LEASE);
+    eventually(
+        WAIT,
+        "node-a renewing past two leases, node-b looking since",
+        || {
+            let renewed = at(&format!("SELECT lease_until FROM sends WHERE id = {id}"));
+            let looked = at("SELECT max(alive_at) FROM heartbeats WHERE instance = 'node-b'");
+            renewed.is_some_and(|r| r >= lapsed + chrono::Duration::seconds(LEASE))
+                && looked.is_some_and(|l| l > lapsed + chrono::Duration::seconds(5))
+        },
+    )
+    .await;
+    assert!(
+        !b.logs().contains("taking it over"),
+        "node-b took over a claim node-a was renewing:\n{}",
+        b.logs()
+    );
+    a.signal(SIGKILL);
+    a.wait_exit(WAIT).await;
+    let victims = env.column(
+        "SELECT id || ' ' || lease_until FROM sends WHERE status = 'pending' AND instance = 'node-a' ORDER BY id",
+    );
+    assert!(!victims.is_empty(), "node-a died with sends in flight");
+    hold.release();
+    b.eventually(WAIT, || {
+        match env.count("SELECT count(*) FROM sends WHERE status = 'pending'") {
+            0 => Ok(()),
+            n => Err(format!("{n} sends still pending")),
+        }
+    })
+    .await;
+    let sent = env.count("SELECT count(*) FROM sends WHERE status = 'sent'");
+    eventually(WAIT, "node-b fires on", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= sent + 6
+    })
+    .await;
+    b.stop().await;
+    for victim in &victims {
+        let (id, lease_until) = victim.split_once(' ').expect("id and lease");
+        let row = env.column(&format!(
+            "SELECT status || ' ' || instance || ' ' || CASE WHEN finished_at >= '{lease_until}' THEN 'after' ELSE 'before' END
+             FROM sends WHERE id = {id}"
+        ));
+        assert_eq!(
+            row,
+            ["sent node-b after"],
+            "row #{id} (lease until {lease_until}) was resolved by node-b, after the lease: {}",
+            b.logs()
+        );
+    }
+    assert_every_slot_sent_once(&env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_of_postgresql_mid_run_loses_no_slot_and_sends_none_twice() {
+    let Some((server, env)) = env_on_postgres().await else {
+        return;
+    };
+    let (config_a, config_b) = (node_config(&env, "node-a"), node_config(&env, "node-b"));
+    let mut a = env.spawn_daemon_from(&config_a, &[], |_| {});
+    let mut b = env.spawn_daemon_from(&config_b, &[], |_| {});
+    eventually(WAIT, "six slots sent", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 6
+    })
+    .await;
+    // Down for about four seconds: two slots of each schedule fall while it is.
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    server.start_again();
+    let before = env.count("SELECT count(*) FROM sends WHERE status = 'sent'");
+    eventually(
+        Duration::from_secs(60),
+        "twelve more slots sent after the restart",
+        || env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= before + 12,
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+    assert_every_slot_sent_once(&env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_both_nodes_stopped_and_one_started_only_the_slots_when_neither_ran_are_missed() {
+    let Some((_server, env)) = env_on_postgres().await else {
+        return;
+    };
+    let (config_a, config_b) = (node_config(&env, "node-a"), node_config(&env, "node-b"));
+    let mut a = env.spawn_daemon_from(&config_a, &[], |_| {});
+    let mut b = env.spawn_daemon_from(&config_b, &[], |_| {});
+    eventually(WAIT, "six slots sent", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 6
+    })
+    .await;
+    // node-a stops first; node-b fires alone for a while, then stops too.
+    a.stop().await;
+    let alone = env.count("SELECT count(*) FROM sends WHERE status = 'sent'");
+    eventually(WAIT, "node-b firing alone", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= alone + 6
+    })
+    .await;
+    b.stop().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut a = env.spawn_daemon_from(&config_a, &[], |_| {});
+    eventually(WAIT, "node-a started again", || {
+        env.count("SELECT count(*) FROM events WHERE kind = 'started'") == 3
+    })
+    .await;
+    let sent = env.count("SELECT count(*) FROM sends WHERE status = 'sent'");
+    eventually(WAIT, "node-a fires again", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= sent + 3
+    })
+    .await;
+    a.stop().await;
+    let stopped_b =
+        env.column("SELECT max(at) FROM events WHERE kind = 'stopped' AND instance = 'node-b'");
+    let restarted =
+        env.column("SELECT max(at) FROM events WHERE kind = 'started' AND instance = 'node-a'");
+    let missed =
+        env.column("SELECT scheduled_at FROM sends WHERE status = 'missed' ORDER BY scheduled_at");
+    assert!(
+        missed.len() >= 3 * 2,
+        "the slots of the five seconds neither ran are missed: {missed:?}"
+    );
+    for slot in &missed {
+        assert!(
+            slot.as_str() >= stopped_b[0].as_str() && slot.as_str() <= restarted[0].as_str(),
+            "{slot} missed, but node-b ran until {} and node-a from {}",
+            stopped_b[0],
+            restarted[0]
+        );
+    }
+    for name in ["a", "b", "c"] {
+        env.assert_contiguous(name, 2);
+    }
+    assert_eq!(
+        env.count("SELECT count(*) FROM sends WHERE status NOT IN ('sent', 'missed')"),
+        0
+    );
+    env.assert_sent_rows_delivered_once();
+}
