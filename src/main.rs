@@ -1,6 +1,7 @@
 //! The `wecom-notify` command line: parse the arguments, set up logging, dispatch to
 //! [`wecom_notify::commands`].
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,9 +18,9 @@ struct Cli {
     /// The schedules file.
     #[arg(long, global = true, env = "WECOM_NOTIFY_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
-    /// The SQLite database [default: the config's `database`, else $STATE_DIRECTORY/wecom-notify.db, else ./wecom-notify.db].
-    #[arg(long, global = true)]
-    db: Option<PathBuf>,
+    /// The database: a SQLite file or a postgres:// URL (no password in it: see database_password_env) [default: the config's `database`, else $STATE_DIRECTORY/wecom-notify.db, else ./wecom-notify.db].
+    #[arg(long, global = true, value_name = "PATH|URL")]
+    db: Option<OsString>,
     /// Log format on stderr (filter with RUST_LOG).
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,

@@ -1,4 +1,5 @@
-//! `check [--next N]`: validate the config and preview what each schedule will send, and when.
+//! `check [--next N]`: validate the config, name the database, and preview what each schedule
+//! will send, and when.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -6,9 +7,11 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 
 use super::{EXIT_OK, Globals};
-use crate::config::{Config, Schedule, Secrets};
+use crate::config::database::password_field;
+use crate::config::{Config, Schedule, Secrets, database_location};
 use crate::message::Content;
 use crate::shown::shown;
+use crate::store::{Location, PgTarget};
 
 /// How `check` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -27,7 +30,15 @@ pub fn run(globals: &Globals, next: usize, dry_run: bool, format: Format) -> Exi
     let now = globals.now();
     if format == Format::Json {
         let (document, code) = match crate::config::load_at(&globals.config, secrets, now) {
-            Ok(config) => (super::check_json::valid(&config, next, now), EXIT_OK),
+            Ok(config) => {
+                match database_location(globals.db.as_deref(), config.database.as_ref()) {
+                    Ok(_) => (super::check_json::valid(&config, next, now), EXIT_OK),
+                    Err(message) => (
+                        super::check_json::db_refused(&globals.config, &message),
+                        super::EXIT_CONFIG,
+                    ),
+                }
+            }
             Err(error) => (
                 super::check_json::invalid(&globals.config, &error),
                 super::EXIT_CONFIG,
@@ -41,15 +52,20 @@ pub fn run(globals: &Globals, next: usize, dry_run: bool, format: Format) -> Exi
         Ok(config) => config,
         Err(code) => return code,
     };
+    let database = match globals.database(Some(&config)) {
+        Ok(database) => database,
+        Err(code) => return code,
+    };
     // Names, crons, texts and warnings come from the config: escaped, each line on its own.
-    for line in report(&config, next, now).lines() {
+    for line in report(&config, &database, next, now).lines() {
         println!("{}", shown(line));
     }
     ExitCode::from(EXIT_OK)
 }
 
-/// The text `check` prints for a valid config, listing the `next` slots after `now`.
-pub fn report(config: &Config, next: usize, now: DateTime<Utc>) -> String {
+/// The text `check` prints for a valid config using `database`, listing the `next` slots after
+/// `now`.
+pub fn report(config: &Config, database: &Location, next: usize, now: DateTime<Utc>) -> String {
     let mut out = String::new();
     let robots = match config.robots.len() {
         0 => String::new(),
@@ -64,6 +80,16 @@ pub fn report(config: &Config, next: usize, now: DateTime<Utc>) -> String {
         config.schedules.len(),
         config.timezone.name()
     );
+    // Which database `run` would open: a URL never holds a password, only where it comes from.
+    let password = match database {
+        Location::Postgres(PgTarget {
+            password: Some(source),
+            ..
+        }) => format!(" (password from {})", password_field(source)),
+        Location::Postgres(_) => " (no password)".to_string(),
+        Location::Sqlite(_) => String::new(),
+    };
+    let _ = writeln!(out, "database: {database}{password}");
     for warning in &config.warnings {
         let _ = writeln!(out, "warning: {warning}");
     }

@@ -28,6 +28,19 @@ pub fn valid(config: &Config, next: usize, now: DateTime<Utc>) -> Value {
     })
 }
 
+/// The document for a config that loaded, with a `--db` that cannot be used (a URL holding a
+/// password): one problem, on the field `--db`.
+pub fn db_refused(path: &std::path::Path, message: &str) -> Value {
+    let problem = json!({
+        "subject": "file",
+        "name": null,
+        "field": "--db",
+        "message": message,
+        "text": format!("--db: {message}"),
+    });
+    refused(path, vec![problem], Vec::new())
+}
+
 /// The document for a config that did not load.
 pub fn invalid(path: &std::path::Path, error: &ConfigError) -> Value {
     let (problems, warnings) = match error {
@@ -48,6 +61,11 @@ pub fn invalid(path: &std::path::Path, error: &ConfigError) -> Value {
             Vec::new(),
         ),
     };
+    refused(path, problems, warnings)
+}
+
+/// The document that says `check` refused: `valid` false, no schedules.
+fn refused(path: &std::path::Path, problems: Vec<Value>, warnings: Vec<Value>) -> Value {
     json!({
         "format": FORMAT,
         "config": path.display().to_string(),

@@ -8,14 +8,15 @@ pub mod recall;
 pub mod run;
 pub mod send;
 
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 
 use crate::config::{self, Config, ConfigError, Secrets};
 use crate::shown::shown;
-use crate::store::Store;
+use crate::store::{Location, Store};
 
 /// Exit code: the command did what was asked.
 pub const EXIT_OK: u8 = 0;
@@ -32,7 +33,8 @@ pub const EXIT_IN_PROGRESS: u8 = 4;
 #[derive(Debug, Clone)]
 pub struct Globals {
     pub config: PathBuf,
-    pub db: Option<PathBuf>,
+    /// `--db`: a SQLite file or a `postgres://` URL.
+    pub db: Option<OsString>,
     /// `--now`: the instant `check` and `history` take as now, so that a test can compute what
     /// they must print from the very instant they used. `None`: the clock.
     pub now: Option<DateTime<Utc>>,
@@ -84,20 +86,27 @@ impl Globals {
         }
     }
 
-    /// The database path for `config` (see [`config::database_path`]).
-    pub fn database(&self, config: Option<&Config>) -> PathBuf {
-        config::database_path(
-            self.db.as_deref(),
-            config.and_then(|c| c.database.as_deref()),
-        )
+    /// The database for `config` (see [`config::database_location`]), printing the reason
+    /// when `--db` cannot be used (a URL holding a password): that is the config's exit code.
+    pub fn database(&self, config: Option<&Config>) -> Result<Location, ExitCode> {
+        config::database_location(self.db.as_deref(), config.and_then(|c| c.database.as_ref()))
+            .map_err(|message| {
+                eprintln!("error: --db: {}", shown(&message));
+                ExitCode::from(EXIT_CONFIG)
+            })
     }
 
     /// Opens the database, printing the reason on failure.
-    pub fn open_store(&self, path: &Path) -> Result<Store, ExitCode> {
-        Store::open(path).map_err(|e| {
+    pub async fn open_store(&self, location: &Location) -> Result<Store, ExitCode> {
+        Store::open_location(location).await.map_err(|e| {
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_FAILED)
         })
+    }
+
+    /// [`Globals::database`], then [`Globals::open_store`].
+    pub async fn open_database(&self, config: Option<&Config>) -> Result<Store, ExitCode> {
+        self.open_store(&self.database(config)?).await
     }
 }
 

@@ -33,7 +33,7 @@ pub async fn run(globals: &Globals, id: i64) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let store = match globals.open_store(&globals.database(Some(&config))) {
+    let store = match globals.open_database(Some(&config)).await {
         Ok(store) => store,
         Err(code) => return code,
     };

@@ -19,13 +19,16 @@ pub async fn run(globals: &Globals, dry_run: bool) -> ExitCode {
         Err(code) => return code,
     };
     config.log_warnings();
-    let db = globals.database(Some(&config));
-    let store = match globals.open_store(&db) {
+    let db = match globals.database(Some(&config)) {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    let store = match globals.open_store(&db).await {
         Ok(store) => store,
         Err(code) => return code,
     };
     store.set_owner(config.owner());
-    tracing::info!(database = %db.display(), "database open");
+    tracing::info!(database = %db, "database open");
     let control = match daemon::signals::install() {
         Ok(control) => control,
         Err(e) => {

@@ -40,7 +40,7 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
         eprintln!("error: schedule \"{name}\" names {what} \"{named}\", which is not defined");
         return ExitCode::from(EXIT_CONFIG);
     };
-    let store = match globals.open_store(&globals.database(Some(&config))) {
+    let store = match globals.open_database(Some(&config)).await {
         Ok(store) => store,
         Err(code) => return code,
     };

@@ -133,8 +133,9 @@ impl<'a> Entry<'a> {
         self.map.remove(key).filter(|v| !v.is_null())
     }
 
-    /// Deserializes `key` as `T`. For the secret keys (`secret`, `secret_env`, ...) the value
-    /// never appears in the message: an operator may have pasted the secret into any of them.
+    /// Deserializes `key` as `T`. For the secret keys (`secret`, `secret_env`, ...,
+    /// `database_password_*`) the value never appears in the message: an operator may have
+    /// pasted the secret into any of them.
     pub fn get<T: DeserializeOwned>(&self, key: &str, report: &mut Report) -> Field<T> {
         let Some(value) = self.raw(key) else {
             return Field::Missing;
@@ -142,15 +143,18 @@ impl<'a> Entry<'a> {
         match serde_yaml::from_value::<T>(value.clone()) {
             Ok(parsed) => Field::Value(parsed),
             Err(e) => {
-                let message =
-                    if key.starts_with("secret") || key == "key" || key.starts_with("key_") {
-                        format!(
-                            "must be a string; quote it (\"...\"), it is a {}",
-                            kind(value)
-                        )
-                    } else {
-                        format!("{e}")
-                    };
+                let message = if key.starts_with("secret")
+                    || key == "key"
+                    || key.starts_with("key_")
+                    || key.starts_with("database_password")
+                {
+                    format!(
+                        "must be a string; quote it (\"...\"), it is a {}",
+                        kind(value)
+                    )
+                } else {
+                    format!("{e}")
+                };
                 report.error(self.subject, &self.name(key), message);
                 Field::Invalid
             }

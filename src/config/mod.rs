@@ -3,6 +3,7 @@
 //! Validation collects every problem in the file (each naming the schedule or app, the field and
 //! the fix) before it reports, so an operator fixes a broken file in one round.
 
+pub mod database;
 mod fields;
 pub mod proxy;
 pub mod secret;
@@ -11,6 +12,7 @@ mod yaml;
 mod zone;
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,8 +45,9 @@ pub struct Config {
     pub path: PathBuf,
     /// SHA-256 of the file's bytes (hex, 16 digits): which config was in force, for `events`.
     pub digest: String,
-    /// `database:`, made absolute against the config file's folder.
-    pub database: Option<PathBuf>,
+    /// `database:`: a SQLite file, made absolute against the config file's folder, or a
+    /// `postgres://` URL (never holding a password) with its `database_password_*` source.
+    pub database: Option<crate::store::Location>,
     /// The default zone of schedules.
     pub timezone: Tz,
     pub apps: BTreeMap<String, Arc<App>>,
@@ -516,12 +519,29 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/wecom-notify/schedules.yaml";
 
 /// Where the database lives: `--db`, else the config's `database`, else
 /// `$STATE_DIRECTORY/wecom-notify.db` under systemd, else `./wecom-notify.db`.
-pub fn database_path(flag: Option<&Path>, config_database: Option<&Path>) -> PathBuf {
-    if let Some(path) = flag {
-        return path.to_path_buf();
+///
+/// `flag` is a path or a `postgres://` URL; a URL takes its password source from the config's
+/// `database_password_*` keys (carried by a URL `config_database`). The error, about `--db`,
+/// says how to fix it and never holds a password.
+pub fn database_location(
+    flag: Option<&OsStr>,
+    config_database: Option<&crate::store::Location>,
+) -> Result<crate::store::Location, String> {
+    use crate::store::Location;
+    if let Some(flag) = flag {
+        let password = match config_database {
+            Some(Location::Postgres(target)) => target.password.clone(),
+            _ => None,
+        };
+        // A path that is not UTF-8 is no URL: it is taken as it is, as before.
+        let url = match flag.to_str() {
+            Some(text) => database::url_location(text, password)?,
+            None => None,
+        };
+        return Ok(url.unwrap_or_else(|| Location::Sqlite(PathBuf::from(flag))));
     }
-    if let Some(path) = config_database {
-        return path.to_path_buf();
+    if let Some(location) = config_database {
+        return Ok(location.clone());
     }
     if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
         // systemd may pass several directories separated by ':'; the first is ours.
@@ -532,10 +552,10 @@ pub fn database_path(flag: Option<&Path>, config_database: Option<&Path>) -> Pat
             .unwrap_or_default()
             .to_string();
         if !dir.is_empty() {
-            return Path::new(&dir).join("wecom-notify.db");
+            return Ok(Location::Sqlite(Path::new(&dir).join("wecom-notify.db")));
         }
     }
-    PathBuf::from("wecom-notify.db")
+    Ok(Location::Sqlite(PathBuf::from("wecom-notify.db")))
 }
 
 #[cfg(test)]

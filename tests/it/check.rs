@@ -909,3 +909,172 @@ async fn check_format_json_gives_problems_warnings_and_next_fire_times_a_pipelin
         "{doc}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The database: a SQLite file or a postgres:// URL that never holds a password
+
+/// A PostgreSQL password that nothing the binary prints may contain.
+const PG_PASSWORD: &str = "Pg-hunter2-s3cr3t";
+
+/// A schedule item for the database tests.
+const STANDUP: &str = "  - name: standup\n    cron: \"30 9 * * 1-5\"\n    to: {users: [ZhangSan]}\n    text: {content: 站会}\n";
+
+/// Runs the binary with `--config CONFIG --db DB ARGS` (and no other `--db`), bounded in time.
+async fn run_with_db(config: &Path, db: &str, args: &[&str]) -> Output {
+    let command = tokio::process::Command::new(binary())
+        .arg("--config")
+        .arg(config)
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .env_remove("WECOM_NOTIFY_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("STATE_DIRECTORY")
+        .env_remove("NOTIFY_SOCKET")
+        // A URL mistaken for a relative path would leave its file here.
+        .current_dir(config.parent().expect("config folder"))
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(std::time::Duration::from_secs(60), command)
+        .await
+        .unwrap_or_else(|_| panic!("{args:?} did not exit within 60 s"))
+        .expect("run wecom-notify")
+}
+
+#[tokio::test]
+async fn a_database_url_holding_a_password_is_refused_naming_database_and_never_shown() {
+    let dir = TempDir::new().unwrap();
+    let urls = [
+        format!("postgres://wecom:{PG_PASSWORD}@db.internal:5432/wecom_notify?sslmode=verify-full"),
+        format!("postgresql://wecom@db.internal/wecom_notify?password={PG_PASSWORD}"),
+    ];
+    for url in &urls {
+        let yaml = format!("database: \"{url}\"\n{}", offline_config(STANDUP));
+        for args in [&[][..], &["--dry-run"][..]] {
+            let output = check_yaml(&dir, "pg.yaml", &yaml, args).await;
+            assert_rejected_with(
+                &output,
+                &[
+                    "  - database: \"postgres",
+                    "holds a password",
+                    "database_password_env, database_password_file or database_password_credential",
+                ],
+            );
+            assert!(!text(&output).contains(PG_PASSWORD), "{}", text(&output));
+        }
+        let output = check_yaml(&dir, "pg.yaml", &yaml, &["--format", "json"]).await;
+        assert_exit(&output, EXIT_CONFIG);
+        assert!(!text(&output).contains(PG_PASSWORD), "{}", text(&output));
+        let doc: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("one JSON document");
+        let problems = doc["problems"].as_array().expect("problems");
+        assert!(
+            problems.iter().any(|p| p["field"] == "database"
+                && p["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("holds a password"))),
+            "{doc}"
+        );
+    }
+    // Masked where it is quoted, so the operator sees which URL is meant.
+    let yaml = format!("database: \"{}\"\n{}", urls[0], offline_config(STANDUP));
+    let output = check_yaml(&dir, "pg.yaml", &yaml, &[]).await;
+    assert!(
+        stderr(&output)
+            .contains("\"postgres://wecom:***@db.internal:5432/wecom_notify?sslmode=verify-full\""),
+        "{}",
+        text(&output)
+    );
+}
+
+#[tokio::test]
+async fn a_password_in_a_db_url_stops_every_command_with_the_config_exit_code_unshown() {
+    let dir = TempDir::new().unwrap();
+    let config = dir.path().join("schedules.yaml");
+    std::fs::write(&config, offline_config(STANDUP)).unwrap();
+    let url = "postgres://u:pw@127.0.0.1/db";
+    for args in [
+        &["history"][..],
+        &["history", "--summary"][..],
+        &["check"][..],
+        &["send", "standup", "--dry-run"][..],
+        &["recall", "1"][..],
+        &["run", "--dry-run"][..],
+    ] {
+        let output = run_with_db(&config, url, args).await;
+        assert_exit(&output, EXIT_CONFIG);
+        let stderr = stderr(&output);
+        assert!(
+            stderr.contains("error: --db: \"postgres://u:***@127.0.0.1/db\" holds a password"),
+            "{args:?}: {}",
+            text(&output)
+        );
+        // The folder's random name is not the command's to answer for.
+        let printed = text(&output).replace(&dir.path().display().to_string(), "DIR");
+        assert!(!printed.contains("pw"), "{args:?}: {printed}");
+    }
+    // `check --format json` says it in its one document.
+    let output = run_with_db(&config, url, &["check", "--format", "json"]).await;
+    assert_exit(&output, EXIT_CONFIG);
+    let printed = text(&output).replace(&dir.path().display().to_string(), "DIR");
+    assert!(!printed.contains("pw"), "{printed}");
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    assert_eq!(doc["valid"], false, "{doc}");
+    assert_eq!(doc["problems"][0]["field"], "--db", "{doc}");
+    assert!(
+        doc["problems"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("\"postgres://u:***@127.0.0.1/db\" holds a password")),
+        "{doc}"
+    );
+    assert!(
+        !dir.path().join("postgres:").exists() && !dir.path().join("wecom-notify.db").exists(),
+        "no SQLite file is made in its place"
+    );
+}
+
+#[tokio::test]
+async fn check_names_the_database_it_would_use_and_where_its_password_comes_from() {
+    let dir = TempDir::new().unwrap();
+    let output = check_yaml(&dir, "sqlite.yaml", &offline_config(STANDUP), &[]).await;
+    assert_exit(&output, 0);
+    let line = format!("database: {}", dir.path().join("x.db").display());
+    assert!(
+        stdout(&output).lines().any(|l| l == line),
+        "{line:?} in {}",
+        text(&output)
+    );
+
+    let config = dir.path().join("pg.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "database: postgres://wecom@db.internal/wecom_notify?sslmode=verify-full\ndatabase_password_credential: pg\n{}",
+            offline_config(STANDUP)
+        ),
+    )
+    .unwrap();
+    // `--db` replaces the URL and keeps the config's password source.
+    let output = run_with_db(&config, "postgres://other@127.0.0.1/db", &["check"]).await;
+    assert_exit(&output, 0);
+    assert!(
+        stdout(&output).lines().any(|l| l
+            == "database: postgres://other@127.0.0.1/db (password from database_password_credential)"),
+        "{}",
+        text(&output)
+    );
+    let output = run_with_db(
+        &config,
+        &dir.path().join("y.db").display().to_string(),
+        &["check"],
+    )
+    .await;
+    assert_exit(&output, 0);
+    let line = format!("database: {}", dir.path().join("y.db").display());
+    assert!(
+        stdout(&output).lines().any(|l| l == line),
+        "{}",
+        text(&output)
+    );
+}

@@ -73,7 +73,7 @@ pub async fn run(globals: &Globals, options: &Options) -> ExitCode {
     // One instant for `--since`, the next fire times and the failure window.
     let now = globals.now();
     let config = load_config(globals, now);
-    let store = match globals.open_store(&globals.database(config.as_ref())) {
+    let store = match globals.open_database(config.as_ref()).await {
         Ok(store) => store,
         Err(code) => return code,
     };

@@ -24,18 +24,23 @@ use crate::template::Template;
 mod apps;
 mod calendars;
 mod card;
+mod database;
 mod message;
 mod robots;
 mod schedule;
 
 use apps::validate_apps;
 use calendars::validate_calendars;
+use database::validate_database;
 pub(super) use robots::key_field as robot_key_field;
 use robots::validate_robots;
 use schedule::validate_schedule;
 
 const TOP_KEYS: &[&str] = &[
     "database",
+    "database_password_env",
+    "database_password_file",
+    "database_password_credential",
     "timezone",
     "catch_up",
     "history_retention",
@@ -152,10 +157,7 @@ fn read(
         Field::Invalid => Tz::UTC,
         Field::Missing => local_zone(report),
     };
-    let database = top
-        .get::<PathBuf>("database", report)
-        .ok()
-        .map(|p| base.join(p));
+    let database = validate_database(&top, base, report);
     let default_catch_up = duration(&top, "catch_up", report).ok().flatten();
     let history_retention = duration(&top, "history_retention", report).ok().flatten();
     let instance = match top.get::<String>("instance", report) {
