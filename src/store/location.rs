@@ -29,7 +29,13 @@ impl fmt::Debug for PgTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgTarget")
             .field("url", &self.url)
-            .field("password", &self.password.as_ref().map(SecretSource::field))
+            .field(
+                "password",
+                &self
+                    .password
+                    .as_ref()
+                    .map(crate::config::database::password_field),
+            )
             .finish()
     }
 }

@@ -211,7 +211,18 @@ async fn a_restart_of_postgresql_mid_run_loses_no_slot_and_sends_none_twice() {
     .await;
     a.stop().await;
     b.stop().await;
+    assert!(
+        a.logs().contains("cannot reach the database")
+            && b.logs().contains("cannot reach the database"),
+        "both nodes met the outage:\n{}\n{}",
+        a.logs(),
+        b.logs()
+    );
     assert_every_slot_sent_once(&env);
+    assert!(
+        env.count("SELECT count(*) FROM events WHERE kind = 'database_fault'") >= 1,
+        "the outage is on record"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,7 @@ use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
 use super::PgTarget;
+use crate::config::database::{SslMode, split_sslmode};
 
 /// The schema, one entry per folder under `migrations/postgres/`.
 const MIGRATIONS: &[&str] = &[include_str!(
@@ -49,51 +50,6 @@ pub struct Pg {
     shown: String,
 }
 
-/// The `sslmode` of a URL, as libpq reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
-    Disable,
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
-/// Takes `sslmode` out of a URL's query (tokio-postgres knows neither `verify-ca` nor
-/// `verify-full`); `prefer` when it is absent, as libpq.
-pub fn split_sslmode(url: &str) -> Result<(String, SslMode), String> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_string(), SslMode::Prefer));
-    };
-    let mut mode = SslMode::Prefer;
-    let mut kept = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("sslmode", value)) => {
-                mode = match value {
-                    "disable" => SslMode::Disable,
-                    "prefer" => SslMode::Prefer,
-                    "require" => SslMode::Require,
-                    "verify-ca" => SslMode::VerifyCa,
-                    "verify-full" => SslMode::VerifyFull,
-                    other => {
-                        return Err(format!(
-                            "sslmode={} is not one of disable, prefer, require, verify-ca, verify-full",
-                            crate::shown::shown(other)
-                        ));
-                    }
-                }
-            }
-            _ => kept.push(pair),
-        }
-    }
-    Ok(if kept.is_empty() {
-        (base.to_string(), mode)
-    } else {
-        (format!("{base}?{}", kept.join("&")), mode)
-    })
-}
-
 impl Pg {
     /// Connects to `target` (its password read from its source now), and brings the schema
     /// up to date.
@@ -110,7 +66,7 @@ impl Pg {
             let password = source.resolve().map_err(|e| {
                 anyhow::anyhow!(
                     "cannot read the database password ({}): {e}",
-                    source.field()
+                    crate::config::database::password_field(source)
                 )
             })?;
             config.password(password.expose());

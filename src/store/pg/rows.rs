@@ -253,7 +253,7 @@ impl Pg {
         let tx = client.transaction().await?;
         // A lock held longer than a gettoken call can take means its holder is stuck.
         tx.batch_execute("SET LOCAL lock_timeout = '30s'").await?;
-        let key = format!("{corp_id}\u{0}{agent_id}");
+        let key = format!("{corp_id}:{agent_id}");
         tx.execute(
             "SELECT pg_advisory_xact_lock($1, hashtext($2))",
             &[&LOCK_TOKEN, &key],

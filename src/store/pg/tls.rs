@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::SslMode;
+use crate::config::database::SslMode;
 
 /// The connector for `mode`.
 pub fn connector(mode: SslMode) -> anyhow::Result<MakeRustlsConnect> {
