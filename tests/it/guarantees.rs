@@ -28,102 +28,104 @@ fn integrity(env: &Env) -> String {
         .expect("integrity_check")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_during_a_send_then_restart_delivers_exactly_once() {
-    let env = Env::new().await;
-    env.write_schedules(&every("tick", "*/2 * * * * *", "tick", ""));
-    let (mut daemon, hold) = env.spawn_daemon_with_a_held_send().await;
-    daemon.signal(SIGKILL);
-    daemon.wait_exit(WAIT).await;
-    // The request had reached WeCom: released now, it is delivered although its sender died.
-    hold.release();
-    let crashed = env.column("SELECT payload FROM sends WHERE status = 'pending'");
-    assert!(!crashed.is_empty(), "the crash left the send pending");
-    eventually(WAIT, "the held sends delivered", || {
-        crashed.iter().all(|p| env.deliveries().contains_key(p))
-    })
-    .await;
+on_both_backends! {
+    async fn kill_9_during_a_send_then_restart_delivers_exactly_once(env: Env) {
+        env.write_schedules(&every("tick", "*/2 * * * * *", "tick", ""));
+        let (mut daemon, hold) = env.spawn_daemon_with_a_held_send().await;
+        daemon.signal(SIGKILL);
+        daemon.wait_exit(WAIT).await;
+        // The request had reached WeCom: released now, it is delivered although its sender died.
+        hold.release();
+        let crashed = env.column("SELECT payload FROM sends WHERE status = 'pending'");
+        assert!(!crashed.is_empty(), "the crash left the send pending");
+        eventually(WAIT, "the held sends delivered", || {
+            crashed.iter().all(|p| env.deliveries().contains_key(p))
+        })
+        .await;
 
-    let restarted = restart_until_no_send_is_pending(&env).await;
+        let restarted = restart_until_no_send_is_pending(&env).await;
 
-    for payload in &crashed {
-        assert_eq!(
-            env.deliveries()[payload],
-            1,
-            "delivered exactly once: {payload}"
-        );
-        let resent = env
-            .fake
-            .all_requests()
-            .iter()
-            .filter(|r| &r.raw == payload && r.outcome == Outcome::Duplicate)
-            .count();
-        assert_eq!(
-            resent, 1,
-            "resent byte for byte and dropped by the duplicate check"
-        );
-    }
-    for payload in &crashed {
-        let row = env.column(&format!(
-            "SELECT status || ' ' || attempts FROM sends WHERE payload = '{payload}'"
-        ));
-        assert_eq!(
-            row,
-            ["sent 2"],
-            "the crashed row ends sent, both attempts counted"
-        );
-    }
-    assert!(
-        restarted.logs().contains("resending the stored body"),
-        "{}",
-        restarted.logs()
-    );
-    assert_eq!(integrity(&env), "ok", "the WAL survived kill -9");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_send_past_its_duplicate_check_interval_is_not_resent() {
-    let env = Env::new().await;
-    // Resends stop 10 s before the interval ends: with 11 s, after 1 s it is too late.
-    env.write_schedules(&every(
-        "tick",
-        "*/2 * * * * *",
-        "tick",
-        "duplicate_check_interval: 11",
-    ));
-    let (mut daemon, hold) = env.spawn_daemon_with_a_held_send().await;
-    daemon.signal(SIGKILL);
-    daemon.wait_exit(WAIT).await;
-    hold.release();
-    let crashed = env.column("SELECT id FROM sends WHERE status = 'pending'");
-    let payloads = env.column("SELECT payload FROM sends WHERE status = 'pending'");
-    // Let the resend window close: that is the point of the test.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-
-    let restarted = restart_until_no_send_is_pending(&env).await;
-    let ids = crashed.join(",");
-    assert_eq!(
-        env.column(&format!(
-            "SELECT DISTINCT status FROM sends WHERE id IN ({ids})"
-        )),
-        ["interrupted"]
-    );
-    for payload in &payloads {
-        assert_eq!(
-            env.fake
+        for payload in &crashed {
+            assert_eq!(
+                env.deliveries()[payload],
+                1,
+                "delivered exactly once: {payload}"
+            );
+            let resent = env
+                .fake
                 .all_requests()
                 .iter()
-                .filter(|r| &r.raw == payload)
-                .count(),
-            1,
-            "nothing was resent: only the crashed attempt reached WeCom"
+                .filter(|r| &r.raw == payload && r.outcome == Outcome::Duplicate)
+                .count();
+            assert_eq!(
+                resent, 1,
+                "resent byte for byte and dropped by the duplicate check"
+            );
+        }
+        for payload in &crashed {
+            let row = env.column(&format!(
+                "SELECT status || ' ' || attempts FROM sends WHERE payload = '{payload}'"
+            ));
+            assert_eq!(
+                row,
+                ["sent 2"],
+                "the crashed row ends sent, both attempts counted"
+            );
+        }
+        assert!(
+            restarted.logs().contains("resending the stored body"),
+            "{}",
+            restarted.logs()
+        );
+        if !env.is_postgres() {
+        assert_eq!(integrity(&env), "ok", "the WAL survived kill -9");
+    }
+    }
+}
+
+on_both_backends! {
+    async fn a_crashed_send_past_its_duplicate_check_interval_is_not_resent(env: Env) {
+        // Resends stop 10 s before the interval ends: with 11 s, after 1 s it is too late.
+        env.write_schedules(&every(
+            "tick",
+            "*/2 * * * * *",
+            "tick",
+            "duplicate_check_interval: 11",
+        ));
+        let (mut daemon, hold) = env.spawn_daemon_with_a_held_send().await;
+        daemon.signal(SIGKILL);
+        daemon.wait_exit(WAIT).await;
+        hold.release();
+        let crashed = env.column("SELECT id FROM sends WHERE status = 'pending'");
+        let payloads = env.column("SELECT payload FROM sends WHERE status = 'pending'");
+        // Let the resend window close: that is the point of the test.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+
+        let restarted = restart_until_no_send_is_pending(&env).await;
+        let ids = crashed.join(",");
+        assert_eq!(
+            env.column(&format!(
+                "SELECT DISTINCT status FROM sends WHERE id IN ({ids})"
+            )),
+            ["interrupted"]
+        );
+        for payload in &payloads {
+            assert_eq!(
+                env.fake
+                    .all_requests()
+                    .iter()
+                    .filter(|r| &r.raw == payload)
+                    .count(),
+                1,
+                "nothing was resent: only the crashed attempt reached WeCom"
+            );
+        }
+        assert!(
+            restarted.logs().contains("cannot be resent safely"),
+            "{}",
+            restarted.logs()
         );
     }
-    assert!(
-        restarted.logs().contains("cannot be resent safely"),
-        "{}",
-        restarted.logs()
-    );
 }
 
 /// Runs the daemon until a slot is sent, stops it for `down`, runs it again until a slot is
@@ -148,66 +150,66 @@ async fn run_stop_run(env: &Env, down: Duration) -> chrono::DateTime<Utc> {
     restart
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slots_missed_while_stopped_get_missed_rows() {
-    let env = Env::new().await;
-    env.write_schedules(&every_two_seconds("tick", "tick"));
-    let restart = run_stop_run(&env, Duration::from_secs(7)).await;
-    env.assert_contiguous("tick", 2);
-    let missed = env.column("SELECT scheduled_at FROM sends WHERE status = 'missed'");
-    assert!(
-        missed.len() >= 3,
-        "three slots fell in the downtime: {missed:?}"
-    );
-    let restart = wecom_notify::time::to_db(restart);
-    assert!(
-        missed.iter().all(|s| *s <= restart),
-        "only slots before the restart are missed"
-    );
-    assert_eq!(
-        env.count("SELECT count(*) FROM sends WHERE trigger = 'catch_up'"),
-        0,
-        "catch_up is off by default"
-    );
-    let sent = env.count("SELECT count(*) FROM sends WHERE status = 'sent'") as usize;
-    assert_eq!(
-        env.fake.messages().len(),
-        sent,
-        "missed slots are recorded, not sent"
-    );
+on_both_backends! {
+    async fn slots_missed_while_stopped_get_missed_rows(env: Env) {
+        env.write_schedules(&every_two_seconds("tick", "tick"));
+        let restart = run_stop_run(&env, Duration::from_secs(7)).await;
+        env.assert_contiguous("tick", 2);
+        let missed = env.column("SELECT scheduled_at FROM sends WHERE status = 'missed'");
+        assert!(
+            missed.len() >= 3,
+            "three slots fell in the downtime: {missed:?}"
+        );
+        let restart = wecom_notify::time::to_db(restart);
+        assert!(
+            missed.iter().all(|s| *s <= restart),
+            "only slots before the restart are missed"
+        );
+        assert_eq!(
+            env.count("SELECT count(*) FROM sends WHERE trigger = 'catch_up'"),
+            0,
+            "catch_up is off by default"
+        );
+        let sent = env.count("SELECT count(*) FROM sends WHERE status = 'sent'") as usize;
+        assert_eq!(
+            env.fake.messages().len(),
+            sent,
+            "missed slots are recorded, not sent"
+        );
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_catch_up_the_latest_missed_slot_is_sent_once_late() {
-    let env = Env::new().await;
-    env.write_schedules(&every(
-        "tick",
-        "*/2 * * * * *",
-        "tick",
-        "duplicate_check_interval: 1, catch_up: 30s",
-    ));
-    run_stop_run(&env, Duration::from_secs(7)).await;
-    env.assert_contiguous("tick", 2);
-    let caught = env.column("SELECT scheduled_at FROM sends WHERE trigger = 'catch_up'");
-    assert_eq!(caught.len(), 1, "{caught:?}");
-    assert_eq!(
-        env.column("SELECT status FROM sends WHERE trigger = 'catch_up'"),
-        ["sent"]
-    );
-    let missed =
-        env.column("SELECT scheduled_at FROM sends WHERE status = 'missed' ORDER BY scheduled_at");
-    assert!(
-        missed.len() >= 2,
-        "the older missed slots stay missed: {missed:?}"
-    );
-    assert!(
-        missed.iter().all(|m| caught[0] > *m),
-        "the catch-up is the latest of the missed slots"
-    );
-    assert!(
-        env.deliveries().values().all(|n| *n == 1),
-        "each body delivered once"
-    );
+on_both_backends! {
+    async fn with_catch_up_the_latest_missed_slot_is_sent_once_late(env: Env) {
+        env.write_schedules(&every(
+            "tick",
+            "*/2 * * * * *",
+            "tick",
+            "duplicate_check_interval: 1, catch_up: 30s",
+        ));
+        run_stop_run(&env, Duration::from_secs(7)).await;
+        env.assert_contiguous("tick", 2);
+        let caught = env.column("SELECT scheduled_at FROM sends WHERE trigger = 'catch_up'");
+        assert_eq!(caught.len(), 1, "{caught:?}");
+        assert_eq!(
+            env.column("SELECT status FROM sends WHERE trigger = 'catch_up'"),
+            ["sent"]
+        );
+        let missed =
+            env.column("SELECT scheduled_at FROM sends WHERE status = 'missed' ORDER BY scheduled_at");
+        assert!(
+            missed.len() >= 2,
+            "the older missed slots stay missed: {missed:?}"
+        );
+        assert!(
+            missed.iter().all(|m| caught[0] > *m),
+            "the catch-up is the latest of the missed slots"
+        );
+        assert!(
+            env.deliveries().values().all(|n| *n == 1),
+            "each body delivered once"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,49 +388,49 @@ async fn a_database_refusing_writes_never_yields_a_false_sent_and_recovers() {
     assert_eq!(integrity(&env), "ok");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_broken_config_of_the_corpus_disturbs_a_running_daemon() {
-    let env = Env::new().await;
-    env.write_schedules(&every_two_seconds("tick", "tick"));
-    let good = read(&env.config_path());
-    let mut daemon = env.spawn_daemon(&[]);
-    eventually(WAIT, "a first send", || !env.fake.messages().is_empty()).await;
-    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/configs/invalid");
-    let mut files: Vec<_> = std::fs::read_dir(corpus)
-        .expect("corpus")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 25,
-        "only {} broken configs in {corpus}",
-        files.len()
-    );
-    for (n, file) in files.iter().enumerate() {
-        std::fs::copy(file, env.config_path()).expect("copy");
-        daemon.signal(SIGHUP);
-        let what = format!("reload_failed for {}", file.display());
-        eventually(WAIT, &what, || {
-            env.count("SELECT count(*) FROM events WHERE kind = 'reload_failed'") as usize == n + 1
+on_both_backends! {
+    async fn no_broken_config_of_the_corpus_disturbs_a_running_daemon(env: Env) {
+        env.write_schedules(&every_two_seconds("tick", "tick"));
+        let good = read(&env.config_path());
+        let mut daemon = env.spawn_daemon(&[]);
+        eventually(WAIT, "a first send", || !env.fake.messages().is_empty()).await;
+        let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/configs/invalid");
+        let mut files: Vec<_> = std::fs::read_dir(corpus)
+            .expect("corpus")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        files.sort();
+        assert!(
+            files.len() >= 25,
+            "only {} broken configs in {corpus}",
+            files.len()
+        );
+        for (n, file) in files.iter().enumerate() {
+            std::fs::copy(file, env.config_path()).expect("copy");
+            daemon.signal(SIGHUP);
+            let what = format!("reload_failed for {}", file.display());
+            eventually(WAIT, &what, || {
+                env.count("SELECT count(*) FROM events WHERE kind = 'reload_failed'") as usize == n + 1
+            })
+            .await;
+        }
+        std::fs::write(env.config_path(), good).expect("restore");
+        let before = env.fake.messages().len();
+        eventually(WAIT, "firing goes on", || {
+            env.fake.messages().len() >= before + 2
         })
         .await;
+        daemon.stop().await;
+        assert_eq!(
+            env.count("SELECT count(*) FROM events WHERE kind = 'reloaded'"),
+            0
+        );
+        env.assert_contiguous("tick", 2);
+        assert_eq!(
+            env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"),
+            0
+        );
     }
-    std::fs::write(env.config_path(), good).expect("restore");
-    let before = env.fake.messages().len();
-    eventually(WAIT, "firing goes on", || {
-        env.fake.messages().len() >= before + 2
-    })
-    .await;
-    daemon.stop().await;
-    assert_eq!(
-        env.count("SELECT count(*) FROM events WHERE kind = 'reloaded'"),
-        0
-    );
-    env.assert_contiguous("tick", 2);
-    assert_eq!(
-        env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"),
-        0
-    );
 }
 
 /// Seeds a row as a crash would leave it: delivered to WeCom `age` ago, still `pending`, its
@@ -539,27 +541,27 @@ async fn the_retry_window_starts_when_a_timed_out_attempt_was_sent() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slots_that_fall_while_a_stop_waits_for_sends_are_not_lost() {
-    let env = Env::new().await;
-    env.write_schedules(&every_two_seconds("tick", "tick"));
-    let (mut daemon, hold) = env.spawn_daemon_with_a_held_send().await;
-    daemon.signal(SIGTERM);
-    daemon.wait_log("waiting for sends in flight", WAIT).await;
-    // Slots keep falling while the stop waits for the held send.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    hold.release();
-    assert_eq!(daemon.wait_exit(WAIT).await.code(), Some(0));
-    let mut restarted = env.spawn_daemon(&[]);
-    let sent = env.count("SELECT count(*) FROM sends WHERE status = 'sent'");
-    eventually(WAIT, "a send after the restart", || {
-        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") > sent
-    })
-    .await;
-    restarted.stop().await;
-    env.assert_contiguous("tick", 2);
-    assert!(
-        env.count("SELECT count(*) FROM sends WHERE status = 'missed'") >= 2,
-        "the slots of the wait are missed, not lost"
-    );
+on_both_backends! {
+    async fn slots_that_fall_while_a_stop_waits_for_sends_are_not_lost(env: Env) {
+        env.write_schedules(&every_two_seconds("tick", "tick"));
+        let (mut daemon, hold) = env.spawn_daemon_with_a_held_send().await;
+        daemon.signal(SIGTERM);
+        daemon.wait_log("waiting for sends in flight", WAIT).await;
+        // Slots keep falling while the stop waits for the held send.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        hold.release();
+        assert_eq!(daemon.wait_exit(WAIT).await.code(), Some(0));
+        let mut restarted = env.spawn_daemon(&[]);
+        let sent = env.count("SELECT count(*) FROM sends WHERE status = 'sent'");
+        eventually(WAIT, "a send after the restart", || {
+            env.count("SELECT count(*) FROM sends WHERE status = 'sent'") > sent
+        })
+        .await;
+        restarted.stop().await;
+        env.assert_contiguous("tick", 2);
+        assert!(
+            env.count("SELECT count(*) FROM sends WHERE status = 'missed'") >= 2,
+            "the slots of the wait are missed, not lost"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! Integration tests: the real binary and the library against a strict fake WeCom on 127.0.0.1,
 //! with real SQLite files in temporary folders. One test binary keeps link times down.
 
+#[macro_use]
 mod support;
 
 mod calendar;

@@ -182,6 +182,33 @@ impl InProcess {
     }
 }
 
+/// Turns `async fn NAME(env: Env) { … }` into two tests, `NAME::sqlite` on a SQLite file and
+/// `NAME::postgres` on a throwaway PostgreSQL server (which says it was skipped where
+/// PostgreSQL is not installed): the same guarantee, checked on both backends.
+macro_rules! on_both_backends {
+    ($(#[$meta:meta])* async fn $name:ident($env:ident: Env) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            use super::*;
+
+            async fn run($env: Env) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run(Env::new().await).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(server) = crate::support::postgres::Postgres::start() else {
+                    return;
+                };
+                run(Env::on_postgres(&std::sync::Arc::new(server)).await).await
+            }
+        }
+    };
+}
+
 /// A temporary folder holding a config, a secret file and a database, and the fake WeCom.
 pub struct Env {
     pub dir: TempDir,
@@ -428,6 +455,11 @@ impl Env {
         })
         .await;
         (daemon, hold)
+    }
+
+    /// Whether the database is a PostgreSQL one ([`Env::on_postgres`]).
+    pub fn is_postgres(&self) -> bool {
+        self.pg.is_some()
     }
 
     /// A connection to the test database.
