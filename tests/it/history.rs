@@ -474,3 +474,33 @@ async fn history_works_without_a_config_in_utc() {
         text(&output)
     );
 }
+
+/// A config that names its database but cannot be loaded leaves `history` not knowing which
+/// database to read: it says so, rather than read (or create) the default one.
+#[tokio::test]
+async fn a_broken_config_naming_a_database_is_not_read_from_another() {
+    let env = Env::new().await;
+    env.write_config(&format!(
+        "database: elsewhere.db\ntimezone: Nowhere/Else\n{}schedules: []\n",
+        env.apps_yaml()
+    ));
+    let output = tokio::process::Command::new(binary())
+        .arg("--config")
+        .arg(env.config_path())
+        .arg("history")
+        .current_dir(env.dir.path())
+        .output()
+        .await
+        .expect("run history");
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("does not know which database"),
+        "{}",
+        text(&output)
+    );
+    for name in ["wecom-notify.db", "elsewhere.db"] {
+        assert!(!env.path(name).exists(), "{name} was created");
+    }
+    // With --db, the reader says which database; that works whatever the config.
+    env.cli_ok(&["history"]).await;
+}

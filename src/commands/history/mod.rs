@@ -73,6 +73,14 @@ pub async fn run(globals: &Globals, options: &Options) -> ExitCode {
     // One instant for `--since`, the next fire times and the failure window.
     let now = globals.now();
     let config = load_config(globals, now);
+    if config.is_none() && globals.db.is_none() && names_a_database(&globals.config) {
+        // Its `database:` cannot be trusted, and the default would be another database: a
+        // history read there would show rows (or none) that are not this config's.
+        eprintln!(
+            "error: the config names a database but cannot be loaded, so history does not know which database to read; fix the config (`wecom-notify check`) or give --db"
+        );
+        return ExitCode::from(super::EXIT_CONFIG);
+    }
     let store = match globals.open_database(config.as_ref()).await {
         Ok(store) => store,
         Err(code) => return code,
@@ -114,6 +122,23 @@ fn warn_of_unrecorded(store: &Store) {
 }
 
 /// The config for zones and next fire times, if it can be read; history works without it.
+/// Whether the file at `path` has a top-level `database:` key (read as plain YAML, whatever
+/// else is wrong with it).
+fn names_a_database(path: &std::path::Path) -> bool {
+    // Only a regular file of a config's size (the load has refused anything else already).
+    let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() <= 64 << 20);
+    if !regular {
+        return false;
+    }
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    serde_yaml::from_str::<serde_yaml::Value>(&text)
+        .ok()
+        .and_then(|value| value.get("database").cloned())
+        .is_some()
+}
+
 fn load_config(globals: &Globals, now: DateTime<Utc>) -> Option<Config> {
     match config::load_at(&globals.config, Secrets::Unneeded, now) {
         Ok(config) => Some(config),
