@@ -149,6 +149,8 @@ struct Daemon {
     started_at: chrono::DateTime<Utc>,
     /// What /healthz and /readyz answer.
     probes: Arc<crate::probes::Probes>,
+    /// Daemons of other instances this start took for alive, watched until they prove it.
+    silent: Option<recovery::Silent>,
 }
 
 /// Runs until a stop is requested. Returns an error only when the daemon cannot start.
@@ -223,6 +225,7 @@ pub async fn run(
         options,
         started_at,
         probes,
+        silent: None,
     };
     // One instant divides the past (settled here) from the future (armed below), so that no
     // slot is both missed and fired, or neither.
@@ -232,6 +235,7 @@ pub async fn run(
         tracing::info!("dry run: not resuming crashed sends nor recording missed slots");
     } else {
         recovery::resume_pending(&daemon.firing, now).await;
+        daemon.silent = Some(downtime.silent(now));
         downtime
             .settle_all(&daemon.firing, &daemon.config.schedules, now)
             .await;
@@ -439,7 +443,7 @@ impl Daemon {
     /// Writes the sends the database refused earlier, records the ones other processes left
     /// behind when they died, keeps the disk reserve, and records a storage fault episode once
     /// the database takes writes again.
-    async fn tend_storage(&self) {
+    async fn tend_storage(&mut self) {
         let dispatcher = &self.firing.dispatcher;
         dispatcher.flush_unwritten().await;
         if self.dry_run() {
@@ -457,6 +461,9 @@ impl Daemon {
         }
         store.keep_reserve().await;
         recovery::resume_lapsed(&self.firing, Utc::now()).await;
+        if let Some(silent) = self.silent.as_mut() {
+            silent.look(&self.firing, &self.config.schedules).await;
+        }
         self.beat(false).await;
         let health = store.health();
         if let Some(episode) = health.episode() {

@@ -16,7 +16,7 @@ use crate::channel::Channel;
 use crate::config::Schedule;
 use crate::dispatch::row_for_slot;
 use crate::store::Store;
-use crate::store::heartbeats::ProcessKey;
+use crate::store::heartbeats::{Heartbeat, ProcessKey};
 use crate::store::history::{NewSend, PendingRow, Status, Trigger};
 
 /// At most this many missed slots per schedule and gap get a row; older ones are counted in
@@ -45,6 +45,65 @@ pub struct Downtime {
     from: Option<DateTime<Utc>>,
     /// The heartbeat rows of processes that are gone, taken over by this start.
     gone: Vec<ProcessKey>,
+    /// Daemons of other instances taken for alive by their heartbeat alone (they may be on
+    /// other hosts): watched until they beat again after this start, or their heartbeat goes
+    /// stale (see [`Silent`]).
+    watched: Vec<Heartbeat>,
+}
+
+/// The daemons a start took for alive by their heartbeat alone. One that never beats again
+/// had died already, or died before it could claim the slots up to this start: those slots,
+/// without a row, are recorded as missed once its heartbeat goes stale, as the start would
+/// have recorded them had it known.
+pub struct Silent {
+    rows: Vec<Heartbeat>,
+    /// The instant that divided the past (settled at start) from the slots this run fires.
+    divide: DateTime<Utc>,
+}
+
+impl Silent {
+    /// Looks at the watched daemons again: those that beat since the divide (alive after it)
+    /// or stopped cleanly (a stop during this run left no slot of its own unclaimed: this run
+    /// fires every schedule) are dropped; for those whose heartbeat went stale, the slots from
+    /// where they had fired through to the divide that have no row are recorded as missed.
+    pub async fn look(&mut self, firing: &Arc<Firing>, schedules: &[Arc<Schedule>]) {
+        if self.rows.is_empty() {
+            return;
+        }
+        let store = firing.dispatcher.store();
+        let Ok((beats, _)) = store.previous_runs().await else {
+            return;
+        };
+        let now = Utc::now();
+        let mut silent = Vec::new();
+        self.rows.retain(|watched| {
+            let now_row = beats
+                .iter()
+                .find(|b| b.pid == watched.pid && b.instance == watched.instance);
+            match now_row {
+                // Gone: another start took it over, and settled what it left.
+                None => false,
+                Some(row) if row.stopped_at.is_some() || row.alive_at > self.divide => false,
+                Some(row) if now - row.alive_at >= HEARTBEAT_STALE => {
+                    silent.push(row.clone());
+                    false
+                }
+                Some(_) => true,
+            }
+        });
+        for row in silent {
+            let from = row.fired_through.min(self.divide);
+            tracing::warn!(instance = ?row.instance, pid = row.pid,
+                "a daemon taken for alive at this start never beat again: recording the slots it left without a row, from {} to this start, as missed",
+                crate::time::to_db(from));
+            let downtime = Downtime {
+                from: Some(from),
+                gone: Vec::new(),
+                watched: Vec::new(),
+            };
+            downtime.settle_all(firing, schedules, self.divide).await;
+        }
+    }
 }
 
 impl Downtime {
@@ -55,6 +114,7 @@ impl Downtime {
         let mut gone = Vec::new();
         let mut fired_through: Option<DateTime<Utc>> = None;
         let mut another_runs = false;
+        let mut watched = Vec::new();
         let (beats, last_alive) = store.previous_runs().await?;
         for beat in beats {
             // A row with this process's own pid is a predecessor's (a container restarts
@@ -74,6 +134,9 @@ impl Downtime {
             };
             if beat.stopped_at.is_none() && fresh && alive {
                 another_runs = true;
+                if !same_instance {
+                    watched.push(beat);
+                }
                 continue;
             }
             gone.push((beat.instance.clone(), beat.pid));
@@ -93,13 +156,26 @@ impl Downtime {
             // The slot at that very second may not have been claimed yet.
             last_alive
         };
-        Ok(Downtime { from, gone })
+        Ok(Downtime {
+            from,
+            gone,
+            watched,
+        })
     }
 
     /// Where this run's heartbeat starts: until its own start-up has settled the past, a
     /// crash must leave the next start the same point to look from.
     pub fn fired_through(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         self.from.map_or(now, |from| from.min(now))
+    }
+
+    /// The daemons this start took for alive by their heartbeat alone, to be watched from the
+    /// divide on.
+    pub fn silent(&self, divide: DateTime<Utc>) -> Silent {
+        Silent {
+            rows: self.watched.clone(),
+            divide,
+        }
     }
 
     /// The heartbeat rows this start takes over (removed once its own row is written).
