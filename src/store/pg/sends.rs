@@ -66,7 +66,7 @@ impl Insert {
 /// Inserts `row`: the id of the new row, or `None` when another row holds its slot. With
 /// `again` (a repeat after the connection broke), a row this very insert wrote is its result.
 async fn insert(
-    client: &impl tokio_postgres::GenericClient,
+    client: &impl deadpool_postgres::GenericClient,
     row: &Insert,
     again: bool,
 ) -> Result<Option<i64>, tokio_postgres::Error> {
@@ -132,7 +132,9 @@ async fn insert(
             let sql = format!(
                 "{INSERT}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) {ON_SLOT}"
             );
-            client.query_opt(&sql, &params).await?
+            // Prepared once per connection: the claim runs for every send.
+            let statement = client.prepare_cached(&sql).await?;
+            client.query_opt(&statement, &params).await?
         }
         Some(id) => {
             let mut with_id = params.to_vec();
@@ -161,7 +163,7 @@ async fn insert(
 /// Writes `finish` into row `id`; with `held_by`, only while the row names that pid and
 /// instance. Returns how many rows changed.
 async fn update_finish(
-    client: &impl tokio_postgres::GenericClient,
+    client: &impl deadpool_postgres::GenericClient,
     id: i64,
     finish: &Finish,
     finished_at: DateTime<Utc>,
@@ -171,11 +173,16 @@ async fn update_finish(
         Some((pid, instance)) => (true, Some(pid), instance),
         None => (false, None, None),
     };
-    client
-        .execute(
+    let statement = client
+        .prepare_cached(
             "UPDATE sends SET finished_at = $2, status = $3, attempts = $4, errcode = $5, errmsg = $6, msgid = $7,
                     invaliduser = $8, invalidparty = $9, invalidtag = $10, unlicenseduser = $11, lease_until = NULL
              WHERE id = $1 AND (NOT $12 OR (pid IS NOT DISTINCT FROM $13 AND instance IS NOT DISTINCT FROM $14))",
+        )
+        .await?;
+    client
+        .execute(
+            &statement,
             &[
                 &id,
                 &crate::time::to_db(finished_at),
@@ -216,7 +223,7 @@ impl Pg {
             .retrying(|client| {
                 let row = row.clone();
                 let again = std::mem::replace(&mut tried, true);
-                async move { insert(&**client, &row, again).await }
+                async move { insert(&client, &row, again).await }
             })
             .await?;
         Ok(id.map_or(Claim::Taken, Claim::Claimed))
@@ -240,7 +247,7 @@ impl Pg {
                 let tx = client.transaction().await?;
                 let mut written = 0;
                 for row in &rows {
-                    if insert(&*tx, row, again).await?.is_some() {
+                    if insert(&tx, row, again).await?.is_some() {
                         written += 1;
                     }
                 }
@@ -273,11 +280,11 @@ impl Pg {
     /// [`crate::store::Store::set_attempts`].
     pub async fn set_attempts(&self, id: i64, attempts: u32) -> anyhow::Result<()> {
         self.retrying(|client| async move {
+            let statement = client
+                .prepare_cached("UPDATE sends SET attempts = $2 WHERE id = $1")
+                .await?;
             client
-                .execute(
-                    "UPDATE sends SET attempts = $2 WHERE id = $1",
-                    &[&id, &i64::from(attempts)],
-                )
+                .execute(&statement, &[&id, &i64::from(attempts)])
                 .await
                 .map(|_| ())
         })
@@ -297,7 +304,7 @@ impl Pg {
             let (finish, me) = (finish.clone(), me.clone());
             async move {
                 let held_by = Some((me.0, me.1.as_deref()));
-                if update_finish(&**client, id, &finish, finished_at, held_by).await? == 1 {
+                if update_finish(&client, id, &finish, finished_at, held_by).await? == 1 {
                     return Ok(None);
                 }
                 // A repeat after a lost commit finds the row finished as this finish says.
@@ -520,7 +527,7 @@ impl Pg {
 /// [`crate::store::replay`]'s `write_unrecorded`, on PostgreSQL. A repeat after a lost commit
 /// finds its own row written and keeps it.
 async fn write_unrecorded(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     send: &Unrecorded,
     instance: Option<String>,
     (key, again): (String, bool),
