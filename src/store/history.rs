@@ -320,7 +320,11 @@ impl Store {
     pub async fn claim(&self, new: NewSend) -> anyhow::Result<Claim> {
         let owner = self.owner();
         if let Some(pg) = self.pg() {
-            return pg.claim(&new, &owner).await;
+            let claim = pg.claim(&new, &owner).await?;
+            if let Claim::Claimed(id) = claim {
+                self.hold(id, true);
+            }
+            return Ok(claim);
         }
         self.call(move |conn| insert(conn, &new, None, &owner))
             .await
@@ -393,6 +397,7 @@ impl Store {
     /// lapsed), that daemon's resolution stands and this is an error naming it.
     pub async fn finish(&self, id: i64, finish: Finish) -> anyhow::Result<()> {
         let (pid, instance) = self.me();
+        self.hold(id, false);
         let holder = if let Some(pg) = self.pg() {
             let me = (pid, instance.as_deref().map(str::to_string));
             pg.finish(id, &finish, me).await?
@@ -433,6 +438,7 @@ impl Store {
         let (pid, instance) = self.me();
         if let Some(pg) = self.pg() {
             let me = (pid, instance.as_deref().map(str::to_string));
+            self.hold(id, false);
             return pg.interrupt(id, None, false, me).await;
         }
         self.call(move |conn| {
@@ -452,6 +458,7 @@ impl Store {
         let (pid, instance) = self.me();
         if let Some(pg) = self.pg() {
             let me = (pid, instance.as_deref().map(str::to_string));
+            self.hold(id, false);
             return pg.interrupt(id, None, true, me).await;
         }
         self.call(move |conn| {
@@ -473,6 +480,7 @@ impl Store {
         let (pid, instance) = self.me();
         if let Some(pg) = self.pg() {
             let me = (pid, instance.as_deref().map(str::to_string));
+            self.hold(id, false);
             return pg.interrupt(id, Some(reason), false, me).await;
         }
         self.call(move |conn| {
@@ -494,7 +502,7 @@ impl Store {
         let pid = i64::from(std::process::id());
         let began = std::time::Instant::now();
         let renewed = if let Some(pg) = self.pg() {
-            pg.renew_leases(&owner).await?
+            pg.renew_leases(&owner, self.live()).await?
         } else {
             self.call(move |conn| {
             let until = crate::time::to_db(lease_end(Utc::now(), owner.lease));
@@ -521,7 +529,11 @@ impl Store {
     pub async fn take_over(&self, row: &PendingRow) -> anyhow::Result<bool> {
         let owner = self.owner();
         if let Some(pg) = self.pg() {
-            return pg.take_over(row, &owner).await;
+            let taken = pg.take_over(row, &owner).await?;
+            if taken {
+                self.hold(row.id, true);
+            }
+            return Ok(taken);
         }
         let pid = i64::from(std::process::id());
         let (id, seen_pid, seen_instance) = (row.id, row.pid, row.instance.clone());

@@ -114,7 +114,7 @@ impl Store {
         let health = Arc::<Health>::default();
         let pg = pg::Pg::open(target, health.clone()).await?;
         // Named after the database: daemons of other databases may share the directory.
-        let digest = sha2::Sha256::digest(target.url.as_bytes());
+        let digest = sha2::Sha256::digest(pg.identity().as_bytes());
         let name: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
         let base = state_directory().join(format!("wecom-notify-postgres-{name}"));
         let shared = Arc::new(Shared {
@@ -124,12 +124,29 @@ impl Store {
             reserve: Reserve::beside(&base),
             owner: std::sync::RwLock::default(),
             renewed: std::sync::Mutex::new(None),
+            live: std::sync::Mutex::default(),
         });
         Ok(Store {
             backend: Backend::Postgres(Arc::new(pg)),
             unrecorded: Arc::new(UnrecordedFiles::beside(&base)),
             shared,
         })
+    }
+
+    /// Notes that this process holds row `id` (`true`) or no longer does.
+    fn hold(&self, id: i64, held: bool) {
+        let mut live = self.shared.live.lock().unwrap_or_else(|p| p.into_inner());
+        if held {
+            live.insert(id);
+        } else {
+            live.remove(&id);
+        }
+    }
+
+    /// The rows this process holds and sends (see [`Shared::live`]).
+    fn live(&self) -> Vec<i64> {
+        let live = self.shared.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.iter().copied().collect()
     }
 
     /// The PostgreSQL database, when this store is on one.
@@ -172,6 +189,7 @@ impl Store {
             reserve: Reserve::beside(path),
             owner: std::sync::RwLock::default(),
             renewed: std::sync::Mutex::new(None),
+            live: std::sync::Mutex::default(),
         });
         Ok(Store {
             backend: Backend::Sqlite(Arc::new(Worker::spawn(conn, shared.clone(), true)?)),

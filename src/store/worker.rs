@@ -24,6 +24,11 @@ pub(super) struct Shared {
     pub owner: std::sync::RwLock<super::Owner>,
     /// When the last renewal of this process's leases that the database took began.
     pub renewed: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The rows this process holds `pending` and is sending (claimed or taken over, not yet
+    /// finished): on PostgreSQL the only ones it renews. A claim whose commit was lost with its
+    /// connection (the claim then failed, and the send was not made) is not among them: its
+    /// lease lapses, and a node resolves it as a crash row.
+    pub live: std::sync::Mutex<std::collections::HashSet<i64>>,
 }
 
 /// How a job went, as far as the connection is concerned.

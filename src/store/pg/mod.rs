@@ -36,6 +36,10 @@ const POOL_SIZE: usize = 8;
 /// keeps the send's outcome in its journal (see `dispatch`).
 pub const OUTAGE_PATIENCE: Duration = Duration::from_secs(20);
 
+/// How long one attempt of a statement may take before it is given up and tried again: a
+/// network cut that drops packets would otherwise hold it for TCP's retransmissions (minutes).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// The advisory lock keys of this program (the first of the two 32-bit keys): an application's
 /// token refresh, the schema's migration.
 const LOCK_TOKEN: i32 = 0x5743_4e01;
@@ -48,6 +52,11 @@ pub struct Pg {
     health: std::sync::Arc<crate::store::health::Health>,
     /// The URL, without a password, for messages.
     shown: String,
+    /// Which database this is, whatever the URL's spelling: user, hosts, ports, database.
+    identity: String,
+    /// Token refreshes that may hold a connection at once (each holds one across its
+    /// gettoken call): the rest of the pool stays free for claims, renewals and heartbeats.
+    refreshes: tokio::sync::Semaphore,
 }
 
 impl Pg {
@@ -75,12 +84,23 @@ impl Pg {
             config.application_name("wecom-notify");
         }
         config.connect_timeout(Duration::from_secs(10));
-        config.keepalives_idle(Duration::from_secs(30));
+        // A connection whose peer vanished is noticed within seconds, not TCP's minutes.
+        config.keepalives_idle(Duration::from_secs(10));
+        config.keepalives_interval(Duration::from_secs(5));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(Duration::from_secs(15));
         config.ssl_mode(match mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             _ => tokio_postgres::config::SslMode::Require,
         });
+        let identity = format!(
+            "{}@{:?}:{:?}/{}",
+            config.get_user().unwrap_or_default(),
+            config.get_hosts(),
+            config.get_ports(),
+            config.get_dbname().unwrap_or_default()
+        );
         let tls = tls::connector(mode)?;
         let manager = Manager::from_config(
             config,
@@ -93,12 +113,14 @@ impl Pg {
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
             .create_timeout(Some(Duration::from_secs(15)))
-            .wait_timeout(Some(Duration::from_secs(60)))
+            .wait_timeout(Some(OUTAGE_PATIENCE))
             .build()
             .context("cannot set up the database connections")?;
         let pg = Pg {
             pool,
             health,
+            identity,
+            refreshes: tokio::sync::Semaphore::new(POOL_SIZE / 2),
             shown: target.url.clone(),
         };
         pg.migrate().await?;
@@ -108,6 +130,11 @@ impl Pg {
     /// The URL, without a password.
     pub fn shown(&self) -> &str {
         &self.shown
+    }
+
+    /// Which database this is, the same for every spelling of its URL.
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 
     /// A connection from the pool.
@@ -128,10 +155,15 @@ impl Pg {
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&LOCK_MIGRATE])
             .await?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS wecom_notify_schema (version BIGINT NOT NULL)",
-        )
-        .await?;
+        // Created only when missing: a role without CREATE on the schema starts once it exists.
+        let known: Option<String> = tx
+            .query_one("SELECT to_regclass('wecom_notify_schema')::text", &[])
+            .await?
+            .get(0);
+        if known.is_none() {
+            tx.batch_execute("CREATE TABLE wecom_notify_schema (version BIGINT NOT NULL)")
+                .await?;
+        }
         let version: Option<i64> = tx
             .query_opt("SELECT max(version) FROM wecom_notify_schema", &[])
             .await?
@@ -175,14 +207,24 @@ impl Pg {
         let mut pause = Duration::from_millis(100);
         loop {
             let error = match self.pool.get().await {
-                Ok(client) => match attempt(client).await {
-                    Ok(value) => return Ok(value),
-                    Err(e) if is_outage(&e) => describe(&e),
-                    Err(e) => {
+                Ok(client) => match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt(client)).await {
+                    Ok(Ok(value)) => return Ok(value),
+                    Ok(Err(e)) if is_outage(&e) => describe(&e),
+                    Ok(Err(e)) => {
                         return Err(anyhow::anyhow!("database {}: {}", self.shown, describe(&e)));
                     }
+                    // A cut that drops packets rather than refusing them: the attempt is given
+                    // up (it may have committed; every write here may be repeated).
+                    Err(_) => format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()),
                 },
-                Err(e) => describe_pool(&e),
+                Err(e) if is_pool_outage(&e) => describe_pool(&e),
+                Err(e) => {
+                    return Err(anyhow::anyhow!(
+                        "cannot connect to the database {}: {}",
+                        self.shown,
+                        describe_pool(&e)
+                    ));
+                }
             };
             self.health.record(
                 crate::store::health::FaultKind::Unreachable,
@@ -198,20 +240,42 @@ impl Pg {
     }
 }
 
-/// Whether a statement failed because the server could not be reached or went away (not
-/// because of the statement): worth another try on a new connection.
+/// Whether a statement failed because the server could not be reached, went away or is not
+/// taking work for now (a restart, a fail-over, a network cut), not because of the statement:
+/// worth another try on a new connection. A wrong password, a missing table or a type
+/// mismatch is not: trying again would only hide it.
 fn is_outage(error: &tokio_postgres::Error) -> bool {
     if error.is_closed() {
         return true;
     }
-    match error.code() {
-        // admin_shutdown, crash_shutdown, cannot_connect_now: a server restarting.
-        Some(code) => matches!(
-            code.code(),
-            "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006"
-        ),
-        // No SQLSTATE: an I/O error on the connection.
-        None => error.as_db_error().is_none(),
+    if let Some(db) = error.as_db_error() {
+        let code = db.code().code();
+        // Connection exceptions (class 08); admin_shutdown, crash_shutdown, cannot_connect_now
+        // (a server restarting); too_many_connections; a server that became a standby
+        // (read_only_sql_transaction); a deadlock, rolled back whole.
+        return code.starts_with("08")
+            || matches!(
+                code,
+                "57P01" | "57P02" | "57P03" | "53300" | "25006" | "40P01"
+            );
+    }
+    // No database error: an I/O error on the connection, a connect that failed or timed out.
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<std::io::Error>().is_some() {
+            return true;
+        }
+        source = cause.source();
+    }
+    error.to_string().contains("timeout")
+}
+
+/// [`is_outage`] for getting a connection from the pool.
+fn is_pool_outage(error: &deadpool_postgres::PoolError) -> bool {
+    match error {
+        deadpool_postgres::PoolError::Backend(e) => is_outage(e),
+        deadpool_postgres::PoolError::Timeout(_) => true,
+        _ => false,
     }
 }
 

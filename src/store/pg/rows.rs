@@ -249,6 +249,7 @@ impl Pg {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<FreshToken, E>>,
     {
+        let _permit = self.refreshes.acquire().await?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // A lock held longer than a gettoken call can take means its holder is stuck.
@@ -446,7 +447,9 @@ impl Pg {
     /// [`crate::store::Store::mark_recalled`].
     pub async fn mark_recalled(&self, id: i64, at: DateTime<Utc>) -> anyhow::Result<bool> {
         let at = crate::time::to_db(at);
+        let mut tried = false;
         self.retrying(|client| {
+            let again = std::mem::replace(&mut tried, true);
             let at = at.clone();
             async move {
                 let changed = client
@@ -457,6 +460,9 @@ impl Pg {
                     .await?;
                 if changed > 0 {
                     return Ok(true);
+                }
+                if !again {
+                    return Ok(false);
                 }
                 // A repeat after a lost commit finds this very mark.
                 let repeat = client
@@ -475,7 +481,9 @@ impl Pg {
         at: String,
         stale_before: String,
     ) -> anyhow::Result<RecallClaim> {
+        let mut tried = false;
         self.retrying(|client| {
+            let again = std::mem::replace(&mut tried, true);
             let (at, stale_before) = (at.clone(), stale_before.clone());
             async move {
                 let claimed = client
@@ -496,7 +504,7 @@ impl Pg {
                     Some(row) => match (row.get::<_, Option<String>>(0), row.get::<_, Option<String>>(1)) {
                         (Some(recalled), _) => RecallClaim::AlreadyRecalled(recalled),
                         // A repeat after a lost commit finds its own claim.
-                        (None, Some(since)) if since == at => RecallClaim::Claimed(at),
+                        (None, Some(since)) if again && since == at => RecallClaim::Claimed(at),
                         (None, since) => RecallClaim::InProgress(since),
                     },
                 })

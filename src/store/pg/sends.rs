@@ -17,7 +17,7 @@ use crate::store::history::{Claim, Finish, PendingRow, Status, Trigger, lease_en
 use crate::store::replay::{Recorded, delivered};
 use crate::store::unrecorded::Unrecorded;
 
-/// The columns of an insert, in order ($1..$22).
+/// The columns of an insert, in order ($1..$23).
 const INSERT: &str = "INSERT INTO sends (schedule, trigger, scheduled_at, created_at, finished_at, status, attempts,
         app, agent_id, msgtype, payload, errcode, errmsg, msgid, invaliduser, invalidparty, invalidtag,
         unlicenseduser, pid, robot, instance, lease_until, claim_key";
@@ -29,6 +29,8 @@ const ON_SLOT: &str = "ON CONFLICT (schedule, scheduled_at) WHERE trigger IN ('c
 /// A row to insert, every value owned (a retry builds its parameters again).
 #[derive(Clone)]
 pub(super) struct Insert {
+    /// The id the row had before it was lost (kept for the replay's own-row check; a row is
+    /// written again under a new id).
     pub id: Option<i64>,
     pub new: crate::store::history::NewSend,
     pub created_at: DateTime<Utc>,
@@ -127,37 +129,35 @@ async fn insert(
         &lease_until,
         &row.key,
     ];
-    let found = match row.id {
-        None => {
-            let sql = format!(
-                "{INSERT}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) {ON_SLOT}"
-            );
-            // Prepared once per connection: the claim runs for every send.
-            let statement = client.prepare_cached(&sql).await?;
-            client.query_opt(&statement, &params).await?
-        }
-        Some(id) => {
-            let mut with_id = params.to_vec();
-            with_id.push(&id);
-            let sql = format!(
-                "{INSERT}, id) OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
-                 {ON_SLOT}"
-            );
-            let found = client.query_opt(&sql, &with_id).await?;
-            // An id written by hand: the identity must not hand it out again.
-            client
-                .execute(
-                    "SELECT setval(pg_get_serial_sequence('sends', 'id'), greatest((SELECT max(id) FROM sends), 1))",
-                    &[],
-                )
-                .await?;
-            found
-        }
-    };
-    if let Some(found) = found {
-        return Ok(Some(found.get(0)));
+    // Rows are never written under an id of their own choosing here: setting the identity
+    // back in step would race other nodes' inserts. A replayed row gets a new id.
+    let sql = format!(
+        "{INSERT}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) {ON_SLOT}"
+    );
+    // Prepared once per connection: the claim runs for every send.
+    let statement = client.prepare_cached(&sql).await?;
+    match client.query_opt(&statement, &params).await {
+        Ok(Some(found)) => return Ok(Some(found.get(0))),
+        Ok(None) if !again => return Ok(None),
+        // A repeat: the slot (or, for a manual row, the key itself) may be held by the first
+        // attempt, whose transaction was still open when the lookup above ran. The insert
+        // waited for it to end: look again.
+        Ok(None) => {}
+        Err(e) if again && is_key_taken(&e) => {}
+        Err(e) => return Err(e),
     }
-    Ok(None)
+    let found = client
+        .query_opt("SELECT id FROM sends WHERE claim_key = $1", &[&row.key])
+        .await?;
+    Ok(found.map(|r| r.get(0)))
+}
+
+/// The insert met a row with its own `claim_key`: the first attempt's.
+fn is_key_taken(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && db.constraint() == Some("sends_by_claim_key")
+    })
 }
 
 /// Writes `finish` into row `id`; with `held_by`, only while the row names that pid and
@@ -337,7 +337,9 @@ impl Pg {
         me: (i64, Option<String>),
     ) -> anyhow::Result<bool> {
         let now = crate::time::now_db();
+        let mut tried = false;
         self.retrying(|client| {
+            let again = std::mem::replace(&mut tried, true);
             let (reason, me, now) = (reason.clone(), me.clone(), now.clone());
             async move {
                 let errmsg = if at_stop {
@@ -359,6 +361,9 @@ impl Pg {
                 if changed > 0 {
                     return Ok(true);
                 }
+                if !again {
+                    return Ok(false);
+                }
                 // A repeat after a lost commit: this very interruption.
                 let repeat = client
                     .query_opt(
@@ -374,20 +379,23 @@ impl Pg {
     }
 
     /// [`crate::store::Store::renew_leases`].
-    pub async fn renew_leases(&self, owner: &Owner) -> anyhow::Result<usize> {
+    pub async fn renew_leases(&self, owner: &Owner, live: Vec<i64>) -> anyhow::Result<usize> {
+        if live.is_empty() {
+            return Ok(0);
+        }
         let pid = i64::from(std::process::id());
         let instance = owner.instance.as_deref().map(str::to_string);
         let lease = owner.lease;
         self.retrying(|client| {
-            let instance = instance.clone();
+            let (instance, live) = (instance.clone(), live.clone());
             async move {
                 let until = crate::time::to_db(lease_end(Utc::now(), lease));
                 client
                     .execute(
                         "UPDATE sends SET lease_until = $1
                          WHERE status = 'pending' AND pid = $2 AND instance IS NOT DISTINCT FROM $3
-                             AND lease_until IS NOT NULL",
-                        &[&until, &pid, &instance],
+                             AND lease_until IS NOT NULL AND id = ANY($4)",
+                        &[&until, &pid, &instance, &live],
                     )
                     .await
                     .map(|n| n as usize)
@@ -403,7 +411,9 @@ impl Pg {
         let until = crate::time::to_db(lease_end(Utc::now(), owner.lease));
         let (id, seen_pid, seen_instance) = (row.id, row.pid, row.instance.clone());
         let seen_lease = row.lease_until.map(crate::time::to_db);
+        let mut tried = false;
         self.retrying(|client| {
+            let again = std::mem::replace(&mut tried, true);
             let (instance, until, seen_instance, seen_lease) =
                 (instance.clone(), until.clone(), seen_instance.clone(), seen_lease.clone());
             async move {
@@ -417,6 +427,9 @@ impl Pg {
                     .await?;
                 if taken == 1 {
                     return Ok(true);
+                }
+                if !again {
+                    return Ok(false);
                 }
                 // A repeat after a lost commit finds this very takeover.
                 let repeat = client
