@@ -18,6 +18,7 @@ mod hostile;
 mod instances;
 mod messages;
 mod operating;
+mod pg_commands;
 mod pg_harness;
 mod postgres;
 mod properties;
