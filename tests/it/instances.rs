@@ -37,110 +37,112 @@ fn node_config(env: &Env, instance: &str) -> PathBuf {
     path
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_killed_with_sends_in_flight_has_them_resolved_by_the_other_after_its_lease() {
-    let env = Env::new().await;
-    let (config_a, config_b) = (node_config(&env, "node-a"), node_config(&env, "node-b"));
-    let hold = env.fake.hold_sends();
-    let mut a = env.spawn_daemon_from(&config_a, &[], |_| {});
-    let mut b = env.spawn_daemon_from(&config_b, &[], |_| {});
-    eventually(WAIT, "both nodes started", || {
-        env.count("SELECT count(*) FROM events WHERE kind = 'started'") == 2
-    })
-    .await;
-    eventually(WAIT, "a send of node-a held by WeCom", || {
-        env.count("SELECT count(*) FROM sends WHERE status = 'pending' AND instance = 'node-a'")
-            >= 1
-            && env.fake.sends_waiting() >= 1
-    })
-    .await;
-    // Held until node-a renewed its claim past two leases and node-b has looked for lapsed
-    // claims since the first lease would have lapsed: node-b takes none of them while node-a
-    // lives.
-    let at = |sql: &str| {
-        env.column(sql)
-            .first()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-    };
-    let held = "SELECT min(id) FROM sends WHERE status = 'pending' AND instance = 'node-a'";
-    let id = env.count(held);
-    let first_lease =
-        at(&format!("SELECT lease_until FROM sends WHERE id = {id}")).expect("a lease");
-    let lapsed = first_lease + chrono::Duration::seconds(LEASE);
-    eventually(
-        WAIT,
-        "node-a renewing past two leases, node-b looking since",
-        || {
+on_both_backends! {
+    async fn a_node_killed_with_sends_in_flight_has_them_resolved_by_the_other_after_its_lease(env: Env) {
+        let (config_a, config_b) = (node_config(&env, "node-a"), node_config(&env, "node-b"));
+        let hold = env.fake.hold_sends();
+        let a = env.spawn_daemon_from(&config_a, &[], |_| {});
+        let b = env.spawn_daemon_from(&config_b, &[], |_| {});
+        eventually(WAIT, "both nodes started", || {
+            env.count("SELECT count(*) FROM events WHERE kind = 'started'") == 2
+        })
+        .await;
+        eventually(WAIT, "a send held by WeCom", || {
+            env.count("SELECT count(*) FROM sends WHERE status = 'pending'") >= 1
+                && env.fake.sends_waiting() >= 1
+        })
+        .await;
+        // The node whose claim WeCom holds first dies; which one won the slot is the race's.
+        let id = env.count("SELECT min(id) FROM sends WHERE status = 'pending'");
+        let victim = env.column(&format!("SELECT instance FROM sends WHERE id = {id}"));
+        let (mut dead, mut survivor, dead_name, survivor_name) = if victim == ["node-a"] {
+            (a, b, "node-a", "node-b")
+        } else {
+            (b, a, "node-b", "node-a")
+        };
+        // Held until the victim renewed its claim past two leases and the survivor has looked
+        // for lapsed claims since the first lease would have lapsed: the survivor takes none of
+        // them while the victim lives.
+        let at = |sql: &str| {
+            env.column(sql)
+                .first()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        };
+        let first_lease =
+            at(&format!("SELECT lease_until FROM sends WHERE id = {id}")).expect("a lease");
+        let lapsed = first_lease + chrono::Duration::seconds(LEASE);
+        eventually(WAIT, "the victim renewing past two leases, the survivor looking since", || {
             let renewed = at(&format!("SELECT lease_until FROM sends WHERE id = {id}"));
             let looked = at(&format!(
-                "SELECT max(alive_at) FROM heartbeats WHERE pid = {}",
-                b.pid()
+                "SELECT max(alive_at) FROM heartbeats WHERE instance = '{survivor_name}'"
             ));
             renewed.is_some_and(|r| r >= lapsed + chrono::Duration::seconds(LEASE))
                 && looked.is_some_and(|l| l > lapsed + chrono::Duration::seconds(5))
-        },
-    )
-    .await;
-    assert!(
-        !b.logs().contains("taking it over"),
-        "node-b took over a claim node-a was renewing:\n{}",
-        b.logs()
-    );
-    a.signal(SIGKILL);
-    a.wait_exit(WAIT).await;
-    let victims = env.column(
-        "SELECT id || ' ' || lease_until FROM sends WHERE status = 'pending' AND instance = 'node-a' ORDER BY id",
-    );
-    assert!(!victims.is_empty(), "node-a died with sends in flight");
-    hold.release();
-    b.eventually(WAIT, || {
-        match env.count("SELECT count(*) FROM sends WHERE status = 'pending'") {
-            0 => Ok(()),
-            n => Err(format!("{n} sends still pending")),
-        }
-    })
-    .await;
-    // Two more slots of node-b alone, then a clean stop.
-    let sent = env.count("SELECT count(*) FROM sends WHERE status = 'sent'");
-    eventually(WAIT, "node-b fires on", || {
-        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= sent + 6
-    })
-    .await;
-    b.stop().await;
-
-    for victim in &victims {
-        let (id, lease_until) = victim.split_once(' ').expect("id and lease");
-        let row = env.column(&format!(
-            "SELECT status || ' ' || instance || ' ' || (finished_at >= '{lease_until}') FROM sends WHERE id = {id}"
+        })
+        .await;
+        assert!(
+            !survivor.logs().contains("taking it over"),
+            "{survivor_name} took over a claim {dead_name} was renewing:\n{}",
+            survivor.logs()
+        );
+        dead.signal(SIGKILL);
+        dead.wait_exit(WAIT).await;
+        let victims = env.column(&format!(
+            "SELECT id || ' ' || lease_until FROM sends WHERE status = 'pending' AND instance = '{dead_name}' ORDER BY id"
         ));
+        assert!(!victims.is_empty(), "{dead_name} died with sends in flight");
+        hold.release();
+        survivor
+            .eventually(WAIT, || {
+                match env.count("SELECT count(*) FROM sends WHERE status = 'pending'") {
+                    0 => Ok(()),
+                    n => Err(format!("{n} sends still pending")),
+                }
+            })
+            .await;
+        // Two more slots of the survivor alone, then a clean stop.
+        let sent = env.count("SELECT count(*) FROM sends WHERE status = 'sent'");
+        eventually(WAIT, "the survivor fires on", || {
+            env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= sent + 6
+        })
+        .await;
+        survivor.stop().await;
+
+        for victim in &victims {
+            let (id, lease_until) = victim.split_once(' ').expect("id and lease");
+            let row = env.column(&format!(
+                "SELECT status || ' ' || instance || ' ' || CASE WHEN finished_at >= '{lease_until}' THEN 'after' ELSE 'before' END
+                 FROM sends WHERE id = {id}"
+            ));
+            assert_eq!(
+                row,
+                [format!("sent {survivor_name} after")],
+                "row #{id} (lease until {lease_until}) was resolved by {survivor_name}, after the lease: {}",
+                survivor.logs()
+            );
+        }
+        assert!(survivor.logs().contains("taking it over"));
+        for name in ["a", "b", "c"] {
+            env.assert_contiguous(name, 2);
+        }
         assert_eq!(
-            row,
-            ["sent node-b 1"],
-            "row #{id} (lease until {lease_until}) was resolved by node-b, after the lease: {}",
-            b.logs()
+            env.count("SELECT count(*) FROM sends"),
+            env.count("SELECT count(DISTINCT schedule || scheduled_at) FROM sends"),
+            "one row per slot"
+        );
+        assert_eq!(
+            env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"),
+            0,
+            "{:?}",
+            env.column("SELECT schedule || ' ' || scheduled_at || ' ' || status FROM sends WHERE status <> 'sent'")
+        );
+        env.assert_sent_rows_delivered_once();
+        assert_eq!(
+            env.column("SELECT DISTINCT instance FROM events WHERE kind = 'started' ORDER BY instance"),
+            ["node-a", "node-b"],
+            "events name their instance"
         );
     }
-    assert!(b.logs().contains("taking it over"));
-    for name in ["a", "b", "c"] {
-        env.assert_contiguous(name, 2);
-    }
-    assert_eq!(
-        env.count("SELECT count(*) FROM sends"),
-        env.count("SELECT count(DISTINCT schedule || scheduled_at) FROM sends"),
-        "one row per slot"
-    );
-    assert_eq!(
-        env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"),
-        0,
-        "{:?}",
-        env.column("SELECT schedule || ' ' || scheduled_at || ' ' || status FROM sends WHERE status <> 'sent'")
-    );
-    env.assert_sent_rows_delivered_once();
-    assert_eq!(
-        env.column("SELECT DISTINCT instance FROM events WHERE kind = 'started' ORDER BY instance"),
-        ["node-a", "node-b"],
-        "events name their instance"
-    );
 }
 
 /// A daemon that cannot renew its claim (the database refuses its writes) stops sending the
