@@ -132,6 +132,10 @@ impl Downtime {
             } else {
                 true
             };
+            if same_instance && !alive && beat.pid != me && beat.stopped_at.is_none() && fresh {
+                tracing::warn!(instance = ?beat.instance, pid = beat.pid,
+                    "a fresh heartbeat of this instance names a process that does not run here: a daemon that has just died, or another host with the same instance: name, which would take this host's sends for a dead daemon's; give every host its own instance:");
+            }
             if beat.stopped_at.is_none() && fresh && alive {
                 another_runs = true;
                 if !same_instance {
