@@ -212,118 +212,118 @@ on_both_backends! {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flaky_wecom_still_gets_every_slot_exactly_once() {
-    let env = Env::new().await;
-    env.write_schedules(&every("tick", "* * * * * *", "tick", ""));
-    // Some faults happen after WeCom delivered the message (the answer is lost): only the
-    // duplicate check stands between those retries and a second delivery.
-    env.fake.set_chaos(Chaos {
-        busy_fraction: 0.25,
-        drop_fraction: 0.1,
-        bad_gateway_fraction: 0.1,
-        lost_answer_fraction: 0.15,
-    });
-    let mut policy = fast_policy();
-    policy.max_attempts = 15;
-    let daemon = env.start_in_process(policy, Duration::from_secs(5));
-    eventually(Duration::from_secs(40), "ten slots settled", || {
-        env.count("SELECT count(*) FROM sends WHERE status <> 'pending'") >= 10
-    })
-    .await;
-    daemon.stop().await;
+on_both_backends! {
+    async fn a_flaky_wecom_still_gets_every_slot_exactly_once(env: Env) {
+        env.write_schedules(&every("tick", "* * * * * *", "tick", ""));
+        // Some faults happen after WeCom delivered the message (the answer is lost): only the
+        // duplicate check stands between those retries and a second delivery.
+        env.fake.set_chaos(Chaos {
+            busy_fraction: 0.25,
+            drop_fraction: 0.1,
+            bad_gateway_fraction: 0.1,
+            lost_answer_fraction: 0.15,
+        });
+        let mut policy = fast_policy();
+        policy.max_attempts = 15;
+        let daemon = env.start_in_process(policy, Duration::from_secs(5));
+        eventually(Duration::from_secs(40), "ten slots settled", || {
+            env.count("SELECT count(*) FROM sends WHERE status <> 'pending'") >= 10
+        })
+        .await;
+        daemon.stop().await;
 
-    assert_eq!(
-        env.count("SELECT count(*) FROM sends WHERE status = 'pending'"),
-        0,
-        "every row is final"
-    );
-    let statuses = env.column("SELECT DISTINCT status FROM sends");
-    assert_eq!(statuses, ["sent"], "every slot was delivered");
-    let rows = env.count("SELECT count(*) FROM sends") as usize;
-    assert_eq!(env.deliveries().len(), rows, "one delivered body per slot");
-    assert!(
-        env.deliveries().values().all(|n| *n == 1),
-        "nothing delivered twice"
-    );
-    env.assert_contiguous("tick", 1);
-    let attempts = env.count("SELECT sum(attempts) FROM sends") as usize;
-    assert!(
-        attempts > rows,
-        "faults were retried ({attempts} attempts for {rows} slots)"
-    );
-    assert_eq!(
-        attempts,
-        env.fake.send_calls(),
-        "every attempt is counted in the rows"
-    );
+        assert_eq!(
+            env.count("SELECT count(*) FROM sends WHERE status = 'pending'"),
+            0,
+            "every row is final"
+        );
+        let statuses = env.column("SELECT DISTINCT status FROM sends");
+        assert_eq!(statuses, ["sent"], "every slot was delivered");
+        let rows = env.count("SELECT count(*) FROM sends") as usize;
+        assert_eq!(env.deliveries().len(), rows, "one delivered body per slot");
+        assert!(
+            env.deliveries().values().all(|n| *n == 1),
+            "nothing delivered twice"
+        );
+        env.assert_contiguous("tick", 1);
+        let attempts = env.count("SELECT sum(attempts) FROM sends") as usize;
+        assert!(
+            attempts > rows,
+            "faults were retried ({attempts} attempts for {rows} slots)"
+        );
+        assert_eq!(
+            attempts,
+            env.fake.send_calls(),
+            "every attempt is counted in the rows"
+        );
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frequency_limit_pauses_every_send_of_the_app() {
-    let env = Env::new().await;
-    env.write_schedules(&every("tick", "* * * * * *", "tick", ""));
-    // Slots keep falling during the pause; they must wait for its end.
-    let mut policy = fast_policy();
-    policy.rate_limit_pause = Duration::from_secs(3);
-    let pause = policy.rate_limit_pause;
-    env.fake.script_send(Reply::Errcode(45009));
-    let daemon = env.start_in_process(policy, Duration::from_secs(5));
-    eventually(WAIT, "sends after the pause", || {
-        env.fake.messages().len() >= 5
-    })
-    .await;
-    daemon.stop().await;
+on_both_backends! {
+    async fn a_frequency_limit_pauses_every_send_of_the_app(env: Env) {
+        env.write_schedules(&every("tick", "* * * * * *", "tick", ""));
+        // Slots keep falling during the pause; they must wait for its end.
+        let mut policy = fast_policy();
+        policy.rate_limit_pause = Duration::from_secs(3);
+        let pause = policy.rate_limit_pause;
+        env.fake.script_send(Reply::Errcode(45009));
+        let daemon = env.start_in_process(policy, Duration::from_secs(5));
+        eventually(WAIT, "sends after the pause", || {
+            env.fake.messages().len() >= 5
+        })
+        .await;
+        daemon.stop().await;
 
-    let requests = env.fake.all_requests();
-    let limited = requests
-        .iter()
-        .find(|r| r.outcome == Outcome::Scripted)
-        .expect("the 45009 answer");
-    let during = requests
-        .iter()
-        .filter(|r| r.at > limited.at && r.at < limited.at + pause)
-        .count();
-    assert_eq!(
-        during, 0,
-        "no request of the app during the {pause:?} pause"
-    );
-    let after = requests
-        .iter()
-        .filter(|r| r.at >= limited.at + pause)
-        .count();
-    assert!(
-        after >= 3,
-        "the limited send and the slots held back by the pause went out after it"
-    );
-    assert_eq!(
-        env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"),
-        0
-    );
-    assert_eq!(
-        env.count("SELECT max(attempts) FROM sends"),
-        2,
-        "the limited send succeeded on its second attempt"
-    );
+        let requests = env.fake.all_requests();
+        let limited = requests
+            .iter()
+            .find(|r| r.outcome == Outcome::Scripted)
+            .expect("the 45009 answer");
+        let during = requests
+            .iter()
+            .filter(|r| r.at > limited.at && r.at < limited.at + pause)
+            .count();
+        assert_eq!(
+            during, 0,
+            "no request of the app during the {pause:?} pause"
+        );
+        let after = requests
+            .iter()
+            .filter(|r| r.at >= limited.at + pause)
+            .count();
+        assert!(
+            after >= 3,
+            "the limited send and the slots held back by the pause went out after it"
+        );
+        assert_eq!(
+            env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"),
+            0
+        );
+        assert_eq!(
+            env.count("SELECT max(attempts) FROM sends"),
+            2,
+            "the limited send succeeded on its second attempt"
+        );
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_invalidated_mid_run_is_refreshed_once_and_nothing_is_lost() {
-    let env = Env::new().await;
-    env.write_schedules(&every_two_seconds("tick", "tick"));
-    let mut daemon = env.spawn_daemon(&[]);
-    eventually(WAIT, "two sends", || env.fake.messages().len() >= 2).await;
-    env.fake.invalidate_all_tokens();
-    eventually(WAIT, "two more sends", || env.fake.messages().len() >= 4).await;
-    daemon.stop().await;
-    assert_eq!(env.fake.gettoken_calls(), 2, "one refresh");
-    assert_eq!(
-        env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"),
-        0,
-        "no message lost"
-    );
-    env.assert_contiguous("tick", 2);
-    assert!(env.deliveries().values().all(|n| *n == 1));
+on_both_backends! {
+    async fn a_token_invalidated_mid_run_is_refreshed_once_and_nothing_is_lost(env: Env) {
+        env.write_schedules(&every_two_seconds("tick", "tick"));
+        let mut daemon = env.spawn_daemon(&[]);
+        eventually(WAIT, "two sends", || env.fake.messages().len() >= 2).await;
+        env.fake.invalidate_all_tokens();
+        eventually(WAIT, "two more sends", || env.fake.messages().len() >= 4).await;
+        daemon.stop().await;
+        assert_eq!(env.fake.gettoken_calls(), 2, "one refresh");
+        assert_eq!(
+            env.count("SELECT count(*) FROM sends WHERE status <> 'sent'"),
+            0,
+            "no message lost"
+        );
+        env.assert_contiguous("tick", 2);
+        assert!(env.deliveries().values().all(|n| *n == 1));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,62 +483,62 @@ async fn a_resumed_send_never_retries_past_its_duplicate_check_window() {
     assert_eq!(env.column("SELECT status FROM sends"), ["failed"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_retry_window_starts_when_a_timed_out_attempt_was_sent() {
-    let env = Env::new().await;
-    env.write_schedules(&every(
-        "tick",
-        "0 0 1 1 *",
-        "tick",
-        "duplicate_check_interval: 20",
-    ));
-    let config = env.load();
-    let mut policy = fast_policy();
-    policy.rate_limit_pause = Duration::from_secs(6);
-    policy.max_elapsed = Duration::from_secs(60);
-    let dispatcher = env.dispatcher(policy);
-    // The first attempt is delivered at once but its answer comes after the client's 15 s
-    // timeout; the retry meets 45009 and a 6 s pause: 21 s after the delivery, too late.
-    env.fake.set_send_delay(Duration::from_secs(16));
-    let schedule = config.schedule("tick").expect("schedule").clone();
-    let app = wecom_notify::channel::Channel::App(config.app("ops").expect("app").clone());
-    let send = tokio::spawn(async move {
-        let slot = Utc::now().trunc_subsecs(0);
-        dispatcher
-            .fire(
-                &schedule,
-                &app,
-                slot,
-                wecom_notify::store::history::Trigger::Manual,
-            )
+on_both_backends! {
+    async fn the_retry_window_starts_when_a_timed_out_attempt_was_sent(env: Env) {
+        env.write_schedules(&every(
+            "tick",
+            "0 0 1 1 *",
+            "tick",
+            "duplicate_check_interval: 20",
+        ));
+        let config = env.load();
+        let mut policy = fast_policy();
+        policy.rate_limit_pause = Duration::from_secs(6);
+        policy.max_elapsed = Duration::from_secs(60);
+        let dispatcher = env.dispatcher(policy);
+        // The first attempt is delivered at once but its answer comes after the client's 15 s
+        // timeout; the retry meets 45009 and a 6 s pause: 21 s after the delivery, too late.
+        env.fake.set_send_delay(Duration::from_secs(16));
+        let schedule = config.schedule("tick").expect("schedule").clone();
+        let app = wecom_notify::channel::Channel::App(config.app("ops").expect("app").clone());
+        let send = tokio::spawn(async move {
+            let slot = Utc::now().trunc_subsecs(0);
+            dispatcher
+                .fire(
+                    &schedule,
+                    &app,
+                    slot,
+                    wecom_notify::store::history::Trigger::Manual,
+                )
+                .await
+        });
+        env.fake.wait_for_messages(1, WAIT).await;
+        env.fake.set_send_delay(Duration::ZERO);
+        env.fake.script_send(Reply::Errcode(45009));
+        let fired = tokio::time::timeout(Duration::from_secs(60), send)
             .await
-    });
-    env.fake.wait_for_messages(1, WAIT).await;
-    env.fake.set_send_delay(Duration::ZERO);
-    env.fake.script_send(Reply::Errcode(45009));
-    let fired = tokio::time::timeout(Duration::from_secs(60), send)
-        .await
-        .expect("finishes")
-        .expect("join")
-        .expect("recorded");
-    let wecom_notify::dispatch::Fired::Done(outcome) = fired else {
-        panic!("not done")
-    };
-    assert_eq!(
-        outcome.finish.status,
-        wecom_notify::store::history::Status::Failed,
-        "{outcome:?}"
-    );
-    assert_eq!(
-        env.fake.messages().len(),
-        1,
-        "delivered once, never a second time after the interval"
-    );
-    assert_eq!(
-        env.fake.send_calls(),
-        2,
-        "no attempt after the window closed"
-    );
+            .expect("finishes")
+            .expect("join")
+            .expect("recorded");
+        let wecom_notify::dispatch::Fired::Done(outcome) = fired else {
+            panic!("not done")
+        };
+        assert_eq!(
+            outcome.finish.status,
+            wecom_notify::store::history::Status::Failed,
+            "{outcome:?}"
+        );
+        assert_eq!(
+            env.fake.messages().len(),
+            1,
+            "delivered once, never a second time after the interval"
+        );
+        assert_eq!(
+            env.fake.send_calls(),
+            2,
+            "no attempt after the window closed"
+        );
+    }
 }
 
 on_both_backends! {

@@ -21,7 +21,7 @@ use wecom_notify::config::{self, Config, Secrets};
 use wecom_notify::daemon;
 use wecom_notify::dispatch::Dispatcher;
 use wecom_notify::retry::RetryPolicy;
-use wecom_notify::store::Store;
+use wecom_notify::store::{Location, PgTarget, Store};
 use wecom_notify::wecom::Client;
 use wecom_notify::wecom::token::TokenCache;
 
@@ -423,8 +423,21 @@ impl Env {
         busy_timeout: Duration,
         options: daemon::Options,
     ) -> InProcess {
-        let store =
-            Store::open_with_busy_timeout(&self.db_path(), busy_timeout).expect("open store");
+        let store = match &self.pg {
+            // (A multi-threaded test runtime: the connection is made on this thread.)
+            Some((_, url)) => tokio::task::block_in_place(|| {
+                let location = Location::Postgres(PgTarget {
+                    url: url.clone(),
+                    password: None,
+                });
+                tokio::runtime::Handle::current()
+                    .block_on(Store::open_location(&location))
+                    .expect("open store")
+            }),
+            None => {
+                Store::open_with_busy_timeout(&self.db_path(), busy_timeout).expect("open store")
+            }
+        };
         let client = Client::new().expect("http client");
         let tokens = TokenCache::new(store.clone(), client.clone());
         let dispatcher = Arc::new(
