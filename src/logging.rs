@@ -7,9 +7,12 @@
 
 use std::io::{self, IsTerminal, Write};
 
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::format::{Writer, debug_fn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::shown::{json_safe, write_shown};
 
@@ -29,23 +32,38 @@ pub fn init(format: LogFormat) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     // Colours only for a person at a terminal: journald would store the escape codes verbatim.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
-        LogFormat::Text => builder
-            .with_writer(std::io::stderr)
-            .fmt_fields(debug_fn(text_field).delimited(" "))
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr)
+                    .fmt_fields(debug_fn(text_field).delimited(" "))
+                    .with_filter(filter_fn(not_a_statement)),
+            )
             .try_init(),
-        LogFormat::Json => builder
-            .with_writer(|| JsonSafe(std::io::stderr()))
-            .json()
-            .flatten_event(true)
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(|| JsonSafe(std::io::stderr()))
+                    .json()
+                    .flatten_event(true)
+                    .with_filter(filter_fn(not_a_statement)),
+            )
             .try_init(),
     };
     if let Err(e) = result {
         eprintln!("logging is already set up: {e}");
     }
+}
+
+/// Whatever `RUST_LOG` asks: tokio-postgres logs each statement with its parameters at
+/// debug, and a parameter may be an access token (the token cache's writes). Its info and
+/// above (notices, connection errors) are kept.
+fn not_a_statement(meta: &tracing::Metadata<'_>) -> bool {
+    !(meta.target().starts_with("tokio_postgres") && *meta.level() > tracing::Level::INFO)
 }
 
 /// One field of a text log line, as the default formatter writes it (`name=value`, the message

@@ -333,59 +333,59 @@ async fn ambiguous_failures_are_retried_and_the_duplicate_check_absorbs_the_repe
     );
 }
 
-#[tokio::test]
-async fn logs_history_and_output_never_contain_the_secret_or_a_token() {
-    let env = Env::new().await;
-    env.write_schedules(STANDUP);
-    // A full send with a token refresh in the middle, logged at the most verbose level.
-    let first = env
-        .command(&["send", "standup"])
-        .env("RUST_LOG", "trace")
-        .output()
-        .await
-        .expect("run");
-    env.fake.invalidate_all_tokens();
-    env.write_schedules(&STANDUP.replace("站会十分钟后开始", "second"));
-    let second = env
-        .command(&["send", "standup"])
-        .env("RUST_LOG", "trace")
-        .output()
-        .await
-        .expect("run");
-    assert!(
-        first.status.success() && second.status.success(),
-        "{}\n{}",
-        text(&first),
-        text(&second)
-    );
-    assert_eq!(env.fake.gettoken_calls(), 2, "the refresh happened");
+on_both_backends! {
+    async fn logs_history_and_output_never_contain_the_secret_or_a_token(env: Env) {
+        env.write_schedules(STANDUP);
+        // A full send with a token refresh in the middle, logged at the most verbose level.
+        let first = env
+            .command(&["send", "standup"])
+            .env("RUST_LOG", "trace")
+            .output()
+            .await
+            .expect("run");
+        env.fake.invalidate_all_tokens();
+        env.write_schedules(&STANDUP.replace("站会十分钟后开始", "second"));
+        let second = env
+            .command(&["send", "standup"])
+            .env("RUST_LOG", "trace")
+            .output()
+            .await
+            .expect("run");
+        assert!(
+            first.status.success() && second.status.success(),
+            "{}\n{}",
+            text(&first),
+            text(&second)
+        );
+        assert_eq!(env.fake.gettoken_calls(), 2, "the refresh happened");
 
-    let tokens: Vec<String> = env
-        .fake
-        .all_requests()
-        .iter()
-        .map(|r| r.access_token.clone())
-        .collect();
-    assert!(
-        tokens.len() >= 3 && tokens.iter().all(|t| t.len() >= 32),
-        "{tokens:?}"
-    );
-    let logs = format!("{}{}", text(&first), text(&second));
-    assert!(
-        logs.contains("TRACE"),
-        "trace-level logging was on, HTTP internals included"
-    );
-    let rows = env.column("SELECT payload || ' ' || coalesce(errmsg, '') || ' ' || coalesce(msgid, '') FROM sends").join("\n");
-    let events = env
-        .column("SELECT coalesce(detail, '') FROM events")
-        .join("\n");
-    for (what, haystack) in [("logs", &logs), ("sends", &rows), ("events", &events)] {
-        assert!(!haystack.contains(SECRET), "the secret leaked into {what}");
-        for token in &tokens {
-            assert!(
-                !haystack.contains(token.as_str()),
-                "a token leaked into {what}"
-            );
+        let tokens: Vec<String> = env
+            .fake
+            .all_requests()
+            .iter()
+            .map(|r| r.access_token.clone())
+            .collect();
+        assert!(
+            tokens.len() >= 3 && tokens.iter().all(|t| t.len() >= 32),
+            "{tokens:?}"
+        );
+        let logs = format!("{}{}", text(&first), text(&second));
+        assert!(
+            logs.contains("TRACE"),
+            "trace-level logging was on, HTTP internals included"
+        );
+        let rows = env.column("SELECT payload || ' ' || coalesce(errmsg, '') || ' ' || coalesce(msgid, '') FROM sends").join("\n");
+        let events = env
+            .column("SELECT coalesce(detail, '') FROM events")
+            .join("\n");
+        for (what, haystack) in [("logs", &logs), ("sends", &rows), ("events", &events)] {
+            assert!(!haystack.contains(SECRET), "the secret leaked into {what}");
+            for token in &tokens {
+                assert!(
+                    !haystack.contains(token.as_str()),
+                    "a token leaked into {what}"
+                );
+            }
         }
     }
 }

@@ -55,30 +55,30 @@ async fn fifty_concurrent_sends_with_an_empty_cache_fetch_one_token() {
     assert_eq!(env.fake.messages().len(), 50);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_processes_started_together_fetch_one_token() {
-    let env = Env::new().await;
-    env.write_schedules(&schedules(2));
-    // A slow gettoken widens the race: both processes find the cache empty.
-    env.fake.set_gettoken_delay(Duration::from_millis(500));
-    let first = env.command(&["send", "s0"]).output();
-    let second = env.command(&["send", "s1"]).output();
-    let (first, second) = tokio::join!(first, second);
-    let (first, second) = (first.expect("run"), second.expect("run"));
-    assert!(
-        first.status.success() && second.status.success(),
-        "{}\n{}",
-        text(&first),
-        text(&second)
-    );
-    assert_eq!(
-        env.fake.gettoken_calls(),
-        1,
-        "{}\n{}",
-        text(&first),
-        text(&second)
-    );
-    assert_eq!(env.fake.messages().len(), 2);
+on_both_backends! {
+    async fn two_processes_started_together_fetch_one_token(env: Env) {
+        env.write_schedules(&schedules(2));
+        // A slow gettoken widens the race: both processes find the cache empty.
+        env.fake.set_gettoken_delay(Duration::from_millis(500));
+        let first = env.command(&["send", "s0"]).output();
+        let second = env.command(&["send", "s1"]).output();
+        let (first, second) = tokio::join!(first, second);
+        let (first, second) = (first.expect("run"), second.expect("run"));
+        assert!(
+            first.status.success() && second.status.success(),
+            "{}\n{}",
+            text(&first),
+            text(&second)
+        );
+        assert_eq!(
+            env.fake.gettoken_calls(),
+            1,
+            "{}\n{}",
+            text(&first),
+            text(&second)
+        );
+        assert_eq!(env.fake.messages().len(), 2);
+    }
 }
 
 #[tokio::test]
