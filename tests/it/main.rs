@@ -20,6 +20,7 @@ mod messages;
 mod operating;
 mod pg_commands;
 mod pg_harness;
+mod pg_tls;
 mod postgres;
 mod properties;
 mod proxy;
