@@ -74,15 +74,24 @@ impl Dispatcher {
                 });
                 return unknown_outcome(at_most_once, first_ambiguous, failure);
             }
+            attempts += 1;
+            if let Some(id) = id
+                && let Err(e) = self.store.set_attempts(id, attempts).await
+            {
+                tracing::warn!(id, error = %format!("{e:#}"), "could not count an attempt in the history");
+            }
             if let Some(id) = id
                 && !self.store.lease_holds(started.into_std())
             {
                 // Another daemon on the database may have taken the row over by now, and
-                // resolves it; a further attempt of this one would race that daemon.
+                // resolves it; a further attempt of this one would race that daemon. Checked
+                // after the count was written, which may have waited for the database for
+                // longer than the lease (the attempt counted is not made).
                 let lease = self.store.owner().lease.num_seconds();
                 let reason = format!(
                     "not sent again: this send's claim (a lease of {lease} s) could not be renewed, the database did not take it, so another daemon may have taken the send over"
                 );
+                attempts -= 1;
                 tracing::error!(id, attempts, "giving up: {reason}");
                 return Finish {
                     errmsg: Some(match &last_failure {
@@ -93,12 +102,6 @@ impl Dispatcher {
                     }),
                     ..Finish::new(Status::Interrupted, attempts)
                 };
-            }
-            attempts += 1;
-            if let Some(id) = id
-                && let Err(e) = self.store.set_attempts(id, attempts).await
-            {
-                tracing::warn!(id, error = %format!("{e:#}"), "could not count an attempt in the history");
             }
             // A request that times out may have reached WeCom as soon as it was sent.
             let attempt_started = Instant::now();

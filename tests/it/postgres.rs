@@ -269,3 +269,72 @@ async fn slots_left_by_a_node_that_died_just_before_another_started_are_recorded
     );
     env.assert_sent_rows_delivered_once();
 }
+
+/// A node that cannot reach the database for longer than its lease stops sending the work it
+/// claimed before the lease lapses: it never races a node that takes the row over. The row
+/// says why once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_database_makes_no_attempt_past_its_lease() {
+    let Some((server, env)) = env_on_postgres().await else {
+        return;
+    };
+    // WeCom answers "system busy" to every send, so the send retries on and on.
+    env.fake.set_chaos(Chaos {
+        busy_fraction: 1.0,
+        ..Default::default()
+    });
+    let slot = chrono::Utc::now() + chrono::Duration::seconds(3);
+    env.write_config(&format!(
+        "timezone: Asia/Shanghai\nclaim_lease: {LEASE}s\n{}schedules:\n{}",
+        env.apps_yaml(),
+        every("once", &cron_at(slot), "once", "")
+    ));
+    let policy = wecom_notify::retry::RetryPolicy {
+        max_attempts: 1000,
+        max_elapsed: Duration::from_secs(120),
+        base_delay: Duration::from_millis(100),
+        max_delay: Duration::from_millis(200),
+        ..fast_policy()
+    };
+    let daemon = env.start_in_process(policy, Duration::from_secs(5));
+    eventually(WAIT, "a first attempt", || env.fake.send_calls() >= 1).await;
+    server.stop();
+    let cut = std::time::SystemTime::now();
+    // The send gives up once its lease may lapse (each statement first tries for 20 s to reach
+    // the database); its outcome waits for the database.
+    eventually(Duration::from_secs(90), "the send given up", || {
+        daemon.dispatcher.unwritten_count() >= 1
+    })
+    .await;
+    let attempts = env.fake.send_calls();
+    // Twice the lease: a send still retrying would have made about 10 more attempts.
+    tokio::time::sleep(Duration::from_secs(2 * LEASE as u64)).await;
+    assert_eq!(
+        env.fake.send_calls(),
+        attempts,
+        "no attempt after the claim could not be renewed"
+    );
+    // The last renewal was at most a third of a lease before the cut, its lease ends within a
+    // lease and a second (rounded up) of it: no attempt may come later. (Counting an attempt
+    // waits for the database for up to 20 s: an attempt checked against the lease before that
+    // wait came 20 s after the cut.)
+    let latest = cut + Duration::from_secs(LEASE as u64 + 1);
+    let late: Vec<_> = env
+        .fake
+        .all_requests()
+        .iter()
+        .filter(|r| r.at > latest)
+        .map(|r| r.at.duration_since(cut).unwrap_or_default())
+        .collect();
+    assert!(
+        late.is_empty(),
+        "attempts this long after the cut: {late:?}"
+    );
+    server.start_again();
+    eventually(Duration::from_secs(30), "the row closed", || {
+        env.count("SELECT count(*) FROM sends WHERE status = 'interrupted' AND errmsg LIKE '%could not be renewed%'") == 1
+    })
+    .await;
+    daemon.stop().await;
+    assert_eq!(env.count("SELECT count(*) FROM sends"), 1);
+}
