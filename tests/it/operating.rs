@@ -102,70 +102,66 @@ async fn metrics_are_served_over_http_after_a_send() {
     assert_eq!(daemon.wait_exit(WAIT).await.code(), Some(0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_older_than_the_retention_is_pruned_but_never_a_pending_row() {
-    let env = Env::new().await;
-    env.write_schedules(&every("tick", "0 0 1 1 *", "tick", ""));
-    // Create the schema, then seed old and recent rows.
-    assert!(
-        env.cli(&["send", "tick", "--dry-run"])
-            .await
-            .status
-            .success()
-    );
-    let old = wecom_notify::time::to_db(Utc::now() - Duration::days(500));
-    let recent = wecom_notify::time::to_db(Utc::now() - Duration::days(10));
-    {
-        let db = env.db();
-        let mut insert = db
-            .prepare(
-                "INSERT INTO sends (schedule, trigger, scheduled_at, created_at, status, attempts, app, agent_id, msgtype, payload, pid)
-                 VALUES ('tick', 'manual', ?1, ?1, ?2, 1, 'ops', 1, 'text', '{}', ?3)",
-            )
-            .expect("prepare");
+on_both_backends! {
+    async fn history_older_than_the_retention_is_pruned_but_never_a_pending_row(env: Env) {
+        env.write_schedules(&every("tick", "0 0 1 1 *", "tick", ""));
+        // Create the schema, then seed old and recent rows.
+        assert!(
+            env.cli(&["send", "tick", "--dry-run"])
+                .await
+                .status
+                .success()
+        );
+        let old = wecom_notify::time::to_db(Utc::now() - Duration::days(500));
+        let recent = wecom_notify::time::to_db(Utc::now() - Duration::days(10));
         // The pending row belongs to a live process (this test), so crash recovery leaves it.
-        let pid = std::process::id().to_string();
-        for _ in 0..1200 {
-            insert.execute([&old, "sent", &pid]).expect("insert");
-        }
-        insert.execute([&old, "pending", &pid]).expect("insert");
-        insert.execute([&recent, "sent", &pid]).expect("insert");
+        let pid = std::process::id();
+        let insert = |n: u32, at: &str, status: &str| {
+            format!(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n})
+                 INSERT INTO sends (schedule, trigger, scheduled_at, created_at, status, attempts, app, agent_id, msgtype, payload, pid)
+                 SELECT 'tick', 'manual', '{at}', '{at}', '{status}', 1, 'ops', 1, 'text', '{{}}', {pid} FROM n;"
+            )
+        };
+        env.execute(&insert(1200, &old, "sent"));
+        env.execute(&insert(1, &old, "pending"));
+        env.execute(&insert(1, &recent, "sent"));
+        std::fs::write(
+            env.config_path(),
+            format!("history_retention: 400d\n{}", read(&env.config_path())),
+        )
+        .expect("write");
+        let mut daemon = env.spawn_daemon(&[]);
+        eventually(WAIT, "old rows pruned", || {
+            env.count(&format!(
+                "SELECT count(*) FROM sends WHERE scheduled_at = '{old}' AND status = 'sent'"
+            )) == 0
+        })
+        .await;
+        daemon.signal(SIGTERM);
+        assert_eq!(daemon.wait_exit(WAIT).await.code(), Some(0));
+        assert_eq!(
+            env.count(&format!(
+                "SELECT count(*) FROM sends WHERE scheduled_at = '{old}' AND status = 'pending'"
+            )),
+            1,
+            "pending rows stay"
+        );
+        assert_eq!(
+            env.count(&format!(
+                "SELECT count(*) FROM sends WHERE scheduled_at = '{recent}'"
+            )),
+            1,
+            "recent rows stay"
+        );
+        assert!(
+            daemon
+                .logs()
+                .contains("pruned history older than history_retention"),
+            "{}",
+            daemon.logs()
+        );
     }
-    std::fs::write(
-        env.config_path(),
-        format!("history_retention: 400d\n{}", read(&env.config_path())),
-    )
-    .expect("write");
-    let mut daemon = env.spawn_daemon(&[]);
-    eventually(WAIT, "old rows pruned", || {
-        env.count(&format!(
-            "SELECT count(*) FROM sends WHERE scheduled_at = '{old}' AND status = 'sent'"
-        )) == 0
-    })
-    .await;
-    daemon.signal(SIGTERM);
-    assert_eq!(daemon.wait_exit(WAIT).await.code(), Some(0));
-    assert_eq!(
-        env.count(&format!(
-            "SELECT count(*) FROM sends WHERE scheduled_at = '{old}' AND status = 'pending'"
-        )),
-        1,
-        "pending rows stay"
-    );
-    assert_eq!(
-        env.count(&format!(
-            "SELECT count(*) FROM sends WHERE scheduled_at = '{recent}'"
-        )),
-        1,
-        "recent rows stay"
-    );
-    assert!(
-        daemon
-            .logs()
-            .contains("pruned history older than history_retention"),
-        "{}",
-        daemon.logs()
-    );
 }
 
 /// `GET path` on the daemon's metrics listener: the status and the body; `None` while nothing

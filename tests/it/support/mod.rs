@@ -470,6 +470,20 @@ impl Env {
         (daemon, hold)
     }
 
+    /// Runs `sql` (statements both backends read alike) on the test database, as an operator
+    /// with its own client would.
+    pub fn execute(&self, sql: &str) {
+        match &self.pg {
+            Some((server, url)) => {
+                server.psql(url, sql);
+            }
+            None => self
+                .db()
+                .execute_batch(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+        }
+    }
+
     /// Whether the database is a PostgreSQL one ([`Env::on_postgres`]).
     pub fn is_postgres(&self) -> bool {
         self.pg.is_some()
