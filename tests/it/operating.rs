@@ -21,85 +21,85 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_are_served_over_http_after_a_send() {
-    let env = Env::new().await;
-    let port = free_port();
-    let schedules = every_two_seconds("tick", "tick");
-    env.write_config(&format!(
-        "timezone: UTC\nmetrics: {{ listen: \"127.0.0.1:{port}\" }}\n{}schedules:\n{schedules}",
-        env.apps_yaml()
-    ));
-    let mut daemon = env.spawn_daemon(&[]);
-    eventually(WAIT, "two sends", || {
-        env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 2
-    })
-    .await;
-    env.write_config("schedules: [");
-    daemon.signal(SIGHUP);
-    eventually(WAIT, "the failed reload", || {
-        env.count("SELECT count(*) FROM events WHERE kind = 'reload_failed'") == 1
-    })
-    .await;
+on_both_backends! {
+    async fn metrics_are_served_over_http_after_a_send(env: Env) {
+        let port = free_port();
+        let schedules = every_two_seconds("tick", "tick");
+        env.write_config(&format!(
+            "timezone: UTC\nmetrics: {{ listen: \"127.0.0.1:{port}\" }}\n{}schedules:\n{schedules}",
+            env.apps_yaml()
+        ));
+        let mut daemon = env.spawn_daemon(&[]);
+        eventually(WAIT, "two sends", || {
+            env.count("SELECT count(*) FROM sends WHERE status = 'sent'") >= 2
+        })
+        .await;
+        env.write_config("schedules: [");
+        daemon.signal(SIGHUP);
+        eventually(WAIT, "the failed reload", || {
+            env.count("SELECT count(*) FROM events WHERE kind = 'reload_failed'") == 1
+        })
+        .await;
 
-    let url = format!("http://127.0.0.1:{port}/metrics");
-    let response = http_get(&url).await.expect("scrape");
-    assert_eq!(response.status(), 200);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain; version=0.0.4")
-    );
-    let text = response.text().await.expect("body");
-    let sent = sample(
-        &text,
-        "wecom_notify_sends_total{schedule=\"tick\",status=\"sent\"}",
-    )
-    .expect(&text);
-    assert!(sent >= 2.0, "{text}");
-    assert_eq!(
-        sample(&text, "wecom_notify_gettoken_total{app=\"ops\"}"),
-        Some(1.0),
-        "{text}"
-    );
-    assert!(
-        sample(&text, "wecom_notify_send_seconds_count").is_some_and(|n| n >= 2.0),
-        "{text}"
-    );
-    assert!(
-        sample(&text, "wecom_notify_fire_lag_seconds_count").is_some_and(|n| n >= 2.0),
-        "{text}"
-    );
-    let next = sample(
-        &text,
-        "wecom_notify_next_fire_timestamp_seconds{schedule=\"tick\"}",
-    )
-    .expect(&text);
-    assert!(
-        (next - Utc::now().timestamp() as f64).abs() < 10.0,
-        "the next slot is seconds away: {next}"
-    );
-    assert!(
-        sample(
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        let response = http_get(&url).await.expect("scrape");
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain; version=0.0.4")
+        );
+        let text = response.text().await.expect("body");
+        let sent = sample(
             &text,
-            "wecom_notify_last_success_timestamp_seconds{schedule=\"tick\"}"
+            "wecom_notify_sends_total{schedule=\"tick\",status=\"sent\"}",
         )
-        .is_some(),
-        "{text}"
-    );
-    assert_eq!(sample(&text, "wecom_notify_reloads_total"), Some(1.0));
-    assert_eq!(
-        sample(&text, "wecom_notify_reload_failures_total"),
-        Some(1.0)
-    );
-    let missing = http_get(&format!("http://127.0.0.1:{port}/other"))
-        .await
-        .expect("request");
-    assert_eq!(missing.status(), 404);
+        .expect(&text);
+        assert!(sent >= 2.0, "{text}");
+        assert_eq!(
+            sample(&text, "wecom_notify_gettoken_total{app=\"ops\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(
+            sample(&text, "wecom_notify_send_seconds_count").is_some_and(|n| n >= 2.0),
+            "{text}"
+        );
+        assert!(
+            sample(&text, "wecom_notify_fire_lag_seconds_count").is_some_and(|n| n >= 2.0),
+            "{text}"
+        );
+        let next = sample(
+            &text,
+            "wecom_notify_next_fire_timestamp_seconds{schedule=\"tick\"}",
+        )
+        .expect(&text);
+        assert!(
+            (next - Utc::now().timestamp() as f64).abs() < 10.0,
+            "the next slot is seconds away: {next}"
+        );
+        assert!(
+            sample(
+                &text,
+                "wecom_notify_last_success_timestamp_seconds{schedule=\"tick\"}"
+            )
+            .is_some(),
+            "{text}"
+        );
+        assert_eq!(sample(&text, "wecom_notify_reloads_total"), Some(1.0));
+        assert_eq!(
+            sample(&text, "wecom_notify_reload_failures_total"),
+            Some(1.0)
+        );
+        let missing = http_get(&format!("http://127.0.0.1:{port}/other"))
+            .await
+            .expect("request");
+        assert_eq!(missing.status(), 404);
 
-    daemon.signal(SIGTERM);
-    assert_eq!(daemon.wait_exit(WAIT).await.code(), Some(0));
+        daemon.signal(SIGTERM);
+        assert_eq!(daemon.wait_exit(WAIT).await.code(), Some(0));
+    }
 }
 
 on_both_backends! {
