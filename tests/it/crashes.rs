@@ -20,78 +20,78 @@ fn next_slot() -> DateTime<Utc> {
     DateTime::from_timestamp(seconds, 0).expect("a slot")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_in_the_same_second_as_a_slot_loses_no_schedules_slot() {
-    let env = Env::new().await;
-    // One member each: 12 messages a minute stays within WeCom's 30 per member, so the
-    // limiter holds nothing back.
-    let schedules: String = (0..SCHEDULES)
-        .map(|i| {
-            format!(
-                "  - {{ name: s{i:03}, cron: '*/5 * * * * *', catch_up: 1m, to: {{ users: [u{i:03}] }}, text: {{ content: 's{i:03} {{{{ slot:%H:%M:%S }}}}' }} }}\n"
-            )
-        })
-        .collect();
-    env.write_schedules(&schedules);
+on_both_backends! {
+    async fn a_crash_in_the_same_second_as_a_slot_loses_no_schedules_slot(env: Env) {
+        // One member each: 12 messages a minute stays within WeCom's 30 per member, so the
+        // limiter holds nothing back.
+        let schedules: String = (0..SCHEDULES)
+            .map(|i| {
+                format!(
+                    "  - {{ name: s{i:03}, cron: '*/5 * * * * *', catch_up: 1m, to: {{ users: [u{i:03}] }}, text: {{ content: 's{i:03} {{{{ slot:%H:%M:%S }}}}' }} }}\n"
+                )
+            })
+            .collect();
+        env.write_schedules(&schedules);
 
-    // Kill at several offsets after a slot; restart at once, except the last time, which
-    // waits as systemd's RestartSec=5s would, so that a slot falls while nothing runs.
-    let mut daemon = env.spawn_daemon(&[]);
-    daemon.wait_log("schedules armed", WAIT).await;
-    let mut killed_after = Vec::new();
-    for (offset_ms, restart_after_ms) in [(4, 0), (15, 0), (40, 0), (60, 5_500)] {
-        let slot = next_slot();
-        sleep_until(slot + chrono::Duration::milliseconds(offset_ms)).await;
-        daemon.signal(SIGKILL);
-        daemon.wait_exit(WAIT).await;
-        let rows = env.count(&format!(
-            "SELECT count(*) FROM sends WHERE scheduled_at = '{}'",
-            slot.format("%Y-%m-%dT%H:%M:%SZ")
-        ));
-        killed_after.push((slot, offset_ms, rows));
-        tokio::time::sleep(Duration::from_millis(restart_after_ms)).await;
-        daemon = env.spawn_daemon(&[]);
+        // Kill at several offsets after a slot; restart at once, except the last time, which
+        // waits as systemd's RestartSec=5s would, so that a slot falls while nothing runs.
+        let mut daemon = env.spawn_daemon(&[]);
         daemon.wait_log("schedules armed", WAIT).await;
-    }
-    // Let the last restart resolve what the crash left in flight, then stop cleanly.
-    daemon
-        .eventually(WAIT, || {
-            match env.count("SELECT count(*) FROM sends WHERE status = 'pending'") {
-                0 => Ok(()),
-                n => Err(format!("{n} sends still pending")),
-            }
-        })
-        .await;
-    daemon.stop().await;
-
-    let (last_slot, _, _) = killed_after[killed_after.len() - 1];
-    for i in 0..SCHEDULES {
-        let name = format!("s{i:03}");
-        let slots = env.slots(&name);
-        env.assert_contiguous(&name, PERIOD);
-        for (slot, offset_ms, rows_at_kill) in &killed_after {
-            assert!(
-                slots.contains(slot),
-                "{name} has no row for the slot of {slot}, killed {offset_ms} ms after it (then {rows_at_kill} of {SCHEDULES} schedules had a row); its rows: {slots:?}"
-            );
+        let mut killed_after = Vec::new();
+        for (offset_ms, restart_after_ms) in [(4, 0), (15, 0), (40, 0), (60, 5_500)] {
+            let slot = next_slot();
+            sleep_until(slot + chrono::Duration::milliseconds(offset_ms)).await;
+            daemon.signal(SIGKILL);
+            daemon.wait_exit(WAIT).await;
+            let rows = env.count(&format!(
+                "SELECT count(*) FROM sends WHERE scheduled_at = '{}'",
+                slot.format("%Y-%m-%dT%H:%M:%SZ")
+            ));
+            killed_after.push((slot, offset_ms, rows));
+            tokio::time::sleep(Duration::from_millis(restart_after_ms)).await;
+            daemon = env.spawn_daemon(&[]);
+            daemon.wait_log("schedules armed", WAIT).await;
         }
-        assert!(slots.iter().any(|s| *s > last_slot), "{name} fired on");
+        // Let the last restart resolve what the crash left in flight, then stop cleanly.
+        daemon
+            .eventually(WAIT, || {
+                match env.count("SELECT count(*) FROM sends WHERE status = 'pending'") {
+                    0 => Ok(()),
+                    n => Err(format!("{n} sends still pending")),
+                }
+            })
+            .await;
+        daemon.stop().await;
+
+        let (last_slot, _, _) = killed_after[killed_after.len() - 1];
+        for i in 0..SCHEDULES {
+            let name = format!("s{i:03}");
+            let slots = env.slots(&name);
+            env.assert_contiguous(&name, PERIOD);
+            for (slot, offset_ms, rows_at_kill) in &killed_after {
+                assert!(
+                    slots.contains(slot),
+                    "{name} has no row for the slot of {slot}, killed {offset_ms} ms after it (then {rows_at_kill} of {SCHEDULES} schedules had a row); its rows: {slots:?}"
+                );
+            }
+            assert!(slots.iter().any(|s| *s > last_slot), "{name} fired on");
+        }
+        env.assert_sent_rows_delivered_once();
+        assert_eq!(
+            env.count("SELECT count(*) FROM sends WHERE status NOT IN ('sent', 'missed')"),
+            0,
+            "{:?}",
+            env.column("SELECT schedule || ' ' || scheduled_at || ' ' || status FROM sends WHERE status NOT IN ('sent', 'missed')")
+        );
+        // The slot that fell while nothing ran was caught up once (or missed) for every schedule.
+        assert_eq!(
+            env.count(&format!(
+                "SELECT count(*) FROM sends WHERE scheduled_at = '{}'",
+                (last_slot + chrono::Duration::seconds(PERIOD)).format("%Y-%m-%dT%H:%M:%SZ")
+            )),
+            SCHEDULES as i64
+        );
     }
-    env.assert_sent_rows_delivered_once();
-    assert_eq!(
-        env.count("SELECT count(*) FROM sends WHERE status NOT IN ('sent', 'missed')"),
-        0,
-        "{:?}",
-        env.column("SELECT schedule || ' ' || scheduled_at || ' ' || status FROM sends WHERE status NOT IN ('sent', 'missed')")
-    );
-    // The slot that fell while nothing ran was caught up once (or missed) for every schedule.
-    assert_eq!(
-        env.count(&format!(
-            "SELECT count(*) FROM sends WHERE scheduled_at = '{}'",
-            (last_slot + chrono::Duration::seconds(PERIOD)).format("%Y-%m-%dT%H:%M:%SZ")
-        )),
-        SCHEDULES as i64
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
