@@ -103,20 +103,21 @@ impl Store {
     pub async fn open_location(location: &Location) -> anyhow::Result<Store> {
         match location {
             Location::Sqlite(path) => Store::open(path),
-            Location::Postgres(target) => Store::open_postgres(target).await,
+            Location::Postgres(target) => Store::open_postgres(target, &state_directory()).await,
         }
     }
 
     /// Connects to the PostgreSQL database `target` and migrates it. The sends it could not
-    /// record wait in unrecorded-sends files in the state directory (`$STATE_DIRECTORY`, else
-    /// the working directory), named after the database, as they wait beside a SQLite file.
-    async fn open_postgres(target: &PgTarget) -> anyhow::Result<Store> {
+    /// record wait in unrecorded-sends files in `state_dir` (the commands give the state
+    /// directory, `$STATE_DIRECTORY`, else the working directory), named after the database,
+    /// as they wait beside a SQLite file.
+    pub async fn open_postgres(target: &PgTarget, state_dir: &Path) -> anyhow::Result<Store> {
         let health = Arc::<Health>::default();
         let pg = pg::Pg::open(target, health.clone()).await?;
         // Named after the database: daemons of other databases may share the directory.
         let digest = sha2::Sha256::digest(pg.identity().as_bytes());
         let name: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-        let base = state_directory().join(format!("wecom-notify-postgres-{name}"));
+        let base = state_dir.join(format!("wecom-notify-postgres-{name}"));
         let shared = Arc::new(Shared {
             path: base.clone(),
             busy_timeout: BUSY_TIMEOUT,

@@ -11,14 +11,15 @@ use wecom_notify::retry::RetryPolicy;
 use crate::support::*;
 
 /// The `claim_lease:` of these nodes, in seconds (the shortest allowed).
-const LEASE: i64 = 3;
+pub(crate) const LEASE: i64 = 3;
 
 /// Schedules every 2 s whose bodies name their slot, with a duplicate-check window long
 /// enough for a crashed send to be resent.
 ///
-/// Each to a member of its own, within WeCom's 30 messages a minute per member (which every
-/// node holds back beyond, and a stop would wait for).
-fn schedules() -> String {
+/// Each to a member of its own: WeCom takes 30 messages a minute per member, and every node
+/// holds back what would exceed that (three schedules to one member every 2 s would be held
+/// back within a minute, and a stop would wait for them).
+pub(crate) fn schedules() -> String {
     ["a", "b", "c"]
         .iter()
         .map(|name| {
@@ -28,15 +29,20 @@ fn schedules() -> String {
         .collect()
 }
 
-/// Writes the config of node `instance` beside the test's own (same app, same database).
-fn node_config(env: &Env, instance: &str) -> PathBuf {
+/// Writes the config of node `instance`: the same app, schedules and database as the others.
+pub(crate) fn node_config(env: &Env, instance: &str) -> PathBuf {
+    node_config_with(env, instance, &schedules())
+}
+
+/// [`node_config`] with these `schedules:` items.
+pub(crate) fn node_config_with(env: &Env, instance: &str, schedules: &str) -> PathBuf {
     let path = env.path(&format!("{instance}.yaml"));
     std::fs::write(
         &path,
         format!(
             "timezone: Asia/Shanghai\ninstance: {instance}\nclaim_lease: {LEASE}s\n{}schedules:\n{}",
             env.apps_yaml(),
-            schedules()
+            schedules
         ),
     )
     .expect("write node config");

@@ -56,20 +56,8 @@ fn write_password_config(env: &Env, server: &Postgres, password: &str, schedules
 /// The binary on this folder's config alone (no `--db`: the database is the config's),
 /// with the environment [`Env::command`] gives and `RUST_LOG` at `log_level`.
 fn config_command(env: &Env, args: &[&str], log_level: &str) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(binary());
-    command
-        .arg("--config")
-        .arg(env.config_path())
-        .args(args)
-        .env("RUST_LOG", log_level)
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("STATE_DIRECTORY")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .kill_on_drop(true);
-    for name in PROXY_VARS {
-        command.env_remove(name);
-    }
+    let mut command = env.command_on(&env.config_path(), None, args);
+    command.env("RUST_LOG", log_level);
     command
 }
 

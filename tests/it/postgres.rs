@@ -4,51 +4,13 @@
 //! [`crate::support::postgres`]); without PostgreSQL installed these tests say they were
 //! skipped, unless `WECOM_NOTIFY_REQUIRE_POSTGRES=1` (CI) makes that a failure.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::postgres::Postgres;
 use crate::support::*;
 
-/// The `claim_lease:` of these nodes, in seconds (the shortest allowed).
-const LEASE: i64 = 3;
-
-/// Schedules every 2 s whose bodies name their slot, with a duplicate-check window long
-/// enough for a crashed send to be resent.
-///
-/// Each to a member of its own: WeCom takes 30 messages a minute per member, and every node
-/// holds back what would exceed that (three schedules to one member every 2 s would be held
-/// back within a minute, and a stop would wait for them).
-fn schedules() -> String {
-    ["a", "b", "c"]
-        .iter()
-        .map(|name| {
-            every(name, "*/2 * * * * *", name, "duplicate_check_interval: 600")
-                .replace("users: [u]", &format!("users: [u{name}]"))
-        })
-        .collect()
-}
-
-/// Writes the config of node `instance`: the same app, schedules and database as the others.
-fn node_config(env: &Env, instance: &str) -> PathBuf {
-    node_config_with(env, instance, &schedules())
-}
-
-/// [`node_config`] with these `schedules:` items.
-fn node_config_with(env: &Env, instance: &str, schedules: &str) -> PathBuf {
-    let path = env.path(&format!("{instance}.yaml"));
-    std::fs::write(
-        &path,
-        format!(
-            "timezone: Asia/Shanghai\ninstance: {instance}\nclaim_lease: {LEASE}s\n{}schedules:\n{}",
-            env.apps_yaml(),
-            schedules
-        ),
-    )
-    .expect("write node config");
-    path
-}
+use crate::instances::{LEASE, node_config, node_config_with};
 
 /// A throwaway server and a test folder whose database is a fresh database on it; `None`
 /// (the test returns) when PostgreSQL is not installed.
@@ -313,6 +275,13 @@ async fn a_node_cut_off_from_the_database_makes_no_attempt_past_its_lease() {
         daemon.dispatcher.unwritten_count() >= 1
     })
     .await;
+    // The outcome is kept in the state directory given (the test's folder), not wherever the
+    // process runs.
+    let kept = std::fs::read_dir(env.dir.path())
+        .expect("test folder")
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().contains(".unrecorded-"));
+    assert!(kept, "an unrecorded-sends file in the test's folder");
     let attempts = env.fake.send_calls();
     // Twice the lease: a send still retrying would have made about 10 more attempts.
     tokio::time::sleep(Duration::from_secs(2 * LEASE as u64)).await;

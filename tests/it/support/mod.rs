@@ -21,7 +21,7 @@ use wecom_notify::config::{self, Config, Secrets};
 use wecom_notify::daemon;
 use wecom_notify::dispatch::Dispatcher;
 use wecom_notify::retry::RetryPolicy;
-use wecom_notify::store::{Location, PgTarget, Store};
+use wecom_notify::store::{PgTarget, Store};
 use wecom_notify::wecom::Client;
 use wecom_notify::wecom::token::TokenCache;
 
@@ -328,12 +328,23 @@ impl Env {
 
     /// [`Env::command`] with another config file (a second node's, with its own `instance:`).
     pub fn command_with_config(&self, config: &Path, args: &[&str]) -> tokio::process::Command {
+        self.command_on(config, Some(self.db_arg()), args)
+    }
+
+    /// The binary on `config`, with `--db db` when given (else the config's database), in
+    /// this folder's environment.
+    pub fn command_on(
+        &self,
+        config: &Path,
+        db: Option<std::ffi::OsString>,
+        args: &[&str],
+    ) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(binary());
+        command.arg("--config").arg(config);
+        if let Some(db) = db {
+            command.arg("--db").arg(db);
+        }
         command
-            .arg("--config")
-            .arg(config)
-            .arg("--db")
-            .arg(self.db_arg())
             .args(args)
             .env("RUST_LOG", "debug")
             .env_remove("NOTIFY_SOCKET")
@@ -341,6 +352,11 @@ impl Env {
             .env_remove("STATE_DIRECTORY")
             .env_remove("CREDENTIALS_DIRECTORY")
             .kill_on_drop(true);
+        if self.pg.is_some() {
+            // A PostgreSQL database's unrecorded-sends files go to the state directory: this
+            // folder, not the working directory of the test run.
+            command.env("STATE_DIRECTORY", self.dir.path());
+        }
         // The test runner's own proxy settings must not route the fake's calls; tests that
         // want a proxy set these themselves.
         for name in PROXY_VARS {
@@ -426,12 +442,13 @@ impl Env {
         let store = match &self.pg {
             // (A multi-threaded test runtime: the connection is made on this thread.)
             Some((_, url)) => tokio::task::block_in_place(|| {
-                let location = Location::Postgres(PgTarget {
+                let target = PgTarget {
                     url: url.clone(),
                     password: None,
-                });
+                };
+                // Its unrecorded-sends files in the test's folder, not the working directory.
                 tokio::runtime::Handle::current()
-                    .block_on(Store::open_location(&location))
+                    .block_on(Store::open_postgres(&target, self.dir.path()))
                     .expect("open store")
             }),
             None => {
