@@ -225,6 +225,38 @@ impl AppGate {
         }
     }
 
+    /// Whether the app is paused right now (a [`AppGate::wait`] would wait).
+    pub fn is_paused(&self) -> bool {
+        self.paused_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| until > Instant::now())
+    }
+
+    /// Whether a send to `audience` would go ahead right now: no pause, and within the
+    /// per-member limits. Counts nothing.
+    pub fn is_clear(&self, audience: &Audience) -> bool {
+        !self.is_paused()
+            && self
+                .ledger
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .blocked_until(audience, Instant::now())
+                .is_none()
+    }
+
+    /// Counts the message to `audience` if it stays within the per-member limits right now;
+    /// false (nothing counted) when it would have to wait.
+    pub fn try_admit(&self, audience: &Audience) -> bool {
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if ledger.blocked_until(audience, now).is_some() {
+            return false;
+        }
+        ledger.record(audience, now);
+        true
+    }
+
     /// Waits until sending to `audience` stays within the per-member limits, then counts the
     /// message. Returns how long it waited (zero when it did not).
     pub async fn admit(&self, audience: &Audience) -> Duration {

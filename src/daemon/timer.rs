@@ -37,6 +37,10 @@ const ALARM_LEAD: chrono::Duration = chrono::Duration::seconds(2);
 
 /// How much later than the alarm the monotonic sleep raced against it ends.
 const ALARM_GRACE: Duration = Duration::from_secs(1);
+/// The last stretch of a wait, slept on a thread rather than on tokio's timer: tokio's timer
+/// counts whole milliseconds and wakes at the tick after the deadline (about 1 ms late on
+/// average), a thread's sleep within a few tens of microseconds.
+const FINE_WAIT: Duration = Duration::from_millis(2);
 
 /// How long one add or remove may take before tokio-cron-scheduler is taken to be stuck.
 const SCHEDULER_CALL_LIMIT: Duration = Duration::from_secs(10);
@@ -580,7 +584,10 @@ async fn wait_once(
         if remaining.is_zero() {
             break;
         }
-        let woke = sleep_unless_woken(remaining, cancel, steps).await;
+        let woke = match remaining.checked_sub(FINE_WAIT) {
+            Some(coarse) if !coarse.is_zero() => sleep_unless_woken(coarse, cancel, steps).await,
+            _ => fine_sleep_unless_woken(remaining, cancel, steps).await,
+        };
         if woke != Woke::Due {
             return woke;
         }
@@ -595,6 +602,25 @@ async fn sleep_unless_woken(
 ) -> Woke {
     tokio::select! {
         _ = tokio::time::sleep(duration) => Woke::Due,
+        _ = cancel.cancelled() => Woke::Cancelled,
+        Ok(()) = steps.changed() => Woke::Stepped,
+    }
+}
+
+/// [`sleep_unless_woken`] for a short `duration` (at most [`FINE_WAIT`]), slept on a blocking
+/// thread for its precision. A sleep cut short by a cancel or a step ends on its thread alone.
+async fn fine_sleep_unless_woken(
+    duration: Duration,
+    cancel: &CancellationToken,
+    steps: &mut Steps,
+) -> Woke {
+    let slept = tokio::task::spawn_blocking(move || std::thread::sleep(duration));
+    tokio::select! {
+        done = slept => match done {
+            Ok(()) => Woke::Due,
+            // No thread for it (the runtime is shutting down): tokio's timer will do.
+            Err(_) => sleep_unless_woken(duration, cancel, steps).await,
+        },
         _ = cancel.cancelled() => Woke::Cancelled,
         Ok(()) = steps.changed() => Woke::Stepped,
     }

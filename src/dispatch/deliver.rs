@@ -29,6 +29,9 @@ pub struct Delivery<'a> {
     pub duplicate_check: Option<Duration>,
     /// Attempts already counted in the row (a resumed row).
     pub previous_attempts: u32,
+    /// The first attempt of this call is counted in the row already (by its claim): it is not
+    /// written again, unless a wait comes first (the count is then taken back for the wait).
+    pub first_counted: bool,
     /// Since when an earlier attempt may already have reached WeCom (a resumed row: since the
     /// row was written). Resends stay inside the duplicate-check window that starts there.
     pub maybe_delivered_since: Option<Instant>,
@@ -43,6 +46,7 @@ impl Dispatcher {
             payload,
             duplicate_check,
             previous_attempts,
+            mut first_counted,
             maybe_delivered_since,
         } = delivery;
         let started = Instant::now();
@@ -55,6 +59,11 @@ impl Dispatcher {
         let mut attempts = previous_attempts;
         let mut last_failure: Option<Finish> = None;
         loop {
+            if first_counted && gate.is_paused() {
+                // The attempt counted ahead is not made before the pause ends.
+                first_counted = false;
+                self.uncount(id).await;
+            }
             gate.wait().await;
             // Checked again after every wait (the back-off, another send's pause): a resend
             // after the duplicate-check window could deliver the message twice.
@@ -75,7 +84,7 @@ impl Dispatcher {
                 return unknown_outcome(at_most_once, first_ambiguous, failure);
             }
             attempts += 1;
-            if let Some(id) = id
+            if let Some(id) = id.filter(|_| !std::mem::take(&mut first_counted))
                 && let Err(e) = self.store.set_attempts(id, attempts).await
             {
                 tracing::warn!(id, error = %format!("{e:#}"), "could not count an attempt in the history");
@@ -174,6 +183,16 @@ impl Dispatcher {
             tracing::info!(id, attempts, delay_ms = delay.as_millis() as u64, reason = %failure_reason(&failure), "send failed, retrying");
             tokio::time::sleep(delay).await;
             last_failure = Some(failure);
+        }
+    }
+
+    /// Takes back the first attempt a claim counted ahead (it waits instead): a stop during
+    /// the wait then says truly that it never left.
+    pub(super) async fn uncount(&self, id: Option<i64>) {
+        if let Some(id) = id
+            && let Err(e) = self.store.set_attempts(id, 0).await
+        {
+            tracing::warn!(id, error = %format!("{e:#}"), "could not count an attempt in the history");
         }
     }
 

@@ -187,12 +187,13 @@ pub(crate) fn lease_end(now: DateTime<Utc>, lease: chrono::Duration) -> DateTime
     }
 }
 
-/// Inserts a row created now by this process; with `finish`, the row is written finished. A
-/// `pending` row carries `owner`'s lease from now.
+/// Inserts a row created now by this process; with `finish`, the row is written finished,
+/// else with `attempts` counted. A `pending` row carries `owner`'s lease from now.
 fn insert(
     conn: &Connection,
     new: &NewSend,
     finish: Option<&Finish>,
+    attempts: u32,
     owner: &Owner,
 ) -> rusqlite::Result<Claim> {
     let now = Utc::now();
@@ -204,19 +205,23 @@ fn insert(
         new,
         now,
         finish.map(|f| (f, now)),
+        attempts,
         pid,
         (owner.instance.as_deref(), lease_until),
     )
 }
 
 /// Inserts a row as it was created at `created_at` by process `pid`, under `id` if given,
-/// claimed by `instance` with a lease (kept only while the row is `pending`).
+/// claimed by `instance` with a lease (kept only while the row is `pending`). An unfinished
+/// row has `attempts` counted.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn insert_as(
     conn: &Connection,
     id: Option<i64>,
     new: &NewSend,
     created_at: DateTime<Utc>,
     finish: Option<(&Finish, DateTime<Utc>)>,
+    attempts: u32,
     pid: Option<i64>,
     (instance, lease_until): (Option<&str>, Option<DateTime<Utc>>),
 ) -> rusqlite::Result<Claim> {
@@ -241,7 +246,7 @@ pub(super) fn insert_as(
             crate::time::to_db(created_at),
             finished_at.map(crate::time::to_db),
             status.as_str(),
-            finish.map_or(0, |f| f.attempts),
+            finish.map_or(attempts, |f| f.attempts),
             new.app,
             new.agent_id,
             new.msgtype,
@@ -318,15 +323,21 @@ impl Store {
     /// Writes the row for a fire. For `cron` and `catch_up` rows the unique index on
     /// `(schedule, scheduled_at)` makes this the at-most-once gate of a slot.
     pub async fn claim(&self, new: NewSend) -> anyhow::Result<Claim> {
+        self.claim_counting(new, 0).await
+    }
+
+    /// [`Store::claim`], with `attempts` already counted in the `pending` row: a send whose
+    /// first attempt follows at once counts it here instead of in a write of its own.
+    pub async fn claim_counting(&self, new: NewSend, attempts: u32) -> anyhow::Result<Claim> {
         let owner = self.owner();
         if let Some(pg) = self.pg() {
-            let claim = pg.claim(&new, &owner).await?;
+            let claim = pg.claim(&new, &owner, attempts).await?;
             if let Claim::Claimed(id) = claim {
                 self.hold(id, true);
             }
             return Ok(claim);
         }
-        self.call(move |conn| insert(conn, &new, None, &owner))
+        self.call(move |conn| insert(conn, &new, None, attempts, &owner))
             .await
     }
 
@@ -340,7 +351,7 @@ impl Store {
             let tx = conn.transaction()?;
             let mut written = 0;
             for row in &rows {
-                if let Claim::Claimed(_) = insert(&tx, row, None, &owner)? {
+                if let Claim::Claimed(_) = insert(&tx, row, None, 0, &owner)? {
                     written += 1;
                 }
             }

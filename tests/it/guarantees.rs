@@ -565,3 +565,46 @@ on_both_backends! {
         );
     }
 }
+
+on_both_backends! {
+    async fn a_stop_during_a_pause_records_the_sends_it_held_back_as_never_sent(env: Env) {
+        env.write_schedules(&every("tick", "* * * * * *", "tick", ""));
+        // The first send meets a frequency limit; the slots after it are claimed while the app
+        // is paused, and wait. The stop gives up on them after a second.
+        let mut policy = fast_policy();
+        policy.rate_limit_pause = Duration::from_secs(10);
+        env.fake.script_send(Reply::Errcode(45009));
+        let options = wecom_notify::daemon::Options {
+            stop_timeout: Duration::from_secs(1),
+            scheduler_min_wait: Duration::ZERO,
+            ..Default::default()
+        };
+        let daemon =
+            env.start_in_process_with_options(env.load(), policy, Duration::from_secs(5), options);
+        eventually(WAIT, "two slots claimed during the pause", || {
+            env.count("SELECT count(*) FROM sends WHERE status = 'pending'") >= 3
+        })
+        .await;
+        daemon.stop().await;
+
+        assert_eq!(
+            env.fake.all_requests().len(),
+            1,
+            "no request but the limited one during the pause"
+        );
+        let rows = env.column(
+            "SELECT status || ' ' || attempts || ' ' || coalesce(errmsg, '') FROM sends ORDER BY scheduled_at",
+        );
+        assert!(rows.len() >= 3, "{rows:?}");
+        assert!(
+            rows[0].starts_with("interrupted 1 the daemon stopped while it was being sent"),
+            "the limited send had left: {rows:?}"
+        );
+        for row in &rows[1..] {
+            assert!(
+                row.starts_with("interrupted 0 not sent: the daemon stopped before its first attempt"),
+                "a send held back by the pause is recorded as never sent, no attempt counted: {rows:?}"
+            );
+        }
+    }
+}

@@ -38,6 +38,8 @@ pub(super) struct Insert {
     pub pid: Option<i64>,
     pub instance: Option<String>,
     pub lease_until: Option<DateTime<Utc>>,
+    /// The attempts counted in an unfinished row (the first, when it follows the claim at once).
+    pub attempts: u32,
     /// Random, per insert: what a repeat of it looks for (`sends.claim_key`).
     pub key: String,
 }
@@ -53,6 +55,7 @@ impl Insert {
     fn now(new: &crate::store::history::NewSend, finish: Option<&Finish>, owner: &Owner) -> Insert {
         let now = Utc::now();
         Insert {
+            attempts: 0,
             id: None,
             new: new.clone(),
             created_at: now,
@@ -94,7 +97,7 @@ async fn insert(
         .or_else(|| (row.new.status != Status::Pending).then_some(row.created_at))
         .map(crate::time::to_db);
     let finish = row.finish.as_ref().map(|(f, _)| f);
-    let attempts = i64::from(finish.map_or(0, |f| f.attempts));
+    let attempts = i64::from(finish.map_or(row.attempts, |f| f.attempts));
     let (scheduled_at, created_at) = (
         crate::time::to_db(row.new.scheduled_at),
         crate::time::to_db(row.created_at),
@@ -216,8 +219,12 @@ impl Pg {
         &self,
         new: &crate::store::history::NewSend,
         owner: &Owner,
+        attempts: u32,
     ) -> anyhow::Result<Claim> {
-        let row = Insert::now(new, None, owner);
+        let row = Insert {
+            attempts,
+            ..Insert::now(new, None, owner)
+        };
         let mut tried = false;
         let id = self
             .retrying(|client| {
@@ -580,6 +587,7 @@ async fn write_unrecorded(
         instance,
         // A bare claim's row is resolved by the next look at crash rows.
         lease_until: None,
+        attempts: 0,
         key,
     };
     if let Some(id) = send.id {
