@@ -337,7 +337,8 @@ impl Store {
             }
             return Ok(claim);
         }
-        self.call(move |conn| insert(conn, &new, None, attempts, &owner))
+        // Grouped: the claims of one slot's schedules commit together.
+        self.call_grouped(move |conn| insert(conn, &new, None, attempts, &owner))
             .await
     }
 
@@ -393,7 +394,7 @@ impl Store {
         if let Some(pg) = self.pg() {
             return pg.set_attempts(id, attempts).await;
         }
-        self.call(move |conn| {
+        self.call_grouped(move |conn| {
             conn.prepare_cached("UPDATE sends SET attempts = ?2 WHERE id = ?1")?
                 .execute(params![id, attempts])
                 .map(|_| ())
@@ -413,7 +414,7 @@ impl Store {
             let me = (pid, instance.as_deref().map(str::to_string));
             pg.finish(id, &finish, me).await?
         } else {
-            self.call(move |conn| {
+            self.call_grouped(move |conn| {
                 let held_by = Some((pid, instance.as_deref()));
                 if update_finish_if(conn, id, &finish, Utc::now(), held_by)? == 1 {
                     return Ok(None);
@@ -770,5 +771,88 @@ mod lease_tests {
         );
         store.set_owner(owner("node-b", 60));
         assert_eq!(store.renew_leases().await.unwrap(), 0, "not node-b's row");
+    }
+}
+
+#[cfg(test)]
+mod grouped_tests {
+    use super::fixtures::{fresh_store, row};
+    use super::*;
+
+    /// Claims queued together commit in one transaction, and each still gets its own answer:
+    /// one row per slot, the doubled claims `Taken`, and a statement that fails (here, on a
+    /// table that does not exist) takes none of the others with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn claims_queued_together_each_get_their_own_answer() {
+        let (_dir, store) = fresh_store();
+        // Keeps the database thread busy while the claims queue up behind it.
+        let busy = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .call(|_| {
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut claims = Vec::new();
+        for i in 0..40u32 {
+            let claimer = store.clone();
+            claims.push(tokio::spawn(async move {
+                claimer.claim(row(i % 20, Trigger::Cron)).await
+            }));
+            if i == 10 {
+                let store = store.clone();
+                claims.push(tokio::spawn(async move {
+                    store
+                        .call_grouped(|conn| {
+                            conn.execute("INSERT INTO no_such_table VALUES (1)", [])
+                        })
+                        .await
+                        .map(|_| Claim::Taken)
+                        .map_err(|e| anyhow::anyhow!("failed as it should: {e:#}"))
+                }));
+            }
+        }
+        busy.await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let (mut claimed, mut taken, mut failed) = (Vec::new(), 0, 0);
+        for claim in claims {
+            match claim.await.unwrap_or_else(|e| panic!("{e}")) {
+                Ok(Claim::Claimed(id)) => claimed.push(id),
+                Ok(Claim::Taken) => taken += 1,
+                Err(e) => {
+                    assert!(format!("{e:#}").contains("no_such_table"), "{e:#}");
+                    failed += 1;
+                }
+            }
+        }
+        claimed.sort();
+        claimed.dedup();
+        assert_eq!((claimed.len(), taken, failed), (20, 20, 1));
+        let rows: i64 = store
+            .call(|conn| conn.query_row("SELECT count(*) FROM sends", [], |r| r.get(0)))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            rows, 20,
+            "one row per slot, every claim that was answered kept"
+        );
+        let ids: Vec<i64> = store
+            .call(|conn| {
+                conn.prepare("SELECT id FROM sends ORDER BY id")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            ids, claimed,
+            "each claim was answered with its own row's id"
+        );
     }
 }

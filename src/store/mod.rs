@@ -300,6 +300,21 @@ impl Store {
         }
     }
 
+    /// [`Store::call`] for one statement of autocommit work, which may commit in one
+    /// transaction with the like statements queued behind it (see [`Worker::run_grouped`]).
+    pub async fn call_grouped<R, F>(&self, f: F) -> anyhow::Result<R>
+    where
+        F: FnMut(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        match &self.backend {
+            Backend::Sqlite(worker) => worker.run_grouped(f).await,
+            Backend::Postgres(_) => {
+                anyhow::bail!("this is not available on a PostgreSQL database")
+            }
+        }
+    }
+
     /// A second connection on a thread of its own, for work that must hold a transaction
     /// across an await (the cross-process token refresh) without blocking the shared one.
     pub fn separate_worker(&self) -> anyhow::Result<Worker> {

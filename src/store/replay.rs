@@ -79,7 +79,16 @@ fn write_unrecorded(
     )?;
     if claim == Claim::Taken && send.id.is_some() {
         // Its old id went to another row meanwhile.
-        claim = insert_as(&tx, None, &send.row, send.created_at, outcome, 0, pid, claimer)?;
+        claim = insert_as(
+            &tx,
+            None,
+            &send.row,
+            send.created_at,
+            outcome,
+            0,
+            pid,
+            claimer,
+        )?;
     }
     let recorded = match claim {
         Claim::Claimed(id) if outcome.is_none() => Recorded::Claimed(id),

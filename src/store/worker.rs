@@ -57,11 +57,64 @@ enum Run {
 /// record, where it counts a fault before its caller hears of it.
 type Job = Box<dyn FnMut(Result<&mut Connection, &str>, Run, &Health) -> Ran + Send>;
 
+/// One statement that may share a transaction with the others queued behind it: the claims,
+/// attempt counts and finishes of a burst of sends commit together (one write of their pages
+/// to the WAL instead of one each). Its result is handed over only once the group committed.
+trait Grouped: Send {
+    /// Runs the work inside the group's transaction and keeps its result; false when it
+    /// failed (the group is then rolled back, and each of its jobs runs alone).
+    fn run(&mut self, conn: &mut Connection) -> bool;
+    /// Hands over the result kept by [`Grouped::run`], the group having committed.
+    fn settle(self: Box<Self>);
+    /// The same work as a job of its own: a group of one, or a group that did not commit.
+    fn alone(self: Box<Self>) -> Job;
+}
+
+/// The most statements one group commits.
+const GROUP_LIMIT: usize = 64;
+
+struct GroupedJob<R, F> {
+    f: F,
+    result: Option<R>,
+    done: tokio::sync::oneshot::Sender<anyhow::Result<R>>,
+}
+
+impl<R, F> Grouped for GroupedJob<R, F>
+where
+    F: FnMut(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+    R: Send + 'static,
+{
+    fn run(&mut self, conn: &mut Connection) -> bool {
+        match (self.f)(conn) {
+            Ok(result) => {
+                self.result = Some(result);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn settle(self: Box<Self>) {
+        if let Some(result) = self.result {
+            let _ = self.done.send(Ok(result));
+        }
+    }
+
+    fn alone(self: Box<Self>) -> Job {
+        job(self.f, self.done)
+    }
+}
+
+enum Message {
+    Job(Job),
+    Grouped(Box<dyn Grouped>),
+}
+
 /// A thread that owns a connection and runs queries in order. A burst of a thousand sends
 /// queues here, instead of parking a thousand blocking-pool threads on a mutex (and starving
 /// the pool that other database work would need to finish).
 pub struct Worker {
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: std::sync::mpsc::Sender<Message>,
 }
 
 impl Worker {
@@ -73,7 +126,7 @@ impl Worker {
         shared: Arc<Shared>,
         retry_full: bool,
     ) -> anyhow::Result<Worker> {
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let (jobs, queue) = std::sync::mpsc::channel::<Message>();
         std::thread::Builder::new()
             .name("wecom-notify-db".to_string())
             .spawn(move || serve(conn, &shared, queue, retry_full))
@@ -83,54 +136,40 @@ impl Worker {
 
     /// Runs `f` on the connection and waits for its result without blocking the runtime.
     /// `f` may run twice (see [`Worker::spawn`]), so it must not consume what it captures.
-    pub async fn run<R, F>(&self, mut f: F) -> anyhow::Result<R>
+    pub async fn run<R, F>(&self, f: F) -> anyhow::Result<R>
     where
         F: FnMut(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
         let (done, result) = tokio::sync::oneshot::channel();
-        let mut done = Some(done);
-        let mut held_back = None;
-        let job: Job = Box::new(move |conn, run, health| {
-            if run == Run::GiveUp {
-                if let (Some(done), Some(error)) = (done.take(), held_back.take()) {
-                    let _ = done.send(Err(anyhow::Error::from(error)));
-                }
-                return Ran::Fault(FaultKind::DiskFull);
-            }
-            let outcome = match conn {
-                Ok(conn) => f(conn),
-                Err(why) => {
-                    if let Some(done) = done.take() {
-                        let _ = done.send(Err(anyhow!("the database cannot be opened: {why}")));
-                    }
-                    return Ran::Unavailable;
-                }
-            };
-            let fault = outcome.as_ref().err().and_then(FaultKind::of);
-            if let (Err(e), Some(kind)) = (&outcome, fault) {
-                let counted = kind == FaultKind::DiskFull && run == Run::Again;
-                if !counted {
-                    health.record(kind, describe_error(e));
-                }
-            }
-            if fault == Some(FaultKind::DiskFull)
-                && run
-                    == (Run::First {
-                        may_run_again: true,
-                    })
-                && let Err(e) = outcome
-            {
-                held_back = Some(e);
-                return Ran::Full;
-            }
-            if let Some(done) = done.take() {
-                let _ = done.send(outcome.map_err(anyhow::Error::from));
-            }
-            fault.map_or(Ran::Done, Ran::Fault)
-        });
+        self.queue(Message::Job(job(f, done)), result).await
+    }
+
+    /// [`Worker::run`] for one statement of autocommit work (no transaction of its own), which
+    /// may commit in one transaction with the like statements queued right behind it. Its
+    /// result comes once that transaction committed.
+    pub async fn run_grouped<R, F>(&self, f: F) -> anyhow::Result<R>
+    where
+        F: FnMut(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let grouped = GroupedJob {
+            f,
+            result: None,
+            done,
+        };
+        self.queue(Message::Grouped(Box::new(grouped)), result)
+            .await
+    }
+
+    async fn queue<R>(
+        &self,
+        message: Message,
+        result: tokio::sync::oneshot::Receiver<anyhow::Result<R>>,
+    ) -> anyhow::Result<R> {
         self.jobs
-            .send(job)
+            .send(message)
             .map_err(|_| anyhow!("the database thread has stopped"))?;
         result
             .await
@@ -138,40 +177,157 @@ impl Worker {
     }
 }
 
+/// The job that runs `f` on the connection and sends its result to `done`.
+fn job<R, F>(mut f: F, done: tokio::sync::oneshot::Sender<anyhow::Result<R>>) -> Job
+where
+    F: FnMut(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+    R: Send + 'static,
+{
+    let mut done = Some(done);
+    let mut held_back = None;
+    Box::new(move |conn, run, health| {
+        if run == Run::GiveUp {
+            if let (Some(done), Some(error)) = (done.take(), held_back.take()) {
+                let _ = done.send(Err(anyhow::Error::from(error)));
+            }
+            return Ran::Fault(FaultKind::DiskFull);
+        }
+        let outcome = match conn {
+            Ok(conn) => f(conn),
+            Err(why) => {
+                if let Some(done) = done.take() {
+                    let _ = done.send(Err(anyhow!("the database cannot be opened: {why}")));
+                }
+                return Ran::Unavailable;
+            }
+        };
+        let fault = outcome.as_ref().err().and_then(FaultKind::of);
+        if let (Err(e), Some(kind)) = (&outcome, fault) {
+            let counted = kind == FaultKind::DiskFull && run == Run::Again;
+            if !counted {
+                health.record(kind, describe_error(e));
+            }
+        }
+        if fault == Some(FaultKind::DiskFull)
+            && run
+                == (Run::First {
+                    may_run_again: true,
+                })
+            && let Err(e) = outcome
+        {
+            held_back = Some(e);
+            return Ran::Full;
+        }
+        if let Some(done) = done.take() {
+            let _ = done.send(outcome.map_err(anyhow::Error::from));
+        }
+        fault.map_or(Ran::Done, Ran::Fault)
+    })
+}
+
 fn serve(
     conn: Connection,
     shared: &Shared,
-    queue: std::sync::mpsc::Receiver<Job>,
+    queue: std::sync::mpsc::Receiver<Message>,
     retry_full: bool,
 ) {
     let mut conn: Result<Connection, String> = Ok(conn);
-    for mut job in queue {
-        if conn.is_err() {
-            conn = connect(&shared.path, shared.busy_timeout).map_err(|e| format!("{e:#}"));
-        }
-        let mut ran = job(
-            conn.as_mut().map_err(|e| e.as_str()),
-            Run::First {
-                may_run_again: retry_full,
+    let mut next = None;
+    loop {
+        let message = match next.take() {
+            Some(message) => message,
+            None => match queue.recv() {
+                Ok(message) => message,
+                Err(_) => return,
             },
-            &shared.health,
-        );
-        if let Ran::Full = ran {
-            // A second run only helps when there was a reserve to release for it.
-            let run = if shared.reserve.release() {
-                Run::Again
-            } else {
-                Run::GiveUp
-            };
-            ran = job(conn.as_mut().map_err(|e| e.as_str()), run, &shared.health);
+        };
+        let first = match message {
+            Message::Job(job) => {
+                run_job(&mut conn, shared, job, retry_full);
+                continue;
+            }
+            Message::Grouped(first) => first,
+        };
+        let mut group = vec![first];
+        while group.len() < GROUP_LIMIT {
+            match queue.try_recv() {
+                Ok(Message::Grouped(more)) => group.push(more),
+                Ok(other) => {
+                    next = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
         }
-        if let Ran::Fault(kind) = ran
-            && kind.needs_reopen()
+        if group.len() > 1
+            && let Ok(c) = conn.as_mut()
+            && commit_group(c, &mut group, shared)
         {
-            // Closed before the new one opens: the old one's view of the file (its WAL
-            // index, its cached pages) is what cannot be trusted any more.
-            drop(conn);
-            conn = connect(&shared.path, shared.busy_timeout).map_err(|e| format!("{e:#}"));
+            for grouped in group {
+                grouped.settle();
+            }
+            continue;
         }
+        // Each runs alone: faults are told apart and counted there, and a full disk gets its
+        // reserve.
+        for grouped in group {
+            run_job(&mut conn, shared, grouped.alone(), retry_full);
+        }
+    }
+}
+
+/// Runs every statement of `group` in one transaction; true when it committed. Otherwise
+/// nothing of it stays (it was rolled back), and its results were not handed over.
+///
+/// The transaction starts only if the write lock is free at once: when another connection
+/// holds it, each statement waits for it alone, as it would have without the group (a wait
+/// here would come on top of theirs).
+fn commit_group(conn: &mut Connection, group: &mut [Box<dyn Grouped>], shared: &Shared) -> bool {
+    let began = conn
+        .busy_timeout(Duration::ZERO)
+        .and_then(|()| conn.execute_batch("BEGIN IMMEDIATE"));
+    if conn.busy_timeout(shared.busy_timeout).is_err() || began.is_err() {
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        return false;
+    }
+    let ran = group.iter_mut().all(|grouped| grouped.run(conn));
+    if ran && conn.execute_batch("COMMIT").is_ok() {
+        return true;
+    }
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    false
+}
+
+fn run_job(conn: &mut Result<Connection, String>, shared: &Shared, mut job: Job, retry_full: bool) {
+    if conn.is_err() {
+        *conn = connect(&shared.path, shared.busy_timeout).map_err(|e| format!("{e:#}"));
+    }
+    let mut ran = job(
+        conn.as_mut().map_err(|e| e.as_str()),
+        Run::First {
+            may_run_again: retry_full,
+        },
+        &shared.health,
+    );
+    if let Ran::Full = ran {
+        // A second run only helps when there was a reserve to release for it.
+        let run = if shared.reserve.release() {
+            Run::Again
+        } else {
+            Run::GiveUp
+        };
+        ran = job(conn.as_mut().map_err(|e| e.as_str()), run, &shared.health);
+    }
+    if let Ran::Fault(kind) = ran
+        && kind.needs_reopen()
+    {
+        // Closed before the new one opens: the old one's view of the file (its WAL
+        // index, its cached pages) is what cannot be trusted any more.
+        *conn = Err("reopening".to_string());
+        *conn = connect(&shared.path, shared.busy_timeout).map_err(|e| format!("{e:#}"));
     }
 }
