@@ -59,12 +59,15 @@ impl Dispatcher {
         let mut attempts = previous_attempts;
         let mut last_failure: Option<Finish> = None;
         loop {
-            if first_counted && gate.is_paused() {
-                // The attempt counted ahead is not made before the pause ends.
+            if !first_counted {
+                gate.wait().await;
+            } else if gate.is_paused() {
+                // The attempt counted ahead is not made before the pause ends. (A pause that
+                // begins after this look is met as one beginning right after a wait.)
                 first_counted = false;
                 self.uncount(id).await;
+                gate.wait().await;
             }
-            gate.wait().await;
             // Checked again after every wait (the back-off, another send's pause): a resend
             // after the duplicate-check window could deliver the message twice.
             let reason = self.give_up(
@@ -192,7 +195,7 @@ impl Dispatcher {
         if let Some(id) = id
             && let Err(e) = self.store.set_attempts(id, 0).await
         {
-            tracing::warn!(id, error = %format!("{e:#}"), "could not count an attempt in the history");
+            tracing::warn!(id, error = %format!("{e:#}"), "could not take back the attempt counted ahead in the history (the send waits before it is made)");
         }
     }
 

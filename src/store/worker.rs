@@ -61,9 +61,9 @@ type Job = Box<dyn FnMut(Result<&mut Connection, &str>, Run, &Health) -> Ran + S
 /// attempt counts and finishes of a burst of sends commit together (one write of their pages
 /// to the WAL instead of one each). Its result is handed over only once the group committed.
 trait Grouped: Send {
-    /// Runs the work inside the group's transaction and keeps its result; false when it
-    /// failed (the group is then rolled back, and each of its jobs runs alone).
-    fn run(&mut self, conn: &mut Connection) -> bool;
+    /// Runs the work inside the group's transaction and keeps its result; on an error the
+    /// group is rolled back, and each of its jobs runs alone.
+    fn run(&mut self, conn: &mut Connection) -> rusqlite::Result<()>;
     /// Hands over the result kept by [`Grouped::run`], the group having committed.
     fn settle(self: Box<Self>);
     /// The same work as a job of its own: a group of one, or a group that did not commit.
@@ -84,14 +84,9 @@ where
     F: FnMut(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
     R: Send + 'static,
 {
-    fn run(&mut self, conn: &mut Connection) -> bool {
-        match (self.f)(conn) {
-            Ok(result) => {
-                self.result = Some(result);
-                true
-            }
-            Err(_) => false,
-        }
+    fn run(&mut self, conn: &mut Connection) -> rusqlite::Result<()> {
+        self.result = Some((self.f)(conn)?);
+        Ok(())
     }
 
     fn settle(self: Box<Self>) {
@@ -259,10 +254,7 @@ fn serve(
                 Err(_) => break,
             }
         }
-        if group.len() > 1
-            && let Ok(c) = conn.as_mut()
-            && commit_group(c, &mut group, shared)
-        {
+        if group.len() > 1 && commit_group(&mut conn, &mut group, shared) {
             for grouped in group {
                 grouped.settle();
             }
@@ -277,27 +269,53 @@ fn serve(
 }
 
 /// Runs every statement of `group` in one transaction; true when it committed. Otherwise
-/// nothing of it stays (it was rolled back), and its results were not handed over.
+/// nothing of it stays (it was rolled back), its results were not handed over, and the
+/// connection is out of any transaction (reopened if it could not be got out of it, or if the
+/// group met a fault that makes it untrustworthy), for each job to run alone.
 ///
 /// The transaction starts only if the write lock is free at once: when another connection
 /// holds it, each statement waits for it alone, as it would have without the group (a wait
 /// here would come on top of theirs).
-fn commit_group(conn: &mut Connection, group: &mut [Box<dyn Grouped>], shared: &Shared) -> bool {
-    let began = conn
-        .busy_timeout(Duration::ZERO)
-        .and_then(|()| conn.execute_batch("BEGIN IMMEDIATE"));
-    if conn.busy_timeout(shared.busy_timeout).is_err() || began.is_err() {
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
+fn commit_group(
+    conn: &mut Result<Connection, String>,
+    group: &mut [Box<dyn Grouped>],
+    shared: &Shared,
+) -> bool {
+    let Ok(c) = conn.as_mut() else {
+        return false;
+    };
+    // Never inside a transaction someone else left open: its end is not the group's to decide.
+    if !c.is_autocommit() {
         return false;
     }
-    let ran = group.iter_mut().all(|grouped| grouped.run(conn));
-    if ran && conn.execute_batch("COMMIT").is_ok() {
-        return true;
-    }
-    if !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
+    let began = c
+        .busy_timeout(Duration::ZERO)
+        .and_then(|()| c.execute_batch("BEGIN IMMEDIATE"));
+    let restored = c.busy_timeout(shared.busy_timeout);
+    let fault = match (began, restored) {
+        (Ok(()), Ok(())) => match group.iter_mut().try_for_each(|grouped| grouped.run(c)) {
+            // A statement's fault is met again, and counted, when it runs alone.
+            Err(e) => FaultKind::of(&e),
+            Ok(()) => match c.execute_batch("COMMIT") {
+                Ok(()) => return true,
+                Err(e) => {
+                    // The COMMIT itself failed (the WAL write): the statements' own runs may
+                    // not meet it again, so it is counted here.
+                    let kind = FaultKind::of(&e);
+                    if let Some(kind) = kind {
+                        shared.health.record(kind, describe_error(&e));
+                    }
+                    kind
+                }
+            },
+        },
+        // The lock was taken, or the timeout could not be set: nothing was run.
+        _ => None,
+    };
+    let rolled_back = c.is_autocommit() || c.execute_batch("ROLLBACK").is_ok();
+    if !rolled_back || !c.is_autocommit() || fault.is_some_and(FaultKind::needs_reopen) {
+        *conn = Err("reopening".to_string());
+        *conn = connect(&shared.path, shared.busy_timeout).map_err(|e| format!("{e:#}"));
     }
     false
 }
