@@ -785,19 +785,28 @@ mod grouped_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn claims_queued_together_each_get_their_own_answer() {
         let (_dir, store) = fresh_store();
-        // Keeps the database thread busy while the claims queue up behind it.
+        // Keeps the database thread busy for 300 ms while the claims queue up behind it; they
+        // are queued once it has started.
+        let (started, busy_started) = tokio::sync::oneshot::channel();
         let busy = {
             let store = store.clone();
+            let mut started = Some(started);
             tokio::spawn(async move {
                 store
-                    .call(|_| {
+                    .call(move |_| {
+                        if let Some(started) = started.take() {
+                            let _ = started.send(());
+                        }
                         std::thread::sleep(std::time::Duration::from_millis(300));
                         Ok(())
                     })
                     .await
             })
         };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::timeout(std::time::Duration::from_secs(10), busy_started)
+            .await
+            .unwrap_or_else(|e| panic!("the busy job never started: {e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut claims = Vec::new();
         for i in 0..40u32 {
             let claimer = store.clone();

@@ -292,8 +292,13 @@ impl Store {
         F: FnMut(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
+        self.worker()?.run(f).await
+    }
+
+    /// The SQLite database thread; an error on PostgreSQL.
+    fn worker(&self) -> anyhow::Result<&Worker> {
         match &self.backend {
-            Backend::Sqlite(worker) => worker.run(f).await,
+            Backend::Sqlite(worker) => Ok(worker),
             Backend::Postgres(_) => {
                 anyhow::bail!("this is not available on a PostgreSQL database")
             }
@@ -307,12 +312,7 @@ impl Store {
         F: FnMut(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        match &self.backend {
-            Backend::Sqlite(worker) => worker.run_grouped(f).await,
-            Backend::Postgres(_) => {
-                anyhow::bail!("this is not available on a PostgreSQL database")
-            }
-        }
+        self.worker()?.run_grouped(f).await
     }
 
     /// A second connection on a thread of its own, for work that must hold a transaction

@@ -67,28 +67,22 @@ fn write_unrecorded(
     let pid = send.pid.filter(|_| outcome.is_some());
     // Written with no lease: a bare claim's row is resolved by the next look at crash rows.
     let claimer = (instance, None);
-    let mut claim = insert_as(
-        &tx,
-        send.id,
-        &send.row,
-        send.created_at,
-        outcome,
-        0,
-        pid,
-        claimer,
-    )?;
-    if claim == Claim::Taken && send.id.is_some() {
-        // Its old id went to another row meanwhile.
-        claim = insert_as(
+    let insert = |id| {
+        insert_as(
             &tx,
-            None,
+            id,
             &send.row,
             send.created_at,
             outcome,
             0,
             pid,
             claimer,
-        )?;
+        )
+    };
+    let mut claim = insert(send.id)?;
+    if claim == Claim::Taken && send.id.is_some() {
+        // Its old id went to another row meanwhile.
+        claim = insert(None)?;
     }
     let recorded = match claim {
         Claim::Claimed(id) if outcome.is_none() => Recorded::Claimed(id),
