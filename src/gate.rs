@@ -248,13 +248,21 @@ impl AppGate {
     /// Counts the message to `audience` if it stays within the per-member limits right now;
     /// false (nothing counted) when it would have to wait.
     pub fn try_admit(&self, audience: &Audience) -> bool {
+        self.admit_now(audience).is_ok()
+    }
+
+    /// Counts the message to `audience` now if it stays within the limits (when), else says
+    /// when to look again.
+    fn admit_now(&self, audience: &Audience) -> Result<Instant, Instant> {
         let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if ledger.blocked_until(audience, now).is_some() {
-            return false;
+        match ledger.blocked_until(audience, now) {
+            Some(retry_at) => Err(retry_at),
+            None => {
+                ledger.record(audience, now);
+                Ok(now)
+            }
         }
-        ledger.record(audience, now);
-        true
     }
 
     /// Waits until sending to `audience` stays within the per-member limits, then counts the
@@ -263,23 +271,14 @@ impl AppGate {
         let start = Instant::now();
         let mut held = false;
         loop {
-            let retry_at = {
-                let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
-                let now = Instant::now();
-                match ledger.blocked_until(audience, now) {
-                    None => {
-                        ledger.record(audience, now);
-                        return if held {
-                            now.duration_since(start)
-                        } else {
-                            Duration::ZERO
-                        };
-                    }
-                    Some(at) => at,
+            match self.admit_now(audience) {
+                Ok(now) if held => return now.duration_since(start),
+                Ok(_) => return Duration::ZERO,
+                Err(retry_at) => {
+                    held = true;
+                    tokio::time::sleep_until(retry_at).await;
                 }
-            };
-            held = true;
-            tokio::time::sleep_until(retry_at).await;
+            }
         }
     }
 }
