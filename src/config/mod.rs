@@ -562,6 +562,74 @@ pub fn database_location(
 mod tests {
     use super::*;
 
+    /// A file of `n` schedules; `quoted` writes the key `"schedules":`, which is not split.
+    fn many(n: usize, quoted: bool, extra: &str) -> String {
+        let key = if quoted { "\"schedules\"" } else { "schedules" };
+        let mut text = format!(
+            "timezone: Asia/Shanghai\napps:\n  ops: {{ corp_id: ww1, agent_id: 1, secret: s }}\n{key}:\n"
+        );
+        for i in 0..n {
+            let cron = ["30 9 * * 1-5", "0 * * * *", "*/5 * * * *"][i % 3];
+            text.push_str(&format!(
+                "  - name: s{i}\n    cron: \"{cron}\"\n    to: {{ users: [u{}] }}\n    text: {{ content: \"hello {{{{ date }}}} {i}\" }}\n",
+                i % 7
+            ));
+        }
+        text.push_str(extra);
+        text.push_str("calendars:\n  cn: { skip: [2026-10-01] }\n");
+        text
+    }
+
+    #[test]
+    fn a_large_file_read_in_pieces_validates_as_the_whole_file() {
+        let now = "2026-12-02T07:00:00Z".parse().unwrap();
+        let load = |text: &str| {
+            parse_at(text, Path::new("s.yaml"), Secrets::Unneeded, now)
+                .map(|c| (c.schedules, c.warnings))
+                .map_err(|e| e.to_string())
+        };
+        let (split, whole) = (many(3000, false, ""), many(3000, true, ""));
+        assert!(split.len() > 3 * yaml::PIECE_BYTES, "several pieces");
+        let (schedules, warnings) = load(&split).expect("valid");
+        assert_eq!(schedules.len(), 3000);
+        assert_eq!(Ok((schedules, warnings)), load(&whole));
+        // Problems in several pieces, a name used again far from its first use, a YAML error.
+        let broken = "  - name: s5\n    cron: \"61 * * * *\"\n    txet: {}\n";
+        let (split, whole) = (many(3000, false, broken), many(3000, true, broken));
+        let error = load(&split).expect_err("invalid");
+        assert!(
+            error.contains("\"s5\", field name: is used by an earlier schedule"),
+            "{error}"
+        );
+        assert_eq!(Err(error), load(&whole));
+        // Problems and warnings in every run (and no name twice): reported in the file's order.
+        let spoil = |text: String| {
+            text.replace("name: s10\n", "name: s10\n    txet: 1\n")
+                .replace(
+                    "name: s2990\n",
+                    "name: s2990\n    jitter: 3d\n    catch_up: -1s\n",
+                )
+                .replace(
+                    "name: s1500\n",
+                    "name: s1500\n    markdown: { content: x }\n",
+                )
+        };
+        let (split, whole) = (spoil(many(3000, false, "")), spoil(many(3000, true, "")));
+        let error = load(&split).expect_err("invalid");
+        assert_eq!(error.matches("\n  - ").count(), 3, "{error}");
+        assert!(error.find("\"s10\"") < error.find("\"s1500\""), "{error}");
+        assert!(error.find("\"s1500\"") < error.find("\"s2990\""), "{error}");
+        assert_eq!(Err(error), load(&whole));
+        let syntax = "  - name: bad\n    cron: \"0 * * * *\n  x: [\n";
+        let (split, whole) = (many(3000, false, syntax), many(3000, true, syntax));
+        let error = load(&split).expect_err("invalid");
+        assert!(error.contains("yaml:"), "{error}");
+        assert_eq!(
+            Err(error),
+            load(&whole).map_err(|e| e.replace("\"schedules\"", "schedules"))
+        );
+    }
+
     #[test]
     fn relocated_copies_share_what_their_originals_shared_and_nothing_with_them() {
         let text = "\

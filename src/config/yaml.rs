@@ -19,13 +19,222 @@ pub const MAX_CONFIG_BYTES: u64 = 64 * 1024 * 1024;
 /// `[` took 30 s of CPU), so the bound is checked by a linear scan before it runs.
 pub const MAX_DEPTH: usize = 64;
 
+/// The config text, parsed.
+pub(super) enum Parsed<'t> {
+    /// One tree of the whole file.
+    Whole(Value),
+    /// The tree of everything but the items of `schedules:` (an empty list there), and the
+    /// items, to be parsed piece by piece ([`Pieces::runs`]).
+    Split(Value, Pieces<'t>),
+}
+
 /// Parses the config text (a leading UTF-8 byte order mark is skipped, as editors write one).
-pub(super) fn parse(text: &str) -> Result<Value, String> {
+///
+/// A file whose `schedules:` is a block list is parsed in pieces (see [`split`]): serde_yaml
+/// holds every event of a document in memory before it builds anything (about 600 MiB for
+/// 100,000 schedules, and a third of the time of loading them), while a piece is parsed and
+/// validated and dropped before the next, and runs of pieces can be read on several threads.
+/// The pieces make the same tree; wherever that could be in doubt the whole file is parsed
+/// instead.
+pub(super) fn parse(text: &str) -> Result<Parsed<'_>, String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     check_depth(text)?;
+    if let Some((head, pieces)) = split(text, PIECE_BYTES)
+        && let Ok(mut head) = parse_tree(&head)
+        && let Some(list) = head.get_mut("schedules")
+        && *list == Value::Sequence(vec![Value::String(SENTINEL.to_string())])
+    {
+        *list = Value::Sequence(Vec::new());
+        return Ok(Parsed::Split(head, pieces));
+    }
+    parse_tree(text).map(Parsed::Whole)
+}
+
+/// Parses the whole config text as one tree.
+pub(super) fn parse_whole(text: &str) -> Result<Value, String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    check_depth(text)?;
+    parse_tree(text)
+}
+
+fn parse_tree(text: &str) -> Result<Value, String> {
     serde_yaml::from_str::<Tree>(text)
         .map(|tree| tree.0)
         .map_err(|e| e.to_string())
+}
+
+/// Stands in for the items of `schedules:` in the head of a split file; a file holding it is
+/// not split.
+const SENTINEL: &str = "wecom-notify parses the schedules in pieces";
+
+/// About how many bytes of schedules one piece holds.
+pub(super) const PIECE_BYTES: usize = 64 * 1024;
+
+/// The items of `schedules:`, in pieces of whole items.
+pub(super) struct Pieces<'t> {
+    text: &'t str,
+    /// Each piece's bytes and how many items start in it.
+    pieces: Vec<(std::ops::Range<usize>, usize)>,
+    /// How many items there are.
+    pub count: usize,
+}
+
+/// Splits a file whose top-level `schedules:` (a plain key at column 0, alone on its line)
+/// holds a block list: the head (the file with the list's items replaced by [`SENTINEL`]),
+/// and the items in pieces of about `piece_bytes`. The lines are read with the lexical rules of [`Scan`], so an item
+/// starts only on a line at the list's column that begins with `- ` outside any quoted scalar,
+/// block scalar or `[ ]`/`{ }`; parsed alone, a run of such items makes the items it makes in
+/// the file. `None` (parse the whole file) for anything else: no such key, or two; a list in
+/// another form; an anchor, alias or tag anywhere (their meaning crosses pieces); a tab where
+/// indentation could be; a document marker or directive.
+fn split(text: &str, piece_bytes: usize) -> Option<(String, Pieces<'_>)> {
+    if text.contains(SENTINEL) {
+        return None;
+    }
+    let mut scan = Scan::default();
+    let mut offset = 0;
+    // Where the line after `schedules:` starts; the items' column; where the list ends.
+    let mut block_start: Option<usize> = None;
+    let mut column: Option<usize> = None;
+    let mut block_end: Option<usize> = None;
+    let mut starts = Vec::new();
+    for raw in text.split_inclusive('\n') {
+        let start = offset;
+        offset += raw.len();
+        let line = raw.strip_suffix('\n').unwrap_or(raw);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let spaces = line.len() - line.trim_start_matches(' ').len();
+        let content = &line[spaces..];
+        if content.starts_with('\t')
+            || (spaces == 0
+                && (line.starts_with("---") || line.starts_with("...") || line.starts_with('%')))
+        {
+            return None;
+        }
+        let blank = content.trim().is_empty() || content.starts_with('#');
+        let structural = scan.quote.is_none()
+            && scan.flow == 0
+            && scan
+                .block_scalar
+                .is_none_or(|parent| !blank && spaces <= parent);
+        if structural && !blank {
+            let key = spaces == 0 && is_schedules_key(content);
+            match (block_start, column, block_end) {
+                (None, _, _) if key => block_start = Some(offset),
+                (Some(_), None, _) => {
+                    if !is_item(content) {
+                        return None;
+                    }
+                    column = Some(spaces);
+                    starts.push(start);
+                }
+                (Some(_), Some(n), None) => {
+                    if spaces == n && is_item(content) {
+                        starts.push(start);
+                    } else if spaces <= n {
+                        block_end = Some(start);
+                        if key {
+                            return None;
+                        }
+                    }
+                }
+                _ if key => return None,
+                _ => {}
+            }
+        }
+        scan.line(line).ok()?;
+    }
+    if scan.properties || starts.is_empty() {
+        return None;
+    }
+    let (block_start, column) = (block_start?, column?);
+    let block_end = block_end.unwrap_or(text.len());
+    let mut pieces = Vec::new();
+    let mut first = 0;
+    for (index, &at) in starts.iter().enumerate().skip(1) {
+        if at - starts[first] >= piece_bytes {
+            pieces.push((starts[first]..at, index - first));
+            first = index;
+        }
+    }
+    pieces.push((starts[first]..block_end, starts.len() - first));
+    let head = format!(
+        "{}{}- {SENTINEL}\n{}",
+        &text[..block_start],
+        " ".repeat(column),
+        &text[block_end..]
+    );
+    let count = starts.len();
+    Some((
+        head,
+        Pieces {
+            text,
+            pieces,
+            count,
+        },
+    ))
+}
+
+/// `schedules:` alone on its line (a comment may follow).
+fn is_schedules_key(content: &str) -> bool {
+    content
+        .strip_prefix("schedules:")
+        .map(str::trim_start)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('#'))
+}
+
+/// A line that starts a list item: `- ...` or a lone `-`.
+fn is_item(content: &str) -> bool {
+    content == "-" || content.starts_with("- ")
+}
+
+impl Pieces<'_> {
+    /// The pieces in at most `n` runs of consecutive pieces, of about equal bytes.
+    pub fn runs(&self, n: usize) -> Vec<Run<'_>> {
+        let n = n.clamp(1, self.pieces.len().max(1));
+        let total: usize = self.pieces.iter().map(|(bytes, _)| bytes.len()).sum();
+        let mut runs = Vec::with_capacity(n);
+        let (mut from, mut first, mut bytes) = (0, 0, 0);
+        for (at, (piece, _)) in self.pieces.iter().enumerate() {
+            bytes += piece.len();
+            let last = at + 1 == self.pieces.len();
+            // Cut once this run holds its share of the bytes so far.
+            if last || bytes * n >= total * (runs.len() + 1) {
+                runs.push(Run {
+                    text: self.text,
+                    pieces: &self.pieces[from..=at],
+                    first,
+                });
+                first += self.pieces[from..=at].iter().map(|(_, c)| c).sum::<usize>();
+                from = at + 1;
+            }
+        }
+        runs
+    }
+}
+
+/// Consecutive pieces of a split `schedules:`.
+pub(super) struct Run<'p> {
+    text: &'p str,
+    pieces: &'p [(std::ops::Range<usize>, usize)],
+    /// The index of its first item among all items.
+    pub first: usize,
+}
+
+impl Run<'_> {
+    /// Parses the pieces in order and hands each item to `each`. `false` as soon as a piece
+    /// does not parse as the items it was cut around: then the whole file must be parsed.
+    pub fn items(&self, mut each: impl FnMut(Value)) -> bool {
+        for (bytes, expected) in self.pieces {
+            match parse_tree(&self.text[bytes.clone()]) {
+                Ok(Value::Sequence(items)) if items.len() == *expected => {
+                    items.into_iter().for_each(&mut each)
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
 }
 
 /// Scans for nesting deeper than [`MAX_DEPTH`]; the error names the line. It follows YAML's
@@ -49,6 +258,9 @@ fn check_depth(text: &str) -> Result<(), String> {
 /// The lexical state carried from one line to the next.
 #[derive(Default)]
 struct Scan {
+    /// An anchor, alias or tag (`&a`, `*a`, `!t`) was seen: its meaning can reach across the
+    /// file, so the file is not parsed in pieces ([`split`]).
+    properties: bool,
     /// Columns of the enclosing block collections.
     indents: Vec<usize>,
     /// Open `[` and `{`.
@@ -145,7 +357,14 @@ impl Scan {
                 b'#' if i == 1 || matches!(bytes[i - 2], b' ' | b'\t') => return Ok(()),
                 b' ' | b'\t' => {}
                 b'"' | b'\'' if token_start => self.quote = Some(c as char),
-                b'&' | b'!' if token_start => property = true,
+                b'&' | b'!' if token_start => {
+                    property = true;
+                    self.properties = true;
+                }
+                b'*' if token_start => {
+                    self.properties = true;
+                    token_start = false;
+                }
                 b'[' | b'{' if token_start || self.flow > 0 => {
                     self.flow += 1;
                     self.bounded()?;
@@ -352,9 +571,95 @@ mod tests {
         assert!(depth_error(&dashes).is_some());
     }
 
+    /// The tree that parsing in pieces of one item each makes, if the file is split at all.
+    fn split_tree(text: &str) -> Option<Value> {
+        let (head, pieces) = split(text, 1)?;
+        let mut tree = parse_tree(&head).ok()?;
+        let list = tree.get_mut("schedules")?;
+        if *list != Value::Sequence(vec![Value::String(SENTINEL.to_string())]) {
+            return None;
+        }
+        let mut items = Vec::new();
+        for (bytes, expected) in &pieces.pieces {
+            match parse_tree(&text[bytes.clone()]) {
+                Ok(Value::Sequence(piece)) if piece.len() == *expected => items.extend(piece),
+                _ => return None,
+            }
+        }
+        assert_eq!(items.len(), pieces.count);
+        *list = Value::Sequence(items);
+        Some(tree)
+    }
+
+    #[test]
+    fn a_file_parsed_in_pieces_makes_the_tree_of_the_whole_file() {
+        let example = include_str!("../../schedules.example.yaml");
+        let tricky = "\
+# leading comment
+timezone: Asia/Shanghai
+apps:
+  ops: { corp_id: ww1, agent_id: 1, secret: s }
+schedules:   # the list
+  # a comment before the first item
+  - name: a
+    cron: \"30 9 * * 1-5\"
+    text:
+      content: |
+        a block scalar with a line that looks like an item:
+        - name: not-an-item
+  - name: b
+    cron: '0 * * * *'
+    text: { content: \"a quoted scalar
+  - name: still-inside-the-quote
+  \" }
+# a comment at column 0 between items
+  -   name: c
+      to: [u1,
+        u2, { a: b,
+  c: d }]
+      text: { content: it's plain }
+  -
+    name: d
+calendars:
+  cn: { skip: [2026-10-01] }
+";
+        let zero = "schedules:\r\n- name: a\r\n  cron: x\r\n- name: b\r\napps: {}\r\n";
+        for text in [example, tricky, zero] {
+            let whole = parse_whole(text).expect("parses");
+            assert_eq!(split_tree(text), Some(whole), "{text}");
+        }
+        let (_, pieces) = split(tricky, 1).expect("split");
+        assert_eq!((pieces.count, pieces.pieces.len()), (4, 4));
+        let (_, pieces) = split(zero, 1).expect("split");
+        assert_eq!(pieces.count, 2);
+    }
+
+    #[test]
+    fn a_file_whose_pieces_could_differ_is_parsed_whole() {
+        let item = "  - { name: a, cron: '* * * * *' }\n";
+        let refused = [
+            format!("base: &b {{ x: 1 }}\nschedules:\n{item}  - *b\n"),
+            format!("schedules:\n{item}  - !!str x\n"),
+            format!("schedules:\n{item}schedules:\n{item}"),
+            "schedules: [a]\nx: 1\n".to_string(),
+            "schedules:\n  name: a\n".to_string(),
+            format!("schedules:\n{item}---\nschedules:\n{item}"),
+            format!("schedules:\n{item}\t- x\n"),
+            format!("schedules:\n{item}  - {SENTINEL}\n"),
+            "schedules:\n".to_string(),
+        ];
+        for text in &refused {
+            assert!(split_tree(text).is_none(), "{text}");
+        }
+        // A later duplicate key wins in the whole tree; the head then holds no sentinel.
+        let later = format!("schedules:\n{item}\"schedules\": ~\n");
+        assert!(split(&later, 1).is_some());
+        assert!(split_tree(&later).is_none());
+    }
+
     #[test]
     fn a_byte_order_mark_is_skipped_and_huge_integers_do_not_fail_the_file() {
-        let value = parse("\u{feff}a: 1\nb: 99999999999999999999\n").expect("parses");
+        let value = parse_whole("\u{feff}a: 1\nb: 99999999999999999999\n").expect("parses");
         assert_eq!(value["a"], Value::Number(1.into()));
         assert!(value["b"].as_f64().is_some_and(|f| f > 9e19));
     }

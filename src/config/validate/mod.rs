@@ -9,6 +9,7 @@ use chrono_tz::Tz;
 use serde_yaml::Value;
 
 use super::fields::{Entry, Field, Report};
+use super::yaml::{Parsed, Pieces};
 use super::{
     App, Config, DEFAULT_API_BASE, DEFAULT_DUPLICATE_CHECK_INTERVAL, Mention, Problem, Robot,
     Schedule, Secret, SecretSource, Secrets, Subject,
@@ -128,27 +129,55 @@ pub(super) fn validate(
         );
         return (None, report.problems, report.warnings);
     }
-    let config = read(text, base, secrets, now, &mut report);
+    let whole = |report: &mut Report| match super::yaml::parse_whole(text) {
+        Ok(value) => read(value, None, text, base, secrets, now, report).unwrap_or(None),
+        Err(message) => {
+            // The message carries the line (and serde_yaml's the column).
+            report.error(&Subject::File, "yaml", message);
+            None
+        }
+    };
+    let config = match super::yaml::parse(text) {
+        Ok(Parsed::Split(head, pieces)) => {
+            match read(head, Some(pieces), text, base, secrets, now, &mut report) {
+                Ok(config) => config,
+                // A piece did not parse as cut, or a name came back in another run: the file
+                // is read whole, as one, for the exact problems (and the YAML error's line).
+                Err(Redo) => {
+                    report = Report::default();
+                    whole(&mut report)
+                }
+            }
+        }
+        Ok(Parsed::Whole(value)) => {
+            read(value, None, text, base, secrets, now, &mut report).unwrap_or(None)
+        }
+        Err(message) => {
+            report.error(&Subject::File, "yaml", message);
+            None
+        }
+    };
     (config, report.problems, report.warnings)
 }
 
+/// The file must be read again, whole and on one thread.
+struct Redo;
+
+/// Validates the tree `value` of `text`; when the file was split, the items of `schedules:`
+/// come from `pieces` instead of the tree (where the list is empty).
 fn read(
+    value: Value,
+    pieces: Option<Pieces<'_>>,
     text: &str,
     base: &Path,
     secrets: Secrets,
     now: DateTime<Utc>,
     report: &mut Report,
-) -> Option<Config> {
+) -> Result<Option<Config>, Redo> {
     let file = Subject::File;
-    let value: Value = match super::yaml::parse(text) {
-        Ok(value) => value,
-        // The message carries the line (and serde_yaml's the column).
-        Err(message) => {
-            report.error(&file, "yaml", message);
-            return None;
-        }
+    let Some(mut top) = Entry::open(value, TOP_KEYS, &file, "", report) else {
+        return Ok(None);
     };
-    let mut top = Entry::open(value, TOP_KEYS, &file, "", report)?;
     let (has_apps, has_schedules) = (top.raw("apps").is_some(), top.raw("schedules").is_some());
     let timezone = match top.get::<String>("timezone", report) {
         Field::Value(name) => parse_zone(&name)
@@ -218,6 +247,7 @@ fn read(
             Vec::new()
         }
     };
+    let schedule_count = raw_schedules.len() + pieces.as_ref().map_or(0, |pieces| pieces.count);
     let has_robots = !raw_robots.is_empty();
     if !has_apps && !has_robots && !has_schedules {
         report.error(
@@ -225,14 +255,14 @@ fn read(
             "file",
             "defines no apps and no schedules; start from schedules.example.yaml",
         );
-    } else if raw_apps.is_empty() && !has_robots && !raw_schedules.is_empty() {
+    } else if raw_apps.is_empty() && !has_robots && schedule_count > 0 {
         report.error(
             &file,
             "apps",
             "no app is defined; add one (corp_id, agent_id, a secret) under apps:, or a group robot under robots:",
         );
     }
-    if raw_schedules.is_empty() && (has_apps || has_robots) {
+    if schedule_count == 0 && (has_apps || has_robots) {
         report.warn(
             &file,
             "schedules",
@@ -263,14 +293,22 @@ fn read(
         crons: CronCache::default(),
         shared: Shared::default(),
     };
-    let mut names = HashSet::new();
-    let mut schedules = Vec::new();
-    for (index, value) in raw_schedules.into_iter().enumerate() {
-        if let Some(schedule) = validate_schedule(index, value, &context, &mut names, report) {
-            schedules.push(Arc::new(schedule));
+    let schedules = match pieces {
+        Some(pieces) => validate_pieces(&pieces, &context, report)?,
+        None => {
+            let mut names = HashSet::new();
+            let mut schedules = Vec::new();
+            for (index, value) in raw_schedules.into_iter().enumerate() {
+                if let Some(schedule) =
+                    validate_schedule(index, value, &context, &mut names, report)
+                {
+                    schedules.push(Arc::new(schedule));
+                }
+            }
+            schedules
         }
-    }
-    Some(Config {
+    };
+    Ok(Some(Config {
         path: PathBuf::new(),
         digest: String::new(),
         database,
@@ -283,7 +321,96 @@ fn read(
         metrics_listen,
         instance,
         claim_lease,
-    })
+    }))
+}
+
+/// The most threads that read the pieces of a split file.
+const MAX_READERS: usize = 4;
+
+/// Parses and validates the pieces of a split `schedules:`: runs of them on up to
+/// [`MAX_READERS`] threads (as many as the machine has cores), each with its own caches, and
+/// each holding one piece's tree at a time. The problems, warnings and schedules come out in
+/// the file's order, as one thread would have found them. `Redo` when a piece did not parse
+/// as cut, or when a name is used in two runs (only one thread reading both would report the
+/// second use exactly as it would).
+fn validate_pieces(
+    pieces: &Pieces<'_>,
+    context: &Context<'_>,
+    report: &mut Report,
+) -> Result<Vec<Arc<Schedule>>, Redo> {
+    struct Read {
+        schedules: Vec<Arc<Schedule>>,
+        report: Report,
+        names: HashSet<String>,
+        parsed: bool,
+    }
+    // Each run has a context of its own: caches are not shared between threads.
+    let read = |run: &super::yaml::Run<'_>, context: Context<'_>| {
+        let mut out = Read {
+            schedules: Vec::new(),
+            report: Report::default(),
+            names: HashSet::new(),
+            parsed: true,
+        };
+        let mut index = run.first;
+        out.parsed = run.items(|value| {
+            if let Some(schedule) =
+                validate_schedule(index, value, &context, &mut out.names, &mut out.report)
+            {
+                out.schedules.push(Arc::new(schedule));
+            }
+            index += 1;
+        });
+        out
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runs = pieces.runs(threads.min(MAX_READERS));
+    let reads: Vec<Read> = std::thread::scope(|scope| {
+        let mut runs = runs.iter();
+        let Some(first) = runs.next() else {
+            return Vec::new();
+        };
+        let spawned: Vec<_> = runs
+            .map(|run| {
+                let thread = std::thread::Builder::new()
+                    .name("config-read".into())
+                    .spawn_scoped(scope, {
+                        let context = context.fork();
+                        move || read(run, context)
+                    });
+                (run, thread)
+            })
+            .collect();
+        let mut reads = vec![read(first, context.fork())];
+        for (run, thread) in spawned {
+            // A thread that could not start, or died, leaves its run to this one.
+            reads.push(match thread.map(|t| t.join()) {
+                Ok(Ok(done)) => done,
+                _ => read(run, context.fork()),
+            });
+        }
+        reads
+    });
+    let mut names = HashSet::new();
+    let mut schedules = Vec::with_capacity(pieces.count);
+    for done in reads {
+        if !done.parsed {
+            return Err(Redo);
+        }
+        if names.is_empty() {
+            names = done.names;
+        } else {
+            for name in done.names {
+                if !names.insert(name) {
+                    return Err(Redo);
+                }
+            }
+        }
+        report.problems.extend(done.report.problems);
+        report.warnings.extend(done.report.warnings);
+        schedules.extend(done.schedules);
+    }
+    Ok(schedules)
 }
 
 /// The shortest and longest `claim_lease:`.
@@ -347,6 +474,17 @@ struct Context<'a> {
     crons: CronCache,
     /// Values written alike by many schedules, one copy each.
     shared: Shared,
+}
+
+impl Context<'_> {
+    /// The same context with empty caches, for another thread.
+    fn fork(&self) -> Context<'_> {
+        Context {
+            crons: CronCache::default(),
+            shared: Shared::default(),
+            ..*self
+        }
+    }
 }
 
 /// One copy of each distinct value that many schedules of a large config write alike.
