@@ -2,6 +2,7 @@
 //! will send, and when.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
@@ -57,10 +58,22 @@ pub fn run(globals: &Globals, next: usize, dry_run: bool, format: Format) -> Exi
         Err(code) => return code,
     };
     // Names, crons, texts and warnings come from the config: escaped, each line on its own.
-    for line in report(&config, &database, next, now).lines() {
-        println!("{}", shown(line));
+    // Buffered: stdout flushes at every line, a write each (100,000 schedules print 400,000).
+    let printed = (|| {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for line in report(&config, &database, next, now).lines() {
+            writeln!(out, "{}", shown(line))?;
+        }
+        out.flush()
+    })();
+    match printed {
+        // `check | head` closes the pipe early: that is not a failure.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: cannot write the listing: {e}");
+            ExitCode::from(super::EXIT_FAILED)
+        }
+        _ => ExitCode::from(EXIT_OK),
     }
-    ExitCode::from(EXIT_OK)
 }
 
 /// The text `check` prints for a valid config using `database`, listing the `next` slots after
@@ -93,12 +106,57 @@ pub fn report(config: &Config, database: &Location, next: usize, now: DateTime<U
     for warning in &config.warnings {
         let _ = writeln!(out, "warning: {warning}");
     }
-    for schedule in &config.schedules {
-        out.push('\n');
-        describe(&mut out, config, schedule, now, next);
+    // Each schedule's lines depend on it alone: a large config is described on every core, in
+    // runs of consecutive schedules, joined in order.
+    let describe_all = |schedules: &[std::sync::Arc<Schedule>]| {
+        let mut out = String::new();
+        for schedule in schedules {
+            out.push('\n');
+            describe(&mut out, config, schedule, now, next);
+        }
+        out
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_run = config
+        .schedules
+        .len()
+        .div_ceil(threads.min(MAX_DESCRIBERS))
+        .max(SCHEDULES_PER_DESCRIBER);
+    let runs: Vec<String> = std::thread::scope(|scope| {
+        let threads: Vec<_> = config
+            .schedules
+            .chunks(per_run)
+            .skip(1)
+            .map(|run| {
+                let thread = std::thread::Builder::new()
+                    .name("check-describe".into())
+                    .spawn_scoped(scope, move || describe_all(run));
+                (run, thread)
+            })
+            .collect();
+        let first = config.schedules.chunks(per_run).next().map(describe_all);
+        first
+            .into_iter()
+            .chain(threads.into_iter().map(|(run, thread)| {
+                match thread {
+                    Ok(thread) => thread
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    // A thread that could not start leaves its run to this one.
+                    Err(_) => describe_all(run),
+                }
+            }))
+            .collect()
+    });
+    for run in runs {
+        out.push_str(&run);
     }
     out
 }
+
+/// The most threads that describe schedules, and the fewest schedules worth a thread.
+const MAX_DESCRIBERS: usize = 4;
+const SCHEDULES_PER_DESCRIBER: usize = 2000;
 
 fn describe(
     out: &mut String,

@@ -510,6 +510,7 @@ impl Daemon {
         let spawned = std::thread::Builder::new()
             .name("reload".into())
             .spawn(move || {
+                reload::yield_to_firing();
                 // The daemon may have stopped meanwhile; then nobody needs the result.
                 let _ = sender.send(config::load(&path, secrets));
             });

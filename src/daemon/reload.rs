@@ -110,3 +110,54 @@ mod tests {
         assert_eq!(diff.summary(), "added d; removed b; changed c; 1 unchanged");
     }
 }
+
+/// How much lower than the daemon's own threads the thread that reads a reloaded config runs
+/// (added to its niceness, at most 19).
+pub const RELOAD_NICENESS: libc::c_int = 10;
+
+/// Lowers the calling thread's CPU priority by [`RELOAD_NICENESS`]: reading a large config
+/// keeps every core busy for a second or more, and the daemon's own threads, which fire the
+/// slots meanwhile, must come first. On Linux a niceness is a thread's own, and the threads it
+/// starts inherit it. Lowering one's priority needs no privilege; a failure is harmless.
+pub fn yield_to_firing() {
+    #[cfg(target_os = "linux")]
+    {
+        let lower = (niceness() + RELOAD_NICENESS).min(19);
+        // SAFETY: gettid and setpriority take and return plain integers; setpriority only
+        // changes the scheduling priority of the calling thread (who = its thread id).
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, lower);
+        }
+    }
+}
+
+/// The calling thread's niceness (Linux).
+#[cfg(target_os = "linux")]
+fn niceness() -> libc::c_int {
+    // SAFETY: gettid and getpriority take and return plain integers; getpriority reads the
+    // priority of the calling thread (who = its thread id).
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::getpriority(libc::PRIO_PROCESS, tid)
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod priority_tests {
+    use super::*;
+
+    #[test]
+    fn the_reload_thread_and_the_threads_it_starts_yield_to_the_others() {
+        let before = niceness();
+        let (own, started) = std::thread::spawn(|| {
+            yield_to_firing();
+            (niceness(), std::thread::spawn(niceness).join().unwrap())
+        })
+        .join()
+        .unwrap();
+        let lower = (before + RELOAD_NICENESS).min(19);
+        assert_eq!((own, started), (lower, lower));
+        assert_eq!(niceness(), before, "the calling thread keeps its priority");
+    }
+}

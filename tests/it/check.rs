@@ -1078,3 +1078,77 @@ async fn check_names_the_database_it_would_use_and_where_its_password_comes_from
         text(&output)
     );
 }
+
+/// 6,000 schedules, each at its own minute of the day in Asia/Shanghai: `check` describes a
+/// config this large on several threads, and the listing must still be each schedule in the
+/// file's order with its own slots and text. Then the same listing into a pipe closed after
+/// its first line: that is no failure (it used to panic).
+#[tokio::test]
+async fn a_large_config_is_listed_in_file_order_and_a_closed_pipe_is_no_failure() {
+    let dir = TempDir::new().expect("temp dir");
+    let count = 6000;
+    let mut yaml = OFFLINE_HEADER.to_string();
+    for i in 0..count {
+        let (h, m) = ((i / 60) % 24, i % 60);
+        yaml.push_str(&format!(
+            "  - {{ name: s{i:05}, cron: '{m} {h} * * *', to: {{ users: [u{i}] }}, text: {{ content: 'for {{{{ schedule }}}} on {{{{ date }}}}' }} }}\n"
+        ));
+    }
+    let path = dir.path().join("large.yaml");
+    std::fs::write(&path, &yaml).expect("write config");
+    let now: DateTime<Utc> = Utc.with_ymd_and_hms(2026, 12, 2, 7, 30, 0).unwrap();
+    let now_arg = now.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let output = run_check(&path, dir.path(), &["--next", "1", "--now", &now_arg]).await;
+    assert!(output.status.success(), "{}", text(&output));
+    let listing = stdout(&output);
+    let names: Vec<&str> = listing
+        .lines()
+        .filter(|line| line.starts_with('s') && !line.starts_with(' '))
+        .collect();
+    let expected: Vec<String> = (0..count).map(|i| format!("s{i:05}")).collect();
+    assert_eq!(names, expected, "every schedule once, in the file's order");
+    let zone: Tz = "Asia/Shanghai".parse().unwrap();
+    for (i, block) in listing.split("\n\n").skip(1).enumerate() {
+        let (h, m) = (((i / 60) % 24) as u32, (i % 60) as u32);
+        let local = now.with_timezone(&zone);
+        let mut slot = zone
+            .from_local_datetime(&local.date_naive().and_hms_opt(h, m, 0).unwrap())
+            .unwrap();
+        if slot <= local {
+            slot = slot + chrono::Duration::days(1);
+        }
+        let next = format!("  next: {}", slot.format("%Y-%m-%d %a %H:%M:%S %:z"));
+        let renders = format!(
+            "  renders as: \"for s{i:05} on {}\"",
+            slot.format("%Y-%m-%d")
+        );
+        assert!(
+            block.starts_with(&format!("s{i:05}\n"))
+                && block.contains(&next)
+                && block.contains(&renders),
+            "schedule {i}: expected {next:?} and {renders:?} in\n{block}"
+        );
+    }
+
+    let mut child = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&path)
+        .arg("--db")
+        .arg(dir.path().join("x.db"))
+        .args(["check", "--next", "3"])
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start check");
+    let mut first = String::new();
+    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    std::io::BufRead::read_line(&mut reader, &mut first).expect("first line");
+    assert!(first.contains(": OK ("), "{first}");
+    drop(reader);
+    let output = child.wait_with_output().expect("check ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
