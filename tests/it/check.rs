@@ -1115,7 +1115,7 @@ async fn a_large_config_is_listed_in_file_order_and_a_closed_pipe_is_no_failure(
             .from_local_datetime(&local.date_naive().and_hms_opt(h, m, 0).unwrap())
             .unwrap();
         if slot <= local {
-            slot = slot + chrono::Duration::days(1);
+            slot += chrono::Duration::days(1);
         }
         let next = format!("  next: {}", slot.format("%Y-%m-%d %a %H:%M:%S %:z"));
         let renders = format!(
