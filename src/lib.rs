@@ -31,6 +31,7 @@ pub mod gate;
 pub mod logging;
 pub mod message;
 pub mod metrics;
+pub mod parallel;
 pub mod probes;
 pub mod retry;
 pub mod shown;

@@ -116,38 +116,13 @@ pub fn report(config: &Config, database: &Location, next: usize, now: DateTime<U
         }
         out
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_run = config
         .schedules
         .len()
-        .div_ceil(threads.min(MAX_DESCRIBERS))
+        .div_ceil(crate::parallel::threads(MAX_DESCRIBERS))
         .max(SCHEDULES_PER_DESCRIBER);
-    let runs: Vec<String> = std::thread::scope(|scope| {
-        let threads: Vec<_> = config
-            .schedules
-            .chunks(per_run)
-            .skip(1)
-            .map(|run| {
-                let thread = std::thread::Builder::new()
-                    .name("check-describe".into())
-                    .spawn_scoped(scope, move || describe_all(run));
-                (run, thread)
-            })
-            .collect();
-        let first = config.schedules.chunks(per_run).next().map(describe_all);
-        first
-            .into_iter()
-            .chain(threads.into_iter().map(|(run, thread)| {
-                match thread {
-                    Ok(thread) => thread
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                    // A thread that could not start leaves its run to this one.
-                    Err(_) => describe_all(run),
-                }
-            }))
-            .collect()
-    });
+    let runs: Vec<&[std::sync::Arc<Schedule>]> = config.schedules.chunks(per_run).collect();
+    let runs = crate::parallel::in_order(&runs, || (), |run, ()| describe_all(run));
     for run in runs {
         out.push_str(&run);
     }

@@ -40,14 +40,23 @@ pub(super) fn parse(text: &str) -> Result<Parsed<'_>, String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     check_depth(text)?;
     if let Some((head, pieces)) = split(text, PIECE_BYTES)
-        && let Ok(mut head) = parse_tree(&head)
-        && let Some(list) = head.get_mut("schedules")
-        && *list == Value::Sequence(vec![Value::String(SENTINEL.to_string())])
+        && let Ok(head) = parse_tree(&head)
+        && let Some(head) = without_sentinel(head)
     {
-        *list = Value::Sequence(Vec::new());
         return Ok(Parsed::Split(head, pieces));
     }
     parse_tree(text).map(Parsed::Whole)
+}
+
+/// The head's tree with an empty `schedules:` list in place of the [`SENTINEL`]; `None` when
+/// the list is not the sentinel alone (a later key of the same name won, say).
+fn without_sentinel(mut head: Value) -> Option<Value> {
+    let list = head.get_mut("schedules")?;
+    if *list != Value::Sequence(vec![Value::String(SENTINEL.to_string())]) {
+        return None;
+    }
+    *list = Value::Sequence(Vec::new());
+    Some(head)
 }
 
 /// Parses the whole config text as one tree.
@@ -75,16 +84,14 @@ pub(super) struct Pieces<'t> {
     text: &'t str,
     /// Each piece's bytes and how many items start in it.
     pieces: Vec<(std::ops::Range<usize>, usize)>,
-    /// How many items there are.
-    pub count: usize,
 }
 
 /// Splits a file whose top-level `schedules:` (a plain key at column 0, alone on its line)
 /// holds a block list: the head (the file with the list's items replaced by [`SENTINEL`]),
-/// and the items in pieces of about `piece_bytes`. The lines are read with the lexical rules of [`Scan`], so an item
-/// starts only on a line at the list's column that begins with `- ` outside any quoted scalar,
-/// block scalar or `[ ]`/`{ }`; parsed alone, a run of such items makes the items it makes in
-/// the file. `None` (parse the whole file) for anything else: no such key, or two; a list in
+/// and the items in pieces of about `piece_bytes`. The lines are read with the lexical rules
+/// of [`Scan`], so an item starts only on a line at the list's column that begins with `- `
+/// outside any quoted scalar, block scalar or `[ ]`/`{ }`; parsed alone, a run of such items
+/// makes the items it makes in the file. `None` (parse the whole file) for anything else: no such key, or two; a list in
 /// another form; an anchor, alias or tag anywhere (their meaning crosses pieces); a tab where
 /// indentation could be; a document marker or directive.
 fn split(text: &str, piece_bytes: usize) -> Option<(String, Pieces<'_>)> {
@@ -164,15 +171,7 @@ fn split(text: &str, piece_bytes: usize) -> Option<(String, Pieces<'_>)> {
         " ".repeat(column),
         &text[block_end..]
     );
-    let count = starts.len();
-    Some((
-        head,
-        Pieces {
-            text,
-            pieces,
-            count,
-        },
-    ))
+    Some((head, Pieces { text, pieces }))
 }
 
 /// `schedules:` alone on its line (a comment may follow).
@@ -189,6 +188,11 @@ fn is_item(content: &str) -> bool {
 }
 
 impl Pieces<'_> {
+    /// How many items there are.
+    pub fn count(&self) -> usize {
+        self.pieces.iter().map(|(_, count)| count).sum()
+    }
+
     /// The pieces in at most `n` runs of consecutive pieces, of about equal bytes.
     pub fn runs(&self, n: usize) -> Vec<Run<'_>> {
         let n = n.clamp(1, self.pieces.len().max(1));
@@ -574,20 +578,16 @@ mod tests {
     /// The tree that parsing in pieces of one item each makes, if the file is split at all.
     fn split_tree(text: &str) -> Option<Value> {
         let (head, pieces) = split(text, 1)?;
-        let mut tree = parse_tree(&head).ok()?;
-        let list = tree.get_mut("schedules")?;
-        if *list != Value::Sequence(vec![Value::String(SENTINEL.to_string())]) {
+        let mut tree = without_sentinel(parse_tree(&head).ok()?)?;
+        let mut items = Vec::new();
+        let [run] = &pieces.runs(1)[..] else {
+            panic!("one run asked for");
+        };
+        if !run.items(|item| items.push(item)) {
             return None;
         }
-        let mut items = Vec::new();
-        for (bytes, expected) in &pieces.pieces {
-            match parse_tree(&text[bytes.clone()]) {
-                Ok(Value::Sequence(piece)) if piece.len() == *expected => items.extend(piece),
-                _ => return None,
-            }
-        }
-        assert_eq!(items.len(), pieces.count);
-        *list = Value::Sequence(items);
+        assert_eq!(items.len(), pieces.count());
+        *tree.get_mut("schedules")? = Value::Sequence(items);
         Some(tree)
     }
 
@@ -629,9 +629,9 @@ calendars:
             assert_eq!(split_tree(text), Some(whole), "{text}");
         }
         let (_, pieces) = split(tricky, 1).expect("split");
-        assert_eq!((pieces.count, pieces.pieces.len()), (4, 4));
+        assert_eq!((pieces.count(), pieces.pieces.len()), (4, 4));
         let (_, pieces) = split(zero, 1).expect("split");
-        assert_eq!(pieces.count, 2);
+        assert_eq!(pieces.count(), 2);
     }
 
     #[test]

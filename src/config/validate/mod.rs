@@ -9,7 +9,7 @@ use chrono_tz::Tz;
 use serde_yaml::Value;
 
 use super::fields::{Entry, Field, Report};
-use super::yaml::{Parsed, Pieces};
+use super::yaml::{Parsed, Pieces, Run};
 use super::{
     App, Config, DEFAULT_API_BASE, DEFAULT_DUPLICATE_CHECK_INTERVAL, Mention, Problem, Robot,
     Schedule, Secret, SecretSource, Secrets, Subject,
@@ -129,7 +129,8 @@ pub(super) fn validate(
         );
         return (None, report.problems, report.warnings);
     }
-    let whole = |report: &mut Report| match super::yaml::parse_whole(text) {
+    // A tree of the whole file (or why it has none): validated on this thread alone.
+    let whole = |tree: Result<Value, String>, report: &mut Report| match tree {
         Ok(value) => read(value, None, text, base, secrets, now, report).unwrap_or(None),
         Err(message) => {
             // The message carries the line (and serde_yaml's the column).
@@ -145,17 +146,12 @@ pub(super) fn validate(
                 // is read whole, as one, for the exact problems (and the YAML error's line).
                 Err(Redo) => {
                     report = Report::default();
-                    whole(&mut report)
+                    whole(super::yaml::parse_whole(text), &mut report)
                 }
             }
         }
-        Ok(Parsed::Whole(value)) => {
-            read(value, None, text, base, secrets, now, &mut report).unwrap_or(None)
-        }
-        Err(message) => {
-            report.error(&Subject::File, "yaml", message);
-            None
-        }
+        Ok(Parsed::Whole(value)) => whole(Ok(value), &mut report),
+        Err(message) => whole(Err(message), &mut report),
     };
     (config, report.problems, report.warnings)
 }
@@ -247,7 +243,7 @@ fn read(
             Vec::new()
         }
     };
-    let schedule_count = raw_schedules.len() + pieces.as_ref().map_or(0, |pieces| pieces.count);
+    let schedule_count = raw_schedules.len() + pieces.as_ref().map_or(0, Pieces::count);
     let has_robots = !raw_robots.is_empty();
     if !has_apps && !has_robots && !has_schedules {
         report.error(
@@ -345,7 +341,7 @@ fn validate_pieces(
         parsed: bool,
     }
     // Each run has a context of its own: caches are not shared between threads.
-    let read = |run: &super::yaml::Run<'_>, context: Context<'_>| {
+    let read = |run: &Run<'_>, context: Context<'_>| {
         let mut out = Read {
             schedules: Vec::new(),
             report: Report::default(),
@@ -363,36 +359,10 @@ fn validate_pieces(
         });
         out
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let runs = pieces.runs(threads.min(MAX_READERS));
-    let reads: Vec<Read> = std::thread::scope(|scope| {
-        let mut runs = runs.iter();
-        let Some(first) = runs.next() else {
-            return Vec::new();
-        };
-        let spawned: Vec<_> = runs
-            .map(|run| {
-                let thread = std::thread::Builder::new()
-                    .name("config-read".into())
-                    .spawn_scoped(scope, {
-                        let context = context.fork();
-                        move || read(run, context)
-                    });
-                (run, thread)
-            })
-            .collect();
-        let mut reads = vec![read(first, context.fork())];
-        for (run, thread) in spawned {
-            // A thread that could not start, or died, leaves its run to this one.
-            reads.push(match thread.map(|t| t.join()) {
-                Ok(Ok(done)) => done,
-                _ => read(run, context.fork()),
-            });
-        }
-        reads
-    });
+    let runs = pieces.runs(crate::parallel::threads(MAX_READERS));
+    let reads = crate::parallel::in_order(&runs, || context.fork(), read);
     let mut names = HashSet::new();
-    let mut schedules = Vec::with_capacity(pieces.count);
+    let mut schedules = Vec::with_capacity(pieces.count());
     for done in reads {
         if !done.parsed {
             return Err(Redo);
