@@ -66,6 +66,17 @@ pub struct Config {
     pub claim_lease: chrono::Duration,
     /// Things that are valid but probably not what the operator wants.
     pub warnings: Vec<Problem>,
+    /// What a reload may take over from this reading ([`Config::prior`]): kept for a file
+    /// read in pieces, about 40 bytes a schedule.
+    memo: Option<Arc<validate::Memo>>,
+}
+
+/// What a reload takes over from the config in force: the schedules whose text and context did
+/// not change, with their warnings, are not read again (see [`reload`]).
+pub struct Prior {
+    memo: Arc<validate::Memo>,
+    schedules: Vec<Arc<Schedule>>,
+    warnings: Vec<Problem>,
 }
 
 /// One WeCom application: its own secret, hence its own access token.
@@ -273,6 +284,16 @@ impl Schedule {
 }
 
 impl Config {
+    /// What a reload of this config's file may take over from it; `None` when it was read
+    /// whole (a small file, or one with anchors).
+    pub fn prior(&self) -> Option<Prior> {
+        Some(Prior {
+            memo: self.memo.clone()?,
+            schedules: self.schedules.clone(),
+            warnings: self.warnings.clone(),
+        })
+    }
+
     /// The name of this daemon in rows and events: `instance:`, else the host name.
     pub fn instance(&self) -> String {
         self.instance.clone().unwrap_or_else(host_name)
@@ -455,6 +476,18 @@ pub fn load_at(path: &Path, secrets: Secrets, now: DateTime<Utc>) -> Result<Conf
     parse_at(&text, path, secrets, now)
 }
 
+/// [`load`] again: the schedules `prior` read whose text and context are unchanged, and that
+/// had no slot since, are taken over as read, with their warnings, instead of being parsed and
+/// validated again. The outcome (the config, or every problem and warning) is the one
+/// [`load`] gives; only the time differs.
+pub fn reload(path: &Path, secrets: Secrets, prior: Option<&Prior>) -> Result<Config, ConfigError> {
+    let text = read_text(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    read_config(&text, path, secrets, Utc::now(), prior)
+}
+
 /// Reads at most [`MAX_CONFIG_BYTES`] (`--config /dev/zero` must not fill memory).
 fn read_text(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
@@ -491,9 +524,19 @@ pub fn parse_at(
     secrets: Secrets,
     now: DateTime<Utc>,
 ) -> Result<Config, ConfigError> {
+    read_config(text, path, secrets, now, None)
+}
+
+fn read_config(
+    text: &str,
+    path: &Path,
+    secrets: Secrets,
+    now: DateTime<Utc>,
+    prior: Option<&Prior>,
+) -> Result<Config, ConfigError> {
     let digest = digest(text.as_bytes());
     let base = path.parent().unwrap_or(Path::new("."));
-    let (config, problems, warnings) = validate::validate(text, base, secrets, now);
+    let (config, problems, warnings) = validate::validate(text, base, secrets, now, prior);
     match config {
         Some(mut config) if problems.is_empty() => {
             config.path = path.to_path_buf();
@@ -561,6 +604,8 @@ pub fn database_location(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::TEXTCARD_TITLE_MAX_BYTES as TEXTCARD_TITLE;
+    use std::collections::HashSet;
 
     /// A file of `n` schedules; `quoted` writes the key `"schedules":`, which is not split.
     fn many(n: usize, quoted: bool, extra: &str) -> String {
@@ -627,6 +672,148 @@ mod tests {
         assert_eq!(
             Err(error),
             load(&whole).map_err(|e| e.replace("\"schedules\"", "schedules"))
+        );
+    }
+
+    /// Reads `text` at `now` taking over what `prior` read, and afresh: the outcomes must be
+    /// the same (the schedules, warnings and what the next reload may take over, or every
+    /// problem). Also how many schedules were taken over.
+    fn reread(text: &str, prior: &Prior, now: &str) -> (Result<Config, String>, usize) {
+        let now = now.parse().unwrap();
+        let path = Path::new("s.yaml");
+        let show = |read: Result<Config, ConfigError>| read.map_err(|e| e.to_string());
+        let again = show(read_config(text, path, Secrets::Unneeded, now, Some(prior)));
+        let fresh = show(parse_at(text, path, Secrets::Unneeded, now));
+        let outcome = |read: &Result<Config, String>| {
+            read.as_ref()
+                .map(|c| (c.schedules.clone(), c.warnings.clone(), c.memo.clone()))
+                .map_err(String::clone)
+        };
+        // Not assert_eq: the two sides would fill the terminal.
+        assert!(
+            outcome(&again) == outcome(&fresh),
+            "taken over vs read afresh at {now}: {:?} vs {:?}",
+            again.as_ref().map(|c| c.schedules.len()),
+            fresh.as_ref().map(|c| c.schedules.len())
+        );
+        assert!(
+            fresh.as_ref().map_or(true, |c| c.memo.is_some()),
+            "a memo to reload with"
+        );
+        let earlier: HashSet<*const Schedule> = prior.schedules.iter().map(Arc::as_ptr).collect();
+        let taken = again.as_ref().map_or(0, |c| {
+            c.schedules
+                .iter()
+                .filter(|s| earlier.contains(&Arc::as_ptr(s)))
+                .count()
+        });
+        (again, taken)
+    }
+
+    #[test]
+    fn a_reload_takes_over_unchanged_schedules_until_they_fire_and_reads_as_afresh() {
+        let at = |text: &str, now: &str| {
+            let now = now.parse().unwrap();
+            parse_at(text, Path::new("s.yaml"), Secrets::Unneeded, now).expect("valid")
+        };
+        // A warning on some schedules, to be taken over with them.
+        let warned = |text: String| {
+            text.replace(
+                "text: { content: \"hello {{ date }} 4\" }",
+                "markdown: { content: x }",
+            )
+        };
+        let text = many(3000, false, "");
+        let t0 = "2026-12-02T07:00:00Z";
+        let config = at(&text, t0);
+        let prior = config.prior().expect("read in pieces");
+        // Unchanged, a minute later: every schedule is taken over (none fired).
+        let (_, taken) = reread(&text, &prior, "2026-12-02T07:01:00Z");
+        assert_eq!(taken, 3000);
+        // The */5 schedules fired at 07:05: they are read again, the others are not.
+        let (_, taken) = reread(&text, &prior, "2026-12-02T07:30:00Z");
+        assert_eq!(taken, 2000);
+        // Only the workday ones have not fired by 09:00: too few to take over.
+        assert_eq!(reread(&text, &prior, "2026-12-02T09:00:00Z").1, 0);
+        // A clock gone back: the slots after it are not the ones checked.
+        assert_eq!(reread(&text, &prior, "2026-12-02T06:59:00Z").1, 0);
+        // One changed, one removed, two swapped, one added: the rest taken over.
+        let edited = text
+            .replace("hello {{ date }} 7\"", "hi {{ date }} 7\"")
+            .replace("  - name: s8\n    cron: \"*/5 * * * *\"\n    to: { users: [u1] }\n    text: { content: \"hello {{ date }} 8\" }\n", "")
+            .replace("name: s10\n", "name: tmp\n")
+            .replace("name: s11\n", "name: s10\n")
+            .replace("name: tmp\n", "name: s11\n")
+            .replace("calendars:", "  - { name: new, cron: '0 9 * * *', to: { users: [u] }, text: { content: n } }\ncalendars:");
+        let (again, taken) = reread(&edited, &prior, "2026-12-02T07:01:00Z");
+        assert_eq!(again.expect("valid").schedules.len(), 3000);
+        assert_eq!(taken, 2996, "s7, s10, s11 and the new one read");
+        // A name used twice, and an error: reported as a full reading reports them.
+        let twice = text.replace("name: s9\n", "name: s12\n");
+        let error = reread(&twice, &prior, "2026-12-02T07:01:00Z")
+            .0
+            .expect_err("invalid");
+        assert!(
+            error.contains("\"s12\", field name: is used by an earlier"),
+            "{error}"
+        );
+        let broken = text.replace("name: s2999\n", "name: s2999\n    jitter: 3d\n");
+        reread(&broken, &prior, "2026-12-02T07:01:00Z")
+            .0
+            .expect_err("invalid");
+        // Another context (the default zone, an app, a calendar): nothing is taken over.
+        for head in [
+            text.replace("timezone: Asia/Shanghai", "timezone: Asia/Tokyo"),
+            text.replace(
+                "apps:\n",
+                "apps:\n  dev: { corp_id: ww2, agent_id: 2, secret: t }\n",
+            ),
+            text.replace("skip: [2026-10-01]", "skip: [2026-10-02]"),
+        ] {
+            assert_eq!(reread(&head, &prior, "2026-12-02T07:01:00Z").1, 0);
+        }
+        // Warnings are taken over with their schedules, in the file's order.
+        let text = warned(many(3000, false, ""));
+        let config = at(&text, t0);
+        assert!(
+            config
+                .warnings
+                .iter()
+                .any(|w| w.subject == Subject::Schedule("s4".into()))
+        );
+        let (again, taken) = reread(&text, &config.prior().unwrap(), "2026-12-02T07:01:00Z");
+        assert_eq!(
+            (again.unwrap().warnings, taken),
+            (config.warnings.clone(), 3000)
+        );
+    }
+
+    #[test]
+    fn a_schedule_taken_over_is_checked_at_the_slots_that_came_since() {
+        // The title fits with "August" (6 bytes) and is too long with "September" (9).
+        let title = "x".repeat(TEXTCARD_TITLE - "August".len());
+        let card = format!(
+            "  - name: monthly\n    cron: \"2 9 * * *\"\n    to: {{ users: [u] }}\n    textcard: {{ title: \"{title}{{{{ slot:%B }}}}\", description: d, url: \"https://example.com\" }}\n"
+        );
+        let text = many(3000, false, &card);
+        // 09:02 in Shanghai is 01:02Z: the eight days sampled before it on the 24th are all in
+        // August. Between 01:00 and 01:05 no other schedule fires.
+        let t0 = "2026-08-24T01:01:00Z".parse().unwrap();
+        let config = parse_at(&text, Path::new("s.yaml"), Secrets::Unneeded, t0).expect("valid");
+        let prior = config.prior().unwrap();
+        let (again, taken) = reread(&text, &prior, "2026-08-24T01:01:59Z");
+        assert_eq!(
+            (again.is_ok(), taken),
+            (true, 3001),
+            "no slot since: the same eight"
+        );
+        // After the slot of the 24th, the eight reach September 1st.
+        let (again, taken) = reread(&text, &prior, "2026-08-24T01:03:00Z");
+        assert_eq!(taken, 0, "invalid: nothing to take over");
+        let error = again.expect_err("too long on September 1st");
+        assert!(
+            error.contains("\"monthly\", field textcard.title"),
+            "{error}"
         );
     }
 

@@ -82,6 +82,9 @@ pub(super) const PIECE_BYTES: usize = 64 * 1024;
 /// The items of `schedules:`, in pieces of whole items.
 pub(super) struct Pieces<'t> {
     text: &'t str,
+    /// Where each item starts, and where the last one ends.
+    starts: Vec<usize>,
+    end: usize,
     /// Each piece's bytes and how many items start in it.
     pieces: Vec<(std::ops::Range<usize>, usize)>,
 }
@@ -171,7 +174,15 @@ fn split(text: &str, piece_bytes: usize) -> Option<(String, Pieces<'_>)> {
         " ".repeat(column),
         &text[block_end..]
     );
-    Some((head, Pieces { text, pieces }))
+    Some((
+        head,
+        Pieces {
+            text,
+            starts,
+            end: block_end,
+            pieces,
+        },
+    ))
 }
 
 /// `schedules:` alone on its line (a comment may follow).
@@ -190,7 +201,13 @@ fn is_item(content: &str) -> bool {
 impl Pieces<'_> {
     /// How many items there are.
     pub fn count(&self) -> usize {
-        self.pieces.iter().map(|(_, count)| count).sum()
+        self.starts.len()
+    }
+
+    /// The text of item `index` (from its `- ` line to the next item's), as written.
+    pub fn item(&self, index: usize) -> &str {
+        let end = self.starts.get(index + 1).copied().unwrap_or(self.end);
+        &self.text[self.starts[index]..end]
     }
 
     /// The pieces in at most `n` runs of consecutive pieces, of about equal bytes.
@@ -205,7 +222,7 @@ impl Pieces<'_> {
             // Cut once this run holds its share of the bytes so far.
             if last || bytes * n >= total * (runs.len() + 1) {
                 runs.push(Run {
-                    text: self.text,
+                    all: self,
                     pieces: &self.pieces[from..=at],
                     first,
                 });
@@ -219,25 +236,39 @@ impl Pieces<'_> {
 
 /// Consecutive pieces of a split `schedules:`.
 pub(super) struct Run<'p> {
-    text: &'p str,
+    all: &'p Pieces<'p>,
     pieces: &'p [(std::ops::Range<usize>, usize)],
     /// The index of its first item among all items.
     pub first: usize,
 }
 
 impl Run<'_> {
-    /// Parses the pieces in order and hands each item to `each`. `false` as soon as a piece
-    /// does not parse as the items it was cut around: then the whole file must be parsed.
-    pub fn items(&self, mut each: impl FnMut(Value)) -> bool {
+    /// Parses the pieces in order and hands each item, with its text, to `each`. `false` as
+    /// soon as a piece does not parse as the items it was cut around: then the whole file must
+    /// be parsed.
+    pub fn items(&self, mut each: impl FnMut(&str, Value)) -> bool {
+        let mut index = self.first;
         for (bytes, expected) in self.pieces {
-            match parse_tree(&self.text[bytes.clone()]) {
+            match parse_tree(&self.all.text[bytes.clone()]) {
                 Ok(Value::Sequence(items)) if items.len() == *expected => {
-                    items.into_iter().for_each(&mut each)
+                    for item in items {
+                        each(self.all.item(index), item);
+                        index += 1;
+                    }
                 }
                 _ => return false,
             }
         }
         true
+    }
+}
+
+/// Parses the text of one item of a split `schedules:` ([`Pieces::item`]) on its own, as a
+/// piece of one item; `None` when it does not parse as one item.
+pub(super) fn parse_item(text: &str) -> Option<Value> {
+    match parse_tree(text) {
+        Ok(Value::Sequence(mut items)) if items.len() == 1 => items.pop(),
+        _ => None,
     }
 }
 
@@ -576,6 +607,7 @@ mod tests {
     }
 
     /// The tree that parsing in pieces of one item each makes, if the file is split at all.
+    /// Parsed in one piece of every item, each item's text also parses alone as that item.
     fn split_tree(text: &str) -> Option<Value> {
         let (head, pieces) = split(text, 1)?;
         let mut tree = without_sentinel(parse_tree(&head).ok()?)?;
@@ -583,10 +615,17 @@ mod tests {
         let [run] = &pieces.runs(1)[..] else {
             panic!("one run asked for");
         };
-        if !run.items(|item| items.push(item)) {
+        if !run.items(|_, item| items.push(item)) {
             return None;
         }
         assert_eq!(items.len(), pieces.count());
+        let (_, one) = split(text, usize::MAX)?;
+        let mut alone = Vec::new();
+        assert!(one.runs(1)[0].items(|text, item| {
+            assert_eq!(parse_item(text).as_ref(), Some(&item), "{text}");
+            alone.push(item);
+        }));
+        assert_eq!(alone, items);
         *tree.get_mut("schedules")? = Value::Sequence(items);
         Some(tree)
     }

@@ -506,13 +506,15 @@ impl Daemon {
         self.notifier.reloading();
         let path = self.config.path.clone();
         let secrets = Secrets::for_dry_run(self.dry_run());
+        // Unchanged schedules are taken over, not read again.
+        let prior = self.config.prior();
         let (sender, result) = oneshot::channel();
         let spawned = std::thread::Builder::new()
             .name("reload".into())
             .spawn(move || {
                 reload::yield_to_firing();
                 // The daemon may have stopped meanwhile; then nobody needs the result.
-                let _ = sender.send(config::load(&path, secrets));
+                let _ = sender.send(config::reload(&path, secrets, prior.as_ref()));
             });
         match spawned {
             Ok(_) => Some(Loading {

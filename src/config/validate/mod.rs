@@ -11,8 +11,8 @@ use serde_yaml::Value;
 use super::fields::{Entry, Field, Report};
 use super::yaml::{Parsed, Pieces, Run};
 use super::{
-    App, Config, DEFAULT_API_BASE, DEFAULT_DUPLICATE_CHECK_INTERVAL, Mention, Problem, Robot,
-    Schedule, Secret, SecretSource, Secrets, Subject,
+    App, Config, DEFAULT_API_BASE, DEFAULT_DUPLICATE_CHECK_INTERVAL, Mention, Prior, Problem,
+    Robot, Schedule, Secret, SecretSource, Secrets, Subject,
 };
 use crate::calendar::Calendar;
 use crate::cron::CronSpec;
@@ -27,8 +27,11 @@ mod calendars;
 mod card;
 mod database;
 mod message;
+mod reuse;
 mod robots;
 mod schedule;
+
+pub(crate) use reuse::Memo;
 
 use apps::validate_apps;
 use calendars::validate_calendars;
@@ -117,6 +120,7 @@ pub(super) fn validate(
     base: &Path,
     secrets: Secrets,
     now: DateTime<Utc>,
+    prior: Option<&Prior>,
 ) -> (Option<Config>, Vec<Problem>, Vec<Problem>) {
     let mut report = Report::default();
     // Editors on Windows start UTF-8 files with a byte order mark; it is not content.
@@ -131,7 +135,7 @@ pub(super) fn validate(
     }
     // A tree of the whole file (or why it has none): validated on this thread alone.
     let whole = |tree: Result<Value, String>, report: &mut Report| match tree {
-        Ok(value) => read(value, None, text, base, secrets, now, report).unwrap_or(None),
+        Ok(value) => read(value, None, text, base, secrets, now, None, report).unwrap_or(None),
         Err(message) => {
             // The message carries the line (and serde_yaml's the column).
             report.error(&Subject::File, "yaml", message);
@@ -140,7 +144,16 @@ pub(super) fn validate(
     };
     let config = match super::yaml::parse(text) {
         Ok(Parsed::Split(head, pieces)) => {
-            match read(head, Some(pieces), text, base, secrets, now, &mut report) {
+            match read(
+                head,
+                Some(pieces),
+                text,
+                base,
+                secrets,
+                now,
+                prior,
+                &mut report,
+            ) {
                 Ok(config) => config,
                 // A piece did not parse as cut, or a name came back in another run: the file
                 // is read whole, as one, for the exact problems (and the YAML error's line).
@@ -160,7 +173,9 @@ pub(super) fn validate(
 struct Redo;
 
 /// Validates the tree `value` of `text`; when the file was split, the items of `schedules:`
-/// come from `pieces` instead of the tree (where the list is empty).
+/// come from `pieces` instead of the tree (where the list is empty), taking over what `prior`
+/// read of them where it can.
+#[allow(clippy::too_many_arguments)]
 fn read(
     value: Value,
     pieces: Option<Pieces<'_>>,
@@ -168,6 +183,7 @@ fn read(
     base: &Path,
     secrets: Secrets,
     now: DateTime<Utc>,
+    prior: Option<&Prior>,
     report: &mut Report,
 ) -> Result<Option<Config>, Redo> {
     let file = Subject::File;
@@ -289,19 +305,28 @@ fn read(
         crons: CronCache::default(),
         shared: Shared::default(),
     };
-    let schedules = match pieces {
-        Some(pieces) => validate_pieces(&pieces, &context, report)?,
+    let (schedules, memo) = match pieces {
+        Some(pieces) => {
+            let head_warnings = report.warnings.len();
+            let (schedules, items) =
+                match prior.and_then(|prior| reuse::revalidate(&pieces, &context, prior, report)) {
+                    Some(taken_over) => taken_over,
+                    None => validate_pieces(&pieces, &context, report)?,
+                };
+            let memo = Memo::new(&context, head_warnings, items);
+            (schedules, Some(Arc::new(memo)))
+        }
         None => {
             let mut names = HashSet::new();
             let mut schedules = Vec::new();
             for (index, value) in raw_schedules.into_iter().enumerate() {
-                if let Some(schedule) =
+                if let Some((schedule, _)) =
                     validate_schedule(index, value, &context, &mut names, report)
                 {
                     schedules.push(Arc::new(schedule));
                 }
             }
-            schedules
+            (schedules, None)
         }
     };
     Ok(Some(Config {
@@ -317,6 +342,7 @@ fn read(
         metrics_listen,
         instance,
         claim_lease,
+        memo,
     }))
 }
 
@@ -333,9 +359,10 @@ fn validate_pieces(
     pieces: &Pieces<'_>,
     context: &Context<'_>,
     report: &mut Report,
-) -> Result<Vec<Arc<Schedule>>, Redo> {
+) -> Result<(Vec<Arc<Schedule>>, Vec<reuse::Item>), Redo> {
     struct Read {
         schedules: Vec<Arc<Schedule>>,
+        items: Vec<reuse::Item>,
         report: Report,
         names: HashSet<String>,
         parsed: bool,
@@ -344,17 +371,21 @@ fn validate_pieces(
     let read = |run: &Run<'_>, context: Context<'_>| {
         let mut out = Read {
             schedules: Vec::new(),
+            items: Vec::new(),
             report: Report::default(),
             names: HashSet::new(),
             parsed: true,
         };
         let mut index = run.first;
-        out.parsed = run.items(|value| {
-            if let Some(schedule) =
-                validate_schedule(index, value, &context, &mut out.names, &mut out.report)
-            {
+        out.parsed = run.items(|text, value| {
+            let before = out.report.warnings.len();
+            let read = validate_schedule(index, value, &context, &mut out.names, &mut out.report);
+            let first = read.as_ref().and_then(|(_, first)| *first);
+            if let Some((schedule, _)) = read {
                 out.schedules.push(Arc::new(schedule));
             }
+            let warnings = out.report.warnings.len() - before;
+            out.items.push(reuse::Item::new(text, first, warnings));
             index += 1;
         });
         out
@@ -363,6 +394,7 @@ fn validate_pieces(
     let reads = crate::parallel::in_order(&runs, || context.fork(), read);
     let mut names = HashSet::new();
     let mut schedules = Vec::with_capacity(pieces.count());
+    let mut items = Vec::with_capacity(pieces.count());
     for done in reads {
         if !done.parsed {
             return Err(Redo);
@@ -379,8 +411,9 @@ fn validate_pieces(
         report.problems.extend(done.report.problems);
         report.warnings.extend(done.report.warnings);
         schedules.extend(done.schedules);
+        items.extend(done.items);
     }
-    Ok(schedules)
+    Ok((schedules, items))
 }
 
 /// The shortest and longest `claim_lease:`.

@@ -5,13 +5,17 @@ use super::message::{
 };
 use super::*;
 
+///
+/// With the schedule comes its first slot after `context.now`: every check that looks at
+/// upcoming slots looks at slots from that one on, so until then a reload finds the same
+/// (see [`super::reuse`]).
 pub(super) fn validate_schedule(
     index: usize,
     value: Value,
     context: &Context<'_>,
     names: &mut HashSet<String>,
     report: &mut Report,
-) -> Option<Schedule> {
+) -> Option<(Schedule, Option<DateTime<Utc>>)> {
     let label = value
         .get("name")
         .and_then(Value::as_str)
@@ -249,7 +253,13 @@ pub(super) fn validate_schedule(
         // A robot has no duplicate check: nothing is swallowed.
         warn_duplicates(&schedule, &slots, &subject, report);
     }
-    Some(schedule)
+    // The expression's first slot, or a make-up workday's before it (`check_timing` looks at
+    // those too).
+    let first = match schedule.workday_cron {
+        None => slots.first().copied(),
+        Some(_) => schedule.next_after(context.now),
+    };
+    Some((schedule, first))
 }
 
 /// The message types a group robot takes.
