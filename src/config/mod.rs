@@ -491,10 +491,12 @@ pub fn reload(path: &Path, secrets: Secrets, prior: Option<&Prior>) -> Result<Co
 /// Reads at most [`MAX_CONFIG_BYTES`] (`--config /dev/zero` must not fill memory).
 fn read_text(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_CONFIG_BYTES + 1)
-        .read_to_end(&mut bytes)?;
+    let file = std::fs::File::open(path)?;
+    // Room for the whole file at once (its size as the file system says, if it says): grown
+    // step by step, the buffer of a 16 MiB file was copied over and over.
+    let size = file.metadata().map_or(0, |m| m.len()).min(MAX_CONFIG_BYTES);
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0) + 1);
+    file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_CONFIG_BYTES {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,

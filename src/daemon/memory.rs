@@ -18,12 +18,26 @@
 //! (`arena_eager_commit` 0) only helps when set before the first allocation, by environment.
 
 /// Caps glibc's allocator at two arenas: each thread would otherwise get an arena of its own,
-/// in which freed memory stays reserved.
+/// in which freed memory stays reserved. And turns transparent huge pages off for the daemon.
+///
+/// mimalloc asks the kernel for huge pages on its arenas (`madvise(MADV_HUGEPAGE)`), which
+/// the default `madvise` setting of `/sys/kernel/mm/transparent_hugepage/enabled` grants: a
+/// touched arena is then resident 2 MiB at a time, used or not, and a page that empties only in
+/// part cannot go back. Measured with the `scale` benchmark (10,000 schedules), 28 of the
+/// 39 MiB the daemon had in anonymous memory were huge pages. A daemon that mostly waits gains
+/// nothing from them; `PR_SET_THP_DISABLE` turns them off for every mapping of the process,
+/// including the arenas mapped before this call.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes a tuning parameter of the process's allocator.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_THP_DISABLE, 1) only sets a flag of the calling process; it takes
+    // no pointer. A kernel without it answers EINVAL, which changes nothing.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
 

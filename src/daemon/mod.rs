@@ -593,7 +593,8 @@ impl Daemon {
         // others are copied here, off the reload thread's pages (see `Schedule::relocated`).
         let mut copies = config::Relocation::default();
         for schedule in &mut new.schedules {
-            *schedule = match armed.get(&schedule.name).filter(|kept| *kept == schedule) {
+            let same = |kept: &&Arc<Schedule>| Arc::ptr_eq(kept, schedule) || *kept == schedule;
+            *schedule = match armed.get(&schedule.name).filter(same) {
                 Some(kept) => kept.clone(),
                 None => Arc::new(schedule.relocated(&mut copies)),
             };

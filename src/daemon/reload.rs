@@ -29,7 +29,8 @@ impl Diff {
         for (name, schedule) in &enabled {
             match armed.get(*name) {
                 None => diff.added.push(name.to_string()),
-                Some(old) if old.as_ref() == schedule.as_ref() => {
+                // The same allocation when a reload took the schedule over as it was read.
+                Some(old) if Arc::ptr_eq(old, schedule) || old.as_ref() == schedule.as_ref() => {
                     diff.unchanged.push(name.to_string())
                 }
                 Some(_) => diff.changed.push(name.to_string()),

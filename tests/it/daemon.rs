@@ -138,6 +138,12 @@ async fn sighup_adds_removes_and_changes_schedules() {
             .all(|p| t.iter().any(|x| x.starts_with(p)))
     })
     .await;
+    // The daemon runs without transparent huge pages (see `daemon::memory`); kernels before
+    // 6.x do not show the flag.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
 
     let after = [
         every_two_seconds("keep", "keep"),

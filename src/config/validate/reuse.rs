@@ -52,6 +52,27 @@ impl Item {
     }
 }
 
+/// The hash of every item, computed on every core.
+fn hashes(pieces: &Pieces<'_>) -> Vec<[u8; 16]> {
+    let threads = crate::parallel::threads(super::MAX_READERS);
+    let per_thread = pieces.count().div_ceil(threads).max(1);
+    let ranges: Vec<std::ops::Range<usize>> = (0..pieces.count())
+        .step_by(per_thread)
+        .map(|start| start..(start + per_thread).min(pieces.count()))
+        .collect();
+    crate::parallel::in_order(
+        &ranges,
+        || (),
+        |range, ()| {
+            range
+                .clone()
+                .map(|i| hash(pieces.item(i)))
+                .collect::<Vec<_>>()
+        },
+    )
+    .concat()
+}
+
 fn hash(text: &str) -> [u8; 16] {
     let digest = Sha256::digest(text.as_bytes());
     let mut hash = [0; 16];
@@ -130,7 +151,7 @@ pub(super) fn revalidate(
             .copied()
             .filter(|&(index, _)| memo.items[index].first.is_some_and(|f| f > context.now))
     };
-    let hashes: Vec<[u8; 16]> = (0..pieces.count()).map(|i| hash(pieces.item(i))).collect();
+    let hashes = hashes(pieces);
     if hashes.iter().filter(|h| taken(h).is_some()).count() * 2 < hashes.len() {
         return None;
     }
