@@ -735,6 +735,8 @@ mod tests {
         // The */5 schedules fired at 07:05: they are read again, the others are not.
         let (_, taken) = reread(&text, &prior, "2026-12-02T07:30:00Z");
         assert_eq!(taken, 2000);
+        // At the instant of a slot, that slot is no longer ahead.
+        assert_eq!(reread(&text, &prior, "2026-12-02T07:05:00Z").1, 2000);
         // Only the workday ones have not fired by 09:00: too few to take over.
         assert_eq!(reread(&text, &prior, "2026-12-02T09:00:00Z").1, 0);
         // A clock gone back: the slots after it are not the ones checked.
@@ -771,6 +773,11 @@ mod tests {
                 "apps:\n  dev: { corp_id: ww2, agent_id: 2, secret: t }\n",
             ),
             text.replace("skip: [2026-10-01]", "skip: [2026-10-02]"),
+            text.replace(
+                "timezone: Asia/Shanghai",
+                "timezone: Asia/Shanghai\ncatch_up: 5m",
+            ),
+            text.replace("calendars:", "robots:\n  r: { key: k }\ncalendars:"),
         ] {
             assert_eq!(reread(&head, &prior, "2026-12-02T07:01:00Z").1, 0);
         }

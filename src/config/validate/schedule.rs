@@ -5,10 +5,9 @@ use super::message::{
 };
 use super::*;
 
-///
-/// With the schedule comes its first slot after `context.now`: every check that looks at
-/// upcoming slots looks at slots from that one on, so until then a reload finds the same
-/// (see [`super::reuse`]).
+/// Validates one item of `schedules:`. With the schedule comes its first slot after
+/// `context.now`: every check that looks at upcoming slots looks at slots from that one on, so
+/// until then a reload finds the same (see [`super::reuse`]).
 pub(super) fn validate_schedule(
     index: usize,
     value: Value,
