@@ -205,6 +205,8 @@ impl PartialEq for CronSpec {
     }
 }
 
+impl Eq for CronSpec {}
+
 impl CronSpec {
     /// Parses `expr` (5 or 6 fields), returning an error that names the offending field.
     pub fn parse(expr: &str) -> Result<CronSpec, String> {

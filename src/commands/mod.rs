@@ -63,7 +63,17 @@ impl Globals {
 
     /// [`Globals::load`], validating the slots after `now` (see [`config::load_at`]).
     pub fn load_at(&self, secrets: Secrets, now: DateTime<Utc>) -> Result<Config, ExitCode> {
-        match config::load_at(&self.config, secrets, now) {
+        Self::loaded(config::load_at(&self.config, secrets, now))
+    }
+
+    /// [`Globals::load`] for the daemon: the config keeps what its reloads take over (see
+    /// [`config::load_to_run`]).
+    pub fn load_to_run(&self, secrets: Secrets) -> Result<Config, ExitCode> {
+        Self::loaded(config::load_to_run(&self.config, secrets, None))
+    }
+
+    fn loaded(loaded: Result<Config, ConfigError>) -> Result<Config, ExitCode> {
+        match loaded {
             Ok(config) => Ok(config),
             Err(error) => {
                 // One line per problem: the config's own text inside them is escaped.

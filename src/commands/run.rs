@@ -14,7 +14,7 @@ use crate::wecom::token::TokenCache;
 pub async fn run(globals: &Globals, dry_run: bool) -> ExitCode {
     daemon::tune_allocator();
     let secrets = Secrets::for_dry_run(dry_run);
-    let config = match globals.load(secrets) {
+    let config = match globals.load_to_run(secrets) {
         Ok(config) => config,
         Err(code) => return code,
     };

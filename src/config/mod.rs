@@ -66,13 +66,13 @@ pub struct Config {
     pub claim_lease: chrono::Duration,
     /// Things that are valid but probably not what the operator wants.
     pub warnings: Vec<Problem>,
-    /// What a reload may take over from this reading ([`Config::prior`]): kept for a file
-    /// read in pieces, about 40 bytes a schedule.
+    /// What a reload may take over from this reading ([`Config::prior`]): kept by the daemon
+    /// ([`load_to_run`]) for a file read in pieces, about 40 bytes a schedule.
     memo: Option<Arc<validate::Memo>>,
 }
 
 /// What a reload takes over from the config in force: the schedules whose text and context did
-/// not change, with their warnings, are not read again (see [`reload`]).
+/// not change, with their warnings, are not read again (see [`load_to_run`]).
 pub struct Prior {
     memo: Arc<validate::Memo>,
     schedules: Vec<Arc<Schedule>>,
@@ -146,7 +146,9 @@ fn copy<T: ?Sized>(
 
 /// One schedule. What many schedules of a large config write alike (the expression, the app,
 /// the recipients, the message) is shared between them: one copy in memory per distinct value.
-#[derive(Debug, Clone, PartialEq)]
+/// `Eq`, so that two `Arc<Schedule>` compare by pointer first: a reload takes an unchanged
+/// schedule over as the same allocation (`validate::reuse`), and its diff then costs nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schedule {
     pub name: String,
     pub cron: Arc<CronSpec>,
@@ -284,8 +286,8 @@ impl Schedule {
 }
 
 impl Config {
-    /// What a reload of this config's file may take over from it; `None` when it was read
-    /// whole (a small file, or one with anchors).
+    /// What a reload of this config's file may take over from it; `None` when it was not
+    /// read for the daemon, or read whole (a file with anchors, or a flow list).
     pub fn prior(&self) -> Option<Prior> {
         Some(Prior {
             memo: self.memo.clone()?,
@@ -476,16 +478,30 @@ pub fn load_at(path: &Path, secrets: Secrets, now: DateTime<Utc>) -> Result<Conf
     parse_at(&text, path, secrets, now)
 }
 
-/// [`load`] again: the schedules `prior` read whose text and context are unchanged, and that
-/// had no slot since, are taken over as read, with their warnings, instead of being parsed and
-/// validated again. The outcome (the config, or every problem and warning) is the one
-/// [`load`] gives; only the time differs.
-pub fn reload(path: &Path, secrets: Secrets, prior: Option<&Prior>) -> Result<Config, ConfigError> {
+/// [`load`] for the daemon, at its start (`prior` is `None`) and at each reload: the config
+/// keeps what the next reload may take over ([`Config::prior`]). The schedules `prior` read
+/// whose text and context are unchanged, and that had no slot since, are taken over as read,
+/// with their warnings, instead of being parsed and validated again. The outcome (the config,
+/// or every problem and warning) is the one [`load`] gives; only the time differs.
+pub fn load_to_run(
+    path: &Path,
+    secrets: Secrets,
+    prior: Option<&Prior>,
+) -> Result<Config, ConfigError> {
     let text = read_text(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    read_config(&text, path, secrets, Utc::now(), prior)
+    read_config(&text, path, secrets, Utc::now(), Reading::Kept(prior))
+}
+
+/// Whether a reading keeps what a reload may take over.
+#[derive(Clone, Copy)]
+enum Reading<'a> {
+    /// A command's: read once.
+    Once,
+    /// The daemon's: kept, and taken over from the reading in force, if any.
+    Kept(Option<&'a Prior>),
 }
 
 /// Reads at most [`MAX_CONFIG_BYTES`] (`--config /dev/zero` must not fill memory).
@@ -526,7 +542,7 @@ pub fn parse_at(
     secrets: Secrets,
     now: DateTime<Utc>,
 ) -> Result<Config, ConfigError> {
-    read_config(text, path, secrets, now, None)
+    read_config(text, path, secrets, now, Reading::Once)
 }
 
 fn read_config(
@@ -534,11 +550,11 @@ fn read_config(
     path: &Path,
     secrets: Secrets,
     now: DateTime<Utc>,
-    prior: Option<&Prior>,
+    reading: Reading<'_>,
 ) -> Result<Config, ConfigError> {
     let digest = digest(text.as_bytes());
     let base = path.parent().unwrap_or(Path::new("."));
-    let (config, problems, warnings) = validate::validate(text, base, secrets, now, prior);
+    let (config, problems, warnings) = validate::validate(text, base, secrets, now, reading);
     match config {
         Some(mut config) if problems.is_empty() => {
             config.path = path.to_path_buf();
@@ -684,8 +700,8 @@ mod tests {
         let now = now.parse().unwrap();
         let path = Path::new("s.yaml");
         let show = |read: Result<Config, ConfigError>| read.map_err(|e| e.to_string());
-        let again = show(read_config(text, path, Secrets::Unneeded, now, Some(prior)));
-        let fresh = show(parse_at(text, path, Secrets::Unneeded, now));
+        let read = |reading| show(read_config(text, path, Secrets::Unneeded, now, reading));
+        let (again, fresh) = (read(Reading::Kept(Some(prior))), read(Reading::Kept(None)));
         let outcome = |read: &Result<Config, String>| {
             read.as_ref()
                 .map(|c| (c.schedules.clone(), c.warnings.clone(), c.memo.clone()))
@@ -712,12 +728,20 @@ mod tests {
         (again, taken)
     }
 
+    /// The daemon's reading of `text` at `now`.
+    fn kept(text: &str, now: &str) -> Config {
+        let now = now.parse().unwrap();
+        let path = Path::new("s.yaml");
+        read_config(text, path, Secrets::Unneeded, now, Reading::Kept(None)).expect("valid")
+    }
+
     #[test]
     fn a_reload_takes_over_unchanged_schedules_until_they_fire_and_reads_as_afresh() {
-        let at = |text: &str, now: &str| {
-            let now = now.parse().unwrap();
-            parse_at(text, Path::new("s.yaml"), Secrets::Unneeded, now).expect("valid")
-        };
+        let at = kept;
+        // A command's reading keeps nothing.
+        let text = many(3000, false, "");
+        let once = parse_at(&text, Path::new("s.yaml"), Secrets::Unneeded, Utc::now());
+        assert!(once.expect("valid").prior().is_none());
         // A warning on some schedules, to be taken over with them.
         let warned = |text: String| {
             text.replace(
@@ -725,7 +749,6 @@ mod tests {
                 "markdown: { content: x }",
             )
         };
-        let text = many(3000, false, "");
         let t0 = "2026-12-02T07:00:00Z";
         let config = at(&text, t0);
         let prior = config.prior().expect("read in pieces");
@@ -807,9 +830,7 @@ mod tests {
         let text = many(3000, false, &card);
         // 09:02 in Shanghai is 01:02Z: the eight days sampled before it on the 24th are all in
         // August. Between 01:00 and 01:05 no other schedule fires.
-        let t0 = "2026-08-24T01:01:00Z".parse().unwrap();
-        let config = parse_at(&text, Path::new("s.yaml"), Secrets::Unneeded, t0).expect("valid");
-        let prior = config.prior().unwrap();
+        let prior = kept(&text, "2026-08-24T01:01:00Z").prior().unwrap();
         let (again, taken) = reread(&text, &prior, "2026-08-24T01:01:59Z");
         assert_eq!(
             (again.is_ok(), taken),

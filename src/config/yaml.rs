@@ -85,8 +85,8 @@ pub(super) struct Pieces<'t> {
     /// Where each item starts, and where the last one ends.
     starts: Vec<usize>,
     end: usize,
-    /// Each piece's bytes and how many items start in it.
-    pieces: Vec<(std::ops::Range<usize>, usize)>,
+    /// Each piece: the indices of its items.
+    pieces: Vec<std::ops::Range<usize>>,
 }
 
 /// Splits a file whose top-level `schedules:` (a plain key at column 0, alone on its line)
@@ -163,11 +163,11 @@ fn split(text: &str, piece_bytes: usize) -> Option<(String, Pieces<'_>)> {
     let mut first = 0;
     for (index, &at) in starts.iter().enumerate().skip(1) {
         if at - starts[first] >= piece_bytes {
-            pieces.push((starts[first]..at, index - first));
+            pieces.push(first..index);
             first = index;
         }
     }
-    pieces.push((starts[first]..block_end, starts.len() - first));
+    pieces.push(first..starts.len());
     let head = format!(
         "{}{}- {SENTINEL}\n{}",
         &text[..block_start],
@@ -206,27 +206,30 @@ impl Pieces<'_> {
 
     /// The text of item `index` (from its `- ` line to the next item's), as written.
     pub fn item(&self, index: usize) -> &str {
-        let end = self.starts.get(index + 1).copied().unwrap_or(self.end);
-        &self.text[self.starts[index]..end]
+        self.text_of(index..index + 1)
+    }
+
+    /// The text of the consecutive items `items`.
+    fn text_of(&self, items: std::ops::Range<usize>) -> &str {
+        let end = self.starts.get(items.end).copied().unwrap_or(self.end);
+        &self.text[self.starts[items.start]..end]
     }
 
     /// The pieces in at most `n` runs of consecutive pieces, of about equal bytes.
     pub fn runs(&self, n: usize) -> Vec<Run<'_>> {
         let n = n.clamp(1, self.pieces.len().max(1));
-        let total: usize = self.pieces.iter().map(|(bytes, _)| bytes.len()).sum();
+        let total = self.starts.first().map_or(0, |start| self.end - start);
         let mut runs = Vec::with_capacity(n);
-        let (mut from, mut first, mut bytes) = (0, 0, 0);
-        for (at, (piece, _)) in self.pieces.iter().enumerate() {
-            bytes += piece.len();
+        let (mut from, mut bytes) = (0, 0);
+        for (at, piece) in self.pieces.iter().enumerate() {
+            bytes += self.text_of(piece.clone()).len();
             let last = at + 1 == self.pieces.len();
             // Cut once this run holds its share of the bytes so far.
             if last || bytes * n >= total * (runs.len() + 1) {
                 runs.push(Run {
                     all: self,
                     pieces: &self.pieces[from..=at],
-                    first,
                 });
-                first += self.pieces[from..=at].iter().map(|(_, c)| c).sum::<usize>();
                 from = at + 1;
             }
         }
@@ -237,23 +240,25 @@ impl Pieces<'_> {
 /// Consecutive pieces of a split `schedules:`.
 pub(super) struct Run<'p> {
     all: &'p Pieces<'p>,
-    pieces: &'p [(std::ops::Range<usize>, usize)],
-    /// The index of its first item among all items.
-    pub first: usize,
+    pieces: &'p [std::ops::Range<usize>],
 }
 
 impl Run<'_> {
+    /// The indices of its items among all items.
+    pub fn indices(&self) -> std::ops::Range<usize> {
+        let first = self.pieces.first().map_or(0, |p| p.start);
+        first..self.pieces.last().map_or(first, |p| p.end)
+    }
+
     /// Parses the pieces in order and hands each item, with its text, to `each`. `false` as
     /// soon as a piece does not parse as the items it was cut around: then the whole file must
     /// be parsed.
     pub fn items(&self, mut each: impl FnMut(&str, Value)) -> bool {
-        let mut index = self.first;
-        for (bytes, expected) in self.pieces {
-            match parse_tree(&self.all.text[bytes.clone()]) {
-                Ok(Value::Sequence(items)) if items.len() == *expected => {
-                    for item in items {
+        for piece in self.pieces {
+            match parse_tree(self.all.text_of(piece.clone())) {
+                Ok(Value::Sequence(items)) if items.len() == piece.len() => {
+                    for (index, item) in piece.clone().zip(items) {
                         each(self.all.item(index), item);
-                        index += 1;
                     }
                 }
                 _ => return false,

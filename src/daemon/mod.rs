@@ -514,7 +514,7 @@ impl Daemon {
             .spawn(move || {
                 reload::yield_to_firing();
                 // The daemon may have stopped meanwhile; then nobody needs the result.
-                let _ = sender.send(config::reload(&path, secrets, prior.as_ref()));
+                let _ = sender.send(config::load_to_run(&path, secrets, prior.as_ref()));
             });
         match spawned {
             Ok(_) => Some(Loading {
@@ -593,8 +593,7 @@ impl Daemon {
         // others are copied here, off the reload thread's pages (see `Schedule::relocated`).
         let mut copies = config::Relocation::default();
         for schedule in &mut new.schedules {
-            let same = |kept: &&Arc<Schedule>| Arc::ptr_eq(kept, schedule) || *kept == schedule;
-            *schedule = match armed.get(&schedule.name).filter(same) {
+            *schedule = match armed.get(&schedule.name).filter(|kept| *kept == schedule) {
                 Some(kept) => kept.clone(),
                 None => Arc::new(schedule.relocated(&mut copies)),
             };

@@ -29,10 +29,9 @@ impl Diff {
         for (name, schedule) in &enabled {
             match armed.get(*name) {
                 None => diff.added.push(name.to_string()),
-                // The same allocation when a reload took the schedule over as it was read.
-                Some(old) if Arc::ptr_eq(old, schedule) || old.as_ref() == schedule.as_ref() => {
-                    diff.unchanged.push(name.to_string())
-                }
+                // `Arc`s of an `Eq` type compare by pointer first: a schedule a reload took
+                // over is the same allocation.
+                Some(old) if old == *schedule => diff.unchanged.push(name.to_string()),
                 Some(_) => diff.changed.push(name.to_string()),
             }
         }

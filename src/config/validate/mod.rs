@@ -12,7 +12,7 @@ use super::fields::{Entry, Field, Report};
 use super::yaml::{Parsed, Pieces, Run};
 use super::{
     App, Config, DEFAULT_API_BASE, DEFAULT_DUPLICATE_CHECK_INTERVAL, Mention, Prior, Problem,
-    Robot, Schedule, Secret, SecretSource, Secrets, Subject,
+    Reading, Robot, Schedule, Secret, SecretSource, Secrets, Subject,
 };
 use crate::calendar::Calendar;
 use crate::cron::CronSpec;
@@ -120,7 +120,7 @@ pub(super) fn validate(
     base: &Path,
     secrets: Secrets,
     now: DateTime<Utc>,
-    prior: Option<&Prior>,
+    reading: Reading<'_>,
 ) -> (Option<Config>, Vec<Problem>, Vec<Problem>) {
     let mut report = Report::default();
     // Editors on Windows start UTF-8 files with a byte order mark; it is not content.
@@ -135,7 +135,9 @@ pub(super) fn validate(
     }
     // A tree of the whole file (or why it has none): validated on this thread alone.
     let whole = |tree: Result<Value, String>, report: &mut Report| match tree {
-        Ok(value) => read(value, None, text, base, secrets, now, None, report).unwrap_or(None),
+        Ok(value) => {
+            read(value, None, text, base, secrets, now, Reading::Once, report).unwrap_or(None)
+        }
         Err(message) => {
             // The message carries the line (and serde_yaml's the column).
             report.error(&Subject::File, "yaml", message);
@@ -151,7 +153,7 @@ pub(super) fn validate(
                 base,
                 secrets,
                 now,
-                prior,
+                reading,
                 &mut report,
             ) {
                 Ok(config) => config,
@@ -173,8 +175,8 @@ pub(super) fn validate(
 struct Redo;
 
 /// Validates the tree `value` of `text`; when the file was split, the items of `schedules:`
-/// come from `pieces` instead of the tree (where the list is empty), taking over what `prior`
-/// read of them where it can.
+/// come from `pieces` instead of the tree (where the list is empty), and the daemon's
+/// `reading` takes over what the reading in force read of them where it can.
 #[allow(clippy::too_many_arguments)]
 fn read(
     value: Value,
@@ -183,7 +185,7 @@ fn read(
     base: &Path,
     secrets: Secrets,
     now: DateTime<Utc>,
-    prior: Option<&Prior>,
+    reading: Reading<'_>,
     report: &mut Report,
 ) -> Result<Option<Config>, Redo> {
     let file = Subject::File;
@@ -308,13 +310,17 @@ fn read(
     let (schedules, memo) = match pieces {
         Some(pieces) => {
             let head_warnings = report.warnings.len();
-            let (schedules, items) =
-                match prior.and_then(|prior| reuse::revalidate(&pieces, &context, prior, report)) {
-                    Some(taken_over) => taken_over,
-                    None => validate_pieces(&pieces, &context, report)?,
-                };
-            let memo = Memo::new(&context, head_warnings, items);
-            (schedules, Some(Arc::new(memo)))
+            let taken_over = match reading {
+                Reading::Kept(Some(prior)) => reuse::revalidate(&pieces, &context, prior, report),
+                _ => None,
+            };
+            let keep = matches!(reading, Reading::Kept(_));
+            let (schedules, items) = match taken_over {
+                Some(taken_over) => taken_over,
+                None => validate_pieces(&pieces, &context, keep, report)?,
+            };
+            let memo = keep.then(|| Arc::new(Memo::new(&context, head_warnings, items)));
+            (schedules, memo)
         }
         None => {
             let mut names = HashSet::new();
@@ -354,10 +360,11 @@ const MAX_READERS: usize = 4;
 /// each holding one piece's tree at a time. The problems, warnings and schedules come out in
 /// the file's order, as one thread would have found them. `Redo` when a piece did not parse
 /// as cut, or when a name is used in two runs (only one thread reading both would report the
-/// second use exactly as it would).
+/// second use exactly as it would). With `keep`, also each item as a reload may take it over.
 fn validate_pieces(
     pieces: &Pieces<'_>,
     context: &Context<'_>,
+    keep: bool,
     report: &mut Report,
 ) -> Result<(Vec<Arc<Schedule>>, Vec<reuse::Item>), Redo> {
     struct Read {
@@ -376,7 +383,7 @@ fn validate_pieces(
             names: HashSet::new(),
             parsed: true,
         };
-        let mut index = run.first;
+        let mut index = run.indices().start;
         out.parsed = run.items(|text, value| {
             let before = out.report.warnings.len();
             let read = validate_schedule(index, value, &context, &mut out.names, &mut out.report);
@@ -384,8 +391,10 @@ fn validate_pieces(
             if let Some((schedule, _)) = read {
                 out.schedules.push(Arc::new(schedule));
             }
-            let warnings = out.report.warnings.len() - before;
-            out.items.push(reuse::Item::new(text, first, warnings));
+            if keep {
+                let warnings = out.report.warnings.len() - before;
+                out.items.push(reuse::Item::new(text, first, warnings));
+            }
             index += 1;
         });
         out

@@ -52,20 +52,14 @@ impl Item {
     }
 }
 
-/// The hash of every item, computed on every core.
+/// The hash of every item, in the runs the pieces are read in (on every core).
 fn hashes(pieces: &Pieces<'_>) -> Vec<[u8; 16]> {
-    let threads = crate::parallel::threads(super::MAX_READERS);
-    let per_thread = pieces.count().div_ceil(threads).max(1);
-    let ranges: Vec<std::ops::Range<usize>> = (0..pieces.count())
-        .step_by(per_thread)
-        .map(|start| start..(start + per_thread).min(pieces.count()))
-        .collect();
+    let runs = pieces.runs(crate::parallel::threads(super::MAX_READERS));
     crate::parallel::in_order(
-        &ranges,
+        &runs,
         || (),
-        |range, ()| {
-            range
-                .clone()
+        |run, ()| {
+            run.indices()
                 .map(|i| hash(pieces.item(i)))
                 .collect::<Vec<_>>()
         },
@@ -145,22 +139,25 @@ pub(super) fn revalidate(
         return None;
     }
     // Taken over: the same text, and no slot since (the slots it was checked at are the next).
-    let taken = |hash: &[u8; 16]| {
-        earlier
-            .get(hash)
-            .copied()
-            .filter(|&(index, _)| memo.items[index].first.is_some_and(|f| f > context.now))
-    };
     let hashes = hashes(pieces);
-    if hashes.iter().filter(|h| taken(h).is_some()).count() * 2 < hashes.len() {
+    let taken: Vec<Option<(usize, usize)>> = hashes
+        .iter()
+        .map(|hash| {
+            earlier
+                .get(hash)
+                .copied()
+                .filter(|&(index, _)| memo.items[index].first.is_some_and(|f| f > context.now))
+        })
+        .collect();
+    if taken.iter().flatten().count() * 2 < taken.len() {
         return None;
     }
     let mut own = Report::default();
     let mut names = HashSet::new();
     let mut schedules = Vec::with_capacity(hashes.len());
     let mut items = Vec::with_capacity(hashes.len());
-    for (index, hash) in hashes.iter().enumerate() {
-        if let Some((old, at)) = taken(hash)
+    for (index, (hash, taken)) in hashes.iter().zip(&taken).enumerate() {
+        if let Some((old, at)) = *taken
             && names.insert(prior.schedules[old].name.clone())
         {
             let item = memo.items[old];
