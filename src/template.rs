@@ -221,4 +221,34 @@ mod tests {
         assert!(Template::parse("plain").unwrap().is_static());
         assert!(!Template::parse("{{ date }}").unwrap().is_static());
     }
+
+    /// The template keeps only its source and reads it again to render: the scan must see the
+    /// same pieces as the parse, at the edges too.
+    #[test]
+    fn rendering_reads_the_pieces_the_parse_checked() {
+        let utc: Tz = "UTC".parse().unwrap();
+        assert_eq!(render("", utc), "");
+        assert_eq!(render("{{date}}", utc), "2026-11-30");
+        assert_eq!(
+            render("a {{ schedule }}{{ schedule }} b } {", utc),
+            "a weeklyweekly b } {"
+        );
+        assert_eq!(render("{{ slot: %d/%m }}!", utc), "30/11!");
+        assert!(Template::parse("{{ schedule }} only").unwrap().is_static());
+        assert!(!Template::parse("x {{ weekday_cn }}").unwrap().is_static());
+        assert!(!Template::parse("x {{ slot:%H }}").unwrap().is_static());
+        // The first bad piece is the one named, as the parse meets them.
+        assert_eq!(
+            Template::parse("{{ slot: }} {{ nope }}").unwrap_err(),
+            "\"{{ slot: }}\" is not a valid strftime format (see https://docs.rs/chrono/latest/chrono/format/strftime/)"
+        );
+        assert_eq!(
+            Template::parse("ok {{ nope }} {{ slot:%Q }}").unwrap_err(),
+            "unknown template variable \"{{ nope }}\"; use one of date, date_cn, time, weekday, weekday_cn, schedule, slot:FORMAT"
+        );
+        assert_eq!(
+            Template::parse("ab {{ date }} {{ time").unwrap_err(),
+            "\"{{\" at byte 14 is never closed with \"}}\""
+        );
+    }
 }
