@@ -12,10 +12,28 @@
 //! reloads of 1 % there (v3 145.1). The example config idles at about 23 MiB with either
 //! (glibc's: 12.6): per-thread heaps cost more than a small config saves.
 //!
-//! Tried and not kept (on v3): handing freed pages back at once (`purge_delay` 0) brought
-//! 10,000 schedules from 44 to 31–33 MiB, but had the kernel zero again every page reused
-//! while loading (30 % of the CPU of `check` at 100,000 schedules); committing arenas as used
-//! (`arena_eager_commit` 0) only helps when set before the first allocation, by environment.
+//! Freed pages go back to the system 10 ms after they empty ([`PURGE_DELAY_MS`]). The
+//! mimalloc built here defaults to 1 s, times 10 for its arenas, and an idle daemon rarely
+//! gets there: what loading freed stayed resident, and `mi_collect(true)` after the load did
+//! not hand it back. Measured with the example's `rss` loop (`BENCHMARKS.md`, issue 13's
+//! sixth step): 10,000 schedules 32–36 → 26–27 MiB at READY, 100,000 94–99 → 89 MiB; peak 49–67
+//! → 28–33 MiB and 152–167 → 103–118 MiB; READY unchanged at 10,000 (0.21 s), 0.1–0.15 s
+//! later at 100,000.
+//!
+//! Tried and not kept (on v3): handing freed pages back at once (`purge_delay` 0): READY at
+//! 100,000 schedules 1.9 → 3.3 s, the kernel zeroing again every page reused while loading,
+//! for 2 MiB less than 10 ms; committing arenas as used (`arena_eager_commit` 0) only helps
+//! when set before the first allocation, by environment. Copying what a config keeps into a
+//! fresh mimalloc heap after the load (so that it no longer shares pages with what the load
+//! freed): no difference in RSS at either size, READY 0.1 s later.
+
+/// How long a page that emptied stays with mimalloc before it goes back to the system:
+/// mimalloc's documented default (`mimalloc.h`), not the 1 s this build has.
+pub const PURGE_DELAY_MS: std::ffi::c_long = 10;
+
+/// `mi_option_purge_delay` in the `mi_option_e` of mimalloc v3's `mimalloc.h`
+/// (libmimalloc-sys names no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Caps glibc's allocator at two arenas: each thread would otherwise get an arena of its own,
 /// in which freed memory stays reserved. And turns transparent huge pages off for the daemon.
@@ -27,7 +45,16 @@
 /// 39 MiB the daemon had in anonymous memory were huge pages. A daemon that mostly waits gains
 /// nothing from them; `PR_SET_THP_DISABLE` turns them off for every mapping of the process,
 /// including the arenas mapped before this call.
+///
+/// And sets mimalloc's purge delay to [`PURGE_DELAY_MS`], unless `MIMALLOC_PURGE_DELAY` in
+/// the environment sets it.
 pub fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: mi_option_set only stores an option's value; mimalloc reads it at each purge.
+        unsafe {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+        }
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes a tuning parameter of the process's allocator.
     unsafe {
@@ -51,5 +78,39 @@ pub fn loaded() {
     // SAFETY: malloc_trim only returns free pages of the allocator's own heap to the kernel.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn purge_delay() -> std::ffi::c_long {
+        // SAFETY: mi_option_get only reads an option's value.
+        unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
+    }
+
+    /// The option's number is the one mimalloc reads `MIMALLOC_PURGE_DELAY` into: a copy of
+    /// this test binary, started with it set, reports it under that number.
+    #[test]
+    fn the_purge_delay_option_is_the_one_mimalloc_reads_from_its_environment() {
+        if std::env::var_os("WECOM_NOTIFY_PURGE_DELAY_CHILD").is_some() {
+            println!("purge_delay={}", purge_delay());
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let output = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "daemon::memory::tests::the_purge_delay_option_is_the_one_mimalloc_reads_from_its_environment",
+                "--nocapture",
+            ])
+            .env("WECOM_NOTIFY_PURGE_DELAY_CHILD", "1")
+            .env("MIMALLOC_PURGE_DELAY", "1234")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}");
+        assert!(stdout.contains("purge_delay=1234"), "{stdout}");
     }
 }
