@@ -90,7 +90,7 @@ fn problem(p: &Problem) -> Value {
         "subject": subject,
         "name": name,
         "field": p.field,
-        "message": p.message,
+        "message": &*p.message,
         "text": p.to_string(),
     })
 }

@@ -394,7 +394,8 @@ pub enum Subject {
 pub struct Problem {
     pub subject: Subject,
     pub field: String,
-    pub message: String,
+    /// Shared between the warnings that say the same thing ([`fields::Report::warn`]).
+    pub message: Arc<str>,
 }
 
 impl fmt::Display for Problem {
@@ -872,5 +873,43 @@ schedules:
         assert!(Arc::ptr_eq(&ra.to, &rb.to));
         assert!(Arc::ptr_eq(&ra.cron, &rb.cron));
         assert!(Arc::ptr_eq(&ra.app, &rb.app));
+    }
+
+    #[test]
+    fn schedules_with_the_same_warning_share_its_text() {
+        let text = "\
+apps:
+  ops: { corp_id: ww1, agent_id: 1, secret_file: s }
+schedules:
+  - { name: a, cron: '0 */15 9 * * *', app: ops, to: { users: [u] }, text: { content: 'hi {{ date }}' } }
+  - { name: b, cron: '0 */15 10 * * *', app: ops, to: { users: [v] }, text: { content: 'ho {{ date }}' } }
+  - { name: c, cron: '0 */20 10 * * *', app: ops, to: { users: [v] }, text: { content: 'ho {{ date }}' } }
+";
+        let config = parse(text, Path::new("s.yaml"), Secrets::for_dry_run(true)).unwrap();
+        let warned: Vec<_> = config
+            .warnings
+            .iter()
+            .filter(|w| w.field == "duplicate_check_interval")
+            .collect();
+        let subjects: Vec<_> = warned.iter().map(|w| w.subject.clone()).collect();
+        assert_eq!(
+            subjects,
+            ["a", "b", "c"].map(|n| Subject::Schedule(n.into())),
+            "{warned:?}"
+        );
+        assert!(
+            warned[0].message.contains("again after 900s"),
+            "{}",
+            warned[0]
+        );
+        assert!(
+            Arc::ptr_eq(&warned[0].message, &warned[1].message),
+            "one copy of the text"
+        );
+        assert!(
+            warned[2].message.contains("again after 1200s"),
+            "{}",
+            warned[2]
+        );
     }
 }
