@@ -28,12 +28,7 @@ fn main() {
     let bursts: usize = args.num("bursts", 30);
     print_machine();
     let audiences: Vec<Audience> = (0..per_burst)
-        .map(|i| {
-            Audience::of(&Recipients {
-                users: vec![format!("user{i:05}")],
-                ..Default::default()
-            })
-        })
+        .map(|i| Audience::of(&Recipients::users_only(&[format!("user{i:05}")])))
         .collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()

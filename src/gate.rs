@@ -44,13 +44,12 @@ pub struct Audience {
 
 impl Audience {
     pub fn of(to: &Recipients) -> Audience {
-        let everyone = to.users.iter().any(|u| u == "@all");
+        let everyone = to.is_everyone();
         let mut members: Vec<String> = to
-            .users
-            .iter()
+            .users()
             .map(|u| format!("user:{}", u.to_lowercase()))
-            .chain(to.parties.iter().map(|p| format!("party:{p}")))
-            .chain(to.tags.iter().map(|t| format!("tag:{t}")))
+            .chain(to.parties().map(|p| format!("party:{p}")))
+            .chain(to.tags().map(|t| format!("tag:{t}")))
             .collect();
         members.sort();
         members.dedup();
@@ -288,10 +287,7 @@ mod tests {
     use super::*;
 
     fn to(users: &[&str]) -> Audience {
-        Audience::of(&Recipients {
-            users: users.iter().map(|u| u.to_string()).collect(),
-            ..Default::default()
-        })
+        Audience::of(&Recipients::users_only(users))
     }
 
     #[tokio::test(start_paused = true)]
@@ -331,10 +327,7 @@ mod tests {
         assert_eq!(gate.admit(&to(&["wangwu"])).await, MINUTE);
         assert_eq!(Instant::now().duration_since(start), MINUTE);
         // A party counts as a member of its own.
-        let party = Audience::of(&Recipients {
-            parties: vec!["2".into()],
-            ..Default::default()
-        });
+        let party = Audience::of(&Recipients::new(&[] as &[&str], &["2"], &[] as &[&str]));
         assert_eq!(gate.admit(&party).await, Duration::ZERO);
     }
 }

@@ -113,9 +113,9 @@ impl<'a> From<&'a Article> for ArticleBody<'a> {
 /// retry of an already delivered body harmless.
 fn render_body(envelope: &Envelope<'_>, content: &Content) -> String {
     let mut body = Body {
-        touser: envelope.to.users.join("|"),
-        toparty: envelope.to.parties.join("|"),
-        totag: envelope.to.tags.join("|"),
+        touser: envelope.to.joined().0.to_string(),
+        toparty: envelope.to.joined().1.to_string(),
+        totag: envelope.to.joined().2.to_string(),
         msgtype: content.msgtype(),
         agentid: envelope.agent_id,
         text: None,
@@ -178,11 +178,7 @@ mod tests {
     }
 
     fn oncall() -> Recipients {
-        Recipients {
-            users: vec!["ZhangSan".into()],
-            parties: vec![],
-            tags: vec!["7".into()],
-        }
+        Recipients::new(&["ZhangSan"], &[] as &[&str], &["7"])
     }
 
     #[test]
@@ -271,11 +267,7 @@ mod tests {
 
     #[test]
     fn text_body_is_exactly_what_wecom_documents() {
-        let to = Recipients {
-            users: vec!["ZhangSan".into(), "LiSi".into()],
-            parties: vec!["2".into()],
-            tags: vec![],
-        };
+        let to = Recipients::new(&["ZhangSan", "LiSi"], &["2"], &[] as &[&str]);
         let envelope = Envelope {
             agent_id: 1000002,
             to: &to,
@@ -297,10 +289,7 @@ mod tests {
 
     #[test]
     fn textcard_body_has_no_safe_and_checks_limits() {
-        let to = Recipients {
-            users: vec!["@all".into()],
-            ..Default::default()
-        };
+        let to = Recipients::users_only(&["@all"]);
         let envelope = Envelope {
             agent_id: 7,
             to: &to,

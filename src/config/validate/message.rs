@@ -43,12 +43,14 @@ pub(super) fn validate_recipients(to: &Entry<'_>, report: &mut Report) -> Option
             ok = false;
         }
     }
-    let to_all = Recipients {
-        users: users?,
-        parties: parties?,
-        tags: tags?,
-    };
-    if to_all.users.is_empty() && to_all.parties.is_empty() && to_all.tags.is_empty() {
+    let (users, parties, tags) = (users?, parties?, tags?);
+    if users.iter().any(|u| u == "@all")
+        && (users.len() > 1 || !parties.is_empty() || !tags.is_empty())
+    {
+        report.error(subject, "to.users", "\"@all\" already reaches everyone and WeCom ignores the other recipients; use \"@all\" alone");
+        ok = false;
+    }
+    if users.is_empty() && parties.is_empty() && tags.is_empty() {
         report.error(
             subject,
             "to",
@@ -56,13 +58,8 @@ pub(super) fn validate_recipients(to: &Entry<'_>, report: &mut Report) -> Option
         );
         ok = false;
     }
-    if to_all.users.iter().any(|u| u == "@all")
-        && (to_all.users.len() > 1 || !to_all.parties.is_empty() || !to_all.tags.is_empty())
-    {
-        report.error(subject, "to.users", "\"@all\" already reaches everyone and WeCom ignores the other recipients; use \"@all\" alone");
-        ok = false;
-    }
-    ok.then_some(to_all)
+    // Joined only when every id is valid: none is empty or holds '|'.
+    ok.then(|| Recipients::new(&users, &parties, &tags))
 }
 
 /// The keys that carry a schedule's message; exactly one of them is set.
