@@ -68,7 +68,7 @@ impl Channel {
         robots: &BTreeMap<String, Arc<Robot>>,
     ) -> Option<Channel> {
         match &schedule.robot {
-            Some(robot) => robots.get(robot).cloned().map(Channel::Robot),
+            Some(robot) => robots.get(&**robot).cloned().map(Channel::Robot),
             None => apps.get(&*schedule.app).cloned().map(Channel::App),
         }
     }

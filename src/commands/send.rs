@@ -24,7 +24,7 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
     };
     config.log_warnings();
     let Some(schedule) = config.schedule(name).cloned() else {
-        let names: Vec<_> = config.schedules.iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<_> = config.schedules.iter().map(|s| &*s.name).collect();
         eprintln!(
             "error: no schedule named \"{name}\" in {} (schedules: {})",
             config.path.display(),
@@ -34,7 +34,7 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
     };
     let Some(channel) = Channel::for_schedule(&schedule, &config.apps, &config.robots) else {
         let (what, named) = match &schedule.robot {
-            Some(robot) => ("robot", robot.as_str()),
+            Some(robot) => ("robot", &**robot),
             None => ("app", &*schedule.app),
         };
         eprintln!("error: schedule \"{name}\" names {what} \"{named}\", which is not defined");

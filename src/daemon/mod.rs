@@ -169,7 +169,7 @@ impl Borrow<str> for ByName {
 // As `str` hashes and compares, which `Borrow<str>` requires.
 impl Hash for ByName {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.schedule.name.as_str().hash(state);
+        (*self.0.schedule.name).hash(state);
     }
 }
 
@@ -616,14 +616,14 @@ impl Daemon {
         let armed: BTreeMap<String, Arc<Schedule>> = self
             .timers
             .iter()
-            .map(|ByName(timer)| (timer.schedule.name.clone(), timer.schedule.clone()))
+            .map(|ByName(timer)| (timer.schedule.name.to_string(), timer.schedule.clone()))
             .collect();
         let diff = Diff::between(&armed, &new);
         // Unchanged schedules keep the copy their timer holds: one copy in memory, not two. The
         // others are copied here, off the reload thread's pages (see `Schedule::relocated`).
         let mut copies = config::Relocation::default();
         for schedule in &mut new.schedules {
-            *schedule = match armed.get(&schedule.name).filter(|kept| *kept == schedule) {
+            *schedule = match armed.get(&*schedule.name).filter(|kept| *kept == schedule) {
                 Some(kept) => kept.clone(),
                 None => Arc::new(schedule.relocated(&mut copies)),
             };
@@ -649,7 +649,7 @@ impl Daemon {
         }
         // By name, once: a lookup per armed schedule would scan the whole list each time.
         let by_name: HashMap<&str, &Arc<Schedule>> =
-            new.schedules.iter().map(|s| (s.name.as_str(), s)).collect();
+            new.schedules.iter().map(|s| (&*s.name, s)).collect();
         for name in diff.added.iter().chain(&diff.changed) {
             if let Some(schedule) = by_name.get(name.as_str()).map(|s| Arc::clone(s)) {
                 // A timer running late hands over the slot it had yet to fire.

@@ -318,7 +318,7 @@ pub async fn settle(
         .copied()
         .filter(|latest| {
             schedule
-                .catch_up
+                .catch_up()
                 .is_some_and(|window| now - *latest <= window)
         });
     let channel = firing.channel(schedule);

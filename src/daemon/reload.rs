@@ -24,7 +24,7 @@ impl Diff {
             .schedules
             .iter()
             .filter(|s| s.enabled)
-            .map(|s| (s.name.as_str(), s))
+            .map(|s| (&*s.name, s))
             .collect();
         for (name, schedule) in &enabled {
             match armed.get(*name) {
@@ -97,7 +97,7 @@ mod tests {
         let armed = old
             .schedules
             .iter()
-            .map(|s| (s.name.clone(), s.clone()))
+            .map(|s| (s.name.to_string(), s.clone()))
             .collect();
         let new = config(
             "  - { name: a, cron: '0 9 * * *', to: { users: [u] }, text: { content: a } }\n  - { name: c, cron: '0 10 * * *', to: { users: [u] }, text: { content: c } }\n  - { name: d, cron: '0 9 * * *', to: { users: [u] }, text: { content: d } }\n  - { name: e, cron: '0 9 * * *', to: { users: [u] }, text: { content: e }, enabled: false }\n",

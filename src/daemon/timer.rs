@@ -374,7 +374,7 @@ impl Drop for Timer {
 
 /// The first slot of `schedule` that falls due at or after `not_before`.
 fn first_due(schedule: &Schedule, not_before: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let jitter = schedule.jitter.unwrap_or_default();
+    let jitter = schedule.jitter().unwrap_or_default();
     let mut next = schedule.next_from(not_before - jitter);
     while let Some(slot) = next.filter(|s| schedule.due(*s) < not_before) {
         next = schedule.next_after(slot);

@@ -618,12 +618,12 @@ pub fn row_for_slot(
         None => (
             schedule.app.to_string(),
             0,
-            schedule.robot.clone(),
+            schedule.robot.as_deref().map(str::to_string),
             crate::channel::app::body(0, schedule, &content),
         ),
     };
     NewSend {
-        schedule: schedule.name.clone(),
+        schedule: schedule.name.to_string(),
         trigger,
         scheduled_at: slot,
         app,

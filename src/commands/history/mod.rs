@@ -258,7 +258,7 @@ async fn summary(
         .map(|c| {
             c.schedules
                 .iter()
-                .map(|s| s.name.clone())
+                .map(|s| s.name.to_string())
                 .filter(|n| wanted(n))
                 .collect()
         })

@@ -158,7 +158,7 @@ pub(super) fn revalidate(
     let mut items = Vec::with_capacity(hashes.len());
     for (index, (hash, taken)) in hashes.iter().zip(&taken).enumerate() {
         if let Some((old, at)) = *taken
-            && names.insert(prior.schedules[old].name.clone())
+            && names.insert(prior.schedules[old].name.to_string())
         {
             let item = memo.items[old];
             schedules.push(prior.schedules[old].clone());

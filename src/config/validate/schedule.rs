@@ -216,20 +216,21 @@ pub(super) fn validate_schedule(
         );
     }
     let mut schedule = Schedule {
-        name: name?,
+        name: name?.into_boxed_str(),
         cron: cron?,
         zone: zone?,
         app: context.shared.apps.get(&app?, |app| Arc::from(app)),
         to: context.shared.recipients.intern(to?),
-        robot: robot.ok()?,
+        robot: robot.ok()?.map(String::into_boxed_str),
         mention: context.shared.mentions.intern(mention?),
         message: context.shared.messages.intern(message?),
         safe: optional(safe, false)?,
         enable_id_trans: optional(enable_id_trans, false)?,
         duplicate_check_interval: duplicate_check_interval?,
         enabled: optional(enabled, true)?,
-        catch_up: catch_up.ok()?,
-        jitter: jitter.ok()?,
+        // Both are longer than zero (`duration`), hence within std's range.
+        catch_up: catch_up.ok()?.and_then(|d| d.to_std().ok()),
+        jitter: jitter.ok()?.and_then(|d| d.to_std().ok()),
         workday_cron: None,
         calendar: calendar.ok()?,
     };
@@ -435,9 +436,10 @@ pub(super) fn check_timing(
     subject: &Subject,
     report: &mut Report,
 ) -> Option<()> {
-    if let (Some(jitter), Some(gap)) =
-        (schedule.jitter, first.windows(2).map(|w| w[1] - w[0]).min())
-        && jitter >= gap
+    if let (Some(jitter), Some(gap)) = (
+        schedule.jitter(),
+        first.windows(2).map(|w| w[1] - w[0]).min(),
+    ) && jitter >= gap
     {
         report.error(subject, "jitter", format!("is {}s, but slots can be {}s apart: a jittered send could overtake the next slot; use less than {}s", jitter.num_seconds(), gap.num_seconds(), gap.num_seconds()));
         return None;
