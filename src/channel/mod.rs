@@ -67,9 +67,9 @@ impl Channel {
         apps: &BTreeMap<String, Arc<App>>,
         robots: &BTreeMap<String, Arc<Robot>>,
     ) -> Option<Channel> {
-        match &schedule.robot {
-            Some(robot) => robots.get(&**robot).cloned().map(Channel::Robot),
-            None => apps.get(&*schedule.app).cloned().map(Channel::App),
+        match schedule.robot() {
+            Some(robot) => robots.get(robot).cloned().map(Channel::Robot),
+            None => apps.get(schedule.app()).cloned().map(Channel::App),
         }
     }
 

@@ -140,7 +140,7 @@ fn describe(
     now: DateTime<Utc>,
     next: usize,
 ) {
-    let destination = match &schedule.robot {
+    let destination = match schedule.robot() {
         Some(robot) => {
             let mention = &schedule.mention;
             let mut line = format!("robot {robot} (its group chat");
@@ -154,8 +154,8 @@ fn describe(
         }
         None => format!(
             "app {} (agent {}), to {}",
-            schedule.app,
-            config.app(&schedule.app).map_or(0, |a| a.agent_id),
+            schedule.app(),
+            config.app(schedule.app()).map_or(0, |a| a.agent_id),
             schedule.to.summary()
         ),
     };

@@ -105,14 +105,14 @@ fn schedule(config: &Config, s: &Schedule, next: usize, now: DateTime<Utc>) -> V
         "enabled": s.enabled,
         "cron": s.cron.as_str(),
         "zone": s.zone.name(),
-        "destination": match &s.robot {
+        "destination": match s.robot() {
             Some(robot) => format!("robot {robot}"),
-            None => format!("app {}", s.app),
+            None => format!("app {}", s.app()),
         },
-        "app": s.robot.is_none().then_some(&*s.app),
-        "agent_id": config.app(&s.app).map(|a| a.agent_id),
-        "robot": s.robot,
-        "to": s.robot.is_none().then(|| s.to.summary()),
+        "app": s.robot().is_none().then_some(s.app()),
+        "agent_id": config.app(s.app()).map(|a| a.agent_id),
+        "robot": s.robot(),
+        "to": s.robot().is_none().then(|| s.to.summary()),
         "msgtype": s.message.msgtype(),
         "calendar": s.calendar.as_ref().map(|c| c.name.as_str()),
         "next": slots

@@ -33,9 +33,9 @@ pub async fn run(globals: &Globals, name: &str, dry_run: bool) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     };
     let Some(channel) = Channel::for_schedule(&schedule, &config.apps, &config.robots) else {
-        let (what, named) = match &schedule.robot {
-            Some(robot) => ("robot", &**robot),
-            None => ("app", &*schedule.app),
+        let (what, named) = match schedule.robot() {
+            Some(robot) => ("robot", robot),
+            None => ("app", schedule.app()),
         };
         eprintln!("error: schedule \"{name}\" names {what} \"{named}\", which is not defined");
         return ExitCode::from(EXIT_CONFIG);

@@ -498,12 +498,12 @@ pub async fn fire(
 ) {
     let Some(channel) = firing.channel(&schedule) else {
         firing.progress.pin(slot);
-        match &schedule.robot {
+        match schedule.robot() {
             Some(robot) => {
                 tracing::error!(schedule = %schedule.name, %robot, "the schedule's robot is not configured; slot not sent")
             }
             None => {
-                tracing::error!(schedule = %schedule.name, app = %schedule.app, "the schedule's app is not configured; slot not sent")
+                tracing::error!(schedule = %schedule.name, app = %schedule.app(), "the schedule's app is not configured; slot not sent")
             }
         }
         return;

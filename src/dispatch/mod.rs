@@ -616,9 +616,9 @@ pub fn row_for_slot(
             channel.body(schedule, &content),
         ),
         None => (
-            schedule.app.to_string(),
+            schedule.app().to_string(),
             0,
-            schedule.robot.as_deref().map(str::to_string),
+            schedule.robot().map(str::to_string),
             crate::channel::app::body(0, schedule, &content),
         ),
     };

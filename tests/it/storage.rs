@@ -371,7 +371,7 @@ async fn a_doubled_fire_while_the_database_refuses_writes_sends_once() {
         .await
         .expect("query_only on");
     let schedule = config.schedules[0].clone();
-    let app = wecom_notify::channel::Channel::App(config.app(&schedule.app).expect("app").clone());
+    let app = wecom_notify::channel::Channel::App(config.app(schedule.app()).expect("app").clone());
     let slot = chrono::Utc::now().trunc_subsecs(0);
     let fire = || dispatcher.fire(&schedule, &app, slot, Trigger::Cron);
     let (first, second) = tokio::join!(fire(), fire());

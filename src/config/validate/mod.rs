@@ -12,7 +12,7 @@ use super::fields::{Entry, Field, Report};
 use super::yaml::{Parsed, Pieces, Run};
 use super::{
     App, Config, DEFAULT_API_BASE, DEFAULT_DUPLICATE_CHECK_INTERVAL, Mention, Prior, Problem,
-    Reading, Robot, Schedule, Secret, SecretSource, Secrets, Subject,
+    Reading, Robot, Schedule, Secret, SecretSource, Secrets, Subject, kept_seconds,
 };
 use crate::calendar::Calendar;
 use crate::cron::CronSpec;

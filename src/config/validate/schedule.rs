@@ -215,22 +215,26 @@ pub(super) fn validate_schedule(
             report,
         );
     }
+    // The robot's name for a robot schedule (whose `app` is empty), else the app's.
+    let (sender, is_robot) = match (app?, robot.ok()?) {
+        (_, Some(robot)) => (robot, true),
+        (app, None) => (app, false),
+    };
     let mut schedule = Schedule {
         name: name?.into_boxed_str(),
         cron: cron?,
         zone: zone?,
-        app: context.shared.apps.get(&app?, |app| Arc::from(app)),
+        sender: context.shared.apps.get(&sender, |name| Arc::from(name)),
+        is_robot,
         to: context.shared.recipients.intern(to?),
-        robot: robot.ok()?.map(String::into_boxed_str),
         mention: context.shared.mentions.intern(mention?),
         message: context.shared.messages.intern(message?),
         safe: optional(safe, false)?,
         enable_id_trans: optional(enable_id_trans, false)?,
         duplicate_check_interval: duplicate_check_interval?,
         enabled: optional(enabled, true)?,
-        // Both are longer than zero (`duration`), hence within std's range.
-        catch_up: catch_up.ok()?.and_then(|d| d.to_std().ok()),
-        jitter: jitter.ok()?.and_then(|d| d.to_std().ok()),
+        catch_up: kept_seconds(catch_up.ok()?),
+        jitter: kept_seconds(jitter.ok()?),
         workday_cron: None,
         calendar: calendar.ok()?,
     };
@@ -249,7 +253,7 @@ pub(super) fn validate_schedule(
         }
     }
     check_timing(&schedule, &slots, context.now, &subject, report)?;
-    if schedule.robot.is_none() {
+    if schedule.robot().is_none() {
         // A robot has no duplicate check: nothing is swallowed.
         warn_duplicates(&schedule, &slots, &subject, report);
     }
@@ -444,7 +448,7 @@ pub(super) fn check_timing(
         report.error(subject, "jitter", format!("is {}s, but slots can be {}s apart: a jittered send could overtake the next slot; use less than {}s", jitter.num_seconds(), gap.num_seconds(), gap.num_seconds()));
         return None;
     }
-    if schedule.robot.is_some() {
+    if schedule.robot().is_some() {
         let span =
             |slots: &[DateTime<Utc>], n: usize| (slots.len() > n).then(|| slots[n] - slots[0]);
         if span(first, ROBOT_PER_MINUTE_LIMIT).is_some_and(|s| s < chrono::Duration::minutes(1)) {
