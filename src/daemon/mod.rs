@@ -14,9 +14,7 @@ mod timer;
 
 pub use memory::tune_allocator;
 
-use std::borrow::Borrow;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -33,7 +31,7 @@ use crate::store::events::EventKind;
 use notify::Notifier;
 use recovery::Downtime;
 use reload::{Diff, changed_credentials};
-use timer::{Alarms, Deadlines, Firing, Timer};
+use timer::{Alarms, Deadlines, Firing};
 
 /// Waits for a slot longer than this are kept by a tokio-cron-scheduler alarm (which follows
 /// the wall clock through suspends and clock steps); shorter ones by a plain sleep.
@@ -144,7 +142,6 @@ struct Daemon {
     firing: Arc<Firing>,
     /// The deadline heap that fires every armed schedule.
     deadlines: Deadlines,
-    timers: HashSet<ByName>,
     notifier: Notifier,
     options: Options,
     /// For the heartbeat row.
@@ -154,32 +151,6 @@ struct Daemon {
     /// Daemons of other instances this start took for alive, watched until they prove it.
     silent: Option<recovery::Silent>,
 }
-
-/// An armed schedule's timer, found by the schedule's name: the daemon's set of them holds no
-/// second copy of each name. (A `BTreeMap<String, Timer>` held one, and its nodes: measured
-/// with heaptrack at 100,000 schedules, 10 MB, about 100 bytes a schedule.)
-struct ByName(Timer);
-
-impl Borrow<str> for ByName {
-    fn borrow(&self) -> &str {
-        &self.0.schedule.name
-    }
-}
-
-// As `str` hashes and compares, which `Borrow<str>` requires.
-impl Hash for ByName {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (*self.0.schedule.name).hash(state);
-    }
-}
-
-impl PartialEq for ByName {
-    fn eq(&self, other: &ByName) -> bool {
-        self.0.schedule.name == other.0.schedule.name
-    }
-}
-
-impl Eq for ByName {}
 
 /// Runs until a stop is requested. Returns an error only when the daemon cannot start.
 pub async fn run(
@@ -248,7 +219,6 @@ pub async fn run(
         config,
         firing,
         deadlines,
-        timers: HashSet::new(),
         notifier,
         options,
         started_at,
@@ -272,6 +242,8 @@ pub async fn run(
     // predecessor under this very pid left are taken over: renewing those first would make
     // the takeover's compare-and-swap fail and leave them pending.
     let _leases = (!daemon.dry_run()).then(|| store.keep_leases());
+    let enabled = daemon.config.schedules.iter().filter(|s| s.enabled).count();
+    daemon.deadlines.reserve(enabled);
     for schedule in daemon.config.schedules.clone() {
         if schedule.enabled {
             daemon.arm(schedule, now);
@@ -364,18 +336,15 @@ impl Daemon {
         self.firing.dispatcher.is_dry_run()
     }
 
+    /// Arms `schedule`, in place of (so disarming) the schedule of the same name if one is.
     fn arm(&mut self, schedule: Arc<Schedule>, resume_from: chrono::DateTime<Utc>) {
-        let timer = self
-            .deadlines
-            .arm(schedule.clone(), &self.firing, resume_from);
-        // Replaces (and so disarms) a timer of the same name, as a map would.
-        self.timers.replace(ByName(timer));
+        self.deadlines.arm(schedule, resume_from);
     }
 
     /// "3 schedules armed, next: standup at 2026-11-30 09:30 +08:00".
     fn status_line(&self) -> String {
         let next = self.deadlines.next();
-        let mut line = format!("{} schedules armed", self.timers.len());
+        let mut line = format!("{} schedules armed", self.deadlines.len());
         if self.dry_run() {
             line.push_str(" (dry run)");
         }
@@ -411,8 +380,7 @@ impl Daemon {
 
     /// Tells the metrics which schedules are armed (for their next-fire gauge).
     fn publish_armed(&self) {
-        let mut armed: Vec<_> = self.timers.iter().map(|t| t.0.schedule.clone()).collect();
-        armed.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let armed = self.deadlines.schedules();
         self.firing.dispatcher.metrics().set_armed(armed);
     }
 
@@ -614,9 +582,10 @@ impl Daemon {
     /// armed, unchanged ones keep their timers. Sends in flight are not touched.
     async fn apply(&mut self, mut new: Config) -> String {
         let armed: BTreeMap<String, Arc<Schedule>> = self
-            .timers
-            .iter()
-            .map(|ByName(timer)| (timer.schedule.name.to_string(), timer.schedule.clone()))
+            .deadlines
+            .schedules()
+            .into_iter()
+            .map(|schedule| (schedule.name.to_string(), schedule))
             .collect();
         let diff = Diff::between(&armed, &new);
         // Unchanged schedules keep the copy their timer holds: one copy in memory, not two. The
@@ -643,8 +612,8 @@ impl Daemon {
         let resume_from = Utc::now() - REARM_OVERLAP;
         let mut replaced = BTreeMap::new();
         for name in diff.removed.iter().chain(&diff.changed) {
-            if let Some(ByName(timer)) = self.timers.take(name.as_str()) {
-                replaced.insert(name.clone(), timer.next_slot());
+            if let Some(next) = self.deadlines.disarm(name) {
+                replaced.insert(name.clone(), next);
             }
         }
         // By name, once: a lookup per armed schedule would scan the whole list each time.
@@ -665,7 +634,7 @@ impl Daemon {
         diff.summary()
     }
 
-    async fn shutdown(mut self, stops: &mut mpsc::UnboundedReceiver<()>) {
+    async fn shutdown(self, stops: &mut mpsc::UnboundedReceiver<()>) {
         self.probes.stopping();
         let inflight = self.firing.inflight.len();
         tracing::info!(
@@ -680,7 +649,7 @@ impl Daemon {
         // Before the timers go, with the holds of any slot one of them had yet to fire.
         let progress = &self.firing.progress;
         progress.stop_at(progress.fired_through(disarmed_at));
-        self.timers.clear();
+        self.deadlines.disarm_all();
         self.deadlines.stop();
         self.firing.alarms.shutdown().await;
         self.firing.inflight.close();

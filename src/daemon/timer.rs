@@ -12,11 +12,13 @@
 //! 6-field-only parser is never used.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use hashbrown::HashTable;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
@@ -177,70 +179,245 @@ pub struct Timers {
     stop: CancellationToken,
 }
 
-#[derive(Default)]
+/// The armed schedules, found by name, and their deadlines.
+///
+/// Sized for 100,000 schedules: 24 bytes an entry, 16 a deadline, 5 for the name's place in
+/// the index (measured with heaptrack, the map of ids, the queue of 24-byte deadlines and the
+/// daemon's set of timer handles before took about 120 bytes a schedule).
 struct Heap {
-    /// Deadlines by due instant, then by arming order (the order of the config). An entry
-    /// whose schedule was disarmed, or re-armed for another deadline, stays until it reaches
-    /// the top and is then dropped.
-    queue: BinaryHeap<Reverse<(DateTime<Utc>, u64)>>,
-    armed: HashMap<u64, Armed>,
-    next_id: u64,
+    /// Deadlines by due instant, then by entry. An entry whose schedule was disarmed, or
+    /// re-armed for another deadline, stays until it reaches the top and is then dropped (or
+    /// until [`Heap::compact`]); it counts only while it is the deadline of the slot its entry
+    /// holds.
+    queue: BinaryHeap<Reverse<(DateTime<Utc>, u32)>>,
+    /// The armed schedules. An index stays a schedule's while it is armed; a freed one is used
+    /// again (a stale deadline on it then either is the new entry's own, or does not count).
+    entries: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    /// The index of each armed schedule, by the schedule's name (the entry has the name).
+    names: HashTable<u32>,
+    hasher: RandomState,
+    /// Where the entries' slots are held.
+    progress: Arc<Progress>,
     /// The deadline the task waits for; `None` when it waits for none.
     waiting_for: Option<DateTime<Utc>>,
 }
 
-/// One armed schedule and the slot it holds, to fire next. When that slot falls due (the slot
-/// plus any jitter) is in the queue's entry, and [`Armed::due`] works it out again: kept here
-/// too, it was 16 of the 56 bytes of each entry of the map (measured with heaptrack, 100,000
-/// schedules: 7.5 MB for the map).
-struct Armed {
+/// One armed schedule and the slot it is to fire next, if any: held in the progress (taken
+/// with [`Progress::take`]) until it is fired, replaced or disarmed. When that slot falls due
+/// (the slot plus any jitter) is in the queue, and [`Schedule::due`] works it out again.
+struct Entry {
     schedule: Arc<Schedule>,
-    hold: Hold,
-}
-
-impl Armed {
-    fn due(&self) -> DateTime<Utc> {
-        self.schedule.due(self.hold.slot())
-    }
+    slot: Option<DateTime<Utc>>,
 }
 
 impl Heap {
-    /// Arms `id` for the slot `hold` holds.
-    fn insert(&mut self, id: u64, schedule: Arc<Schedule>, hold: Hold) -> DateTime<Utc> {
-        let armed = Armed { schedule, hold };
-        let due = armed.due();
-        self.queue.push(Reverse((due, id)));
-        self.armed.insert(id, armed);
+    fn new(progress: Arc<Progress>) -> Heap {
+        Heap {
+            queue: BinaryHeap::new(),
+            entries: Vec::new(),
+            free: Vec::new(),
+            names: HashTable::new(),
+            hasher: RandomState::new(),
+            progress,
+            waiting_for: None,
+        }
+    }
+
+    /// Room for `n` more schedules, without the spare room of doubling.
+    fn reserve(&mut self, n: usize) {
+        self.entries
+            .reserve_exact(n.saturating_sub(self.free.len()));
+        self.queue.reserve_exact(n);
+        let Heap {
+            names,
+            entries,
+            hasher,
+            ..
+        } = self;
+        names.reserve(n, |&i| hash(hasher, entries, i));
+    }
+
+    fn find(&self, name: &str) -> Option<u32> {
+        let entries = &self.entries;
+        self.names
+            .find(self.hasher.hash_one(name), |&i| {
+                entry(entries, i).is_some_and(|e| *e.schedule.name == *name)
+            })
+            .copied()
+    }
+
+    /// Arms `schedule` for `slot` (none: armed, with no slot left to fire), in place of the
+    /// schedule of the same name if one is armed. Returns the deadline.
+    fn arm(
+        &mut self,
+        schedule: Arc<Schedule>,
+        slot: Option<DateTime<Utc>>,
+    ) -> Option<DateTime<Utc>> {
+        if let Some(slot) = slot {
+            self.progress.take(slot);
+        }
+        let index = match self.find(&schedule.name) {
+            Some(index) => {
+                let old = self.entries[index as usize].replace(Entry {
+                    schedule: schedule.clone(),
+                    slot,
+                });
+                self.release(old);
+                index
+            }
+            None => {
+                let entry = Some(Entry {
+                    schedule: schedule.clone(),
+                    slot,
+                });
+                let index = match self.free.pop() {
+                    Some(index) => {
+                        self.entries[index as usize] = entry;
+                        index
+                    }
+                    None => {
+                        self.entries.push(entry);
+                        // More than 4 billion schedules do not fit in memory anyway.
+                        u32::try_from(self.entries.len() - 1).unwrap_or(u32::MAX)
+                    }
+                };
+                let Heap {
+                    names,
+                    entries,
+                    hasher,
+                    ..
+                } = self;
+                names.insert_unique(hasher.hash_one(&*schedule.name), index, |&i| {
+                    hash(hasher, entries, i)
+                });
+                index
+            }
+        };
+        let due = slot.map(|slot| schedule.due(slot));
+        if let Some(due) = due {
+            self.queue.push(Reverse((due, index)));
+        }
         due
     }
 
-    /// The earliest deadline still armed, dropping the stale entries above it.
-    fn earliest(&mut self) -> Option<DateTime<Utc>> {
-        while let Some(Reverse((due, id))) = self.queue.peek().copied() {
-            if self.armed.get(&id).is_some_and(|a| a.due() == due) {
-                return Some(due);
+    /// Disarms the schedule named `name`. Returns the slot it was to fire next, if it was
+    /// armed.
+    fn disarm(&mut self, name: &str) -> Option<Option<DateTime<Utc>>> {
+        let Heap {
+            names,
+            entries,
+            hasher,
+            ..
+        } = self;
+        let found = names
+            .find_entry(hasher.hash_one(name), |&i| {
+                entry(entries, i).is_some_and(|e| *e.schedule.name == *name)
+            })
+            .ok()?;
+        let (index, _) = found.remove();
+        let old = self.entries.get_mut(index as usize)?.take();
+        self.free.push(index);
+        let slot = old.as_ref().and_then(|e| e.slot);
+        self.release(old);
+        self.compact();
+        Some(slot)
+    }
+
+    /// Disarms every schedule.
+    fn clear(&mut self) {
+        for old in std::mem::take(&mut self.entries) {
+            self.release(old);
+        }
+        self.queue.clear();
+        self.free.clear();
+        self.names.clear();
+    }
+
+    /// Ends the hold of the slot a removed entry had.
+    fn release(&self, old: Option<Entry>) {
+        if let Some(slot) = old.and_then(|e| e.slot) {
+            self.progress.release(slot);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    fn schedules(&self) -> impl Iterator<Item = &Arc<Schedule>> {
+        self.entries.iter().flatten().map(|e| &e.schedule)
+    }
+
+    /// The entry whose deadline `due` is, if it still counts.
+    fn holding(&self, due: DateTime<Utc>, index: u32) -> Option<&Entry> {
+        entry(&self.entries, index).filter(|e| e.slot.is_some_and(|s| e.schedule.due(s) == due))
+    }
+
+    /// The earliest deadline still armed, and its entry, dropping the stale deadlines above it.
+    fn earliest(&mut self) -> Option<(DateTime<Utc>, u32)> {
+        while let Some(Reverse((due, index))) = self.queue.peek().copied() {
+            if self.holding(due, index).is_some() {
+                return Some((due, index));
             }
             self.queue.pop();
         }
         None
     }
 
-    /// Removes and returns the armed schedule at the top if it is due by `now`.
-    fn pop_due(&mut self, now: DateTime<Utc>) -> Option<(u64, Armed)> {
-        let due = self.earliest().filter(|due| *due <= now)?;
-        let Reverse((_, id)) = self.queue.pop()?;
-        let armed = self.armed.remove(&id)?;
-        debug_assert_eq!(armed.due(), due);
-        Some((id, armed))
+    /// Takes the slot of the schedule at the top if it is due by `now`: its index, the
+    /// schedule and the slot's hold. The schedule stays armed, with no slot until
+    /// [`Heap::rearm`].
+    fn pop_due(&mut self, now: DateTime<Utc>) -> Option<(u32, Arc<Schedule>, Hold)> {
+        let (_, index) = self.earliest().filter(|(due, _)| *due <= now)?;
+        self.queue.pop();
+        let entry = self.entries.get_mut(index as usize)?.as_mut()?;
+        let slot = entry.slot.take()?;
+        Some((index, entry.schedule.clone(), self.progress.adopt(slot)))
     }
 
-    /// Leaves few stale entries behind: after many reloads they would outnumber the armed.
+    /// Gives the schedule at `index`, which [`Heap::pop_due`] left without a slot, its next.
+    fn rearm(&mut self, index: u32, slot: DateTime<Utc>) {
+        let Some(entry) = self
+            .entries
+            .get_mut(index as usize)
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        self.progress.take(slot);
+        entry.slot = Some(slot);
+        let due = entry.schedule.due(slot);
+        self.queue.push(Reverse((due, index)));
+    }
+
+    /// Leaves few stale deadlines behind: after many reloads they would outnumber the armed.
     fn compact(&mut self) {
-        if self.queue.len() > 2 * self.armed.len() + 1024 {
-            let armed = &self.armed;
-            self.queue
-                .retain(|Reverse((due, id))| armed.get(id).is_some_and(|a| a.due() == *due));
+        if self.queue.len() > 2 * self.len() + 1024 {
+            let mut queue = std::mem::take(&mut self.queue).into_vec();
+            queue.retain(|Reverse((due, index))| self.holding(*due, *index).is_some());
+            queue.shrink_to_fit();
+            self.queue = queue.into();
         }
+    }
+}
+
+impl Drop for Heap {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+fn entry(entries: &[Option<Entry>], index: u32) -> Option<&Entry> {
+    entries.get(index as usize)?.as_ref()
+}
+
+/// The hash of the name of the schedule at `index` (the index's, for one freed meanwhile:
+/// the table never holds freed indices, so it is never asked).
+fn hash(hasher: &RandomState, entries: &[Option<Entry>], index: u32) -> u64 {
+    match entry(entries, index) {
+        Some(e) => hasher.hash_one(&*e.schedule.name),
+        None => hasher.hash_one(index),
     }
 }
 
@@ -255,7 +432,7 @@ impl Deadlines {
     /// Starts the task that fires the slots of every schedule armed through the result.
     pub fn start(firing: Arc<Firing>) -> Deadlines {
         let timers = Arc::new(Timers {
-            state: Mutex::new(Heap::default()),
+            state: Mutex::new(Heap::new(firing.progress.clone())),
             earlier: Notify::new(),
             stop: CancellationToken::new(),
         });
@@ -269,19 +446,62 @@ impl Deadlines {
         let _ = (&mut self.task).await;
     }
 
-    /// See [`Timers::arm`].
-    pub fn arm(
-        &self,
-        schedule: Arc<Schedule>,
-        firing: &Firing,
-        not_before: DateTime<Utc>,
-    ) -> Timer {
-        self.timers.arm(schedule, firing, not_before)
+    /// Makes room for `n` more schedules at once (at start, where the count is known).
+    pub fn reserve(&self, n: usize) {
+        self.timers.lock().reserve(n);
+    }
+
+    /// Arms `schedule` for its slots that fall due at or after `not_before`, in place of (so
+    /// disarming) the schedule of the same name if one is armed. Earlier slots belong to the
+    /// missed-slot scan (at start) or to the timer this one replaces (reload).
+    pub fn arm(&self, schedule: Arc<Schedule>, not_before: DateTime<Utc>) {
+        let first = first_due(&schedule, not_before);
+        if first.is_none() {
+            tracing::info!(schedule = %schedule.name, "the cron expression names no further slot; timer ends")
+        }
+        let timers = &self.timers;
+        let mut heap = timers.lock();
+        // Held from now on (by the heap's arm): the heartbeat must never pass a slot that an
+        // armed schedule has yet to fire.
+        if let Some(due) = heap.arm(schedule, first)
+            && heap.waiting_for.is_none_or(|w| due < w)
+        {
+            heap.waiting_for = Some(due);
+            timers.earlier.notify_one();
+        }
+    }
+
+    /// Disarms the schedule named `name` (a fire already started is not interrupted).
+    /// Returns, if it was armed, the slot it was to fire next: a schedule replaced on reload
+    /// hands it to its successor, which must not start after it (a timer running late would
+    /// lose it).
+    pub fn disarm(&self, name: &str) -> Option<Option<DateTime<Utc>>> {
+        self.timers.lock().disarm(name)
+    }
+
+    /// Disarms every schedule.
+    pub fn disarm_all(&self) {
+        self.timers.lock().clear();
+    }
+
+    /// How many schedules are armed.
+    pub fn len(&self) -> usize {
+        self.timers.lock().len()
+    }
+
+    /// The armed schedules, by name.
+    pub fn schedules(&self) -> Vec<Arc<Schedule>> {
+        let mut armed: Vec<_> = self.timers.lock().schedules().cloned().collect();
+        armed.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        armed
     }
 
     /// The schedule to fire next and its slot.
     pub fn next(&self) -> Option<(DateTime<Utc>, Arc<Schedule>)> {
-        self.timers.next()
+        let mut heap = self.timers.lock();
+        let (due, index) = heap.earliest()?;
+        let entry = heap.holding(due, index)?;
+        Some((entry.slot?, entry.schedule.clone()))
     }
 
     /// Ends the task. Slots still armed are not fired.
@@ -297,79 +517,8 @@ impl Drop for Deadlines {
 }
 
 impl Timers {
-    /// Arms `schedule` for its slots that fall due at or after `not_before`. Earlier ones
-    /// belong to the missed-slot scan (at start) or to the timer this one replaces (reload).
-    fn arm(
-        self: &Arc<Self>,
-        schedule: Arc<Schedule>,
-        firing: &Firing,
-        not_before: DateTime<Utc>,
-    ) -> Timer {
-        // Held from now on: the heartbeat must never pass a slot that an armed schedule has
-        // yet to fire.
-        let first = first_due(&schedule, not_before).map(|slot| firing.progress.hold(slot));
-        let mut heap = self.lock();
-        let id = heap.next_id;
-        heap.next_id += 1;
-        match first {
-            Some(hold) => {
-                let due = heap.insert(id, schedule.clone(), hold);
-                if heap.waiting_for.is_none_or(|w| due < w) {
-                    heap.waiting_for = Some(due);
-                    self.earlier.notify_one();
-                }
-            }
-            None => {
-                tracing::info!(schedule = %schedule.name, "the cron expression names no further slot; timer ends")
-            }
-        }
-        Timer {
-            schedule,
-            id,
-            timers: self.clone(),
-        }
-    }
-
-    fn next(&self) -> Option<(DateTime<Utc>, Arc<Schedule>)> {
-        let mut heap = self.lock();
-        let due = heap.earliest()?;
-        let Reverse((_, id)) = heap.queue.peek().copied()?;
-        let armed = heap.armed.get(&id).filter(|a| a.due() == due)?;
-        Some((armed.hold.slot(), armed.schedule.clone()))
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Heap> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// An armed schedule. Dropping it disarms it (a fire already started is not interrupted).
-pub struct Timer {
-    pub schedule: Arc<Schedule>,
-    id: u64,
-    timers: Arc<Timers>,
-}
-
-impl Timer {
-    /// The slot this timer is to fire next, if any: a timer replaced on reload hands it to its
-    /// successor, which must not start after it (a timer running late would lose it).
-    pub fn next_slot(&self) -> Option<DateTime<Utc>> {
-        let heap = self.timers.lock();
-        heap.armed.get(&self.id).map(|a| a.hold.slot())
-    }
-}
-
-impl Drop for Timer {
-    fn drop(&mut self) {
-        let removed = {
-            let mut heap = self.timers.lock();
-            let removed = heap.armed.remove(&self.id);
-            heap.compact();
-            removed
-        };
-        // The hold goes after the heap's lock is released. (The two are taken together only
-        // in one order: the heap's, then the progress's, in `take_due`.)
-        drop(removed);
     }
 }
 
@@ -398,7 +547,7 @@ async fn run(timers: Arc<Timers>, firing: Arc<Firing>) {
     loop {
         let earliest = {
             let mut heap = timers.lock();
-            let earliest = heap.earliest();
+            let earliest = heap.earliest().map(|(due, _)| due);
             heap.waiting_for = earliest;
             earliest
         };
@@ -418,7 +567,7 @@ async fn run(timers: Arc<Timers>, firing: Arc<Firing>) {
             return;
         }
         let now = Utc::now();
-        for slot in take_due(&timers, &firing, now) {
+        for slot in take_due(&timers, now) {
             match slot {
                 Due::Fire(schedule, hold) => {
                     let lag_ms = (now - schedule.due(hold.slot())).num_milliseconds();
@@ -454,12 +603,11 @@ async fn run(timers: Arc<Timers>, firing: Arc<Firing>) {
 }
 
 /// Takes every slot due by `now` off the heap, arming each schedule for its next slot.
-fn take_due(timers: &Timers, firing: &Firing, now: DateTime<Utc>) -> Vec<Due> {
+fn take_due(timers: &Timers, now: DateTime<Utc>) -> Vec<Due> {
     let mut taken = Vec::new();
     let mut heap = timers.lock();
-    while let Some((id, armed)) = heap.pop_due(now) {
-        let due = armed.due();
-        let Armed { schedule, hold } = armed;
+    while let Some((index, schedule, hold)) = heap.pop_due(now) {
+        let due = schedule.due(hold.slot());
         let late = now - due > recovery::LATE_LIMIT;
         // After a jump of the clock, the slots passed over are the missed-slot record's.
         let next = if late {
@@ -468,10 +616,7 @@ fn take_due(timers: &Timers, firing: &Firing, now: DateTime<Utc>) -> Vec<Due> {
             schedule.next_after(hold.slot())
         };
         match next {
-            Some(next) => {
-                let next = firing.progress.hold(next);
-                heap.insert(id, schedule.clone(), next);
-            }
+            Some(next) => heap.rearm(index, next),
             None => {
                 tracing::info!(schedule = %schedule.name, "the cron expression names no further slot; timer ends")
             }
@@ -691,9 +836,9 @@ mod tests {
     use super::*;
     use crate::config::{Secrets, parse};
 
-    fn schedule(extra: &str) -> Arc<Schedule> {
+    fn schedule(name: &str, extra: &str) -> Arc<Schedule> {
         let text = format!(
-            "timezone: UTC\napps:\n  ops: {{ corp_id: ww1, agent_id: 1, secret: s }}\nschedules:\n  - {{ name: s, cron: '*/10 * * * *', to: {{ users: [u] }}, text: {{ content: 'x {{{{ time }}}}' }}{extra} }}\n"
+            "timezone: UTC\napps:\n  ops: {{ corp_id: ww1, agent_id: 1, secret: s }}\nschedules:\n  - {{ name: {name}, cron: '*/10 * * * *', to: {{ users: [u] }}, text: {{ content: 'x {{{{ time }}}}' }}{extra} }}\n"
         );
         parse(&text, Path::new("/tmp/x.yaml"), Secrets::Required)
             .unwrap()
@@ -705,46 +850,140 @@ mod tests {
         crate::time::from_db(text).unwrap()
     }
 
-    /// The heap keeps each deadline in its queue only: an entry counts while it is the
-    /// deadline of the slot its schedule holds, worked out again from the slot and the jitter.
+    fn popped(heap: &mut Heap, now: DateTime<Utc>) -> Vec<(String, DateTime<Utc>)> {
+        let mut popped: Vec<_> = std::iter::from_fn(|| heap.pop_due(now))
+            .map(|(_, schedule, hold)| (schedule.name.to_string(), hold.slot()))
+            .collect();
+        popped.sort_unstable();
+        popped
+    }
+
+    /// The heap keeps each deadline in its queue only: a deadline counts while it is the one
+    /// of the slot its entry holds, worked out again from the slot and the jitter.
     #[test]
     fn a_jittered_deadline_is_the_one_its_slot_holds_and_a_re_armed_one_replaces_it() {
         let progress = Arc::new(Progress::default());
-        let jittered = schedule(", jitter: 5m");
-        let plain = schedule("");
+        let jittered = schedule("j", ", jitter: 5m");
+        let plain = schedule("p", "");
         let (first, second) = (at("2026-12-03T09:10:00Z"), at("2026-12-03T09:20:00Z"));
         let offset = jittered.due(first) - first;
         assert!(offset > chrono::Duration::zero() && offset < chrono::Duration::minutes(5));
-        let mut heap = Heap::default();
+        let mut heap = Heap::new(progress.clone());
         assert_eq!(
-            heap.insert(1, jittered.clone(), progress.hold(first)),
-            first + offset
+            heap.arm(jittered.clone(), Some(first)),
+            Some(first + offset)
         );
-        assert_eq!(heap.insert(2, plain.clone(), progress.hold(second)), second);
-        assert_eq!(heap.earliest(), Some(jittered.due(first)));
-        // Re-armed for its next slot (as a reload hands over): the old entry no longer counts.
-        heap.insert(1, jittered.clone(), progress.hold(second));
-        assert_eq!(heap.queue.len(), 3);
-        assert_eq!(heap.earliest(), Some(second.min(jittered.due(second))));
-        assert_eq!(heap.queue.len(), 2, "the stale entry is dropped on the way");
+        assert_eq!(heap.arm(plain.clone(), Some(second)), Some(second));
+        assert_eq!(heap.earliest(), Some((jittered.due(first), 0)));
+        assert_eq!(
+            progress.fired_through(second),
+            first,
+            "the armed slots are held"
+        );
+        // Armed again under its name, for its next slot (as a reload hands over): the old
+        // deadline no longer counts, and its slot is no longer held.
+        heap.arm(jittered.clone(), Some(second));
+        assert_eq!((heap.len(), heap.queue.len()), (2, 3));
+        assert_eq!(progress.fired_through(second), second);
+        assert_eq!(
+            heap.earliest().map(|(due, _)| due),
+            Some(second.min(jittered.due(second)))
+        );
+        assert_eq!(
+            heap.queue.len(),
+            2,
+            "the stale deadline is dropped on the way"
+        );
         assert!(
             heap.pop_due(second - chrono::Duration::seconds(1))
                 .is_none()
         );
         let late = second + chrono::Duration::minutes(5);
-        let mut popped: Vec<_> = std::iter::from_fn(|| heap.pop_due(late))
-            .map(|(id, armed)| (id, armed.hold.slot(), armed.due()))
-            .collect();
-        popped.sort_unstable();
         assert_eq!(
-            popped,
-            [(1, second, jittered.due(second)), (2, second, second)]
+            popped(&mut heap, late),
+            [("j".to_string(), second), ("p".to_string(), second)]
         );
         assert_eq!(heap.earliest(), None);
         assert_eq!(
+            heap.len(),
+            2,
+            "fired, still armed (until re-armed or disarmed)"
+        );
+        assert_eq!(
             progress.fired_through(late),
             late,
-            "every hold went with its entry"
+            "every hold went with its slot"
         );
+    }
+
+    /// Disarming hands back the slot the schedule had yet to fire; its index is used again by
+    /// the next schedule armed, and the stale deadline left on it does not fire that one.
+    #[test]
+    fn a_disarmed_schedule_hands_back_its_slot_and_its_place_is_used_again() {
+        let progress = Arc::new(Progress::default());
+        let (early, late) = (at("2026-12-03T09:10:00Z"), at("2026-12-03T09:30:00Z"));
+        let mut heap = Heap::new(progress.clone());
+        heap.reserve(3);
+        heap.arm(schedule("a", ""), Some(early));
+        heap.arm(schedule("b", ""), Some(late));
+        heap.arm(schedule("ended", ""), None);
+        assert_eq!(heap.len(), 3);
+        assert_eq!(heap.disarm("ended"), Some(None), "armed, with no slot left");
+        assert_eq!(heap.disarm("a"), Some(Some(early)));
+        assert_eq!(heap.disarm("a"), None, "no longer armed");
+        assert_eq!(progress.fired_through(early), early, "a's slot is free");
+        assert_eq!(heap.len(), 1);
+        // c takes a place that a stale deadline (a's, at `early`) still names.
+        heap.arm(schedule("c", ""), Some(late));
+        assert_eq!(heap.find("c"), Some(0), "a's place");
+        assert!(
+            popped(&mut heap, early).is_empty(),
+            "a's deadline is not c's"
+        );
+        assert_eq!(
+            popped(&mut heap, late),
+            [("b".to_string(), late), ("c".to_string(), late)]
+        );
+        let names: Vec<_> = heap.schedules().map(|s| s.name.to_string()).collect();
+        assert_eq!(names.len(), 2);
+        assert!(names.contains(&"b".to_string()) && names.contains(&"c".to_string()));
+        heap.rearm(0, late + chrono::Duration::minutes(10));
+        assert_eq!(progress.fired_through(late), late);
+        heap.clear();
+        assert_eq!(heap.len(), 0);
+        assert_eq!(progress.fired_through(late), late, "clear ends every hold");
+    }
+
+    /// Many reloads leave many stale deadlines; the queue is compacted, not left to grow.
+    #[test]
+    fn stale_deadlines_do_not_pile_up_over_reloads() {
+        let progress = Arc::new(Progress::default());
+        let slot = at("2026-12-03T09:10:00Z");
+        let mut heap = Heap::new(progress.clone());
+        let names: Vec<String> = (0..100).map(|i| format!("s{i}")).collect();
+        let schedules: Vec<_> = names.iter().map(|n| schedule(n, "")).collect();
+        for round in 0..200 {
+            for s in &schedules {
+                heap.arm(s.clone(), Some(slot + chrono::Duration::minutes(round)));
+            }
+        }
+        assert_eq!(heap.len(), 100);
+        for name in &names {
+            heap.disarm(name);
+        }
+        assert!(
+            heap.queue.len() <= 2 * 100 + 1024,
+            "{} deadlines left",
+            heap.queue.len()
+        );
+        assert_eq!(heap.len(), 0);
+        assert_eq!(heap.earliest(), None);
+        assert_eq!(progress.fired_through(slot), slot);
+    }
+
+    #[test]
+    fn an_entry_takes_24_bytes_and_a_deadline_16() {
+        assert_eq!(std::mem::size_of::<Option<Entry>>(), 24);
+        assert_eq!(std::mem::size_of::<Reverse<(DateTime<Utc>, u32)>>(), 16);
     }
 }
