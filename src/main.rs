@@ -116,6 +116,18 @@ fn generate(what: Generated) -> ExitCode {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Transparent huge pages off before the first allocation, which Rust's runtime makes before
+/// `main` (see [`wecom_notify::daemon::disable_transparent_huge_pages`]).
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static HUGE_PAGES_OFF: extern "C" fn() = huge_pages_off;
+
+#[cfg(target_os = "linux")]
+extern "C" fn huge_pages_off() {
+    wecom_notify::daemon::disable_transparent_huge_pages();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.now.is_some() && !matches!(cli.command, Command::Check { .. } | Command::History(_)) {

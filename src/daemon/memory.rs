@@ -35,16 +35,32 @@ pub const PURGE_DELAY_MS: std::ffi::c_long = 10;
 /// (libmimalloc-sys names no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Caps glibc's allocator at two arenas: each thread would otherwise get an arena of its own,
-/// in which freed memory stays reserved. And turns transparent huge pages off for the daemon.
+/// Turns transparent huge pages off for the process, before its first allocation: `main.rs`
+/// calls this from the binary's `.init_array`, which the C runtime runs before `main` (and so
+/// before Rust's runtime allocates anything).
 ///
-/// mimalloc asks the kernel for huge pages on its arenas (`madvise(MADV_HUGEPAGE)`), which
-/// the default `madvise` setting of `/sys/kernel/mm/transparent_hugepage/enabled` grants: a
-/// touched arena is then resident 2 MiB at a time, used or not, and a page that empties only in
-/// part cannot go back. Measured with the `scale` benchmark (10,000 schedules), 28 of the
-/// 39 MiB the daemon had in anonymous memory were huge pages. A daemon that mostly waits gains
-/// nothing from them; `PR_SET_THP_DISABLE` turns them off for every mapping of the process,
-/// including the arenas mapped before this call.
+/// A huge page is resident 2 MiB at a time, used or not, and a page that empties only in part
+/// cannot go back; a daemon that mostly waits gains nothing from them. mimalloc asked the
+/// kernel for them on its arenas (`madvise(MADV_HUGEPAGE)`), which the default `madvise`
+/// setting of `/sys/kernel/mm/transparent_hugepage/enabled` grants: measured with the `scale`
+/// benchmark (10,000 schedules), 28 of the 39 MiB the daemon had in anonymous memory were huge
+/// pages. It is built with `no_thp` now (Cargo.toml), so it no longer asks; this covers the
+/// `always` setting. `PR_SET_THP_DISABLE` applies at each fault, so a huge page faulted
+/// before it stays: set from `tune_allocator` (the earlier place), the first arena already had
+/// one, and the example config idled at 16.2 MiB instead of 12.5.
+pub fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_THP_DISABLE, 1) only sets a flag of the calling process; it takes
+    // no pointer. A kernel without it answers EINVAL, which changes nothing. It allocates
+    // nothing, so it may run before main.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+/// Caps glibc's allocator at two arenas: each thread would otherwise get an arena of its own,
+/// in which freed memory stays reserved. Turns transparent huge pages off
+/// ([`disable_transparent_huge_pages`]; again, for a binary without the constructor).
 ///
 /// And sets mimalloc's purge delay to [`PURGE_DELAY_MS`], unless `MIMALLOC_PURGE_DELAY` in
 /// the environment sets it.
@@ -60,12 +76,7 @@ pub fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl(PR_SET_THP_DISABLE, 1) only sets a flag of the calling process; it takes
-    // no pointer. A kernel without it answers EINVAL, which changes nothing.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-    }
+    disable_transparent_huge_pages();
 }
 
 /// A config was loaded (or refused): what loading freed goes back to the system.

@@ -12,7 +12,7 @@ pub mod reload;
 pub mod signals;
 mod timer;
 
-pub use memory::tune_allocator;
+pub use memory::{disable_transparent_huge_pages, tune_allocator};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
