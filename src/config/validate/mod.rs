@@ -502,31 +502,18 @@ impl Context<'_> {
 /// One copy of each distinct value that many schedules of a large config write alike.
 #[derive(Default)]
 struct Shared {
-    apps: Interner<str>,
+    apps: Interner<Box<str>>,
     recipients: Interner<Recipients>,
     mentions: Interner<Mention>,
     messages: Interner<MessageTemplate>,
 }
 
 /// Values by content: equal values share one allocation.
-struct Interner<T: ?Sized>(std::cell::RefCell<HashSet<Arc<T>>>);
+struct Interner<T>(std::cell::RefCell<HashSet<Arc<T>>>);
 
-impl<T: ?Sized> Default for Interner<T> {
+impl<T> Default for Interner<T> {
     fn default() -> Self {
         Interner(Default::default())
-    }
-}
-
-impl<T: ?Sized + Eq + std::hash::Hash> Interner<T> {
-    /// The shared copy of `value`, made from it (by `make`) the first time it is seen.
-    fn get(&self, value: &T, make: impl FnOnce(&T) -> Arc<T>) -> Arc<T> {
-        let mut set = self.0.borrow_mut();
-        if let Some(shared) = set.get(value) {
-            return shared.clone();
-        }
-        let shared = make(value);
-        set.insert(shared.clone());
-        shared
     }
 }
 

@@ -224,7 +224,7 @@ pub(super) fn validate_schedule(
         name: name?.into_boxed_str(),
         cron: cron?,
         zone: zone?,
-        sender: context.shared.apps.get(&sender, |name| Arc::from(name)),
+        sender: context.shared.apps.intern(Box::from(sender)),
         is_robot,
         to: context.shared.recipients.intern(to?),
         mention: context.shared.mentions.intern(mention?),
