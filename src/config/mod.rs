@@ -289,7 +289,7 @@ impl Schedule {
 
     /// The app it sends as; empty for a robot schedule.
     pub fn app(&self) -> &str {
-        if self.is_robot { "" } else { &**self.sender }
+        if self.is_robot { "" } else { &self.sender }
     }
 
     /// `robot:`: the group robot it posts through instead of an app.

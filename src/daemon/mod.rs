@@ -215,6 +215,7 @@ pub async fn run(
             .await?;
     }
     let deadlines = Deadlines::start(firing.clone());
+    firing.dispatcher.metrics().watch_armed(deadlines.armed());
     let mut daemon = Daemon {
         config,
         firing,
@@ -250,7 +251,6 @@ pub async fn run(
         }
     }
     daemon.beat(false).await;
-    daemon.publish_armed();
     memory::loaded();
     let status = daemon.status_line();
     tracing::info!(config = %daemon.config.path.display(), digest = %daemon.config.digest, dry_run = daemon.dry_run(), "{status}");
@@ -376,12 +376,6 @@ impl Daemon {
         {
             tracing::error!("could not record the {} event: {e:#}", kind.as_str());
         }
-    }
-
-    /// Tells the metrics which schedules are armed (for their next-fire gauge).
-    fn publish_armed(&self) {
-        let armed = self.deadlines.schedules();
-        self.firing.dispatcher.metrics().set_armed(armed);
     }
 
     /// Writes this daemon's heartbeat: alive now, and how far it has fired. While a send waits
@@ -546,7 +540,6 @@ impl Daemon {
             Ok(Ok(new)) => {
                 let metrics_listen = self.config.metrics_listen;
                 let summary = self.apply(new).await;
-                self.publish_armed();
                 self.firing.dispatcher.metrics().count_reload(true);
                 if self.config.metrics_listen != metrics_listen {
                     tracing::warn!("metrics.listen changed; it takes effect at the next restart");

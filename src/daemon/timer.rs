@@ -31,6 +31,7 @@ use super::recovery;
 use crate::channel::Channel;
 use crate::config::{App, Robot, Schedule};
 use crate::dispatch::{Dispatcher, Fired};
+use crate::metrics::ArmedSchedules;
 use crate::store::history::Trigger;
 
 /// How long before a slot the wall-clock alarm goes off. It must exceed the scheduler's 500 ms
@@ -491,9 +492,12 @@ impl Deadlines {
 
     /// The armed schedules, by name.
     pub fn schedules(&self) -> Vec<Arc<Schedule>> {
-        let mut armed: Vec<_> = self.timers.lock().schedules().cloned().collect();
-        armed.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        armed
+        self.timers.schedules()
+    }
+
+    /// The armed schedules as they change, for the metrics.
+    pub fn armed(&self) -> Arc<dyn ArmedSchedules> {
+        self.timers.clone()
     }
 
     /// The schedule to fire next and its slot.
@@ -513,6 +517,22 @@ impl Deadlines {
 impl Drop for Deadlines {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+impl ArmedSchedules for Timers {
+    fn schedules(&self) -> Vec<Arc<Schedule>> {
+        let mut armed: Vec<_> = self.lock().schedules().cloned().collect();
+        armed.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        armed
+    }
+}
+
+impl std::fmt::Debug for Timers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timers")
+            .field("armed", &self.lock().len())
+            .finish_non_exhaustive()
     }
 }
 
