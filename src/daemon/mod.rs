@@ -37,9 +37,12 @@ use timer::{Alarms, Deadlines, Firing};
 /// the wall clock through suspends and clock steps); shorter ones by a plain sleep.
 pub const DEFAULT_SCHEDULER_MIN_WAIT: Duration = Duration::from_secs(60);
 
-/// The channel size given to tokio-cron-scheduler (its default is 200): room for the adds and
-/// removals of many re-armed waits, though one job at most is armed at a time.
-const SCHEDULER_CHANNEL: usize = 1024;
+/// The channel size given to tokio-cron-scheduler (its default is 200). Its calls are made one
+/// at a time (`timer::Alarms`), each waiting for its answer, and one job at most is armed, so
+/// a channel holds a message or two at once: 32 leaves room to spare. Each of its ten channels
+/// allocates every slot up front; at 1,024 they took about 0.5 MB (measured with heaptrack),
+/// resident in every daemon.
+const SCHEDULER_CHANNEL: usize = 32;
 
 /// How long shutdown waits for sends in flight before recording them as `interrupted`.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
