@@ -577,19 +577,16 @@ impl Daemon {
     /// Switches to `new`: removed and changed schedules are disarmed, added and changed ones
     /// armed, unchanged ones keep their timers. Sends in flight are not touched.
     async fn apply(&mut self, mut new: Config) -> String {
-        let armed: BTreeMap<String, Arc<Schedule>> = self
-            .deadlines
-            .schedules()
-            .into_iter()
-            .map(|schedule| (schedule.name.to_string(), schedule))
-            .collect();
+        // By name, borrowed: one table, no copy of a name (see `Diff`).
+        let armed = self.deadlines.schedules();
+        let armed: HashMap<&str, &Arc<Schedule>> = armed.iter().map(|s| (&*s.name, s)).collect();
         let diff = Diff::between(&armed, &new);
         // Unchanged schedules keep the copy their timer holds: one copy in memory, not two. The
         // others are copied here, off the reload thread's pages (see `Schedule::relocated`).
         let mut copies = config::Relocation::default();
         for schedule in &mut new.schedules {
-            *schedule = match armed.get(&*schedule.name).filter(|kept| *kept == schedule) {
-                Some(kept) => kept.clone(),
+            *schedule = match armed.get(&*schedule.name).filter(|kept| **kept == schedule) {
+                Some(kept) => Arc::clone(kept),
                 None => Arc::new(schedule.relocated(&mut copies)),
             };
         }

@@ -1,45 +1,53 @@
 //! The reload diff: which schedules a new config adds, removes, changes or leaves alone, and
 //! which apps changed credentials.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::config::{App, Config, Schedule};
 
-/// What a reload does to the armed schedules.
+/// What a reload does to the armed schedules: the names added, removed and changed (each by
+/// name), and how many stayed. It copies no name of a schedule that stayed: at 100,000
+/// schedules those copies (and a map of every name) were made on the daemon's thread for each
+/// reload, among the pages the schedules it arms next are allocated in, and kept them resident
+/// (measured, `scale`: 5.9 MiB more after 10 reloads of 1 %).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Diff {
     pub added: Vec<String>,
     pub removed: Vec<String>,
     pub changed: Vec<String>,
-    pub unchanged: Vec<String>,
+    pub unchanged: usize,
 }
 
 impl Diff {
-    /// Compares the armed schedules with the enabled schedules of `new`. A schedule switched to
-    /// `enabled: false` counts as removed; switched back on, as added.
-    pub fn between(armed: &BTreeMap<String, Arc<Schedule>>, new: &Config) -> Diff {
+    /// Compares the armed schedules (by name) with the enabled schedules of `new`. A schedule
+    /// switched to `enabled: false` counts as removed; switched back on, as added.
+    pub fn between(armed: &HashMap<&str, &Arc<Schedule>>, new: &Config) -> Diff {
         let mut diff = Diff::default();
-        let enabled: BTreeMap<&str, &Arc<Schedule>> = new
+        let enabled: HashSet<&str> = new
             .schedules
             .iter()
             .filter(|s| s.enabled)
-            .map(|s| (&*s.name, s))
+            .map(|s| &*s.name)
             .collect();
-        for (name, schedule) in &enabled {
-            match armed.get(*name) {
-                None => diff.added.push(name.to_string()),
+        // Names are unique in a valid config; `enabled` holds each once.
+        for schedule in new.schedules.iter().filter(|s| s.enabled) {
+            match armed.get(&*schedule.name) {
+                None => diff.added.push(schedule.name.to_string()),
                 // `Arc`s of an `Eq` type compare by pointer first: a schedule a reload took
                 // over is the same allocation.
-                Some(old) if old == *schedule => diff.unchanged.push(name.to_string()),
-                Some(_) => diff.changed.push(name.to_string()),
+                Some(old) if *old == schedule => diff.unchanged += 1,
+                Some(_) => diff.changed.push(schedule.name.to_string()),
             }
         }
         diff.removed = armed
             .keys()
-            .filter(|name| !enabled.contains_key(name.as_str()))
-            .cloned()
+            .filter(|name| !enabled.contains(*name))
+            .map(|name| name.to_string())
             .collect();
+        diff.added.sort_unstable();
+        diff.removed.sort_unstable();
+        diff.changed.sort_unstable();
         diff
     }
 
@@ -55,7 +63,7 @@ impl Diff {
                 parts.push(format!("{what} {}", names.join(", ")));
             }
         }
-        parts.push(format!("{} unchanged", self.unchanged.len()));
+        parts.push(format!("{} unchanged", self.unchanged));
         parts.join("; ")
     }
 }
@@ -92,22 +100,22 @@ mod tests {
     #[test]
     fn diff_by_name() {
         let old = config(
-            "  - { name: a, cron: '0 9 * * *', to: { users: [u] }, text: { content: a } }\n  - { name: b, cron: '0 9 * * *', to: { users: [u] }, text: { content: b } }\n  - { name: c, cron: '0 9 * * *', to: { users: [u] }, text: { content: c } }\n",
+            "  - { name: a, cron: '0 9 * * *', to: { users: [u] }, text: { content: a } }\n  - { name: b, cron: '0 9 * * *', to: { users: [u] }, text: { content: b } }\n  - { name: c, cron: '0 9 * * *', to: { users: [u] }, text: { content: c } }\n  - { name: f, cron: '0 9 * * *', to: { users: [u] }, text: { content: f } }\n  - { name: g, cron: '0 9 * * *', to: { users: [u] }, text: { content: g } }\n",
         );
-        let armed = old
-            .schedules
-            .iter()
-            .map(|s| (s.name.to_string(), s.clone()))
-            .collect();
+        let armed = old.schedules.iter().map(|s| (&*s.name, s)).collect();
         let new = config(
-            "  - { name: a, cron: '0 9 * * *', to: { users: [u] }, text: { content: a } }\n  - { name: c, cron: '0 10 * * *', to: { users: [u] }, text: { content: c } }\n  - { name: d, cron: '0 9 * * *', to: { users: [u] }, text: { content: d } }\n  - { name: e, cron: '0 9 * * *', to: { users: [u] }, text: { content: e }, enabled: false }\n",
+            "  - { name: a, cron: '0 9 * * *', to: { users: [u] }, text: { content: a } }\n  - { name: c, cron: '0 10 * * *', to: { users: [u] }, text: { content: c } }\n  - { name: d, cron: '0 9 * * *', to: { users: [u] }, text: { content: d } }\n  - { name: e, cron: '0 9 * * *', to: { users: [u] }, text: { content: e }, enabled: false }\n  - { name: g, cron: '0 9 * * *', to: { users: [u] }, text: { content: g2 } }\n  - { name: b2, cron: '0 9 * * *', to: { users: [u] }, text: { content: b } }\n",
         );
         let diff = Diff::between(&armed, &new);
-        assert_eq!(diff.added, ["d"]);
-        assert_eq!(diff.removed, ["b"]);
-        assert_eq!(diff.changed, ["c"]);
-        assert_eq!(diff.unchanged, ["a"]);
-        assert_eq!(diff.summary(), "added d; removed b; changed c; 1 unchanged");
+        // Each list by name, whatever the order of either file or of the armed map.
+        assert_eq!(diff.added, ["b2", "d"]);
+        assert_eq!(diff.removed, ["b", "f"]);
+        assert_eq!(diff.changed, ["c", "g"]);
+        assert_eq!(diff.unchanged, 1);
+        assert_eq!(
+            diff.summary(),
+            "added b2, d; removed b, f; changed c, g; 1 unchanged"
+        );
     }
 }
 
