@@ -250,7 +250,7 @@ pub async fn run(
     daemon.deadlines.reserve(enabled);
     for schedule in daemon.config.schedules.clone() {
         if schedule.enabled {
-            daemon.arm(schedule, now);
+            daemon.deadlines.arm(schedule, now);
         }
     }
     daemon.beat(false).await;
@@ -337,11 +337,6 @@ impl Daemon {
     /// A rehearsal: the dispatcher renders and records but never calls WeCom.
     fn dry_run(&self) -> bool {
         self.firing.dispatcher.is_dry_run()
-    }
-
-    /// Arms `schedule`, in place of (so disarming) the schedule of the same name if one is.
-    fn arm(&mut self, schedule: Arc<Schedule>, resume_from: chrono::DateTime<Utc>) {
-        self.deadlines.arm(schedule, resume_from);
     }
 
     /// "3 schedules armed, next: standup at 2026-11-30 09:30 +08:00".
@@ -620,7 +615,7 @@ impl Daemon {
                     .copied()
                     .flatten()
                     .map_or(resume_from, |next| next.min(resume_from));
-                self.arm(schedule, from);
+                self.deadlines.arm(schedule, from);
             }
         }
         self.config = new;

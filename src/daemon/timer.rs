@@ -240,11 +240,8 @@ impl Heap {
     }
 
     fn find(&self, name: &str) -> Option<u32> {
-        let entries = &self.entries;
         self.names
-            .find(self.hasher.hash_one(name), |&i| {
-                entry(entries, i).is_some_and(|e| *e.schedule.name == *name)
-            })
+            .find(self.hasher.hash_one(name), named(&self.entries, name))
             .copied()
     }
 
@@ -265,6 +262,8 @@ impl Heap {
                     slot,
                 });
                 self.release(old);
+                // The deadline of the schedule replaced stays behind, stale.
+                self.compact();
                 index
             }
             None => {
@@ -312,9 +311,7 @@ impl Heap {
             ..
         } = self;
         let found = names
-            .find_entry(hasher.hash_one(name), |&i| {
-                entry(entries, i).is_some_and(|e| *e.schedule.name == *name)
-            })
+            .find_entry(hasher.hash_one(name), named(entries, name))
             .ok()?;
         let (index, _) = found.remove();
         let old = self.entries.get_mut(index as usize)?.take();
@@ -413,6 +410,11 @@ fn entry(entries: &[Option<Entry>], index: u32) -> Option<&Entry> {
     entries.get(index as usize)?.as_ref()
 }
 
+/// Whether the index in the name table is the entry of the schedule named `name`.
+fn named<'a>(entries: &'a [Option<Entry>], name: &'a str) -> impl Fn(&u32) -> bool + 'a {
+    move |&i| entry(entries, i).is_some_and(|e| *e.schedule.name == *name)
+}
+
 /// The hash of the name of the schedule at `index` (the index's, for one freed meanwhile:
 /// the table never holds freed indices, so it is never asked).
 fn hash(hasher: &RandomState, entries: &[Option<Entry>], index: u32) -> u64 {
@@ -490,9 +492,9 @@ impl Deadlines {
         self.timers.lock().len()
     }
 
-    /// The armed schedules, by name.
+    /// The armed schedules, in no particular order (a reload looks them up by name).
     pub fn schedules(&self) -> Vec<Arc<Schedule>> {
-        self.timers.schedules()
+        self.timers.lock().schedules().cloned().collect()
     }
 
     /// The armed schedules as they change, for the metrics.
@@ -521,6 +523,7 @@ impl Drop for Deadlines {
 }
 
 impl ArmedSchedules for Timers {
+    /// By name, for the metrics' output.
     fn schedules(&self) -> Vec<Arc<Schedule>> {
         let mut armed: Vec<_> = self.lock().schedules().cloned().collect();
         armed.sort_unstable_by(|a, b| a.name.cmp(&b.name));
@@ -528,11 +531,10 @@ impl ArmedSchedules for Timers {
     }
 }
 
+// Without the heap: formatting must never wait for its lock.
 impl std::fmt::Debug for Timers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Timers")
-            .field("armed", &self.lock().len())
-            .finish_non_exhaustive()
+        f.debug_struct("Timers").finish_non_exhaustive()
     }
 }
 
@@ -986,6 +988,12 @@ mod tests {
             for s in &schedules {
                 heap.arm(s.clone(), Some(slot + chrono::Duration::minutes(round)));
             }
+            // Armed again under their names, each leaves its deadline before stale.
+            assert!(
+                heap.queue.len() <= 2 * 100 + 1024 + 1,
+                "{} deadlines after round {round}",
+                heap.queue.len()
+            );
         }
         assert_eq!(heap.len(), 100);
         for name in &names {

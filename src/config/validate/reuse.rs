@@ -57,10 +57,10 @@ impl Item {
         }
     }
 
-    /// Whether its first slot after the reading is still ahead of `now`.
+    /// Whether its first slot after the reading is still ahead of `now`. A slot in whole
+    /// seconds is after `now` exactly when it is after `now`'s whole second; [`NO_SLOT`] never is.
     fn ahead_of(&self, now: DateTime<Utc>) -> bool {
-        self.first != NO_SLOT
-            && DateTime::from_timestamp(self.first, 0).is_some_and(|first| first > now)
+        self.first > now.timestamp()
     }
 }
 
@@ -208,6 +208,7 @@ mod tests {
         let just_before = slot - chrono::Duration::milliseconds(1);
         assert!(item.ahead_of(just_before));
         assert!(!item.ahead_of(slot), "a slot reached is not ahead");
+        assert!(!item.ahead_of(slot + chrono::Duration::milliseconds(500)));
         assert!(!Item::new("- { name: a }", None, 0).ahead_of(just_before));
         assert_eq!(item.hash, Item::new("- { name: a }", None, 0).hash);
         assert_ne!(item.hash, Item::new("- { name: b }", None, 0).hash);
