@@ -239,9 +239,10 @@ fn one_size(
     let idle_cpu_pct = idle_cpu / idle as f64 * 100.0;
     let (rss, hwm) = daemon.memory_kib();
     println!(
-        "idle over {idle} s: {idle_cpu:.2} CPU s ({idle_cpu_pct:.2} % of a core, worst second {:.1} %); RSS {:.1} MiB, peak {:.1} MiB ({:.2} KiB per schedule)",
+        "idle over {idle} s: {idle_cpu:.2} CPU s ({idle_cpu_pct:.2} % of a core, worst second {:.1} %); RSS {:.1} MiB ({:.1} anonymous), peak {:.1} MiB ({:.2} KiB per schedule)",
         peak * 100.0,
         mib(rss),
+        mib(proc_status_field(daemon.pid, "RssAnon:").unwrap_or(0)),
         mib(hwm),
         rss as f64 / size as f64
     );
@@ -270,12 +271,15 @@ fn one_size(
         let (busy_s, _) = settle(&daemon, Duration::from_secs(120));
         let secs = (done.at - reloading.at).as_secs_f64();
         reload_s.push(secs);
+        let anon = proc_status_field(daemon.pid, "RssAnon:").unwrap_or(0);
         println!(
-            "reload {k} ({} schedules changed): SIGHUP→RELOADING {:.0} ms, RELOADING→READY {:.2} s; busy {busy_s:.1} s after; CPU {:.2} s in all",
+            "reload {k} ({} schedules changed): SIGHUP→RELOADING {:.0} ms, RELOADING→READY {:.2} s; busy {busy_s:.1} s after; CPU {:.2} s in all; RSS {:.1} MiB ({:.1} anonymous)",
             size / 100,
             (reloading.at - sent).as_secs_f64() * 1000.0,
             secs,
-            daemon.cpu_seconds() - cpu0
+            daemon.cpu_seconds() - cpu0,
+            mib(daemon.memory_kib().0),
+            mib(anon)
         );
     }
     let (rss_after, hwm_after) = daemon.memory_kib();
@@ -284,6 +288,12 @@ fn one_size(
             "after the reloads: RSS {:.1} MiB, peak {:.1} MiB",
             mib(rss_after),
             mib(hwm_after)
+        );
+        std::thread::sleep(Duration::from_secs(idle));
+        println!(
+            "{idle} s later: RSS {:.1} MiB ({:.1} anonymous)",
+            mib(daemon.memory_kib().0),
+            mib(proc_status_field(daemon.pid, "RssAnon:").unwrap_or(0))
         );
     }
     let stopped_at = SystemTime::now();

@@ -81,15 +81,15 @@ fn refused(path: &std::path::Path, problems: Vec<Value>, warnings: Vec<Value>) -
 fn problem(p: &Problem) -> Value {
     let (subject, name) = match &p.subject {
         Subject::File => ("file", None),
-        Subject::App(name) => ("app", Some(name.as_str())),
-        Subject::Robot(name) => ("robot", Some(name.as_str())),
-        Subject::Calendar(name) => ("calendar", Some(name.as_str())),
-        Subject::Schedule(name) => ("schedule", Some(name.as_str())),
+        Subject::App(name) => ("app", Some(&**name)),
+        Subject::Robot(name) => ("robot", Some(&**name)),
+        Subject::Calendar(name) => ("calendar", Some(&**name)),
+        Subject::Schedule(name) => ("schedule", Some(&**name)),
     };
     json!({
         "subject": subject,
         "name": name,
-        "field": p.field,
+        "field": &*p.field,
         "message": &*p.message,
         "text": p.to_string(),
     })

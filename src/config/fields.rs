@@ -25,26 +25,31 @@ impl Report {
     pub fn error(&mut self, subject: &Subject, field: &str, message: impl Into<String>) {
         self.problems.push(Problem {
             subject: subject.clone(),
-            field: field.to_string(),
+            field: field.into(),
             message: message.into().into(),
         });
     }
 
     pub fn warn(&mut self, subject: &Subject, field: &str, message: impl Into<String>) {
-        let message = message.into();
-        let message = match self.texts.get(message.as_str()) {
-            Some(text) => text.clone(),
-            None => {
-                let text: Arc<str> = message.into();
-                self.texts.insert(text.clone());
-                text
-            }
-        };
+        let message = self.text(message.into());
+        let field = self.text(field);
         self.warnings.push(Problem {
             subject: subject.clone(),
-            field: field.to_string(),
+            field,
             message,
         });
+    }
+
+    /// The one copy of `text`.
+    fn text(&mut self, text: impl AsRef<str> + Into<Arc<str>>) -> Arc<str> {
+        match self.texts.get(text.as_ref()) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: Arc<str> = text.into();
+                self.texts.insert(shared.clone());
+                shared
+            }
+        }
     }
 }
 

@@ -25,7 +25,7 @@ pub(super) fn validate_apps(
         };
         if let Some(other) = identities.insert((app.corp_id.clone(), app.agent_id), name.clone()) {
             report.error(
-                &Subject::App(name),
+                &Subject::App(name.into()),
                 "agent_id",
                 format!("app \"{other}\" already names corp {}, agent {}; one WeCom app needs one entry (they would share a token)", app.corp_id, app.agent_id),
             );
@@ -44,7 +44,7 @@ pub(super) fn validate_app(
     non_decimal: &BTreeMap<String, String>,
     report: &mut Report,
 ) -> Option<App> {
-    let subject = Subject::App(name.to_string());
+    let subject = Subject::App(name.into());
     let name_problem = name_problem(name);
     let name_ok = name_problem.is_none();
     if let Some(problem) = name_problem {

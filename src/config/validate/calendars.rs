@@ -17,7 +17,7 @@ pub(super) fn validate_calendars(
             );
             continue;
         };
-        let subject = Subject::Calendar(name.clone());
+        let subject = Subject::Calendar(name.as_str().into());
         let name_problem = name_problem(&name);
         if let Some(problem) = &name_problem {
             report.error(&subject, "name", problem.clone());

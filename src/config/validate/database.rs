@@ -137,7 +137,7 @@ mod tests {
                 panic!("{error}");
             };
             assert_eq!(problems.len(), 1, "{error}");
-            assert_eq!(problems[0].field, "database");
+            assert_eq!(&*problems[0].field, "database");
             assert!(problems[0].message.contains("holds a password"), "{error}");
             for shown in [error.to_string(), format!("{error:?}")] {
                 assert!(!shown.contains(secret), "{shown}");
@@ -169,7 +169,7 @@ mod tests {
         ] {
             let problems = refused(top);
             assert_eq!(problems.len(), 1, "{problems:?}");
-            assert_eq!(problems[0].field, "database_password_env");
+            assert_eq!(&*problems[0].field, "database_password_env");
             assert!(
                 problems[0]
                     .message
@@ -181,7 +181,7 @@ mod tests {
             "database: postgres://w@db/w\ndatabase_password_env: PGPASSWORD\ndatabase_password_credential: pg\n",
         );
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert_eq!(problems[0].field, "database_password_credential");
+        assert_eq!(&*problems[0].field, "database_password_credential");
         assert!(
             problems[0]
                 .message
@@ -192,14 +192,14 @@ mod tests {
         let problems =
             refused("database: postgres://w@db/w?sslmode=on\ndatabase_password_env: P\n");
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert_eq!(problems[0].field, "database");
+        assert_eq!(&*problems[0].field, "database");
     }
 
     #[test]
     fn a_password_key_of_the_wrong_type_is_not_echoed() {
         let problems =
             refused("database: postgres://w@db/w\ndatabase_password_env: 9876543210123\n");
-        assert_eq!(problems[0].field, "database_password_env");
+        assert_eq!(&*problems[0].field, "database_password_env");
         assert!(
             !problems[0].message.contains("9876543210123"),
             "{problems:?}"

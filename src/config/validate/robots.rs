@@ -29,7 +29,7 @@ fn validate_robot(
     secrets: Secrets,
     report: &mut Report,
 ) -> Option<Robot> {
-    let subject = Subject::Robot(name.to_string());
+    let subject = Subject::Robot(name.into());
     let name_problem = name_problem(name);
     let name_ok = name_problem.is_none();
     if let Some(problem) = name_problem {

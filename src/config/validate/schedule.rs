@@ -15,10 +15,10 @@ pub(super) fn validate_schedule(
     names: &mut HashSet<String>,
     report: &mut Report,
 ) -> Option<(Schedule, Option<DateTime<Utc>>)> {
-    let label = value
+    let label: Arc<str> = value
         .get("name")
         .and_then(Value::as_str)
-        .map_or_else(|| format!("#{}", index + 1), str::to_string);
+        .map_or_else(|| format!("#{}", index + 1).into(), Arc::from);
     let subject = Subject::Schedule(label);
     let entry = Entry::open(value, SCHEDULE_KEYS, &subject, "", report)?;
     let name = match entry.get::<String>("name", report) {
